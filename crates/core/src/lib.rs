@@ -1,0 +1,21 @@
+//! Pure types shared by every Driftless crate: names, partitioning and the clock.
+//!
+//! `driftless-core` does no IO and knows nothing about storage, HTTP or databases. Everything here is
+//! deterministic given its inputs, except [`SystemClock`], which is the one door through which wall
+//! time enters; tests replace it with [`ManualClock`].
+//!
+//! ```
+//! use driftless_core::{partition_for_key, TopicName};
+//! let topic = TopicName::new("customers.v1").unwrap();
+//! assert_eq!(topic.as_str(), "customers.v1");
+//! // Placement is a pure function of the key and the partition count.
+//! assert_eq!(partition_for_key(b"customer-42", 8), partition_for_key(b"customer-42", 8));
+//! ```
+
+mod clock;
+mod partitioning;
+mod topic;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use partitioning::{murmur2, partition_for_key};
+pub use topic::{InvalidTopicName, TopicName, TOPIC_NAME_BYTES_MAX};

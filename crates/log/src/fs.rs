@@ -1,0 +1,309 @@
+//! The filesystem behind a trait, so tests can inject faults.
+//!
+//! The log performs every filesystem operation through [`Fs`] and [`FsFile`]. [`StdFs`] is the real
+//! thing; [`FaultFs`] wraps it and fails chosen operations, which is how the tests prove that a
+//! failed `fdatasync` poisons a partition instead of being retried.
+//!
+//! Invariant: the log writes with positional writes (`pwrite`) only, so a file never has a cursor
+//! whose state could diverge from what the log believes its length to be.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Existing file, read only.
+    Read,
+    /// Existing file, read and write.
+    ReadWrite,
+    /// New file, read and write; fails if it exists.
+    CreateNew,
+}
+
+/// An open file. All methods take `&self`: positional IO needs no cursor and no lock.
+pub trait FsFile: Send + Sync + Debug {
+    /// Reads up to `buf.len()` bytes at `pos`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `pos`.
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// `fdatasync`: makes written bytes and the file length durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Directory-level operations.
+pub trait Fs: Send + Sync + Debug {
+    /// Opens `path`.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// `fsync` on a directory, making creates, renames and deletes in it durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The entries of a directory, as full paths.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The operating system's filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl FsFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, pos) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Fs for StdFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
+        let mut options = OpenOptions::new();
+        match mode {
+            OpenMode::Read => options.read(true),
+            OpenMode::ReadWrite => options.read(true).write(true),
+            OpenMode::CreateNew => options.read(true).write(true).create_new(true),
+        };
+        Ok(Arc::new(StdFile(options.open(path)?)))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // IMPORTANT: a new, renamed or deleted directory entry is only durable once the directory
+        // itself is fsynced (ALICE, OSDI'14).
+        File::open(path)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// Which operation a [`FaultFs`] fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// `fdatasync` of a file.
+    SyncData,
+    /// `fsync` of a directory.
+    SyncDir,
+    /// A positional write.
+    Write,
+}
+
+#[derive(Debug)]
+struct Fault {
+    op: FaultOp,
+    /// Only paths containing this string are affected; empty matches all.
+    path_contains: String,
+    /// Matching calls that still succeed before the fault fires.
+    skip: u64,
+    /// Once fired, every later matching call fails too (a dead disk), instead of just one.
+    sticky: bool,
+    fired: bool,
+}
+
+/// A filesystem that fails chosen operations, for tests of error handling.
+///
+/// Faults fire on the n-th matching call and return `EIO`, the error Linux reports after a failed
+/// write-back.
+#[derive(Debug, Default)]
+pub struct FaultFs {
+    faults: Mutex<Vec<Fault>>,
+    sync_data_calls: AtomicU64,
+}
+
+impl FaultFs {
+    /// A filesystem with no faults armed; it behaves exactly like [`StdFs`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Arms a fault: after `skip` successful matching calls, `op` on paths containing
+    /// `path_contains` fails with `EIO` — once, or forever if `sticky`.
+    pub fn fail(&self, op: FaultOp, path_contains: &str, skip: u64, sticky: bool) {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.push(Fault {
+            op,
+            path_contains: path_contains.to_string(),
+            skip,
+            sticky,
+            fired: false,
+        });
+    }
+
+    /// Disarms every fault.
+    pub fn heal(&self) {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// How many `fdatasync` calls reached this filesystem (failed ones included).
+    pub fn sync_data_calls(&self) -> u64 {
+        self.sync_data_calls.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let path = path.to_string_lossy();
+        for fault in faults.iter_mut() {
+            if fault.op != op || !path.contains(fault.path_contains.as_str()) {
+                continue;
+            }
+            if fault.fired && !fault.sticky {
+                continue;
+            }
+            if fault.skip > 0 {
+                fault.skip -= 1;
+                continue;
+            }
+            fault.fired = true;
+            return Err(io::Error::from_raw_os_error(libc_eio()));
+        }
+        Ok(())
+    }
+}
+
+/// `EIO` on Linux.
+const fn libc_eio() -> i32 {
+    5
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    fs: Arc<FaultFs>,
+    path: PathBuf,
+    inner: Arc<dyn FsFile>,
+}
+
+impl FsFile for FaultFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.fs.check(FaultOp::Write, &self.path)?;
+        self.inner.write_all_at(buf, pos)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.sync_data_calls.fetch_add(1, Ordering::SeqCst);
+        self.fs.check(FaultOp::SyncData, &self.path)?;
+        self.inner.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+/// [`FaultFs`] shared behind an `Arc`, the form the log takes.
+impl Fs for Arc<FaultFs> {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
+        let inner = StdFs.open(path, mode)?;
+        Ok(Arc::new(FaultFile { fs: Arc::clone(self), path: path.to_path_buf(), inner }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::SyncDir, path)?;
+        StdFs.sync_dir(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_dir_all(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        StdFs.read_dir(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+}
+
+/// Reads up to `len` bytes at `pos`, fewer only at end of file.
+pub(crate) fn read_up_to(file: &dyn FsFile, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}

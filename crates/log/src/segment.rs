@@ -1,0 +1,274 @@
+//! Segments: one record file plus its sparse offset-and-time index, and a scanner over records.
+//!
+//! Files of a segment whose first offset is B:
+//! - `{B:020}.log` — records back to back, as laid out in [`crate::record`];
+//! - `{B:020}.idx` — 20-byte entries `(offset - B: u32, position: u32, timestamp_ms: i64,
+//!   crc32c of the previous 16 bytes: u32)`, one at the start of the first batch after every
+//!   `index_interval_bytes` of records, plus a final "seal" entry at the last record when the
+//!   segment is sealed.
+//!
+//! Invariants: index entries point at the first record of a batch (or at the last record, for the
+//! seal entry), so recovery may start scanning at any of them; offsets and timestamps grow strictly
+//! and weakly along the index; the index is a cache — it is validated on open and rebuilt from the
+//! records whenever it disagrees with them, so a torn or stale index never causes a wrong read.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::fs::{read_up_to, FsFile};
+use crate::record::{decode, Decoded, Header};
+
+/// Bytes of one index entry.
+pub(crate) const INDEX_ENTRY_BYTES: usize = 20;
+/// Bytes a scanner reads at a time, unless one record needs more.
+pub(crate) const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// One entry of the sparse index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub offset: u64,
+    pub position: u64,
+    pub timestamp_ms: i64,
+}
+
+impl IndexEntry {
+    pub fn encode(&self, base_offset: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        // Segments are below 1 GiB and hold fewer than 2^32 records: both fit in u32.
+        out.extend_from_slice(&((self.offset - base_offset) as u32).to_le_bytes());
+        out.extend_from_slice(&(self.position as u32).to_le_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes the entries of an index file, stopping at the first entry that is torn, fails its
+    /// checksum, or does not grow.
+    pub fn decode_all(base_offset: u64, bytes: &[u8]) -> Vec<IndexEntry> {
+        let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_BYTES);
+        for raw in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+            let crc = u32::from_le_bytes([raw[16], raw[17], raw[18], raw[19]]);
+            if crc32c::crc32c(&raw[..16]) != crc {
+                break;
+            }
+            let rel = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            let position = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+            let mut ts = [0; 8];
+            ts.copy_from_slice(&raw[8..16]);
+            let entry = IndexEntry {
+                offset: base_offset + u64::from(rel),
+                position: u64::from(position),
+                timestamp_ms: i64::from_le_bytes(ts),
+            };
+            if let Some(prev) = entries.last() {
+                if entry.offset <= prev.offset
+                    || entry.position <= prev.position
+                    || entry.timestamp_ms < prev.timestamp_ms
+                {
+                    break;
+                }
+            }
+            entries.push(entry);
+        }
+        entries
+    }
+}
+
+/// A segment in memory: its file, how much of it holds complete records, and its index.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    pub log_path: PathBuf,
+    pub idx_path: PathBuf,
+    pub file: Arc<dyn FsFile>,
+    /// Bytes of complete records. Readers never look past it; only the writer raises it, after
+    /// the bytes are written.
+    pub len: AtomicU64,
+    /// Bytes known to be durable.
+    pub synced_len: AtomicU64,
+    /// One past the offset of the last record (the base offset if empty).
+    pub end_offset: AtomicU64,
+    /// Timestamp of the first record (`i64::MAX` if empty).
+    pub first_timestamp_ms: AtomicI64,
+    /// Timestamp of the last record (`i64::MIN` if empty).
+    pub last_timestamp_ms: AtomicI64,
+    pub index: RwLock<Vec<IndexEntry>>,
+}
+
+impl Segment {
+    pub fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf) {
+        (dir.join(format!("{base_offset:020}.log")), dir.join(format!("{base_offset:020}.idx")))
+    }
+
+    pub fn new(
+        dir: &Path,
+        base_offset: u64,
+        file: Arc<dyn FsFile>,
+        len: u64,
+        summary: Summary,
+        index: Vec<IndexEntry>,
+    ) -> Self {
+        let (log_path, idx_path) = Self::paths(dir, base_offset);
+        Self {
+            base_offset,
+            log_path,
+            idx_path,
+            file,
+            len: AtomicU64::new(len),
+            synced_len: AtomicU64::new(len),
+            end_offset: AtomicU64::new(summary.end_offset.max(base_offset)),
+            first_timestamp_ms: AtomicI64::new(summary.first_timestamp_ms),
+            last_timestamp_ms: AtomicI64::new(summary.last_timestamp_ms),
+            index: RwLock::new(index),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    pub fn last_timestamp_ms(&self) -> i64 {
+        self.last_timestamp_ms.load(Ordering::Acquire)
+    }
+
+    fn entries(&self) -> std::sync::RwLockReadGuard<'_, Vec<IndexEntry>> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Position of a batch start at or before the record with `offset`.
+    pub fn position_for_offset(&self, offset: u64) -> u64 {
+        let entries = self.entries();
+        let i = entries.partition_point(|e| e.offset <= offset);
+        // A seal entry points at the last record, not a batch start; it is still a record start,
+        // which is all a reader needs.
+        if i == 0 {
+            0
+        } else {
+            entries[i - 1].position
+        }
+    }
+
+    /// Position of a record start before the first record with a timestamp of at least `ts`.
+    pub fn position_for_time(&self, timestamp_ms: i64) -> u64 {
+        let entries = self.entries();
+        let i = entries.partition_point(|e| e.timestamp_ms < timestamp_ms);
+        if i == 0 {
+            0
+        } else {
+            entries[i - 1].position
+        }
+    }
+
+    pub fn scanner(&self, from: u64, to: u64, body_bytes_max: usize) -> Scanner<'_> {
+        Scanner::new(&*self.file, from, to, body_bytes_max)
+    }
+}
+
+/// First and last facts about a run of records, gathered while scanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub end_offset: u64,
+    pub first_timestamp_ms: i64,
+    pub last_timestamp_ms: i64,
+}
+
+impl Summary {
+    pub const EMPTY: Summary =
+        Summary { end_offset: 0, first_timestamp_ms: i64::MAX, last_timestamp_ms: i64::MIN };
+}
+
+/// One step of a scan.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// A valid record starting at `position`; `chunk[at..at + len]` holds its bytes.
+    Record { position: u64, header: Header, len: usize, chunk: Bytes, at: usize },
+    /// The scan reached its end exactly at a record boundary.
+    End,
+    /// The bytes at `position` are not a valid record.
+    Invalid { position: u64, reason: &'static str },
+    /// A record starts at `position` but the range ends before it does.
+    Incomplete { position: u64 },
+}
+
+/// Reads records sequentially from `[from, to)` of a file, in chunks.
+pub(crate) struct Scanner<'a> {
+    file: &'a dyn FsFile,
+    pos: u64,
+    to: u64,
+    body_bytes_max: usize,
+    chunk_bytes: usize,
+    chunk: Bytes,
+    chunk_pos: u64,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(file: &'a dyn FsFile, from: u64, to: u64, body_bytes_max: usize) -> Self {
+        Self {
+            file,
+            pos: from,
+            to,
+            body_bytes_max,
+            chunk_bytes: SCAN_CHUNK_BYTES,
+            chunk: Bytes::new(),
+            chunk_pos: from,
+        }
+    }
+
+    /// Reads `chunk_bytes` at a time instead of [`SCAN_CHUNK_BYTES`] (short reads of a tail).
+    pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> Self {
+        self.chunk_bytes = chunk_bytes.clamp(4096, SCAN_CHUNK_BYTES);
+        self
+    }
+
+    pub fn next_step(&mut self) -> std::io::Result<Step> {
+        if self.pos >= self.to {
+            return Ok(Step::End);
+        }
+        loop {
+            let at = (self.pos - self.chunk_pos) as usize;
+            let decoded = if self.pos >= self.chunk_pos && at < self.chunk.len() {
+                decode(&self.chunk[at..], self.body_bytes_max)
+            } else {
+                Decoded::Incomplete { need: crate::record::RECORD_HEADER_BYTES }
+            };
+            match decoded {
+                Decoded::Record { header, len } => {
+                    let position = self.pos;
+                    self.pos += len as u64;
+                    return Ok(Step::Record {
+                        position,
+                        header,
+                        len,
+                        chunk: self.chunk.clone(),
+                        at,
+                    });
+                }
+                Decoded::Invalid { reason } => {
+                    return Ok(Step::Invalid { position: self.pos, reason });
+                }
+                Decoded::Incomplete { need } => {
+                    let remaining = self.to - self.pos;
+                    if need as u64 > remaining {
+                        return Ok(Step::Incomplete { position: self.pos });
+                    }
+                    let want = (need.max(self.chunk_bytes) as u64).min(remaining) as usize;
+                    let buf = read_up_to(self.file, self.pos, want)?;
+                    let short = buf.len() < need;
+                    self.chunk = Bytes::from(buf);
+                    self.chunk_pos = self.pos;
+                    if short {
+                        // The file ends before the range does: the range ends in a tear.
+                        return Ok(Step::Incomplete { position: self.pos });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The log's promises, one test each: appends and reads, time lookup, tailing, group commit,
+//! limits, segment rolls across restarts, retention, compaction and topic lifecycle.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftless_core::ManualClock;
+use driftless_log::fs::FaultFs;
+use driftless_log::{Cleanup, Durability, Log, LogError, NewRecord, TopicConfig};
+use support::*;
+
+#[test]
+fn appended_records_read_back_with_dense_offsets_keys_values_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    let a = p.append(&[NewRecord::keyed(b"k1", b"v1"), NewRecord::unkeyed(b"v2")]).unwrap();
+    assert_eq!((a.base_offset, a.last_offset, a.timestamp_ms), (0, 1, T0));
+    let b = p.append(&[NewRecord::tombstone(b"k1")]).unwrap();
+    assert_eq!(b.base_offset, 2);
+    assert_eq!(p.end_offset(), 3);
+    let got = read_all(&p);
+    assert_eq!(
+        got,
+        vec![
+            (0, Some(b"k1".to_vec()), Some(b"v1".to_vec())),
+            (1, None, Some(b"v2".to_vec())),
+            (2, Some(b"k1".to_vec()), None),
+        ]
+    );
+    // Reading from the middle, and past the end.
+    let mid = p.read(1, 1, 1 << 20).unwrap();
+    assert_eq!(mid.records.len(), 1);
+    assert_eq!((mid.records[0].offset, mid.next_offset), (1, 2));
+    assert_eq!(p.read(3, 10, 1 << 20).unwrap().records, vec![]);
+}
+
+#[test]
+fn timestamps_never_go_backwards_and_time_lookup_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", small_segments());
+    for i in 0..200u64 {
+        clock.set_ms(T0 + (i as i64) * 10);
+        if i == 100 {
+            clock.set_ms(T0); // the wall clock jumps back
+        }
+        p.append(&[NewRecord::unkeyed(format!("event-{i}").as_bytes())]).unwrap();
+    }
+    let records = p.read(0, 1000, 1 << 20).unwrap().records;
+    assert!(records.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    assert_eq!(p.offset_for_time(T0 + 505).unwrap(), Some(51));
+    assert_eq!(p.offset_for_time(T0 + 500).unwrap(), Some(50));
+    assert_eq!(p.offset_for_time(i64::MIN).unwrap(), Some(0));
+    assert_eq!(p.offset_for_time(T0 + 1_000_000).unwrap(), None);
+}
+
+#[test]
+fn a_tailing_reader_is_woken_by_an_append_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    assert!(!p.wait_for(0, Duration::from_millis(20)), "nothing to wake for yet");
+    let reader = {
+        let p = Arc::clone(&p);
+        std::thread::spawn(move || p.wait_for(0, Duration::from_secs(30)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    p.append(&[NewRecord::unkeyed(b"wake up")]).unwrap();
+    assert!(reader.join().unwrap());
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_every_append_is_durable_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let log = Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    let before = fs.sync_data_calls();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    p.append(&[NewRecord::unkeyed(format!("{t}-{i}").as_bytes())]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let syncs = fs.sync_data_calls() - before;
+    assert_eq!(p.end_offset(), 1600);
+    assert!(syncs >= 1, "acknowledged appends must have been fsynced");
+    assert!(syncs < 1600, "16 concurrent appenders should share fsyncs, saw {syncs} for 1600");
+    assert_eq!(p.stats().syncs, syncs);
+}
+
+#[test]
+fn limits_reject_oversized_records_and_batches_and_empty_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", small_segments());
+    let big = vec![0u8; 1025];
+    let err = p.append(&[NewRecord::unkeyed(b"ok"), NewRecord::unkeyed(&big)]).unwrap_err();
+    assert!(matches!(err, LogError::RecordTooLarge { index: 1, bytes: 1025, max: 1024 }), "{err}");
+    let v = vec![0u8; 1000];
+    let many = vec![NewRecord::unkeyed(&v); 5];
+    assert!(matches!(p.append(&many).unwrap_err(), LogError::BatchTooLarge { max: 4096, .. }));
+    assert!(matches!(p.append(&[]).unwrap_err(), LogError::EmptyBatch));
+    assert_eq!(p.end_offset(), 0, "rejected appends write nothing");
+}
+
+#[test]
+fn segments_roll_and_everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let values: Vec<Vec<u8>> =
+        (0..300).map(|i| format!("value-{i:04}").repeat(10).into_bytes()).collect();
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", small_segments());
+        for chunk in values.chunks(3) {
+            let batch: Vec<_> = chunk.iter().map(|v| NewRecord::unkeyed(v)).collect();
+            p.append(&batch).unwrap();
+        }
+        assert!(p.stats().segments > 5, "small segments should have rolled");
+    }
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", small_segments());
+    let got = read_all(&p);
+    assert_eq!(got.len(), 300);
+    for (i, (offset, _, value)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(value.as_deref(), Some(&values[i][..]));
+    }
+    // Appending after reopen continues the offsets.
+    assert_eq!(p.append(&[NewRecord::unkeyed(b"next")]).unwrap().base_offset, 300);
+}
+
+#[test]
+fn retention_deletes_old_sealed_segments_by_time_and_by_size_but_never_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let config = TopicConfig { retention_ms: Some(60_000), ..small_segments() };
+    let p = open_topic(&log, "t", config);
+    let v = vec![7u8; 500];
+    for _ in 0..40 {
+        p.append(&[NewRecord::unkeyed(&v)]).unwrap();
+    }
+    assert_eq!(p.enforce_retention().unwrap().segments_deleted, 0, "nothing is old yet");
+    clock.advance_ms(120_000);
+    p.append(&[NewRecord::unkeyed(b"fresh")]).unwrap();
+    let outcome = p.enforce_retention().unwrap();
+    assert!(outcome.segments_deleted > 0);
+    let stats = p.stats();
+    assert_eq!(stats.segments, 1, "only the active segment, holding the fresh record, is left");
+    assert!(stats.start_offset > 0 && stats.start_offset < 40);
+    let start = stats.start_offset;
+    assert!(
+        matches!(p.read(0, 1, 1024), Err(LogError::OffsetTrimmed { log_start, .. }) if log_start == start)
+    );
+    assert_eq!(read_all(&p).len() as u64, 41 - start);
+
+    let by_size = TopicConfig { retention_bytes: Some(8192), ..small_segments() };
+    let q = open_topic(&log, "by-size", by_size);
+    for _ in 0..100 {
+        q.append(&[NewRecord::unkeyed(&v)]).unwrap();
+    }
+    q.enforce_retention().unwrap();
+    let stats = q.stats();
+    assert!(stats.size_bytes <= 8192 + 4096, "size {} over the retention", stats.size_bytes);
+    assert!(stats.start_offset > 0);
+    assert_eq!(stats.end_offset, 100);
+}
+
+#[test]
+fn compaction_keeps_the_newest_value_per_key_and_expires_old_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let config = TopicConfig {
+        cleanup: Cleanup::Compact,
+        tombstone_retention_ms: 10_000,
+        ..small_segments()
+    };
+    let p = open_topic(&log, "t", config.clone());
+    for round in 0..20 {
+        for key in 0..10 {
+            let v = format!("key-{key}-round-{round}-{}", "x".repeat(40));
+            p.append(&[NewRecord::keyed(format!("k{key}").as_bytes(), v.as_bytes())]).unwrap();
+        }
+    }
+    p.append(&[NewRecord::tombstone(b"k3")]).unwrap();
+    p.append(&[NewRecord::unkeyed(b"no key")]).unwrap();
+    // Fill past the tombstone so it lands in a sealed segment.
+    let pad = vec![1u8; 900];
+    for _ in 0..10 {
+        p.append(&[NewRecord::keyed(b"pad", &pad)]).unwrap();
+    }
+    let end = p.end_offset();
+    let outcome = p.compact().unwrap();
+    assert!(outcome.records_removed > 150, "{outcome:?}");
+    let latest = |records: &[(u64, Option<Vec<u8>>, Option<Vec<u8>>)], key: &str| {
+        records.iter().rev().find(|r| r.1.as_deref() == Some(key.as_bytes())).cloned()
+    };
+    let after = read_all(&p);
+    for key in [0, 1, 2, 4, 9] {
+        let (_, _, v) = latest(&after, &format!("k{key}")).unwrap();
+        assert!(String::from_utf8(v.unwrap()).unwrap().starts_with(&format!("key-{key}-round-19")));
+        let copies = after.iter().filter(|r| r.1.as_deref() == Some(format!("k{key}").as_bytes()));
+        assert_eq!(copies.count(), 1, "older values of k{key} must be gone");
+    }
+    assert!(latest(&after, "k3").unwrap().2.is_none(), "the fresh tombstone stays");
+    assert!(after.iter().any(|r| r.1.is_none()), "records without a key stay");
+    assert!(after.windows(2).all(|w| w[0].0 < w[1].0), "offsets stay ordered");
+    assert_eq!(p.end_offset(), end, "compaction never changes offsets");
+
+    clock.advance_ms(20_000);
+    p.compact().unwrap();
+    assert!(latest(&read_all(&p), "k3").is_none(), "an expired tombstone is removed");
+
+    // Compacted segments survive a restart.
+    let before = read_all(&p);
+    drop(p);
+    drop(log);
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", config);
+    assert_eq!(read_all(&p), before);
+}
+
+#[test]
+fn compaction_does_not_block_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let config = TopicConfig {
+        cleanup: Cleanup::Compact,
+        durability: Durability::Never,
+        ..small_segments()
+    };
+    let p = open_topic(&log, "t", config);
+    let v = vec![3u8; 200];
+    for i in 0..2000u32 {
+        p.append(&[NewRecord::keyed(&(i % 50).to_le_bytes(), &v)]).unwrap();
+    }
+    let appender = {
+        let p = Arc::clone(&p);
+        std::thread::spawn(move || {
+            for i in 0..2000u32 {
+                p.append(&[NewRecord::keyed(&(i % 50).to_le_bytes(), b"new")]).unwrap();
+            }
+        })
+    };
+    for _ in 0..5 {
+        p.compact().unwrap();
+    }
+    appender.join().unwrap();
+    p.compact().unwrap();
+    let all = read_all(&p);
+    for key in 0..50u32 {
+        let newest = all.iter().rev().find(|r| r.1.as_deref() == Some(&key.to_le_bytes()[..]));
+        assert_eq!(newest.unwrap().2.as_deref(), Some(&b"new"[..]));
+    }
+}
+
+#[test]
+fn topics_are_created_listed_reopened_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let config = TopicConfig { partitions: 4, ..TopicConfig::default() };
+        let t = log.create_topic(&name("orders"), config.clone()).unwrap();
+        assert_eq!(t.partitions().len(), 4);
+        assert!(matches!(log.create_topic(&name("orders"), config), Err(LogError::TopicExists(_))));
+        assert!(matches!(t.partition(4), Err(LogError::UnknownPartition { count: 4, .. })));
+        t.partition(2).unwrap().append(&[NewRecord::unkeyed(b"x")]).unwrap();
+        log.create_topic(&name("doomed"), TopicConfig::default()).unwrap();
+        // A second process cannot open the same directory.
+        assert!(matches!(Log::open(options(dir.path(), &clock)), Err(LogError::Locked { .. })));
+    }
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let names: Vec<_> = log.topics().iter().map(|t| t.name().to_string()).collect();
+    assert_eq!(names, ["doomed", "orders"]);
+    let orders = log.topic(&name("orders")).unwrap();
+    assert_eq!(orders.config().partitions, 4);
+    assert_eq!(orders.partition(2).unwrap().end_offset(), 1);
+    let doomed = log.topic(&name("doomed")).unwrap();
+    log.delete_topic(&name("doomed")).unwrap();
+    assert!(log.topic(&name("doomed")).is_none());
+    let err = doomed.partition(0).unwrap().append(&[NewRecord::unkeyed(b"x")]).unwrap_err();
+    assert!(matches!(err, LogError::TopicDeleted(_)));
+    assert!(!dir.path().join("topics/doomed").exists());
+    assert!(matches!(log.delete_topic(&name("doomed")), Err(LogError::UnknownTopic(_))));
+}
+
+#[test]
+fn interval_durability_flushes_in_the_background_and_readers_see_writes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let log = Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+    let config = TopicConfig { durability: Durability::IntervalMs(20), ..TopicConfig::default() };
+    let p = open_topic(&log, "t", config);
+    let before = fs.sync_data_calls();
+    p.append(&[NewRecord::unkeyed(b"a")]).unwrap();
+    assert_eq!(p.end_offset(), 1, "visible before the sync in interval mode");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs.sync_data_calls() == before {
+        assert!(std::time::Instant::now() < deadline, "the background flush never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
