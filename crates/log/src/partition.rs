@@ -1087,7 +1087,7 @@ impl PartitionOpener<'_> {
             .fs
             .open(idx_path, OpenMode::Read)
             .map_err(|e| LogError::io("open index", idx_path, e))?;
-        let len = idx.len().map_err(|e| LogError::io("stat index", idx_path, e))?;
+        let len = idx.size().map_err(|e| LogError::io("stat index", idx_path, e))?;
         let bytes = read_up_to(&*idx, 0, len as usize)
             .map_err(|e| LogError::io("read index", idx_path, e))?;
         Ok(IndexEntry::decode_all(base, &bytes))
@@ -1120,7 +1120,7 @@ impl PartitionOpener<'_> {
             .fs
             .open(&log_path, OpenMode::Read)
             .map_err(|e| LogError::io("open segment", &log_path, e))?;
-        let len = file.len().map_err(|e| LogError::io("stat segment", &log_path, e))?;
+        let len = file.size().map_err(|e| LogError::io("stat segment", &log_path, e))?;
         let entries = self.read_index(base, &idx_path)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let mut scan = crate::segment::Scanner::new(&*file, last.position, len, self.body_max)
@@ -1188,7 +1188,7 @@ impl PartitionOpener<'_> {
             .fs
             .open(&log_path, OpenMode::ReadWrite)
             .map_err(|e| LogError::io("open segment", &log_path, e))?;
-        let len = file.len().map_err(|e| LogError::io("stat segment", &log_path, e))?;
+        let len = file.size().map_err(|e| LogError::io("stat segment", &log_path, e))?;
         let window = match self.config.durability {
             Durability::Never => u64::MAX,
             _ => self.config.unsynced_bytes_max,

@@ -1,5 +1,6 @@
 //! The log's promises, one test each: appends and reads, time lookup, tailing, group commit,
 //! limits, segment rolls across restarts, retention, compaction and topic lifecycle.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod support;
 
@@ -210,7 +211,7 @@ fn compaction_keeps_the_newest_value_per_key_and_expires_old_tombstones() {
     let end = p.end_offset();
     let outcome = p.compact().unwrap();
     assert!(outcome.records_removed > 150, "{outcome:?}");
-    let latest = |records: &[(u64, Option<Vec<u8>>, Option<Vec<u8>>)], key: &str| {
+    let latest = |records: &[Row], key: &str| {
         records.iter().rev().find(|r| r.1.as_deref() == Some(key.as_bytes())).cloned()
     };
     let after = read_all(&p);

@@ -1,5 +1,6 @@
 //! Helpers shared by the log's integration tests: a log in a temp directory with a manual clock.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+#![allow(dead_code)] // each test file uses a different subset
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,8 +47,11 @@ pub fn open_topic(log: &Log, topic: &str, config: TopicConfig) -> Arc<Partition>
     Arc::clone(t.partition(0).unwrap())
 }
 
-/// Every visible record of the partition as (offset, key, value).
-pub fn read_all(p: &Partition) -> Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// A record as (offset, key, value); `None` value is a tombstone.
+pub type Row = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every visible record of the partition.
+pub fn read_all(p: &Partition) -> Vec<Row> {
     let mut out = Vec::new();
     let mut next = p.start_offset();
     loop {

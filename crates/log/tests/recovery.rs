@@ -1,0 +1,269 @@
+//! Recovery and fault handling: torn tails are truncated to the last complete batch, flipped bits
+//! are reported and never served, and a failed fsync poisons the partition.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use driftless_core::ManualClock;
+use driftless_log::fs::{FaultFs, FaultOp};
+use driftless_log::{Log, LogError, NewRecord, TopicConfig};
+use support::*;
+
+fn flip_byte(path: &std::path::Path, at: u64) {
+    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, at).unwrap();
+}
+
+fn record_value(i: usize) -> Vec<u8> {
+    format!("record-{i:05}-{}", "p".repeat(50)).into_bytes()
+}
+
+#[test]
+fn a_torn_last_batch_is_truncated_whole_and_acknowledged_batches_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let partition_dir;
+    let len_before_last;
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", TopicConfig::default());
+        for i in 0..10 {
+            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+        }
+        partition_dir = p.dir().to_path_buf();
+        len_before_last = std::fs::metadata(&segment_files(&partition_dir)[0]).unwrap().len();
+        // This batch plays the one whose write was torn by a crash before its fsync.
+        let v: Vec<Vec<u8>> = (10..13).map(record_value).collect();
+        p.append(&v.iter().map(|v| NewRecord::unkeyed(v)).collect::<Vec<_>>()).unwrap();
+    }
+    let segment = &segment_files(&partition_dir)[0];
+    let full = std::fs::metadata(segment).unwrap().len();
+    let record_len = (full - len_before_last) / 3;
+    // Keep the first record of the batch whole and half of the second: a tear inside the batch.
+    let f = OpenOptions::new().write(true).open(segment).unwrap();
+    f.set_len(len_before_last + record_len + record_len / 2).unwrap();
+    drop(f);
+
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    let got = read_all(&p);
+    assert_eq!(got.len(), 10, "the whole torn batch is gone, including its complete first record");
+    for (i, (offset, _, value)) in got.iter().enumerate() {
+        assert_eq!((*offset, value.as_deref()), (i as u64, Some(&record_value(i)[..])));
+    }
+    assert_eq!(std::fs::metadata(segment).unwrap().len(), len_before_last);
+    assert_eq!(p.append(&[NewRecord::unkeyed(b"after")]).unwrap().base_offset, 10);
+}
+
+#[test]
+fn garbage_or_zeroes_after_the_last_batch_are_truncated() {
+    for tail in [vec![0u8; 3000], (0..3000u32).map(|i| (i * 7919 % 251) as u8).collect()] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let segment;
+        let good_len;
+        {
+            let log = Log::open(options(dir.path(), &clock)).unwrap();
+            let p = open_topic(&log, "t", TopicConfig::default());
+            for i in 0..5 {
+                p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+            }
+            segment = segment_files(p.dir())[0].clone();
+            good_len = std::fs::metadata(&segment).unwrap().len();
+        }
+        let f = OpenOptions::new().write(true).open(&segment).unwrap();
+        f.write_all_at(&tail, good_len).unwrap();
+        drop(f);
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", TopicConfig::default());
+        assert_eq!(read_all(&p).len(), 5);
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), good_len);
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_is_reported_on_read_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let partition_dir;
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", small_segments());
+        for i in 0..100 {
+            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+        }
+        partition_dir = p.dir().to_path_buf();
+    }
+    let first = segment_files(&partition_dir)[0].clone();
+    flip_byte(&first, 200);
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", small_segments());
+    let err = p.read(0, 1000, 1 << 20).unwrap_err();
+    match &err {
+        LogError::Corrupt { path, position, .. } => {
+            assert_eq!(path, &first);
+            assert!(*position <= 200, "reported at the record holding byte 200, got {position}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert!(err.to_string().contains(&first.display().to_string()));
+    // Records before the flip are served; the bad one never is.
+    let before = p.read(0, 1, 1 << 20).unwrap();
+    assert_eq!(before.records[0].value.as_deref(), Some(&record_value(0)[..]));
+    // Later segments are unaffected.
+    let later = p.read(90, 10, 1 << 20).unwrap();
+    assert_eq!(later.records.len(), 10);
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_record_of_a_sealed_segment_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let partition_dir;
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", small_segments());
+        for i in 0..100 {
+            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+        }
+        partition_dir = p.dir().to_path_buf();
+    }
+    let first = segment_files(&partition_dir)[0].clone();
+    let len = std::fs::metadata(&first).unwrap().len();
+    flip_byte(&first, len - 3);
+    let err = Log::open(options(dir.path(), &clock)).unwrap_err();
+    assert!(matches!(&err, LogError::Corrupt { path, .. } if *path == first), "{err}");
+}
+
+#[test]
+fn a_flipped_bit_before_the_unsynced_window_is_reported_on_read_and_never_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = TopicConfig {
+        batch_bytes_max: 4096,
+        record_bytes_max: 1024,
+        unsynced_bytes_max: 8192,
+        segment_bytes_max: 1 << 20,
+        ..TopicConfig::default()
+    };
+    let partition_dir;
+    {
+        let log = Log::open(options(dir.path(), &clock)).unwrap();
+        let p = open_topic(&log, "t", config.clone());
+        for i in 0..1000 {
+            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+        }
+        partition_dir = p.dir().to_path_buf();
+    }
+    let segment = segment_files(&partition_dir)[0].clone();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    assert!(len > 50_000);
+    flip_byte(&segment, 100);
+    // Recovery scans only the tail window, so the open succeeds and truncates nothing...
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", config);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
+    assert_eq!(p.end_offset(), 1000);
+    // ...and the bad record is reported when read, with its segment and position.
+    match p.read(0, 1000, 1 << 20).unwrap_err() {
+        LogError::Corrupt { path, position, .. } => {
+            assert_eq!(path, segment);
+            assert!(position <= 100);
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    // Records past the index entry after the flip are still served.
+    assert_eq!(p.read(500, 500, 1 << 20).unwrap().records.len(), 500);
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_partition_and_nothing_is_acknowledged_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicBool::new(false));
+    {
+        let log =
+            Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+        let p = open_topic(&log, "t", TopicConfig::default());
+        // The 30th fdatasync of a segment fails once; a retry would "succeed", as Linux's does.
+        fs.fail(FaultOp::SyncData, ".log", 30, false);
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (p, acked, failed) = (Arc::clone(&p), Arc::clone(&acked), Arc::clone(&failed));
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let v = format!("w{w}-{i}");
+                        match p.append(&[NewRecord::unkeyed(v.as_bytes())]) {
+                            Ok(a) => {
+                                assert!(
+                                    !failed.load(Ordering::SeqCst) || a.last_offset < u64::MAX,
+                                    "appends that began after the failure must not succeed"
+                                );
+                                acked.lock().unwrap().push((a.base_offset, v));
+                            }
+                            Err(LogError::Poisoned { .. }) => {
+                                failed.store(true, Ordering::SeqCst);
+                                // Every later append on this partition is refused.
+                                let again = p.append(&[NewRecord::unkeyed(b"later")]);
+                                assert!(matches!(again, Err(LogError::Poisoned { .. })));
+                                return;
+                            }
+                            Err(other) => panic!("unexpected error {other}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(failed.load(Ordering::SeqCst), "the injected fsync failure must surface");
+        assert!(p.poisoned().is_some());
+        let syncs = fs.sync_data_calls();
+        assert!(p.append(&[NewRecord::unkeyed(b"x")]).is_err());
+        assert_eq!(fs.sync_data_calls(), syncs, "a poisoned partition never fsyncs again");
+        // Readers see only what was durable before the failure.
+        let visible = read_all(&p);
+        assert!(visible.len() >= acked.lock().unwrap().len());
+        assert_eq!(p.end_offset(), visible.len() as u64);
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    let after = read_all(&p);
+    for (offset, value) in &acked {
+        let found = after.iter().find(|r| r.0 == *offset).map(|r| r.2.clone().unwrap());
+        assert_eq!(found.as_deref(), Some(value.as_bytes()), "acknowledged offset {offset} lost");
+    }
+    assert!(p.poisoned().is_none(), "a restart clears the poison after recovery");
+    p.append(&[NewRecord::unkeyed(b"healthy again")]).unwrap();
+}
+
+#[test]
+fn a_failed_directory_fsync_on_segment_roll_poisons_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let log = Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+    let p = open_topic(&log, "t", small_segments());
+    fs.fail(FaultOp::SyncDir, "/0", 0, true);
+    let v = vec![1u8; 1000];
+    let mut results = Vec::new();
+    for _ in 0..10 {
+        results.push(p.append(&[NewRecord::unkeyed(&v)]));
+    }
+    let first_err = results.iter().position(Result::is_err).expect("the roll must fail");
+    assert!(results[first_err..].iter().all(|r| matches!(r, Err(LogError::Poisoned { .. }))));
+    assert!(p.poisoned().unwrap().contains("fsync partition directory"));
+}
