@@ -159,14 +159,29 @@ struct Fault {
     fired: bool,
 }
 
-/// A filesystem that fails chosen operations, for tests of error handling.
+/// What a [`FaultFs`] knows about a file for power-loss simulation.
+#[derive(Debug, Clone, Copy)]
+struct Durable {
+    /// Bytes covered by the last successful `fdatasync`.
+    synced_len: u64,
+    /// Whether the directory entry was made durable by an fsync of the directory.
+    entry_durable: bool,
+}
+
+/// A filesystem that fails chosen operations and can simulate power loss, for tests of error
+/// handling and recovery.
 ///
 /// Faults fire on the n-th matching call and return `EIO`, the error Linux reports after a failed
-/// write-back.
+/// write-back. [`FaultFs::freeze`] makes every write and sync fail from then on (the machine is
+/// going down); [`FaultFs::power_loss`] then rewinds the files on disk to what a power cut could
+/// leave: files whose directory entry was never fsynced vanish, and every file keeps its synced
+/// bytes plus a random prefix of the unsynced ones (a torn last write).
 #[derive(Debug, Default)]
 pub struct FaultFs {
     faults: Mutex<Vec<Fault>>,
     sync_data_calls: AtomicU64,
+    files: Mutex<std::collections::HashMap<PathBuf, Durable>>,
+    frozen: std::sync::atomic::AtomicBool,
 }
 
 impl FaultFs {
@@ -198,7 +213,58 @@ impl FaultFs {
         self.sync_data_calls.load(Ordering::SeqCst)
     }
 
+    /// From now on every write, `fdatasync` and directory fsync fails with `EIO`.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Rewinds the files this filesystem opened to a state a power cut could leave behind. Call it
+    /// after [`FaultFs::freeze`] and after dropping the log. `seed` picks how much of each file's
+    /// unsynced tail survives.
+    pub fn power_loss(&self, seed: u64) -> io::Result<()> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = || {
+            // xorshift64: deterministic per seed, no dependency needed for a test helper.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (path, durable) in files.iter() {
+            if !path.exists() {
+                continue;
+            }
+            if !durable.entry_durable {
+                std::fs::remove_file(path)?;
+                continue;
+            }
+            let len = std::fs::metadata(path)?.len();
+            if len > durable.synced_len {
+                let unsynced = len - durable.synced_len;
+                let kept = next() % (unsynced + 1);
+                let file = OpenOptions::new().write(true).open(path)?;
+                file.set_len(durable.synced_len + kept)?;
+                if kept > 0 && next() % 2 == 0 {
+                    // The last page of the torn write reached the disk as zeroes.
+                    let zeroes = (next() % kept.min(4096)) + 1;
+                    let at = durable.synced_len + kept - zeroes;
+                    file.write_all_at(&vec![0; zeroes as usize], at)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn track(&self, path: &Path, durable: Durable) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.entry(path.to_path_buf()).or_insert(durable);
+    }
+
     fn check(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc_eio()));
+        }
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let path = path.to_string_lossy();
         for fault in faults.iter_mut() {
@@ -244,11 +310,25 @@ impl FsFile for FaultFile {
     fn sync_data(&self) -> io::Result<()> {
         self.fs.sync_data_calls.fetch_add(1, Ordering::SeqCst);
         self.fs.check(FaultOp::SyncData, &self.path)?;
-        self.inner.sync_data()
+        // Only bytes written before the call are known to be covered.
+        let len = self.inner.size()?;
+        self.inner.sync_data()?;
+        let mut files = self.fs.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = files.get_mut(&self.path) {
+            // Concurrent syncs may finish out of order; durability only grows.
+            d.synced_len = d.synced_len.max(len);
+        }
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
+        self.fs.check(FaultOp::Write, &self.path)?;
+        self.inner.set_len(len)?;
+        let mut files = self.fs.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = files.get_mut(&self.path) {
+            d.synced_len = d.synced_len.min(len);
+        }
+        Ok(())
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -259,7 +339,17 @@ impl FsFile for FaultFile {
 /// [`FaultFs`] shared behind an `Arc`, the form the log takes.
 impl Fs for Arc<FaultFs> {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
+        if mode == OpenMode::CreateNew {
+            self.check(FaultOp::Write, path)?;
+        }
         let inner = StdFs.open(path, mode)?;
+        let durable = match mode {
+            OpenMode::CreateNew => Durable { synced_len: 0, entry_durable: false },
+            OpenMode::Read | OpenMode::ReadWrite => {
+                Durable { synced_len: inner.size()?, entry_durable: true }
+            }
+        };
+        self.track(path, durable);
         Ok(Arc::new(FaultFile { fs: Arc::clone(self), path: path.to_path_buf(), inner }))
     }
 
@@ -269,11 +359,27 @@ impl Fs for Arc<FaultFs> {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.check(FaultOp::SyncDir, path)?;
-        StdFs.sync_dir(path)
+        StdFs.sync_dir(path)?;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for (file, d) in files.iter_mut() {
+            if file.parent() == Some(path) {
+                d.entry_durable = true;
+            }
+        }
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdFs.rename(from, to)
+        self.check(FaultOp::Write, from)?;
+        StdFs.rename(from, to)?;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut d) = files.remove(from) {
+            // The new name is durable only after the directory is fsynced. (Simplification: the
+            // old name does not come back on power loss.)
+            d.entry_durable = false;
+            files.insert(to.to_path_buf(), d);
+        }
+        Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {

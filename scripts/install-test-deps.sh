@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, and nothing if it is all there:
+# nats-server (JetStream) and PostgreSQL 15. The tests start their own throwaway servers on
+# loopback; no system service is started here.
+set -euo pipefail
+
+need=()
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  need+=(nats-server)
+fi
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  need+=(postgresql-15)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
