@@ -269,4 +269,17 @@ mod tests {
         assert_eq!(decode(&buf[..3], 1 << 20), Decoded::Incomplete { need: RECORD_HEADER_BYTES });
         assert_eq!(decode(&buf[..20], 1 << 20), Decoded::Incomplete { need: buf.len() });
     }
+
+    proptest::proptest! {
+        /// RELIABILITY.md test 13: the decoder of external bytes never panics and never claims a
+        /// record longer than the bytes it was given.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            match decode(&bytes, 1 << 10) {
+                Decoded::Record { len, .. } => proptest::prop_assert!(len <= bytes.len()),
+                Decoded::Incomplete { need } => proptest::prop_assert!(need > bytes.len() && need <= 8 + body_bytes_max(1 << 10)),
+                Decoded::Invalid { .. } => {}
+            }
+        }
+    }
 }
