@@ -1,1 +1,130 @@
-fn main() {}
+//! The `driftless` command-line tool: argument parsing and glue only.
+//!
+//! Invariants: every subcommand parses its flags here and calls a library crate to do the work;
+//! nothing but a command's result goes to stdout (with `--json`, exactly one JSON object on one
+//! line), while diagnostics and logs go to stderr; a failure exits non-zero with the error and its
+//! chain of causes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use driftless_bench::log_bench::{self, BenchDurability, LogBenchParams};
+use tracing_subscriber::EnvFilter;
+
+/// Driftless: a real-time data sync engine.
+#[derive(Debug, Parser)]
+#[command(name = "driftless", version, about, propagate_version = true)]
+struct Cli {
+    /// Which logs to write to stderr, as a tracing filter (`warn`, `info`,
+    /// `driftless_log=debug,info`, ...). Defaults to `info`.
+    #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure Driftless against a reference measured in the same run.
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct BenchCommand {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Embedded log: append throughput and latency, reopen time, against raw sequential
+    /// write + fdatasync of the same disk.
+    Log(LogArgs),
+}
+
+/// Flags of `driftless bench log`; see `driftless_bench::log_bench` for what is measured.
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Payload bytes per event (each record also takes 29 header bytes on disk), up to 1048576.
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    event_bytes: usize,
+
+    /// Events to append in total.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    events: u64,
+
+    /// Producer threads appending concurrently.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    producers: usize,
+
+    /// Events per append. Up to 8 MiB per batch on disk uses the log's default limits; larger
+    /// batches raise the benchmark topic's batch_bytes_max, up to 64 MiB.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    batch: usize,
+
+    /// Offered load in events/s over all producers (open loop, latency measured from each
+    /// send's intended time); 0 appends as fast as possible (closed loop).
+    #[arg(long, default_value_t = 0, value_name = "EVENTS_PER_SEC")]
+    rate: u64,
+
+    /// The topic's durability: `always` (acknowledged = fdatasynced), `never`, or
+    /// `interval:MS`.
+    #[arg(long, default_value = "always", value_name = "MODE")]
+    durability: BenchDurability,
+
+    /// Where to create the temporary data directory. The default is relative to the working
+    /// directory, so the disk measured is the one you run from (not /tmp).
+    #[arg(long, default_value = log_bench::DEFAULT_DIR, env = "DRIFTLESS_BENCH_DIR", value_name = "PATH")]
+    dir: PathBuf,
+
+    /// Keep the data directory after the run instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref())?;
+    match cli.command {
+        Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
+    }
+}
+
+fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
+    let filter = filter.unwrap_or("info");
+    let filter = EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log-level / RUST_LOG filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+fn bench_log(args: LogArgs) -> anyhow::Result<()> {
+    let params = LogBenchParams {
+        events: args.events,
+        event_bytes: args.event_bytes,
+        producers: args.producers,
+        batch: args.batch,
+        rate: args.rate,
+        durability: args.durability,
+        dir: args.dir,
+        keep: args.keep,
+    };
+    let report = driftless_bench::run_log_bench(&params).context("log benchmark failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

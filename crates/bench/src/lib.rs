@@ -1,0 +1,23 @@
+//! Benchmarks behind `driftless bench` (DESIGN.md §9).
+//!
+//! Each benchmark measures one Driftless figure and, in the same run and on the same hardware, the
+//! reference it should be judged against, so that its report carries ratios that still mean
+//! something on a noisy machine. Only the log benchmark exists so far ([`log_bench`]); the broker
+//! and end-to-end benchmarks will sit beside it.
+//!
+//! Invariants:
+//! - a benchmark is a library function returning a serializable report; the CLI only parses
+//!   arguments and prints. Benchmarks are commands, never timed tests;
+//! - a benchmark writes only inside a fresh temporary directory it creates, and removes it at the
+//!   end unless asked to keep it;
+//! - memory does not grow with the number of events measured: latencies go into fixed-size
+//!   [`histogram::Histogram`]s, payloads are generated once before timing starts.
+
+pub mod disk;
+mod error;
+pub mod histogram;
+pub mod log_bench;
+
+pub use error::BenchError;
+pub use histogram::Histogram;
+pub use log_bench::{run_log_bench, BenchDurability, LogBenchParams, LogBenchReport};
