@@ -1,4 +1,5 @@
-//! Pure types shared by every Driftless crate: names, partitioning and the clock.
+//! Pure types shared by every Driftless crate: the event envelope, names, partitioning and the
+//! clock.
 //!
 //! `driftless-core` does no IO and knows nothing about storage, HTTP or databases. Everything here is
 //! deterministic given its inputs, except [`SystemClock`], which is the one door through which wall
@@ -13,9 +14,11 @@
 //! ```
 
 mod clock;
+mod event;
 mod partitioning;
 mod topic;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use event::{is_rfc3339, Event, InvalidEvent, EXTENSION_NAME_BYTES_MAX, SPEC_VERSION};
 pub use partitioning::{murmur2, partition_for_key};
 pub use topic::{InvalidTopicName, TopicName, TOPIC_NAME_BYTES_MAX};

@@ -1,0 +1,306 @@
+//! The event envelope: a CloudEvents 1.0 event in its JSON (structured-mode) form.
+//!
+//! Invariants of a validated [`Event`]: `specversion` is `"1.0"`; `id`, `source` and `type` are
+//! non-empty; `time`, when present, is an RFC 3339 timestamp; at most one of `data` and
+//! `data_base64` is present; extension names are 1 to 20 lowercase ASCII letters or digits and
+//! their values are strings, numbers or booleans. The placement key is `partitionkey`, else
+//! `subject`, else `id` — never random, so a retried event lands on the partition of its first try.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The CloudEvents version Driftless speaks.
+pub const SPEC_VERSION: &str = "1.0";
+/// Longest extension attribute name the CloudEvents spec recommends.
+pub const EXTENSION_NAME_BYTES_MAX: usize = 20;
+
+/// A CloudEvents 1.0 event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Always `"1.0"`.
+    pub specversion: String,
+    /// Unique per source; the deduplication key.
+    pub id: String,
+    /// The owning service or connector, e.g. `/services/customers`.
+    pub source: String,
+    /// The business fact, e.g. `customer.address_changed.v1`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The entity the fact is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// When the fact happened, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Media type of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// Schema of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// The payload, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// The payload, as base64 of binary data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// Extension attributes: `partitionkey`, `sequence`, `traceparent` and any others.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Value>,
+}
+
+/// Why an event is not a valid CloudEvent, naming the attribute at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CloudEvent attribute `{attribute}`: {reason}")]
+pub struct InvalidEvent {
+    /// The attribute at fault (`id`, `time`, an extension name, or `json` for the document).
+    pub attribute: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+fn invalid(attribute: &str, reason: impl Into<String>) -> InvalidEvent {
+    InvalidEvent { attribute: attribute.to_string(), reason: reason.into() }
+}
+
+impl Event {
+    /// A minimal valid event.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Self {
+        Self {
+            specversion: SPEC_VERSION.to_string(),
+            id: id.into(),
+            source: source.into(),
+            ty: ty.into(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: None,
+            data_base64: None,
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    /// Parses and validates a structured-mode JSON event.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidEvent> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| invalid("json", format!("not valid JSON: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Validates a JSON value as a structured-mode event.
+    pub fn from_value(value: Value) -> Result<Self, InvalidEvent> {
+        let Value::Object(map) = value else {
+            return Err(invalid("json", "an event must be a JSON object"));
+        };
+        for required in ["specversion", "id", "source", "type"] {
+            match map.get(required) {
+                None => return Err(invalid(required, "required attribute is missing")),
+                Some(Value::String(_)) => {}
+                Some(_) => return Err(invalid(required, "must be a string")),
+            }
+        }
+        for optional in ["subject", "time", "datacontenttype", "dataschema", "data_base64"] {
+            if let Some(v) = map.get(optional) {
+                if !v.is_string() {
+                    return Err(invalid(optional, "must be a string"));
+                }
+            }
+        }
+        let event: Event = serde_json::from_value(Value::Object(map))
+            .map_err(|e| invalid("json", format!("not a CloudEvent: {e}")))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Checks the invariants listed in the module docs.
+    pub fn validate(&self) -> Result<(), InvalidEvent> {
+        if self.specversion != SPEC_VERSION {
+            return Err(invalid(
+                "specversion",
+                format!("must be \"1.0\", got {:?}", self.specversion),
+            ));
+        }
+        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+            if value.is_empty() {
+                return Err(invalid(name, "must not be empty"));
+            }
+        }
+        if let Some(time) = &self.time {
+            if !is_rfc3339(time) {
+                return Err(invalid(
+                    "time",
+                    format!("must be an RFC 3339 timestamp, got {time:?}"),
+                ));
+            }
+        }
+        if self.data.is_some() && self.data_base64.is_some() {
+            return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
+        }
+        for (name, value) in &self.extensions {
+            let name_ok = !name.is_empty()
+                && name.len() <= EXTENSION_NAME_BYTES_MAX
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !name_ok {
+                return Err(invalid(
+                    name,
+                    "extension names are 1 to 20 lowercase letters or digits",
+                ));
+            }
+            if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                return Err(invalid(name, "extension values are strings, numbers or booleans"));
+            }
+        }
+        if let Some(v) = self.extensions.get("partitionkey") {
+            if !v.is_string() {
+                return Err(invalid("partitionkey", "must be a string"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes that choose this event's partition: `partitionkey`, else `subject`, else `id`.
+    pub fn placement_key(&self) -> &str {
+        if let Some(Value::String(k)) = self.extensions.get("partitionkey") {
+            return k;
+        }
+        self.subject.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The string value of an extension attribute, if it is a string.
+    pub fn extension_str(&self, name: &str) -> Option<&str> {
+        self.extensions.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Whether `s` has the shape of an RFC 3339 timestamp (`2024-05-01T12:30:00Z`,
+/// `2024-05-01T12:30:00.123+02:00`), with fields in range.
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone()).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let num = |r: std::ops::Range<usize>| -> u32 {
+        b[r].iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0'))
+    };
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+    {
+        return false;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') || !digits(11..13) || b[13] != b':' || !digits(14..16) {
+        return false;
+    }
+    if b[16] != b':' || !digits(17..19) {
+        return false;
+    }
+    let (month, day, hour, minute, second) =
+        (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            b.len() == i + 6
+                && digits(i + 1..i + 3)
+                && b[i + 3] == b':'
+                && digits(i + 4..i + 6)
+                && num(i + 1..i + 3) <= 23
+                && num(i + 4..i + 6) <= 59
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_structured_event_round_trips_with_extensions() {
+        let json = br#"{"specversion":"1.0","id":"e-1","source":"/svc/customers","type":"customer.created.v1",
+            "subject":"c-42","time":"2024-05-01T12:30:00.5Z","data":{"name":"Ada"},"partitionkey":"tenant-7","sequence":3}"#;
+        let e = Event::from_json(json).unwrap();
+        assert_eq!(e.placement_key(), "tenant-7");
+        assert_eq!(e.extensions["sequence"], 3);
+        let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn placement_falls_back_from_partitionkey_to_subject_to_id() {
+        let mut e = Event::new("e-1", "/s", "t");
+        assert_eq!(e.placement_key(), "e-1");
+        e.subject = Some("c-9".into());
+        assert_eq!(e.placement_key(), "c-9");
+    }
+
+    #[test]
+    fn each_broken_attribute_is_named() {
+        let cases: [(&str, &str); 9] = [
+            (r#"{"id":"1","source":"/s","type":"t"}"#, "specversion"),
+            (r#"{"specversion":"1.0","source":"/s","type":"t"}"#, "id"),
+            (r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#, "id"),
+            (r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#, "specversion"),
+            (r#"{"specversion":"1.0","id":"1","source":"/s","type":7}"#, "type"),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#,
+                "time",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad-Name":"x"}"#,
+                "Bad-Name",
+            ),
+            (r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":{"a":1}}"#, "ext"),
+            (r#"[1,2]"#, "json"),
+        ];
+        for (json, attribute) in cases {
+            let err = Event::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(err.attribute, attribute, "{json}: {err}");
+        }
+        assert_eq!(Event::from_json(b"{not json").unwrap_err().attribute, "json");
+    }
+
+    #[test]
+    fn rfc3339_shapes() {
+        for ok in
+            ["2024-05-01T12:30:00Z", "2024-05-01T12:30:00.123456+02:00", "2024-12-31t23:59:60z"]
+        {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:30:00",
+            "2024-05-01T12:30:00.Z",
+            "2024-05-01T12:30:00+2:00",
+            "2024-05-01T12:30:00Zjunk",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
+}
