@@ -79,7 +79,7 @@ pub struct CompactionOutcome {
 }
 
 /// Counters of one partition, for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStats {
     /// Records appended since open.
     pub records_appended: u64,

@@ -1,0 +1,97 @@
+//! Errors of the broker. Each names what is at fault (topic, event index, group, member,
+//! delivery) so the HTTP layer can answer with a problem document that points at it.
+
+use driftless_core::{InvalidEvent, InvalidTopicName};
+use driftless_log::LogError;
+
+/// Everything the broker can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The topic does not exist.
+    #[error("topic {0} does not exist; create it first (driftless topic create {0})")]
+    UnknownTopic(String),
+    /// The topic already exists.
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    /// Names starting with `__` belong to Driftless's internal topics.
+    #[error("topic names starting with \"__\" are reserved for internal topics: {0}")]
+    ReservedTopic(String),
+    /// The topic name is malformed.
+    #[error(transparent)]
+    InvalidTopicName(#[from] InvalidTopicName),
+    /// An event in a produce request is not a valid CloudEvent.
+    #[error("event {index} of the request: {source}; no event of the request was appended")]
+    InvalidEvent {
+        /// Position of the event in the request, from 0.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: InvalidEvent,
+    },
+    /// A request carries more events than allowed.
+    #[error("a produce request holds at most {max} events; this one has {events}")]
+    TooManyEvents {
+        /// Events in the request.
+        events: usize,
+        /// The limit `produce_events_max`.
+        max: usize,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {field}: {reason}")]
+    InvalidSetting {
+        /// The setting's name.
+        field: &'static str,
+        /// What is allowed.
+        reason: String,
+    },
+    /// No such consumer group.
+    #[error("consumer group {0} does not exist")]
+    UnknownGroup(String),
+    /// No such member (it left, or timed out and was removed).
+    #[error("member {member} is not in group {group}: it left or missed its session timeout; join again")]
+    UnknownMember {
+        /// Group name.
+        group: String,
+        /// Member id.
+        member: String,
+    },
+    /// The delivery is not pending for this group (already acknowledged, or malformed id).
+    #[error("delivery {0} is not pending in this group: already acknowledged, dead-lettered, or never delivered")]
+    UnknownDelivery(String),
+    /// A limit on groups or members was reached.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// A seek target outside the partition.
+    #[error("cannot seek {topic}/{partition} to offset {offset}: the partition holds offsets {start} to {end}")]
+    InvalidSeek {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Requested offset.
+        offset: u64,
+        /// First stored offset.
+        start: u64,
+        /// One past the last offset.
+        end: u64,
+    },
+    /// No such dead-letter entry.
+    #[error("dead-letter entry {0} does not exist in this group")]
+    UnknownDeadLetter(String),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Internal state could not be encoded or decoded.
+    #[error("internal topic {topic} holds an unreadable record at offset {offset}: {reason}")]
+    CorruptState {
+        /// The internal topic.
+        topic: &'static str,
+        /// The record's offset.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Shorthand for broker results.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

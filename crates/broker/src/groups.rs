@@ -1,0 +1,264 @@
+//! Consumer groups: membership and partition assignment, deliveries with visibility timeouts,
+//! acknowledgements, retries with backoff that park only the failing key, and the dead-letter
+//! queue.
+//!
+//! Per (group, topic, partition) a [`Cursor`] holds `committed` (every offset below it is done),
+//! `next_read` (the next offset to read from the log) and `pending`: events read but not done,
+//! each `Ready`, `Inflight` (delivered to a member until a deadline) or `Backoff` (failed, retried
+//! after a delay). Invariants:
+//! - per-key order: only the first pending event of a key may be delivered, so a failing event
+//!   parks its key while other keys of the partition keep flowing;
+//! - `committed` never moves backwards except by an explicit seek, and is persisted (durably)
+//!   before an acknowledgement is answered;
+//! - an event leaves `pending` only by acknowledgement or by going to the dead-letter queue after
+//!   `max_attempts` deliveries (each expired visibility timeout counts as a failed attempt);
+//! - memory is bounded: at most `pending_per_partition_max` events per cursor and
+//!   `inflight_per_member_max` deliveries per member.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Where a pending event stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PendingState {
+    Ready,
+    Inflight { member: String, deadline_ms: i64 },
+    Backoff { until_ms: i64 },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub state: PendingState,
+    pub attempts: u32,
+    pub errors: Vec<String>,
+    /// Set when this is a dead letter being retried.
+    pub dead_letter_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cursor {
+    pub committed: u64,
+    pub next_read: u64,
+    pub pending: BTreeMap<u64, Pending>,
+}
+
+impl Cursor {
+    pub fn new(offset: u64) -> Self {
+        Self { committed: offset, next_read: offset, pending: BTreeMap::new() }
+    }
+
+    /// The committed offset implied by what is pending; never below the current one.
+    pub fn recompute_committed(&mut self) -> u64 {
+        let lowest =
+            self.pending.range(self.committed..).next().map_or(self.next_read, |(o, _)| *o);
+        self.committed = self.committed.max(lowest);
+        self.committed
+    }
+
+    /// Keys whose first pending event is backing off.
+    pub fn parked_keys(&self) -> usize {
+        let mut seen = HashSet::new();
+        let mut parked = 0;
+        for p in self.pending.values() {
+            if seen.insert(&p.key) && matches!(p.state, PendingState::Backoff { .. }) {
+                parked += 1;
+            }
+        }
+        parked
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.pending.values().filter(|p| matches!(p.state, PendingState::Inflight { .. })).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub topics: BTreeSet<String>,
+    pub last_seen_ms: i64,
+    pub session_timeout_ms: u64,
+}
+
+/// A group's in-memory state. Membership is not persisted: after a restart members join again;
+/// committed offsets and dead letters are persisted.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    pub generation: u64,
+    pub members: BTreeMap<String, Member>,
+    /// (topic, partition) → member id.
+    pub assignment: BTreeMap<(String, u32), String>,
+    pub cursors: BTreeMap<(String, u32), Cursor>,
+    pub dead: BTreeMap<String, DeadLetter>,
+}
+
+impl Group {
+    /// Recomputes the assignment: each topic's partitions go round-robin to the members that
+    /// subscribed to it, in member-id order. Deliveries of partitions that changed owner become
+    /// ready again without counting an attempt.
+    pub fn rebalance(&mut self) {
+        self.generation += 1;
+        let mut topics: BTreeMap<&String, Vec<&String>> = BTreeMap::new();
+        for (id, m) in &self.members {
+            for t in &m.topics {
+                topics.entry(t).or_default().push(id);
+            }
+        }
+        let mut assignment = BTreeMap::new();
+        for (topic, members) in topics {
+            let partitions = self
+                .cursors
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| *p)
+                .collect::<Vec<_>>();
+            for p in partitions {
+                assignment.insert((topic.clone(), p), members[p as usize % members.len()].clone());
+            }
+        }
+        for (tp, cursor) in self.cursors.iter_mut() {
+            let owner = assignment.get(tp);
+            for pending in cursor.pending.values_mut() {
+                if let PendingState::Inflight { member, .. } = &pending.state {
+                    if owner != Some(member) {
+                        pending.state = PendingState::Ready;
+                        pending.attempts = pending.attempts.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        self.assignment = assignment;
+    }
+
+    pub fn assigned_to(&self, member: &str) -> Vec<(String, u32)> {
+        self.assignment
+            .iter()
+            .filter(|(_, m)| m.as_str() == member)
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    pub fn inflight_of(&self, member: &str) -> usize {
+        self.cursors
+            .values()
+            .flat_map(|c| c.pending.values())
+            .filter(|p| matches!(&p.state, PendingState::Inflight { member: m, .. } if m == member))
+            .count()
+    }
+}
+
+/// An event handed to a consumer, to be acknowledged or rejected by its `delivery_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `topic:partition:offset:attempt` (safe in a URL path segment).
+    pub delivery_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// 1 for the first delivery, then 2, 3, …
+    pub attempt: u32,
+    /// The CloudEvent.
+    pub event: serde_json::Value,
+    /// Set when this delivery retries a dead letter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_id: Option<String>,
+}
+
+/// Parses a delivery id into (topic, partition, offset).
+pub(crate) fn parse_delivery_id(id: &str) -> Option<(String, u32, u64)> {
+    let mut parts = id.split(':');
+    let topic = parts.next()?.to_string();
+    let partition = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let _attempt: u32 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || topic.is_empty() {
+        return None;
+    }
+    Some((topic, partition, offset))
+}
+
+/// An event that failed `max_attempts` times, with its error history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `topic:partition:offset`, unique within its group.
+    pub id: String,
+    /// The consumer group it failed in.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// The CloudEvent.
+    pub event: serde_json::Value,
+    /// Deliveries made.
+    pub attempts: u32,
+    /// One entry per failed attempt: the consumer's error or "visibility timeout".
+    pub errors: Vec<String>,
+    /// When it was dead-lettered (ms since the epoch).
+    pub dead_at_ms: i64,
+    /// `dead`, or `retrying` after an operator asked for a retry.
+    pub state: DeadLetterState,
+}
+
+/// Where a dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterState {
+    /// Parked in the queue.
+    Dead,
+    /// Being delivered again after an operator's retry.
+    Retrying,
+}
+
+/// Exponential backoff before attempt `attempts + 1`: `initial × 2^(attempts−1)`, capped.
+pub(crate) fn backoff_ms(attempts: u32, initial_ms: u64, max_ms: u64) -> u64 {
+    let shift = attempts.saturating_sub(1).min(20);
+    initial_ms.saturating_mul(1 << shift).min(max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b: Vec<u64> = (1..=6).map(|a| backoff_ms(a, 100, 1000)).collect();
+        assert_eq!(b, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn delivery_ids_parse_and_reject_garbage() {
+        assert_eq!(parse_delivery_id("orders:3:42:1"), Some(("orders".into(), 3, 42)));
+        for bad in ["", "orders", "orders:x:1:1", "orders:1:2", "orders:1:2:3:4", ":1:2:3"] {
+            assert_eq!(parse_delivery_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn committed_follows_the_lowest_pending_and_never_goes_back() {
+        let mut c = Cursor::new(10);
+        c.next_read = 20;
+        let p = Pending {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::new(),
+            state: PendingState::Ready,
+            attempts: 0,
+            errors: vec![],
+            dead_letter_id: None,
+        };
+        c.pending.insert(15, p.clone());
+        assert_eq!(c.recompute_committed(), 15);
+        c.pending.insert(5, p); // a retried dead letter below the committed offset
+        assert_eq!(c.recompute_committed(), 15);
+        c.pending.remove(&15);
+        assert_eq!(c.recompute_committed(), 20);
+    }
+}

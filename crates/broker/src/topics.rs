@@ -1,0 +1,296 @@
+//! Topics as the broker sees them: a log topic plus broker settings (the deduplication window),
+//! and idempotent produce.
+//!
+//! Idempotent produce: every topic keeps the ids appended within its `dedup_window_ms` (at most
+//! `dedup_ids_max` of them). An event whose id is there is not appended again; the caller gets the
+//! original partition and offset with `duplicate = true`. An id being appended right now is
+//! marked pending, and a concurrent request with the same id waits for it instead of appending a
+//! second copy. Invariant: an id is marked done only after its append is durable; a failed append
+//! removes its pending marks. On open the window is rebuilt from the log.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use driftless_core::{partition_for_key, Clock, Event};
+use driftless_log::{Durability, NewRecord, Topic};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BrokerError, Result};
+
+/// Settings of a topic, as given when creating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSpec {
+    /// Number of partitions, 1 to 1024.
+    pub partitions: u32,
+    /// Delete events older than this; `None` keeps them.
+    pub retention_ms: Option<u64>,
+    /// Keep at most this many bytes per partition; `None`: no limit.
+    pub retention_bytes: Option<u64>,
+    /// Keep only the newest event per placement key.
+    pub compact: bool,
+    /// How long a re-sent event id is recognised as a duplicate.
+    pub dedup_window_ms: u64,
+    /// When a produce is acknowledged; `always` (fsynced) unless you accept losing data.
+    pub durability: Durability,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention_ms: None,
+            retention_bytes: None,
+            compact: false,
+            dedup_window_ms: 120_000,
+            durability: Durability::Always,
+        }
+    }
+}
+
+/// Where one produced event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Produced {
+    /// The event id.
+    pub id: String,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Whether it had already been appended (inside the dedup window) and was not appended again.
+    pub duplicate: bool,
+}
+
+/// (index in the request, offset) of each event appended to one partition.
+type Placed = Vec<(usize, u64)>;
+
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Pending,
+    Done { partition: u32, offset: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Dedup {
+    ids: HashMap<String, Mark>,
+    /// Done ids in append order, with their append time, for expiry.
+    order: VecDeque<(i64, String)>,
+}
+
+/// A topic with its broker-level state.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    pub topic: Arc<Topic>,
+    pub spec: TopicSpec,
+    dedup: Mutex<Dedup>,
+    dedup_changed: Condvar,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+fn lock(m: &Mutex<Dedup>) -> MutexGuard<'_, Dedup> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TopicState {
+    /// Wraps a log topic and rebuilds its dedup window from the log.
+    pub fn open(topic: Arc<Topic>, spec: TopicSpec, now_ms: i64) -> Result<Self> {
+        let mut dedup = Dedup::default();
+        let since = now_ms.saturating_sub(spec.dedup_window_ms as i64);
+        for p in topic.partitions() {
+            let Some(mut next) = p.offset_for_time(since)? else { continue };
+            while next < p.end_offset() {
+                let batch = p.read(next, 10_000, 8 << 20)?;
+                for r in &batch.records {
+                    if let Some(Ok(e)) = r.value.as_deref().map(serde_json::from_slice::<IdOnly>) {
+                        dedup.ids.insert(
+                            e.id.clone(),
+                            Mark::Done { partition: p.id(), offset: r.offset },
+                        );
+                        dedup.order.push_back((r.timestamp_ms, e.id));
+                    }
+                }
+                next = batch.next_offset;
+            }
+        }
+        Ok(Self { topic, spec, dedup: Mutex::new(dedup), dedup_changed: Condvar::new() })
+    }
+
+    fn expire(&self, d: &mut Dedup, now_ms: i64, ids_max: usize) {
+        let cutoff = now_ms.saturating_sub(self.spec.dedup_window_ms as i64);
+        while let Some((at, _)) = d.order.front() {
+            if *at >= cutoff && d.order.len() <= ids_max {
+                break;
+            }
+            if let Some((_, id)) = d.order.pop_front() {
+                if matches!(d.ids.get(&id), Some(Mark::Done { .. })) {
+                    d.ids.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Appends `events` (already validated), skipping ids seen inside the dedup window.
+    pub fn produce(
+        &self,
+        events: &[Event],
+        clock: &dyn Clock,
+        ids_max: usize,
+    ) -> Result<Vec<Produced>> {
+        let partitions = self.topic.partitions().len() as u32;
+        let mut results: Vec<Option<Produced>> = vec![None; events.len()];
+        // Indexes of events this request appends, and of in-request repeats of them.
+        let mut mine: Vec<usize> = Vec::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        {
+            let mut d = lock(&self.dedup);
+            self.expire(&mut d, clock.now_ms(), ids_max);
+            let mut first_in_request: HashMap<&str, usize> = HashMap::new();
+            for (i, e) in events.iter().enumerate() {
+                if let Some(&first) = first_in_request.get(e.id.as_str()) {
+                    repeats.push((i, first));
+                    continue;
+                }
+                loop {
+                    match d.ids.get(&e.id) {
+                        Some(Mark::Done { partition, offset }) => {
+                            results[i] = Some(Produced {
+                                id: e.id.clone(),
+                                partition: *partition,
+                                offset: *offset,
+                                duplicate: true,
+                            });
+                            break;
+                        }
+                        Some(Mark::Pending) => {
+                            // Another request is appending this id: wait for its outcome.
+                            d = self.dedup_changed.wait(d).unwrap_or_else(|e| e.into_inner());
+                        }
+                        None => {
+                            d.ids.insert(e.id.clone(), Mark::Pending);
+                            first_in_request.insert(e.id.as_str(), i);
+                            mine.push(i);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Group by partition, keeping request order inside each partition (per-key order).
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
+        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); events.len()];
+        for &i in &mine {
+            let p = partition_for_key(events[i].placement_key().as_bytes(), partitions);
+            by_partition[p as usize].push(i);
+            bodies[i] = serde_json::to_vec(&events[i]).unwrap_or_default();
+        }
+        let append = &|p: usize, idx: &[usize]| -> Result<Placed> {
+            let records: Vec<NewRecord<'_>> = idx
+                .iter()
+                .map(|&i| NewRecord::keyed(events[i].placement_key().as_bytes(), &bodies[i]))
+                .collect();
+            let a = self.topic.partition(p as u32)?.append(&records)?;
+            Ok(idx.iter().enumerate().map(|(k, &i)| (i, a.base_offset + k as u64)).collect())
+        };
+        let busy: Vec<usize> =
+            (0..by_partition.len()).filter(|&p| !by_partition[p].is_empty()).collect();
+        let outcomes: Vec<(usize, Result<Placed>)> = if busy.len() <= 1 {
+            busy.iter().map(|&p| (p, append(p, &by_partition[p]))).collect()
+        } else {
+            // Partitions sync independently: append to them in parallel so one request pays
+            // one fsync latency, not one per partition.
+            let by_partition = &by_partition;
+            std::thread::scope(|s| {
+                let handles: Vec<_> = busy
+                    .iter()
+                    .map(|&p| (p, s.spawn(move || append(p, &by_partition[p]))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(p, h)| {
+                        (p, h.join().unwrap_or_else(|_| unreachable!("append does not panic")))
+                    })
+                    .collect()
+            })
+        };
+        let now = clock.now_ms();
+        let mut first_error = None;
+        {
+            let mut d = lock(&self.dedup);
+            for (p, outcome) in outcomes {
+                match outcome {
+                    Ok(placed) => {
+                        for (i, offset) in placed {
+                            let id = events[i].id.clone();
+                            d.ids.insert(id.clone(), Mark::Done { partition: p as u32, offset });
+                            d.order.push_back((now, id.clone()));
+                            results[i] = Some(Produced {
+                                id,
+                                partition: p as u32,
+                                offset,
+                                duplicate: false,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        for &i in &by_partition[p] {
+                            d.ids.remove(&events[i].id);
+                        }
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            drop(d);
+            self.dedup_changed.notify_all();
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (i, first) in repeats {
+            results[i] = results[first].clone().map(|r| Produced { duplicate: true, ..r });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| unreachable!("every event has a result")))
+            .collect())
+    }
+}
+
+/// Validates a spec and turns it into the log's topic configuration.
+pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig> {
+    if spec.partitions == 0 || spec.partitions > driftless_log::PARTITIONS_MAX {
+        return Err(BrokerError::InvalidSetting {
+            field: "partitions",
+            reason: format!(
+                "must be 1 to {}, got {}",
+                driftless_log::PARTITIONS_MAX,
+                spec.partitions
+            ),
+        });
+    }
+    if spec.dedup_window_ms > 7 * 24 * 3600 * 1000 {
+        return Err(BrokerError::InvalidSetting {
+            field: "dedup_window_ms",
+            reason: "must be at most 7 days".into(),
+        });
+    }
+    let config = driftless_log::TopicConfig {
+        partitions: spec.partitions,
+        durability: spec.durability,
+        retention_ms: spec.retention_ms,
+        retention_bytes: spec.retention_bytes,
+        cleanup: if spec.compact {
+            driftless_log::Cleanup::Compact
+        } else {
+            driftless_log::Cleanup::Delete
+        },
+        ..driftless_log::TopicConfig::default()
+    };
+    config
+        .validate()
+        .map_err(|e| BrokerError::InvalidSetting { field: "topic", reason: e.to_string() })?;
+    Ok(config)
+}

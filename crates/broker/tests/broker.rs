@@ -1,0 +1,355 @@
+//! The broker's promises, one test each: idempotent produce, per-key order, consumer groups that
+//! split and rebalance, retries that park only the failing key, the dead-letter queue, seek and
+//! restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use driftless_broker::{Broker, BrokerConfig, BrokerError, SeekTarget, TopicSpec};
+use driftless_core::{Event, ManualClock};
+use driftless_log::LogOptions;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn config() -> BrokerConfig {
+    BrokerConfig {
+        max_attempts: 3,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 1_000,
+        visibility_timeout_ms: 5_000,
+        session_timeout_ms: 60_000,
+        ..BrokerConfig::default()
+    }
+}
+
+fn open(dir: &Path, clock: &Arc<ManualClock>) -> Broker {
+    let options = LogOptions { maintenance_interval_ms: None, ..LogOptions::new(dir) };
+    Broker::open_with(options, Arc::clone(clock) as _, config()).unwrap()
+}
+
+fn event(id: &str, subject: &str) -> Event {
+    let mut e = Event::new(id, "/test", "thing.happened.v1");
+    e.subject = Some(subject.to_string());
+    e.data = Some(serde_json::json!({ "id": id }));
+    e
+}
+
+fn spec(partitions: u32) -> TopicSpec {
+    TopicSpec { partitions, ..TopicSpec::default() }
+}
+
+/// Fetches everything the member can get right now, acknowledging it; returns event ids.
+fn drain(b: &Broker, group: &str, member: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let f = b.fetch(group, member, 100).unwrap();
+        if f.deliveries.is_empty() {
+            return ids;
+        }
+        let acks: Vec<String> = f.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
+        ids.extend(f.deliveries.iter().map(|d| d.event["id"].as_str().unwrap().to_string()));
+        b.ack(group, &acks).unwrap();
+    }
+}
+
+#[test]
+fn a_retried_produce_returns_the_original_position_and_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(4)).unwrap();
+    let first = b.produce("t", vec![event("a", "k1"), event("b", "k2")]).unwrap();
+    assert!(first.iter().all(|r| !r.duplicate));
+    let again = b.produce("t", vec![event("b", "k2"), event("a", "k1"), event("c", "k1")]).unwrap();
+    assert_eq!(
+        (again[0].partition, again[0].offset, again[0].duplicate),
+        (first[1].partition, first[1].offset, true)
+    );
+    assert_eq!(
+        (again[1].partition, again[1].offset, again[1].duplicate),
+        (first[0].partition, first[0].offset, true)
+    );
+    assert!(!again[2].duplicate);
+    // A repeat inside one request is appended once.
+    let same = b.produce("t", vec![event("d", "k3"), event("d", "k3")]).unwrap();
+    assert_eq!(
+        (same[0].offset, same[1].offset, same[1].duplicate),
+        (same[0].offset, same[0].offset, true)
+    );
+    let total: u64 = b.describe_topic("t").unwrap().partitions.iter().map(|p| p.end_offset).sum();
+    assert_eq!(total, 4, "a, b, c, d once each");
+    // After the window, the id is new again.
+    clock.advance_ms(121_000);
+    assert!(!b.produce("t", vec![event("a", "k1")]).unwrap()[0].duplicate);
+}
+
+#[test]
+fn the_dedup_window_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let first = {
+        let b = open(dir.path(), &clock);
+        b.create_topic("t", spec(2)).unwrap();
+        b.produce("t", vec![event("a", "k1")]).unwrap()
+    };
+    let b = open(dir.path(), &clock);
+    let again = b.produce("t", vec![event("a", "k1")]).unwrap();
+    assert_eq!((again[0].offset, again[0].duplicate), (first[0].offset, true));
+}
+
+#[test]
+fn concurrent_sends_of_the_same_id_append_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = Arc::new(open(dir.path(), &clock));
+    b.create_topic("t", spec(1)).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| b.produce("t", vec![event(&format!("e{i}"), "k")]).unwrap()[0].offset)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let offsets: Vec<Vec<u64>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] == w[1]), "every sender sees the same offset per id");
+    assert_eq!(b.describe_topic("t").unwrap().partitions[0].end_offset, 50);
+}
+
+#[test]
+fn invalid_events_name_their_index_and_nothing_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(1)).unwrap();
+    let mut bad = event("x", "k");
+    bad.time = Some("yesterday".into());
+    let err = b.produce("t", vec![event("a", "k"), event("b", "k"), bad]).unwrap_err();
+    match err {
+        BrokerError::InvalidEvent { index, source } => {
+            assert_eq!((index, source.attribute.as_str()), (2, "time"))
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(b.describe_topic("t").unwrap().partitions[0].end_offset, 0);
+    assert!(matches!(b.produce("nope", vec![event("a", "k")]), Err(BrokerError::UnknownTopic(_))));
+    assert!(matches!(b.create_topic("__mine", spec(1)), Err(BrokerError::ReservedTopic(_))));
+    assert!(matches!(b.create_topic("t", spec(1)), Err(BrokerError::TopicExists(_))));
+}
+
+#[test]
+fn per_key_order_holds_with_concurrent_producers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = Arc::new(open(dir.path(), &clock));
+    b.create_topic("t", spec(4)).unwrap();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                for seq in 0..100 {
+                    // Each producer owns two keys and sends them in order, in batches of two.
+                    let batch = (0..2)
+                        .map(|k| event(&format!("p{p}-k{k}-{seq}"), &format!("p{p}-k{k}")))
+                        .collect();
+                    b.produce("t", batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let m = b.join("g", &["t".to_string()], None).unwrap();
+    let ids = drain(&b, "g", &m.member_id);
+    assert_eq!(ids.len(), 800);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for id in ids {
+        let (key, seq) = id.rsplit_once('-').unwrap();
+        let seq: i64 = seq.parse().unwrap();
+        let prev = last.insert(key.to_string(), seq).unwrap_or(-1);
+        assert_eq!(seq, prev + 1, "key {key} out of order");
+    }
+}
+
+#[test]
+fn three_members_split_partitions_and_rebalance_when_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(6)).unwrap();
+    let topics = ["t".to_string()];
+    let members: Vec<String> =
+        (0..3).map(|_| b.join("g", &topics, None).unwrap().member_id).collect();
+    let assignments: Vec<Vec<(String, u32)>> =
+        members.iter().map(|m| b.heartbeat("g", m).unwrap().assignments).collect();
+    assert!(assignments.iter().all(|a| a.len() == 2), "{assignments:?}");
+    let all: BTreeSet<_> = assignments.iter().flatten().collect();
+    assert_eq!(all.len(), 6, "every partition has exactly one owner");
+
+    let events: Vec<Event> = (0..60).map(|i| event(&format!("e{i}"), &format!("key{i}"))).collect();
+    b.produce("t", events).unwrap();
+    // Member 0 takes its deliveries but acknowledges only half; then it leaves.
+    let f0 = b.fetch("g", &members[0], 1000).unwrap();
+    assert!(!f0.deliveries.is_empty());
+    let (acked, unacked) = f0.deliveries.split_at(f0.deliveries.len() / 2);
+    b.ack("g", &acked.iter().map(|d| d.delivery_id.clone()).collect::<Vec<_>>()).unwrap();
+    let mut seen: Vec<String> =
+        acked.iter().map(|d| d.event["id"].as_str().unwrap().to_string()).collect();
+    let unacked: BTreeSet<String> =
+        unacked.iter().map(|d| d.event["id"].as_str().unwrap().to_string()).collect();
+    b.leave("g", &members[0]).unwrap();
+    let after: Vec<Vec<(String, u32)>> =
+        members[1..].iter().map(|m| b.heartbeat("g", m).unwrap().assignments).collect();
+    assert_eq!(after.iter().map(Vec::len).sum::<usize>(), 6);
+    let mut redelivered = Vec::new();
+    for m in &members[1..] {
+        let ids = drain(&b, "g", m);
+        redelivered
+            .extend(ids.iter().filter(|id| seen.contains(id) || unacked.contains(*id)).cloned());
+        seen.extend(ids);
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 60, "no event lost");
+    let redelivered: BTreeSet<String> = redelivered.into_iter().collect();
+    assert_eq!(redelivered, unacked, "only the unacknowledged events are delivered again");
+    assert!(b.describe_group("g").unwrap().partitions.iter().all(|p| p.lag_events == 0));
+}
+
+#[test]
+fn a_failing_event_parks_only_its_key_and_reaches_the_dlq_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(1)).unwrap();
+    b.produce(
+        "t",
+        vec![event("poison", "bad"), event("after-poison", "bad"), event("ok-1", "good")],
+    )
+    .unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    let mut good = Vec::new();
+    let mut attempts = 0;
+    for round in 0..10 {
+        let f = b.fetch("g", &m, 100).unwrap();
+        for d in &f.deliveries {
+            let id = d.event["id"].as_str().unwrap();
+            assert_ne!(id, "after-poison", "a later event of a parked key must wait");
+            if id == "poison" {
+                attempts += 1;
+                assert_eq!(d.attempt, attempts);
+                b.nack("g", &d.delivery_id, &format!("boom {round}")).unwrap();
+            } else {
+                good.push(id.to_string());
+                b.ack("g", std::slice::from_ref(&d.delivery_id)).unwrap();
+            }
+        }
+        if round == 0 {
+            // Other keys keep flowing while the poison key is parked.
+            b.produce("t", vec![event("ok-2", "good")]).unwrap();
+        }
+        clock.advance_ms(2_000);
+        if attempts == 3 {
+            break;
+        }
+    }
+    assert_eq!(attempts, 3, "delivered exactly max_attempts times");
+    let dead = b.dead_letters("g").unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event["id"], "poison");
+    assert_eq!(dead[0].errors.len(), 3);
+    assert!(dead[0].errors[0].contains("boom 0"));
+    // The key is free again: the next event of it flows.
+    good.extend(drain(&b, "g", &m));
+    assert_eq!(good, ["ok-1", "ok-2", "after-poison"]);
+
+    // Retry from the DLQ redelivers the event; acknowledging it empties the queue.
+    b.retry_dead_letter("g", &dead[0].id).unwrap();
+    let f = b.fetch("g", &m, 100).unwrap();
+    assert_eq!(f.deliveries.len(), 1);
+    assert_eq!(f.deliveries[0].event["id"], "poison");
+    assert_eq!(f.deliveries[0].dead_letter_id.as_deref(), Some(dead[0].id.as_str()));
+    b.ack("g", &[f.deliveries[0].delivery_id.clone()]).unwrap();
+    assert!(b.dead_letters("g").unwrap().is_empty());
+}
+
+#[test]
+fn an_unacknowledged_delivery_comes_back_after_the_visibility_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(1)).unwrap();
+    b.produce("t", vec![event("a", "k")]).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(b.fetch("g", &m, 10).unwrap().deliveries.len(), 1);
+    assert!(b.fetch("g", &m, 10).unwrap().deliveries.is_empty(), "in flight, not yet due");
+    clock.advance_ms(5_001);
+    let again = b.fetch("g", &m, 10).unwrap();
+    assert_eq!(again.deliveries.len(), 1);
+    assert_eq!(again.deliveries[0].attempt, 2);
+}
+
+#[test]
+fn seek_by_time_replays_from_the_first_event_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(1)).unwrap();
+    for i in 0..10 {
+        clock.set_ms(T0 + i * 1000);
+        b.produce("t", vec![event(&format!("e{i}"), "k")]).unwrap();
+    }
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(drain(&b, "g", &m).len(), 10);
+    let moved = b.seek("g", "t", None, SeekTarget::TimeMs(T0 + 6_500)).unwrap();
+    assert_eq!(moved, vec![(0, 7)]);
+    assert_eq!(drain(&b, "g", &m), ["e7", "e8", "e9"]);
+    b.seek("g", "t", Some(0), SeekTarget::Earliest).unwrap();
+    assert_eq!(drain(&b, "g", &m).len(), 10);
+    let err = b.seek("g", "t", Some(0), SeekTarget::Offset(99)).unwrap_err();
+    assert!(matches!(err, BrokerError::InvalidSeek { end: 10, .. }), "{err}");
+}
+
+#[test]
+fn committed_offsets_and_dead_letters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let b = open(dir.path(), &clock);
+        b.create_topic("t", spec(1)).unwrap();
+        b.produce("t", (0..5).map(|i| event(&format!("e{i}"), &format!("k{i}"))).collect())
+            .unwrap();
+        let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+        let f = b.fetch("g", &m, 3).unwrap();
+        b.ack("g", &[f.deliveries[0].delivery_id.clone(), f.deliveries[1].delivery_id.clone()])
+            .unwrap();
+        // The third goes to the DLQ.
+        b.nack("g", &f.deliveries[2].delivery_id, "no").unwrap();
+        clock.advance_ms(2_000);
+        for _ in 0..2 {
+            let d = b
+                .fetch("g", &m, 10)
+                .unwrap()
+                .deliveries
+                .into_iter()
+                .find(|d| d.event["id"] == "e2");
+            if let Some(d) = d {
+                b.nack("g", &d.delivery_id, "no").unwrap();
+            }
+            clock.advance_ms(2_000);
+        }
+        assert_eq!(b.dead_letters("g").unwrap().len(), 1);
+    }
+    let b = open(dir.path(), &clock);
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(
+        drain(&b, "g", &m),
+        ["e3", "e4"],
+        "acknowledged and dead-lettered events are not redelivered"
+    );
+    assert_eq!(b.dead_letters("g").unwrap()[0].event["id"], "e2");
+}
