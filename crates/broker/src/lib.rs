@@ -379,12 +379,20 @@ impl Broker {
         Ok(produced)
     }
 
+    /// The group called `name`. Groups with persisted state (committed offsets or dead letters)
+    /// exist after a restart even before a member joins, with cursors at their committed offsets.
     fn group(&self, name: &str, create: bool) -> Result<Arc<Mutex<Group>>> {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get(name) {
             return Ok(Arc::clone(g));
         }
-        if !create {
+        let persisted_topics: BTreeSet<String> = lock(&self.persisted_offsets)
+            .keys()
+            .filter(|(g, _, _)| g == name)
+            .map(|(_, t, _)| t.clone())
+            .collect();
+        let has_dead = lock(&self.persisted_dead).contains_key(name);
+        if !create && persisted_topics.is_empty() && !has_dead {
             return Err(BrokerError::UnknownGroup(name.to_string()));
         }
         if groups.len() >= self.config.groups_max {
@@ -394,7 +402,14 @@ impl Broker {
             )));
         }
         let dead = lock(&self.persisted_dead).remove(name).unwrap_or_default();
-        let g = Arc::new(Mutex::new(Group { dead, ..Group::default() }));
+        let mut group = Group { dead, ..Group::default() };
+        for topic in persisted_topics {
+            // A topic deleted since simply has no cursors.
+            if self.topic_state(&topic).is_ok() {
+                self.ensure_cursors(name, &mut group, &topic)?;
+            }
+        }
+        let g = Arc::new(Mutex::new(group));
         groups.insert(name.to_string(), Arc::clone(&g));
         Ok(g)
     }
