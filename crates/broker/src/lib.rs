@@ -853,26 +853,27 @@ impl Broker {
     pub fn list_groups(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = lock(&self.groups).keys().cloned().collect();
         names.extend(lock(&self.persisted_dead).keys().cloned());
+        names.extend(lock(&self.persisted_offsets).keys().map(|(g, _, _)| g.clone()));
         names.into_iter().collect()
     }
 
     /// The group's dead letters.
     pub fn dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>> {
-        let g = self.group(group, true)?;
+        let g = self.group(group, false)?;
         let g = lock(&g);
         Ok(g.dead.values().cloned().collect())
     }
 
     /// One dead letter.
     pub fn dead_letter_entry(&self, group: &str, id: &str) -> Result<DeadLetter> {
-        let g = self.group(group, true)?;
+        let g = self.group(group, false)?;
         let g = lock(&g);
         g.dead.get(id).cloned().ok_or_else(|| BrokerError::UnknownDeadLetter(id.into()))
     }
 
     /// Delivers a dead letter to the group again (with a fresh attempt budget).
     pub fn retry_dead_letter(&self, group: &str, id: &str) -> Result<DeadLetter> {
-        let g = self.group(group, true)?;
+        let g = self.group(group, false)?;
         let mut g = lock(&g);
         let mut dead =
             g.dead.get(id).cloned().ok_or_else(|| BrokerError::UnknownDeadLetter(id.into()))?;
@@ -889,7 +890,7 @@ impl Broker {
 
     /// Removes a dead letter for good.
     pub fn discard_dead_letter(&self, group: &str, id: &str) -> Result<()> {
-        let g = self.group(group, true)?;
+        let g = self.group(group, false)?;
         let mut g = lock(&g);
         if g.dead.remove(id).is_none() {
             return Err(BrokerError::UnknownDeadLetter(id.into()));
