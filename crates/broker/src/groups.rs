@@ -170,17 +170,26 @@ pub struct Delivery {
     pub dead_letter_id: Option<String>,
 }
 
-/// Parses a delivery id into (topic, partition, offset).
-pub(crate) fn parse_delivery_id(id: &str) -> Option<(String, u32, u64)> {
+/// A parsed delivery id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryId {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub attempt: u32,
+}
+
+/// Parses a delivery id `topic:partition:offset:attempt`.
+pub(crate) fn parse_delivery_id(id: &str) -> Option<DeliveryId> {
     let mut parts = id.split(':');
     let topic = parts.next()?.to_string();
     let partition = parts.next()?.parse().ok()?;
     let offset = parts.next()?.parse().ok()?;
-    let _attempt: u32 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || topic.is_empty() {
+    let attempt: u32 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || topic.is_empty() || attempt == 0 {
         return None;
     }
-    Some((topic, partition, offset))
+    Some(DeliveryId { topic, partition, offset, attempt })
 }
 
 /// An event that failed `max_attempts` times, with its error history.
@@ -236,8 +245,11 @@ mod tests {
 
     #[test]
     fn delivery_ids_parse_and_reject_garbage() {
-        assert_eq!(parse_delivery_id("orders:3:42:1"), Some(("orders".into(), 3, 42)));
-        for bad in ["", "orders", "orders:x:1:1", "orders:1:2", "orders:1:2:3:4", ":1:2:3"] {
+        let id = parse_delivery_id("orders:3:42:1").unwrap();
+        assert_eq!((id.topic.as_str(), id.partition, id.offset, id.attempt), ("orders", 3, 42, 1));
+        for bad in
+            ["", "orders", "orders:x:1:1", "orders:1:2", "orders:1:2:3:4", ":1:2:3", "t:1:2:0"]
+        {
             assert_eq!(parse_delivery_id(bad), None, "{bad}");
         }
     }

@@ -699,12 +699,19 @@ impl Broker {
         let mut touched = Vec::new();
         let mut finished_dead = Vec::new();
         for id in delivery_ids {
-            let Some((topic, partition, offset)) = parse_delivery_id(id) else {
+            let Some(d) = parse_delivery_id(id) else {
                 unknown.push(id.clone());
                 continue;
             };
-            let tp = (topic, partition);
-            match g.cursors.get_mut(&tp).and_then(|c| c.pending.remove(&offset)) {
+            let tp = (d.topic, d.partition);
+            // Any attempt that really happened may acknowledge: the event was processed. An
+            // attempt number never handed out is not a delivery.
+            let cursor = g.cursors.get_mut(&tp);
+            let delivered = cursor
+                .as_ref()
+                .and_then(|c| c.pending.get(&d.offset))
+                .is_some_and(|p| d.attempt <= p.attempts);
+            match cursor.filter(|_| delivered).and_then(|c| c.pending.remove(&d.offset)) {
                 Some(p) => {
                     if let Some(dead) = p.dead_letter_id {
                         finished_dead.push(dead);
@@ -729,16 +736,20 @@ impl Broker {
     pub fn nack(&self, group: &str, delivery_id: &str, error: &str) -> Result<()> {
         let g = self.group(group, false)?;
         let mut g = lock(&g);
-        let (topic, partition, offset) = parse_delivery_id(delivery_id)
+        let d = parse_delivery_id(delivery_id)
             .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
-        let tp = (topic, partition);
+        let (tp, offset) = ((d.topic.clone(), d.partition), d.offset);
         let now = self.clock.now_ms();
         let to_dlq = {
             let p = g
                 .cursors
                 .get_mut(&tp)
                 .and_then(|c| c.pending.get_mut(&offset))
-                .filter(|p| matches!(p.state, PendingState::Inflight { .. }))
+                // Only the current attempt may be rejected: a late rejection from a member whose
+                // visibility timeout expired must not back off another member's delivery.
+                .filter(|p| {
+                    matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
+                })
                 .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
             let error: String = error.chars().take(1000).collect();
             p.errors.push(format!("attempt {}: {error}", p.attempts));
@@ -772,15 +783,13 @@ impl Broker {
         target: SeekTarget,
     ) -> Result<Vec<(u32, u64)>> {
         let state = self.topic_state(topic)?;
-        let g = self.group(group, true)?;
-        let mut g = lock(&g);
-        self.ensure_cursors(group, &mut g, topic)?;
         let partitions: Vec<_> = match partition {
             Some(p) => vec![state.topic.partition(p).map_err(BrokerError::from)?],
             None => state.topic.partitions().iter().collect(),
         };
-        let mut moved = Vec::new();
-        let mut writes = Vec::new();
+        // Resolve every target before changing anything: a bad one leaves the group untouched
+        // (and an unknown group uncreated).
+        let mut targets = Vec::new();
         for p in partitions {
             let (start, end) = (p.start_offset(), p.end_offset());
             let offset = match target {
@@ -798,15 +807,22 @@ impl Broker {
                 SeekTarget::Offset(o) => o,
                 SeekTarget::TimeMs(t) => p.offset_for_time(t)?.unwrap_or(end),
             };
-            let cursor = Cursor::new(offset);
-            g.cursors.insert((topic.to_string(), p.id()), cursor);
-            writes.push((state::offset_key(group, topic, p.id()), state::encode(&offset)));
-            moved.push((p.id(), offset));
+            targets.push((p.id(), offset));
         }
+        let g = self.group(group, true)?;
+        let mut g = lock(&g);
+        self.ensure_cursors(group, &mut g, topic)?;
+        let writes: Vec<_> = targets
+            .iter()
+            .map(|(p, offset)| (state::offset_key(group, topic, *p), state::encode(offset)))
+            .collect();
         self.offsets_kv.put_many(&writes)?;
+        for (p, offset) in &targets {
+            g.cursors.insert((topic.to_string(), *p), Cursor::new(*offset));
+        }
         drop(g);
         self.notify();
-        Ok(moved)
+        Ok(targets)
     }
 
     /// The group's members, partitions, lag and dead-letter count.

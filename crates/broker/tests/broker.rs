@@ -353,3 +353,52 @@ fn committed_offsets_and_dead_letters_survive_a_restart() {
     );
     assert_eq!(b.dead_letters("g").unwrap()[0].event["id"], "e2");
 }
+
+/// Regression: a seek whose target is invalid for one partition moved the others in memory.
+#[test]
+fn a_failed_seek_changes_nothing_and_creates_no_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(2)).unwrap();
+    b.produce("t", (0..40).map(|i| event(&format!("e{i}"), &format!("k{i}"))).collect()).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(drain(&b, "g", &m).len(), 40);
+    let ends: Vec<u64> =
+        b.describe_topic("t").unwrap().partitions.iter().map(|p| p.end_offset).collect();
+    let beyond_one = ends.iter().copied().min().unwrap() + 1;
+    assert!(b.seek("g", "t", None, SeekTarget::Offset(beyond_one)).is_err());
+    let committed: Vec<u64> =
+        b.describe_group("g").unwrap().partitions.iter().map(|p| p.committed).collect();
+    assert_eq!(committed, ends, "nothing moved");
+    assert!(b.seek("new-group", "t", None, SeekTarget::Offset(999)).is_err());
+    assert_eq!(b.list_groups(), ["g"]);
+}
+
+/// Regression: acknowledgements and rejections ignored the attempt number of the delivery id.
+#[test]
+fn a_stale_or_invented_attempt_cannot_reject_or_acknowledge_another_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(1)).unwrap();
+    b.produce("t", vec![event("a", "k")]).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    let first = b.fetch("g", &m, 10).unwrap().deliveries.remove(0);
+    clock.advance_ms(5_001);
+    let second = b.fetch("g", &m, 10).unwrap().deliveries.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert!(matches!(
+        b.nack("g", &first.delivery_id, "late"),
+        Err(BrokerError::UnknownDelivery(_))
+    ));
+    assert_eq!(
+        b.ack("g", &["t:0:0:9".to_string()]).unwrap(),
+        ["t:0:0:9"],
+        "attempt 9 never happened"
+    );
+    assert!(
+        b.ack("g", std::slice::from_ref(&first.delivery_id)).unwrap().is_empty(),
+        "a real earlier attempt may ack"
+    );
+}
