@@ -14,6 +14,10 @@ pub enum BenchError {
     #[error("invalid benchmark parameter: {0}")]
     InvalidParams(String),
 
+    /// Setting up or driving a server under test failed (bind, HTTP, NATS).
+    #[error("broker benchmark: {0}")]
+    Setup(String),
+
     /// A filesystem operation of the benchmark itself failed.
     #[error("{op} {path}")]
     Io {

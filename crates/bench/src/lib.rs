@@ -2,8 +2,8 @@
 //!
 //! Each benchmark measures one Driftless figure and, in the same run and on the same hardware, the
 //! reference it should be judged against, so that its report carries ratios that still mean
-//! something on a noisy machine. Only the log benchmark exists so far ([`log_bench`]); the broker
-//! and end-to-end benchmarks will sit beside it.
+//! something on a noisy machine: [`log_bench`] (raw disk as reference) and, with the `broker`
+//! feature, `broker_bench` (NATS JetStream as reference, which pulls in async-nats).
 //!
 //! Invariants:
 //! - a benchmark is a library function returning a serializable report; the CLI only parses
@@ -13,6 +13,8 @@
 //! - memory does not grow with the number of events measured: latencies go into fixed-size
 //!   [`histogram::Histogram`]s, payloads are generated once before timing starts.
 
+#[cfg(feature = "broker")]
+pub mod broker_bench;
 pub mod disk;
 mod error;
 pub mod histogram;

@@ -1,12 +1,18 @@
 //! The `driftless` command-line tool: argument parsing and glue only.
 //!
-//! Invariants: every subcommand parses its flags here and calls a library crate to do the work;
+//! Invariants: every subcommand parses its flags here (client commands in `commands`) and calls a
+//! library crate, or the server's HTTP API through `client`, to do the work;
 //! nothing but a command's result goes to stdout (with `--json`, exactly one JSON object on one
 //! line), while diagnostics and logs go to stderr; a failure exits non-zero with the error and its
 //! chain of causes.
 
+mod bench_broker;
+mod client;
+mod commands;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +28,12 @@ struct Cli {
     #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
     log_level: Option<String>,
 
+    /// Base URL of the Driftless server that client commands (produce, consume, topic, group,
+    /// dlq) talk to.
+    #[arg(long, global = true, env = "DRIFTLESS_SERVER", value_name = "URL",
+          default_value = client::DEFAULT_SERVER)]
+    server: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +42,34 @@ struct Cli {
 enum Command {
     /// Measure Driftless against a reference measured in the same run.
     Bench(BenchCommand),
+    /// Publish CloudEvents read as JSON lines from stdin; prints where each landed.
+    Produce(commands::produce::ProduceArgs),
+    /// Consume a topic in a consumer group; prints events as JSON lines and acknowledges them.
+    Consume(commands::consume::ConsumeArgs),
+    /// Create, list, describe and delete topics.
+    Topic(commands::topic::TopicArgs),
+    /// List, describe and seek consumer groups.
+    Group(commands::group::GroupArgs),
+    /// A consumer group's dead-letter queue: list, inspect, retry, discard.
+    Dlq(commands::dlq::DlqArgs),
+    /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+}
+
+/// Flags of `driftless serve`; each overrides the same setting of the config file.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file with `[server]` and `[broker]` tables; without one, defaults apply.
+    #[arg(long, env = "DRIFTLESS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on (`[server] listen`, default 127.0.0.1:7070).
+    #[arg(long, env = "DRIFTLESS_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+
+    /// Data directory (`[server] data_dir`, default ./driftless-data).
+    #[arg(long, env = "DRIFTLESS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +83,9 @@ enum Bench {
     /// Embedded log: append throughput and latency, reopen time, against raw sequential
     /// write + fdatasync of the same disk.
     Log(LogArgs),
+    /// Broker: produce → consume through the HTTP API, against NATS JetStream (file storage)
+    /// under the same load. Needs the `bench-broker` cargo feature.
+    Broker(bench_broker::BrokerArgs),
 }
 
 /// Flags of `driftless bench log`; see `driftless_bench::log_bench` for what is measured.
@@ -89,11 +132,34 @@ struct LogArgs {
     keep: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref())?;
     match cli.command {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
+        Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
+        Command::Produce(args) => commands::produce::run(&cli.server, args),
+        Command::Consume(args) => commands::consume::run(&cli.server, args),
+        Command::Topic(args) => commands::topic::run(&cli.server, args),
+        Command::Group(args) => commands::group::run(&cli.server, args),
+        Command::Dlq(args) => commands::dlq::run(&cli.server, args),
+        Command::Serve(a) => {
+            Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {
+                config: a.config,
+                listen: a.listen,
+                data_dir: a.data_dir,
+            })?)
+        }
     }
 }
 

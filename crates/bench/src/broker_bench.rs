@@ -1,0 +1,442 @@
+//! `driftless bench broker`: produce → consume through the HTTP API with several producers and a
+//! consumer group, against the same load on a NATS JetStream stream (file storage) through
+//! async-nats, measured in the same run.
+//!
+//! Both sides carry the same events: a JSON payload of `event_bytes` bytes holding its send time.
+//! End-to-end latency is consume time minus send time, on one monotonic clock. Throughput is
+//! events over the time from the first send to the last consume. The report says whether each
+//! side fsyncs before acknowledging a produce: Driftless does (`durability = "always"`); JetStream
+//! file storage acknowledges before its periodic sync (2 minutes by default), so its figures are
+//! for a weaker promise.
+//!
+//! Invariants: each side runs against a fresh server in a fresh temporary directory, on loopback;
+//! memory is bounded by the fixed-size histograms and the in-flight batch; the run stops by itself
+//! after all events are consumed or `timeout_s` passes (then it fails rather than report).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use driftless_broker::{Broker, BrokerConfig};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{BenchError, Histogram};
+
+/// Parameters of `driftless bench broker`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerBenchParams {
+    /// Events in total.
+    pub events: u64,
+    /// Payload bytes per event (approximate: the JSON padding is sized to it).
+    pub event_bytes: usize,
+    /// Producer threads (Driftless) or tasks (JetStream).
+    pub producers: usize,
+    /// Events per produce request (Driftless) / publishes in flight per producer (JetStream).
+    pub batch: usize,
+    /// Partitions of the Driftless topic.
+    pub partitions: u32,
+    /// Consumer group members (Driftless) / pull-consumer tasks (JetStream).
+    pub consumers: usize,
+    /// Give up after this many seconds per side.
+    pub timeout_s: u64,
+    /// Parent of the temporary data directories.
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for BrokerBenchParams {
+    fn default() -> Self {
+        Self {
+            events: 200_000,
+            event_bytes: 256,
+            producers: 4,
+            batch: 100,
+            partitions: 4,
+            consumers: 2,
+            timeout_s: 120,
+            dir: std::path::PathBuf::from(crate::log_bench::DEFAULT_DIR),
+        }
+    }
+}
+
+/// One side's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideReport {
+    /// `driftless` or `nats-jetstream`.
+    pub system: &'static str,
+    /// Whether a produce is acknowledged only after its bytes were fsynced.
+    pub fsync_before_ack: bool,
+    /// Events consumed per second, first send to last consume.
+    pub events_per_sec: f64,
+    /// End-to-end latency percentiles, produce call to consumer receipt.
+    pub e2e_p50_us: u64,
+    /// See `e2e_p50_us`.
+    pub e2e_p99_us: u64,
+    /// Latency of one produce request (batch) until acknowledged.
+    pub produce_p50_us: u64,
+    /// See `produce_p50_us`.
+    pub produce_p99_us: u64,
+    /// Wall time of the side's run.
+    pub elapsed_s: f64,
+}
+
+/// The report of `driftless bench broker`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerBenchReport {
+    /// Always `broker`.
+    pub bench: &'static str,
+    /// The parameters.
+    pub params: BrokerBenchParams,
+    /// Driftless over HTTP.
+    pub driftless: SideReport,
+    /// NATS JetStream over its client protocol.
+    pub jetstream: SideReport,
+    /// Driftless throughput over JetStream's (target: at least 2).
+    pub throughput_ratio: f64,
+    /// Driftless end-to-end p99 over JetStream's (target: at most 1).
+    pub e2e_p99_ratio: f64,
+}
+
+impl BrokerBenchParams {
+    /// Checks the parameters, naming the flag at fault.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let bad =
+            |flag: &str, reason: &str| Err(BenchError::InvalidParams(format!("{flag} {reason}")));
+        if self.events == 0 {
+            return bad("--events", "must be at least 1");
+        }
+        if self.producers == 0 || self.producers > 256 {
+            return bad("--producers", "must be 1 to 256");
+        }
+        if self.consumers == 0 || self.consumers > 64 {
+            return bad("--consumers", "must be 1 to 64");
+        }
+        if self.batch == 0 || self.batch > 10_000 {
+            return bad("--batch", "must be 1 to 10000 (the broker's produce_events_max)");
+        }
+        if self.event_bytes > 512 << 10 {
+            return bad("--event-bytes", "must be at most 524288");
+        }
+        if self.partitions == 0 || self.partitions > 1024 {
+            return bad("--partitions", "must be 1 to 1024");
+        }
+        Ok(())
+    }
+}
+
+fn payload(epoch: Instant, pad: &str) -> Value {
+    json!({ "sent_us": epoch.elapsed().as_micros() as u64, "pad": pad })
+}
+
+fn latency_us(epoch: Instant, data: &Value) -> Option<u64> {
+    let sent = data.get("sent_us")?.as_u64()?;
+    Some((epoch.elapsed().as_micros() as u64).saturating_sub(sent))
+}
+
+/// Runs both sides and reports them side by side.
+pub fn run_broker_bench(params: &BrokerBenchParams) -> Result<BrokerBenchReport, BenchError> {
+    params.validate()?;
+    std::fs::create_dir_all(&params.dir)
+        .map_err(|e| BenchError::io("create bench directory", &params.dir, e))?;
+    let driftless = run_driftless(params)?;
+    let jetstream = run_jetstream(params)?;
+    Ok(BrokerBenchReport {
+        bench: "broker",
+        params: params.clone(),
+        throughput_ratio: driftless.events_per_sec / jetstream.events_per_sec.max(1e-9),
+        e2e_p99_ratio: driftless.e2e_p99_us as f64 / (jetstream.e2e_p99_us.max(1)) as f64,
+        driftless,
+        jetstream,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Setup(format!("tokio runtime: {e}")))
+}
+
+fn http_error(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Setup(format!("{what}: {e}"))
+}
+
+fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("driftless-bench-broker-")
+        .tempdir_in(&params.dir)
+        .map_err(|e| BenchError::io("create temporary directory", &params.dir, e))?;
+    let broker_config = BrokerConfig {
+        inflight_per_member_max: 10_000,
+        pending_per_partition_max: 20_000,
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(
+        Broker::open(tmp.path(), broker_config.clone())
+            .map_err(|e| http_error("open broker", e))?,
+    );
+    let config = driftless_server::ServerConfig { broker: broker_config, ..Default::default() };
+    let rt = runtime()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| http_error("bind", e))?;
+    let addr = listener.local_addr().map_err(|e| http_error("bind", e))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let broker = Arc::clone(&broker);
+        rt.spawn(async move {
+            let _ = driftless_server::serve(listener, broker, &config, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        })
+    };
+    let base = format!("http://{addr}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let created = agent
+        .post(&format!("{base}/v1/topics"))
+        .send_json(json!({ "name": "bench", "partitions": params.partitions }))
+        .map_err(|e| http_error("create topic", e))?;
+    if created.status() != 201 {
+        return Err(http_error("create topic", created.status()));
+    }
+    let epoch = Instant::now();
+    let consumed = Arc::new(AtomicU64::new(0));
+    let e2e = Arc::new(Mutex::new(Histogram::new()));
+    let produce = Arc::new(Mutex::new(Histogram::new()));
+    let deadline = epoch + Duration::from_secs(params.timeout_s);
+    let pad = "x".repeat(params.event_bytes.saturating_sub(40));
+    // Members join before any event is produced, so no rebalance happens mid-run.
+    let mut members = Vec::new();
+    for _ in 0..params.consumers {
+        let mut r = agent
+            .post(&format!("{base}/v1/groups/bench/members"))
+            .send_json(json!({ "topics": ["bench"] }))
+            .map_err(|e| http_error("join", e))?;
+        let v: Value = r.body_mut().read_json().map_err(|e| http_error("join", e))?;
+        let id = v["member_id"].as_str().ok_or_else(|| http_error("join", v.to_string()))?;
+        members.push(id.to_string());
+    }
+    let started = Instant::now();
+    let result = std::thread::scope(|s| -> Result<(), BenchError> {
+        let mut handles = Vec::new();
+        for member in &members {
+            let (agent, base, consumed, e2e) = (agent.clone(), &base, &consumed, &e2e);
+            handles.push(s.spawn(move || -> Result<(), BenchError> {
+                let url =
+                    format!("{base}/v1/groups/bench/members/{member}/events?max=1000&wait_ms=100");
+                while consumed.load(Ordering::Relaxed) < params.events {
+                    if Instant::now() > deadline {
+                        return Err(http_error("consume", "timed out"));
+                    }
+                    let mut r = agent.get(&url).call().map_err(|e| http_error("fetch", e))?;
+                    let v: Value = r
+                        .body_mut()
+                        .with_config()
+                        .limit(256 << 20)
+                        .read_json()
+                        .map_err(|e| http_error("fetch", e))?;
+                    let Some(deliveries) = v["deliveries"].as_array() else {
+                        return Err(http_error("fetch", v.to_string()));
+                    };
+                    if deliveries.is_empty() {
+                        continue;
+                    }
+                    let mut ids = Vec::with_capacity(deliveries.len());
+                    let mut h = Histogram::new();
+                    for d in deliveries {
+                        if let Some(us) = latency_us(epoch, &d["event"]["data"]) {
+                            h.record(us);
+                        }
+                        ids.push(d["delivery_id"].clone());
+                    }
+                    lock(e2e).merge(&h);
+                    agent
+                        .post(&format!("{base}/v1/groups/bench/ack"))
+                        .send_json(json!({ "delivery_ids": ids }))
+                        .map_err(|e| http_error("ack", e))?;
+                    consumed.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            }));
+        }
+        for w in 0..params.producers {
+            let (agent, base, produce, pad) = (agent.clone(), &base, &produce, &pad);
+            handles.push(s.spawn(move || -> Result<(), BenchError> {
+                let mine = params.events / params.producers as u64
+                    + u64::from((w as u64) < params.events % params.producers as u64);
+                let url = format!("{base}/v1/topics/bench/events");
+                let mut sent = 0u64;
+                while sent < mine {
+                    let n = (mine - sent).min(params.batch as u64);
+                    let batch: Vec<Value> = (0..n)
+                        .map(|i| {
+                            json!({
+                                "specversion": "1.0", "id": format!("w{w}-{}", sent + i),
+                                "source": "/bench", "type": "bench.v1",
+                                "subject": format!("key-{}", (sent + i) % 1024),
+                                "data": payload(epoch, pad),
+                            })
+                        })
+                        .collect();
+                    let body = serde_json::to_vec(&batch).map_err(|e| http_error("encode", e))?;
+                    let t = Instant::now();
+                    let r = agent
+                        .post(&url)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .send(&body[..])
+                        .map_err(|e| http_error("produce", e))?;
+                    if r.status() != 200 {
+                        return Err(http_error("produce", r.status()));
+                    }
+                    lock(produce).record(t.elapsed().as_micros() as u64);
+                    sent += n;
+                }
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| http_error("bench thread", "panicked"))??;
+        }
+        Ok(())
+    });
+    let elapsed = started.elapsed();
+    let _ = stop.send(());
+    let _ = rt.block_on(server);
+    drop(rt);
+    result?;
+    let (e2e, produce) = (lock(&e2e), lock(&produce));
+    Ok(SideReport {
+        system: "driftless",
+        fsync_before_ack: true,
+        events_per_sec: params.events as f64 / elapsed.as_secs_f64(),
+        e2e_p50_us: e2e.value_at_quantile(0.50),
+        e2e_p99_us: e2e.value_at_quantile(0.99),
+        produce_p50_us: produce.value_at_quantile(0.50),
+        produce_p99_us: produce.value_at_quantile(0.99),
+        elapsed_s: elapsed.as_secs_f64(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run_jetstream(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures::StreamExt;
+
+    let nats =
+        driftless_testkit::NatsServer::start().map_err(|e| http_error("start nats-server", e))?;
+    let rt = runtime()?;
+    let epoch = Instant::now();
+    let pad = "x".repeat(params.event_bytes.saturating_sub(40));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let e2e = Arc::new(Mutex::new(Histogram::new()));
+    let produce = Arc::new(Mutex::new(Histogram::new()));
+    let events = params.events;
+    let elapsed = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.map_err(|e| http_error("connect", e))?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: "BENCH".into(),
+                subjects: vec!["bench.>".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| http_error("create stream", e))?;
+        let pull = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("bench".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| http_error("create consumer", e))?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(params.timeout_s);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..params.consumers {
+            let (pull, consumed, e2e) = (pull.clone(), Arc::clone(&consumed), Arc::clone(&e2e));
+            tasks.spawn(async move {
+                let mut messages = pull.messages().await.map_err(|e| http_error("consume", e))?;
+                let mut h = Histogram::new();
+                while consumed.load(Ordering::Relaxed) < events {
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+                    let Ok(Some(msg)) = next else {
+                        if Instant::now() > deadline {
+                            return Err(http_error("consume", "timed out"));
+                        }
+                        continue;
+                    };
+                    let msg = msg.map_err(|e| http_error("consume", e))?;
+                    if let Ok(v) = serde_json::from_slice::<Value>(&msg.payload) {
+                        if let Some(us) = latency_us(epoch, &v) {
+                            h.record(us);
+                        }
+                    }
+                    msg.ack().await.map_err(|e| http_error("ack", e))?;
+                    consumed.fetch_add(1, Ordering::Relaxed);
+                }
+                lock(&e2e).merge(&h);
+                Ok::<(), BenchError>(())
+            });
+        }
+        for w in 0..params.producers {
+            let (js, produce, pad) = (js.clone(), Arc::clone(&produce), pad.clone());
+            let mine = events / params.producers as u64
+                + u64::from((w as u64) < events % params.producers as u64);
+            let batch = params.batch as u64;
+            tasks.spawn(async move {
+                let mut sent = 0u64;
+                while sent < mine {
+                    let n = (mine - sent).min(batch);
+                    let t = Instant::now();
+                    let mut acks = Vec::with_capacity(n as usize);
+                    for i in 0..n {
+                        let body = serde_json::to_vec(&payload(epoch, &pad))
+                            .map_err(|e| http_error("encode", e))?;
+                        let subject = format!("bench.{}", (sent + i) % 1024);
+                        acks.push(
+                            js.publish(subject, body.into())
+                                .await
+                                .map_err(|e| http_error("publish", e))?,
+                        );
+                    }
+                    for ack in acks {
+                        ack.await.map_err(|e| http_error("publish ack", e))?;
+                    }
+                    lock(&produce).record(t.elapsed().as_micros() as u64);
+                    sent += n;
+                }
+                Ok::<(), BenchError>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| http_error("bench task", e))??;
+        }
+        Ok::<Duration, BenchError>(started.elapsed())
+    })?;
+    drop(rt);
+    drop(nats);
+    let (e2e, produce) = (lock(&e2e), lock(&produce));
+    Ok(SideReport {
+        system: "nats-jetstream",
+        // File storage acknowledges before fsync (sync_interval, 2 minutes by default).
+        fsync_before_ack: false,
+        events_per_sec: params.events as f64 / elapsed.as_secs_f64(),
+        e2e_p50_us: e2e.value_at_quantile(0.50),
+        e2e_p99_us: e2e.value_at_quantile(0.99),
+        produce_p50_us: produce.value_at_quantile(0.50),
+        produce_p99_us: produce.value_at_quantile(0.99),
+        elapsed_s: elapsed.as_secs_f64(),
+    })
+}

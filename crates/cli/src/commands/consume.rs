@@ -1,0 +1,191 @@
+//! `driftless consume TOPIC --group G`: consumes a topic as a member of a consumer group.
+//!
+//! The command joins the group subscribing to TOPIC, long-polls for deliveries and prints one JSON
+//! line per delivery: the CloudEvent object with `partition` and `offset` added. Without
+//! `--follow` it stops at the first fetch that returns nothing (after waiting up to `--wait-ms`);
+//! with `--follow` it keeps polling. `--max N` stops after N events in both modes.
+//!
+//! Invariants: a delivery is acknowledged only after its line has been written and stdout flushed
+//! (so what was acknowledged was printed; a crash in between means redelivery, never loss); no
+//! more than `--max` events are fetched, so none is left in flight unprinted; the member leaves
+//! the group on every exit path that returns (success or error). Ctrl-C kills the process without
+//! leaving: the server then removes the member after its session timeout and redelivers what was
+//! printed but not yet acknowledged.
+
+use std::io::{self, BufWriter, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use driftless_broker::{Delivery, Fetched, Membership};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{segment, Client};
+use crate::commands::print_line;
+
+/// Deliveries asked for per fetch (the server also caps in-flight deliveries per member).
+pub const FETCH_MAX: u64 = 500;
+
+/// Flags of `driftless consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to consume.
+    pub topic: String,
+
+    /// Consumer group to join; members of one group share the topic's partitions.
+    #[arg(long, value_name = "GROUP")]
+    pub group: String,
+
+    /// Stop after this many events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
+
+    /// Keep waiting for new events instead of stopping when caught up.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// How long one fetch waits for events before answering empty.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub wait_ms: u64,
+}
+
+/// The line printed for a delivery: the event with `partition` and `offset` added (an event
+/// that is not an object, which the server never sends, is wrapped as `{"event": ...}`).
+pub fn render(delivery: &Delivery) -> Value {
+    let mut object = match &delivery.event {
+        Value::Object(map) => map.clone(),
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("event".to_string(), other.clone());
+            map
+        }
+    };
+    object.insert("partition".to_string(), json!(delivery.partition));
+    object.insert("offset".to_string(), json!(delivery.offset));
+    Value::Object(object)
+}
+
+/// How many deliveries to ask for next, given how many were printed and the `--max` limit.
+pub fn next_fetch_size(printed: u64, max: Option<u64>) -> u64 {
+    match max {
+        Some(max) => max.saturating_sub(printed).min(FETCH_MAX),
+        None => FETCH_MAX,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AckResponse {
+    #[serde(default)]
+    unknown: Vec<String>,
+}
+
+/// Fetches, prints and acknowledges until done. Returns how many events were printed.
+fn consume_loop<W: Write>(
+    client: &Client,
+    args: &ConsumeArgs,
+    member: &Membership,
+    out: &mut W,
+) -> anyhow::Result<u64> {
+    let group = segment(&args.group);
+    let fetch_path = format!("/v1/groups/{group}/members/{}/events", segment(&member.member_id));
+    let ack_path = format!("/v1/groups/{group}/ack");
+    let mut printed = 0u64;
+    loop {
+        let want = next_fetch_size(printed, args.max);
+        if want == 0 {
+            return Ok(printed);
+        }
+        let query = [("max", want.to_string()), ("wait_ms", args.wait_ms.to_string())];
+        let fetched: Fetched = client
+            .get_waiting(&fetch_path, &query, Duration::from_millis(args.wait_ms))
+            .with_context(|| format!("fetching from group {:?}", args.group))?;
+        if fetched.deliveries.is_empty() {
+            if args.follow {
+                continue;
+            }
+            return Ok(printed);
+        }
+        let mut ids = Vec::with_capacity(fetched.deliveries.len());
+        // `want` bounds the batch; a server answering more must not make us exceed --max (the
+        // extra deliveries stay unacknowledged and are redelivered after the visibility timeout).
+        let take = usize::try_from(want).unwrap_or(usize::MAX);
+        for delivery in fetched.deliveries.iter().take(take) {
+            print_line(out, &render(delivery))?;
+            ids.push(delivery.delivery_id.clone());
+        }
+        out.flush().context("writing to stdout")?;
+        printed += ids.len() as u64;
+        let ack: AckResponse = client
+            .post_json(&ack_path, &json!({ "delivery_ids": ids }))
+            .context("acknowledging printed events")?;
+        if !ack.unknown.is_empty() {
+            eprintln!(
+                "warning: {} printed event(s) were no longer in flight when acknowledged \
+                 (visibility timeout or rebalance) and may be delivered again: {}",
+                ack.unknown.len(),
+                ack.unknown.join(", ")
+            );
+        }
+    }
+}
+
+/// Runs `driftless consume`, printing to stdout.
+pub fn run(server: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let client = Client::new(server)?;
+    let group = segment(&args.group);
+    let member: Membership = client
+        .post_json(&format!("/v1/groups/{group}/members"), &json!({ "topics": [args.topic] }))
+        .with_context(|| format!("joining group {:?} on topic {:?}", args.group, args.topic))?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let result = consume_loop(&client, &args, &member, &mut out);
+    let left = client
+        .delete(&format!("/v1/groups/{group}/members/{}", segment(&member.member_id)))
+        .with_context(|| format!("leaving group {:?}", args.group));
+    match (result, left) {
+        (Ok(_), left) => left,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(left)) => {
+            eprintln!("warning: {left:#}");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(event: Value) -> Delivery {
+        Delivery {
+            delivery_id: "orders:2:41:1".into(),
+            topic: "orders".into(),
+            partition: 2,
+            offset: 41,
+            attempt: 1,
+            event,
+            dead_letter_id: None,
+        }
+    }
+
+    #[test]
+    fn a_delivery_prints_as_the_event_plus_partition_and_offset() {
+        let event = json!({"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"n":1}});
+        let line = render(&delivery(event.clone()));
+        let mut expected = event;
+        expected["partition"] = json!(2);
+        expected["offset"] = json!(41);
+        assert_eq!(line, expected);
+        assert_eq!(render(&delivery(json!(5))), json!({"event":5,"partition":2,"offset":41}));
+    }
+
+    #[test]
+    fn fetches_never_ask_for_more_than_max_allows() {
+        assert_eq!(next_fetch_size(0, None), FETCH_MAX);
+        assert_eq!(next_fetch_size(10_000, None), FETCH_MAX);
+        assert_eq!(next_fetch_size(0, Some(2)), 2);
+        assert_eq!(next_fetch_size(1, Some(2)), 1);
+        assert_eq!(next_fetch_size(2, Some(2)), 0);
+        assert_eq!(next_fetch_size(0, Some(10_000)), FETCH_MAX);
+    }
+}

@@ -1,0 +1,39 @@
+//! The client commands of the `driftless` binary: each parses its flags (clap derive), calls the
+//! server's HTTP API through [`crate::client::Client`] and prints the result.
+//!
+//! Invariants: results go to stdout as JSON (one compact object per line for streams and lists,
+//! pretty-printed for a single described object); warnings and confirmations go to stderr; a
+//! failure is returned as an error (the binary prints it and exits non-zero). Writing to stdout is
+//! checked, so a closed pipe stops a command instead of being ignored.
+
+pub mod consume;
+pub mod dlq;
+pub mod group;
+pub mod produce;
+pub mod topic;
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// Writes `value` as one compact JSON line.
+pub fn print_line<W: Write, T: Serialize + ?Sized>(out: &mut W, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value).context("writing to stdout")?;
+    out.write_all(b"\n").context("writing to stdout")
+}
+
+/// Writes `value` as pretty JSON and flushes.
+pub fn print_pretty<W: Write, T: Serialize + ?Sized>(out: &mut W, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).context("writing to stdout")?;
+    out.write_all(b"\n").context("writing to stdout")?;
+    out.flush().context("writing to stdout")
+}
+
+/// Writes each item as one compact JSON line and flushes.
+pub fn print_lines<W: Write, T: Serialize>(out: &mut W, items: &[T]) -> anyhow::Result<()> {
+    for item in items {
+        print_line(out, item)?;
+    }
+    out.flush().context("writing to stdout")
+}

@@ -1,0 +1,178 @@
+//! The server's configuration: a TOML file with a `[server]` and a `[broker]` table, overridden by
+//! command-line flags and `DRIFTLESS_*` environment variables.
+//!
+//! Invariants: every table denies unknown keys, so a typo is a start-up error naming the key
+//! and its line, never a silently ignored setting; every key has a default, so an empty file
+//! (or none) is a valid configuration; every limit carries its unit in its name.
+
+use std::path::{Path, PathBuf};
+
+use driftless_broker::BrokerConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listener and request limits.
+    pub server: ServerSettings,
+    /// Broker limits and delivery settings.
+    pub broker: BrokerConfig,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// Where the broker keeps its log.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body.
+    pub request_body_bytes_max: usize,
+    /// Longest a long-poll fetch waits for events, whatever `wait_ms` the client asks for.
+    pub fetch_wait_ms_max: u64,
+    /// Most credit a streaming consumer can hold (deliveries the server may send unasked).
+    pub stream_credit_max: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the server
+    /// stops anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./driftless-data";
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_string(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            request_body_bytes_max: 8 << 20,
+            fetch_wait_ms_max: 30_000,
+            stream_credit_max: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Parses a configuration from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ServerError> {
+        let config: Self = toml::from_str(text).map_err(|e| ServerError::ParseConfig {
+            path: origin.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ServerError::ReadConfig { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let s = &self.server;
+        if s.request_body_bytes_max == 0 {
+            return Err(ServerError::InvalidConfig(
+                "server.request_body_bytes_max must be at least 1".into(),
+            ));
+        }
+        if s.stream_credit_max == 0 {
+            return Err(ServerError::InvalidConfig(
+                "server.stream_credit_max must be at least 1".into(),
+            ));
+        }
+        if s.listen.trim().is_empty() {
+            return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What `driftless serve` was given on its command line (or through `DRIFTLESS_CONFIG`,
+/// `DRIFTLESS_LISTEN`, `DRIFTLESS_DATA_DIR`); each present value overrides the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// The configuration file; without one, every setting has its default.
+    pub config: Option<PathBuf>,
+    /// Overrides `[server] listen`.
+    pub listen: Option<String>,
+    /// Overrides `[server] data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Loads the file (if any) and applies the overrides.
+    pub fn resolve(&self) -> Result<ServerConfig, ServerError> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::load(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(listen) = &self.listen {
+            config.server.listen.clone_from(listen);
+        }
+        if let Some(dir) = &self.data_dir {
+            config.server.data_dir.clone_from(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let c = ServerConfig::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert_eq!(c.server.listen, "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn both_tables_parse() {
+        let c = ServerConfig::from_toml(
+            "[server]\nlisten = \"0.0.0.0:9000\"\nstream_credit_max = 5\n[broker]\nmax_attempts = 3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.server.stream_credit_max, 5);
+        assert_eq!(c.broker.max_attempts, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (text, key) in [
+            ("[server]\nlisten_addr = \"x\"\n", "listen_addr"),
+            ("[broker]\nmax_attempt = 3\n", "max_attempt"),
+            ("[srv]\n", "srv"),
+        ] {
+            let err = ServerConfig::from_toml(text, Path::new("d.toml")).unwrap_err();
+            let source = std::error::Error::source(&err).unwrap().to_string();
+            assert!(err.to_string().contains("d.toml") && source.contains(key), "{err}: {source}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/a\"\n").unwrap();
+        let o =
+            Overrides { config: Some(path), listen: Some("127.0.0.1:2".into()), data_dir: None };
+        let c = o.resolve().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.server.data_dir, PathBuf::from("/a"));
+    }
+}

@@ -1,0 +1,61 @@
+//! Start-up and serving errors of the server (request-level failures are
+//! [`Problem`](crate::Problem)s, not these).
+//!
+//! Invariant: every variant names the file, directory or address involved; the cause is its
+//! `source()` (not repeated in `Display`), so printing the chain (`{:#}` with anyhow) reads
+//! "config file x.toml: TOML parse error at line 3 … unknown field `lisen`".
+
+use std::io;
+use std::path::PathBuf;
+
+use driftless_broker::BrokerError;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid TOML or holds an unknown key or a bad value.
+    #[error("config file {path}")]
+    ParseConfig {
+        /// The file (or `<inline>` for text given directly).
+        path: PathBuf,
+        /// The parser's error, naming the key and its line.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The broker could not open its data directory.
+    #[error("cannot open the broker in {dir}")]
+    OpenBroker {
+        /// The data directory.
+        dir: PathBuf,
+        /// The broker's error.
+        #[source]
+        source: BrokerError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address from `[server] listen`, `--listen` or `DRIFTLESS_LISTEN`.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    /// Accepting or serving connections failed.
+    #[error("serving HTTP failed")]
+    Serve(#[source] io::Error),
+}

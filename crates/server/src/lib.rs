@@ -1,0 +1,231 @@
+//! The Driftless HTTP API over [`driftless_broker::Broker`]: topics, CloudEvents produce (structured,
+//! batch and binary mode), consumer groups with long-poll fetch and a credit-based SSE stream,
+//! acknowledgements, seeks, the dead-letter queue, Prometheus metrics, health checks and the
+//! OpenAPI document.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), driftless_server::ServerError> {
+//! let config = driftless_server::ServerConfig::default(); // 127.0.0.1:7070, ./driftless-data
+//! driftless_server::run(config) // until SIGTERM or SIGINT
+//! # }
+//! ```
+//!
+//! Invariants:
+//! - the broker is synchronous (appends wait for fsync), so every broker call runs on tokio's
+//!   blocking pool, never on an executor thread;
+//! - waiting (long-poll, streaming) holds no thread: it awaits [`Broker::listen`], created
+//!   *before* the fetch it follows so no wake-up is lost, or the broker's next retry deadline;
+//! - every error is an RFC 9457 problem document ([`Problem`]); broker errors get their status
+//!   from one table, [`Problem::from_broker`];
+//! - everything is bounded: request bodies by `request_body_bytes_max`, long-poll waits by
+//!   `fetch_wait_ms_max`, a stream's unsent deliveries by the credit its client granted (at most
+//!   `stream_credit_max`);
+//! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish (up to
+//!   `shutdown_grace_ms`), then drops the broker, which flushes the log.
+
+mod cloudevents;
+mod config;
+mod error;
+mod extract;
+pub mod metrics;
+mod openapi;
+mod problem;
+mod routes;
+mod stream;
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use driftless_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+pub use error::ServerError;
+pub use openapi::openapi;
+pub use problem::{FaultAt, Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX};
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub broker: Arc<Broker>,
+    pub fetch_wait_ms_max: u64,
+    pub stream_credit_max: u64,
+    /// Open streams by (group, member), holding their credit.
+    pub streams: Mutex<HashMap<(String, String), Arc<stream::Credit>>>,
+    /// Becomes `true` when shutdown starts.
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Whether shutdown has started.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// How often an idle long-poll or stream refreshes its member's session: a third of the
+    /// broker's session timeout, between 100 ms and 1 s (a member may have joined with a
+    /// shorter timeout than the broker's default, which `Membership` does not tell).
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis((self.broker.config().session_timeout_ms / 3).clamp(100, 1_000))
+    }
+}
+
+/// The API's routes over `broker`, configured by `config`'s `[server]` limits. Serve it with
+/// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
+pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
+    build(broker, config).0
+}
+
+fn build(broker: Arc<Broker>, config: &ServerConfig) -> (Router, Arc<AppState>) {
+    let s = &config.server;
+    let state = Arc::new(AppState {
+        broker,
+        fetch_wait_ms_max: s.fetch_wait_ms_max,
+        stream_credit_max: s.stream_credit_max,
+        streams: Mutex::new(HashMap::new()),
+        shutdown: watch::channel(false).0,
+    });
+    let member = "/v1/groups/{group}/members/{member}";
+    let app = Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/openapi.json", get(routes::openapi_doc))
+        .route("/v1/topics", get(routes::list_topics).post(routes::create_topic))
+        .route("/v1/topics/{topic}", get(routes::describe_topic).delete(routes::delete_topic))
+        .route("/v1/topics/{topic}/events", post(routes::produce))
+        .route("/v1/groups", get(routes::list_groups))
+        .route("/v1/groups/{group}", get(routes::describe_group))
+        .route("/v1/groups/{group}/members", post(routes::join))
+        .route(member, axum::routing::delete(routes::leave))
+        .route(&format!("{member}/heartbeat"), post(routes::heartbeat))
+        .route(&format!("{member}/events"), get(routes::fetch))
+        .route(&format!("{member}/stream"), get(stream::open))
+        .route(&format!("{member}/credit"), post(stream::add_credit))
+        .route("/v1/groups/{group}/ack", post(routes::ack))
+        .route("/v1/groups/{group}/nack", post(routes::nack))
+        .route("/v1/groups/{group}/seek", post(routes::seek))
+        .route("/v1/groups/{group}/dlq", get(routes::list_dead_letters))
+        .route(
+            "/v1/groups/{group}/dlq/{id}",
+            get(routes::dead_letter).delete(routes::discard_dead_letter),
+        )
+        .route("/v1/groups/{group}/dlq/{id}/retry", post(routes::retry_dead_letter))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
+        .with_state(Arc::clone(&state));
+    (app, state)
+}
+
+/// Serves the API on `listener` until `signal` completes, then shuts down gracefully: stops
+/// accepting, ends long-polls and streams, and waits up to `shutdown_grace_ms` for in-flight
+/// requests. The broker is not dropped here (the caller owns it).
+pub async fn serve<F>(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: &ServerConfig,
+    signal: F,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (app, state) = build(broker, config);
+    let mut stopping = state.shutdown.subscribe();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result.map_err(ServerError::Serve),
+        () = signal => {}
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    state.shutdown.send_replace(true);
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => result.map_err(ServerError::Serve),
+        Err(_) => {
+            tracing::warn!(
+                shutdown_grace_ms = config.server.shutdown_grace_ms,
+                "requests still running after the shutdown grace period; closing them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
+/// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    config.validate()?;
+    let dir = config.server.data_dir.clone();
+    let broker = Arc::new(
+        Broker::open(&dir, config.broker.clone())
+            .map_err(|source| ServerError::OpenBroker { dir: dir.clone(), source })?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("driftless-http")
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let result = runtime.block_on(async {
+        let addr = &config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        eprintln!("listening on http://{local}");
+        tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
+        serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
+    });
+    runtime.shutdown_timeout(Duration::from_millis(config.server.shutdown_grace_ms));
+    match Arc::try_unwrap(broker) {
+        Ok(broker) => drop(broker),
+        Err(_) => tracing::warn!("a broker call outlived the shutdown grace period"),
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// `driftless serve`: resolves the configuration from the file and the overrides, then [`run`]s.
+pub fn run_with_overrides(overrides: &Overrides) -> Result<(), ServerError> {
+    run(overrides.resolve()?)
+}
+
+/// Completes on SIGINT or SIGTERM. If a handler cannot be installed it is logged and that
+/// signal is not waited for.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

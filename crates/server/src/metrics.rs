@@ -1,0 +1,219 @@
+//! The Prometheus endpoint: metric names (all in this module) and the text exposition format,
+//! written by hand.
+//!
+//! Invariants: every name follows `driftless_<what>_<unit>[_total]`; every sample is computed
+//! from the broker's current state when scraped (no background collection, no unbounded label
+//! sets beyond topics, partitions and groups that exist); label values are escaped per the
+//! text format (`\\`, `\"`, `\n`).
+//!
+//! fsync latency: the log keeps a count and a sum of `fdatasync` durations per partition (and
+//! the longest one), not a distribution, so `driftless_log_fsync_seconds` is exposed as a
+//! Prometheus *summary without quantiles* (`_count` and `_sum`, over every partition including
+//! internal topics), from which `rate(_sum)/rate(_count)` gives the mean latency; the longest
+//! sync since start is the gauge `driftless_log_fsync_max_seconds`. A histogram needs bucket
+//! counters in the log.
+
+use std::fmt::Write as _;
+
+use driftless_broker::Broker;
+
+/// Events appended per topic since the server started (counter).
+pub const PRODUCED_EVENTS_TOTAL: &str = "driftless_produced_events_total";
+/// Record bytes appended per topic since the server started (counter).
+pub const PRODUCED_BYTES_TOTAL: &str = "driftless_produced_bytes_total";
+/// Events not yet done by a group, per partition (gauge).
+pub const CONSUMER_LAG_EVENTS: &str = "driftless_consumer_lag_events";
+/// Age of the oldest event not yet done by a group, per partition (gauge).
+pub const CONSUMER_LAG_SECONDS: &str = "driftless_consumer_lag_seconds";
+/// Dead letters in a group's queue (gauge).
+pub const DLQ_DEPTH: &str = "driftless_dlq_depth";
+/// Keys waiting for a retry of their first event, per group and partition (gauge).
+pub const PARKED_KEYS: &str = "driftless_parked_keys";
+/// Deliveries awaiting acknowledgement, per group and partition (gauge).
+pub const INFLIGHT_DELIVERIES: &str = "driftless_inflight_deliveries";
+/// `fdatasync` calls of the log and their total duration (summary: `_count`, `_sum`).
+pub const LOG_FSYNC_SECONDS: &str = "driftless_log_fsync_seconds";
+/// Longest single `fdatasync` of any partition since start (gauge).
+pub const LOG_FSYNC_MAX_SECONDS: &str = "driftless_log_fsync_max_seconds";
+/// One past the newest offset of each partition (gauge).
+pub const PARTITION_END_OFFSET: &str = "driftless_partition_end_offset";
+
+/// Every metric name this endpoint exposes.
+pub const ALL: [&str; 10] = [
+    PRODUCED_EVENTS_TOTAL,
+    PRODUCED_BYTES_TOTAL,
+    CONSUMER_LAG_EVENTS,
+    CONSUMER_LAG_SECONDS,
+    DLQ_DEPTH,
+    PARKED_KEYS,
+    INFLIGHT_DELIVERIES,
+    LOG_FSYNC_SECONDS,
+    LOG_FSYNC_MAX_SECONDS,
+    PARTITION_END_OFFSET,
+];
+
+/// Media type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+struct Family {
+    out: String,
+}
+
+impl Family {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders every metric. Reads partition figures and group state, so call it off the async
+/// executor (it may read one record per lagging partition to date its oldest event).
+pub fn render(broker: &Broker) -> String {
+    let mut f = Family { out: String::with_capacity(4096) };
+    let topics = broker.list_topics();
+
+    f.header(
+        PRODUCED_EVENTS_TOTAL,
+        "counter",
+        "Events appended to the topic since the server started.",
+    );
+    for t in &topics {
+        let n: u64 = t.partitions.iter().map(|p| p.records_appended).sum();
+        f.sample(PRODUCED_EVENTS_TOTAL, &[("topic", &t.name)], n);
+    }
+    f.header(
+        PRODUCED_BYTES_TOTAL,
+        "counter",
+        "Record bytes appended to the topic since the server started.",
+    );
+    for t in &topics {
+        let n: u64 = t.partitions.iter().map(|p| p.bytes_appended).sum();
+        f.sample(PRODUCED_BYTES_TOTAL, &[("topic", &t.name)], n);
+    }
+    f.header(PARTITION_END_OFFSET, "gauge", "One past the newest offset of the partition.");
+    for t in &topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            f.sample(
+                PARTITION_END_OFFSET,
+                &[("topic", &t.name), ("partition", &i.to_string())],
+                p.end_offset,
+            );
+        }
+    }
+
+    let groups: Vec<_> =
+        broker.list_groups().iter().filter_map(|g| broker.describe_group(g).ok()).collect();
+    f.header(CONSUMER_LAG_EVENTS, "gauge", "Events of the partition the group has not finished.");
+    for g in &groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                CONSUMER_LAG_EVENTS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.lag_events,
+            );
+        }
+    }
+    f.header(
+        CONSUMER_LAG_SECONDS,
+        "gauge",
+        "Age of the oldest event of the partition the group has not finished.",
+    );
+    for g in &groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                CONSUMER_LAG_SECONDS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.lag_ms as f64 / 1000.0,
+            );
+        }
+    }
+    f.header(PARKED_KEYS, "gauge", "Keys whose first pending event waits for a retry.");
+    for g in &groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                PARKED_KEYS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.parked_keys,
+            );
+        }
+    }
+    f.header(INFLIGHT_DELIVERIES, "gauge", "Deliveries awaiting acknowledgement.");
+    for g in &groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                INFLIGHT_DELIVERIES,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.inflight,
+            );
+        }
+    }
+    f.header(DLQ_DEPTH, "gauge", "Dead letters in the group's queue.");
+    for g in &groups {
+        f.sample(DLQ_DEPTH, &[("group", &g.group)], g.dead_letters);
+    }
+
+    let (mut syncs, mut micros, mut max_micros) = (0u64, 0u64, 0u64);
+    for topic in broker.log().topics() {
+        for p in topic.partitions() {
+            let s = p.stats();
+            syncs += s.syncs;
+            micros += s.sync_micros_total;
+            max_micros = max_micros.max(s.sync_micros_max);
+        }
+    }
+    f.header(
+        LOG_FSYNC_SECONDS,
+        "summary",
+        "fdatasync calls of the log (count) and their total duration (sum), every partition.",
+    );
+    f.sample(&format!("{LOG_FSYNC_SECONDS}_sum"), &[], micros as f64 / 1e6);
+    f.sample(&format!("{LOG_FSYNC_SECONDS}_count"), &[], syncs);
+    f.header(
+        LOG_FSYNC_MAX_SECONDS,
+        "gauge",
+        "Longest single fdatasync of any partition since the server started.",
+    );
+    f.sample(LOG_FSYNC_MAX_SECONDS, &[], max_micros as f64 / 1e6);
+    f.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        for name in ALL {
+            assert!(name.starts_with("driftless_"), "{name}");
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name}");
+        }
+    }
+}

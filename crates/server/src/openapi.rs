@@ -1,0 +1,210 @@
+//! The OpenAPI 3.1 document of the API, served at `/v1/openapi.json`.
+//!
+//! Invariant: every route the router serves is described here (the HTTP tests compare the two
+//! lists), with its request body, parameters and responses; every error response is a
+//! [`Problem`](crate::Problem) (`application/problem+json`).
+
+use serde_json::{json, Value};
+
+fn problem() -> Value {
+    json!({"$ref": "#/components/responses/Problem"})
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn body(schema: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description,
+           "schema": {"type": "string"}})
+}
+
+fn errors(mut responses: Value, codes: &[&str]) -> Value {
+    if let Value::Object(map) = &mut responses {
+        for code in codes {
+            map.insert((*code).to_string(), problem());
+        }
+        map.insert("default".into(), problem());
+    }
+    responses
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> Value {
+    let topic = path_param("topic", "Topic name");
+    let group = path_param("group", "Consumer group name");
+    let member = path_param("member", "Member id returned by join");
+    let dlq_id = path_param("id", "Dead-letter id, `topic:partition:offset`");
+    json!({
+      "openapi": "3.1.0",
+      "info": {
+        "title": "Driftless API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "Topics, CloudEvents produce, consumer groups (long-poll and SSE with credit), acknowledgements, replay and the dead-letter queue. Errors are RFC 9457 problem documents naming the field (`field`) and event (`event_index`) at fault."
+      },
+      "paths": {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "`ok`", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/readyz": {"get": {"summary": "Readiness: the broker is open and the server is not shutting down",
+          "responses": {"200": {"description": "`ready`", "content": {"text/plain": {"schema": {"type": "string"}}}}, "503": problem()}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)",
+          "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"}))}}},
+        "/v1/topics": {
+          "get": {"summary": "List topics", "responses": errors(json!({"200": ok("topics", json!({"type": "array", "items": schema("TopicDescription")}))}), &[])},
+          "post": {"summary": "Create a topic", "requestBody": body(schema("CreateTopic")),
+            "responses": errors(json!({"201": ok("created", schema("TopicDescription"))}), &["400", "409"])}
+        },
+        "/v1/topics/{topic}": {
+          "parameters": [topic],
+          "get": {"summary": "Describe a topic", "responses": errors(json!({"200": ok("topic", schema("TopicDescription"))}), &["404"])},
+          "delete": {"summary": "Delete a topic and its events", "responses": errors(json!({"204": {"description": "deleted"}}), &["404"])}
+        },
+        "/v1/topics/{topic}/events": {
+          "parameters": [topic],
+          "post": {
+            "summary": "Produce CloudEvents (acknowledged when durable; re-sent ids return the original position with duplicate=true)",
+            "description": "Structured mode (`application/cloudevents+json`, one event), batch mode (`application/cloudevents-batch+json`, an array), or binary mode (any other Content-Type with `ce-specversion`, `ce-id`, `ce-source`, `ce-type` headers; other `ce-*` headers are attributes; the body is `data`, or `data_base64` when the Content-Type is not JSON). Nothing is appended if any event is invalid.",
+            "parameters": [
+              {"name": "ce-specversion", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: `1.0`"},
+              {"name": "ce-id", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: event id"},
+              {"name": "ce-source", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: event source"},
+              {"name": "ce-type", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: event type"}
+            ],
+            "requestBody": {"required": true, "content": {
+              "application/cloudevents+json": {"schema": schema("CloudEvent")},
+              "application/cloudevents-batch+json": {"schema": {"type": "array", "items": schema("CloudEvent")}},
+              "*/*": {"schema": {"description": "binary mode: the event's data"}}
+            }},
+            "responses": errors(json!({"200": ok("one result per event, in order", schema("ProduceResult"))}), &["400", "404", "413", "415", "503"])
+          }
+        },
+        "/v1/groups": {"get": {"summary": "List consumer groups", "responses": errors(json!({"200": ok("group names", json!({"type": "array", "items": {"type": "string"}}))}), &[])}},
+        "/v1/groups/{group}": {
+          "parameters": [group],
+          "get": {"summary": "Describe a group: members, partitions, lag, dead letters", "responses": errors(json!({"200": ok("group", schema("GroupDescription"))}), &["404"])}
+        },
+        "/v1/groups/{group}/members": {
+          "parameters": [group],
+          "post": {"summary": "Join the group (it rebalances)", "requestBody": body(schema("Join")),
+            "responses": errors(json!({"201": ok("membership", schema("Membership"))}), &["400", "404", "429"])}
+        },
+        "/v1/groups/{group}/members/{member}": {
+          "parameters": [group, member],
+          "delete": {"summary": "Leave the group", "responses": errors(json!({"204": {"description": "left"}}), &["404"])}
+        },
+        "/v1/groups/{group}/members/{member}/heartbeat": {
+          "parameters": [group, member],
+          "post": {"summary": "Keep the member alive; returns its assignment", "responses": errors(json!({"200": ok("membership", schema("Membership"))}), &["404"])}
+        },
+        "/v1/groups/{group}/members/{member}/events": {
+          "parameters": [group, member,
+            {"name": "max", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 100}, "description": "Most deliveries to return"},
+            {"name": "wait_ms", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "Long-poll: wait up to this long (capped by fetch_wait_ms_max) when nothing is ready"}],
+          "get": {"summary": "Fetch deliveries (long-poll)", "responses": errors(json!({"200": ok("deliveries", schema("Fetched"))}), &["400", "404"])}
+        },
+        "/v1/groups/{group}/members/{member}/stream": {
+          "parameters": [group, member,
+            {"name": "credit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "Initial credit: deliveries the server may send (capped by stream_credit_max)"}],
+          "get": {"summary": "Stream deliveries as server-sent events (`event: delivery`, data: Delivery JSON); never more than the credit granted",
+            "responses": errors(json!({"200": {"description": "SSE stream; a broker error ends it with `event: error` holding a problem document", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}), &["404", "409"])}
+        },
+        "/v1/groups/{group}/members/{member}/credit": {
+          "parameters": [group, member],
+          "post": {"summary": "Grant an open stream more credit", "requestBody": body(json!({"type": "object", "required": ["credit"], "additionalProperties": false, "properties": {"credit": {"type": "integer", "minimum": 0}}})),
+            "responses": errors(json!({"200": ok("outstanding credit", json!({"type": "object", "properties": {"credit": {"type": "integer"}}}))}), &["400", "404"])}
+        },
+        "/v1/groups/{group}/ack": {
+          "parameters": [group],
+          "post": {"summary": "Acknowledge deliveries (committed durably before the answer)",
+            "requestBody": body(json!({"type": "object", "required": ["delivery_ids"], "additionalProperties": false, "properties": {"delivery_ids": {"type": "array", "items": {"type": "string"}}}})),
+            "responses": errors(json!({"200": ok("ids that were not pending", json!({"type": "object", "properties": {"unknown": {"type": "array", "items": {"type": "string"}}}}))}), &["400", "404"])}
+        },
+        "/v1/groups/{group}/nack": {
+          "parameters": [group],
+          "post": {"summary": "Reject a delivery: retried after backoff (its key waits), dead-lettered after max_attempts",
+            "requestBody": body(json!({"type": "object", "required": ["delivery_id"], "additionalProperties": false, "properties": {"delivery_id": {"type": "string"}, "error": {"type": "string"}}})),
+            "responses": errors(json!({"204": {"description": "rejected"}}), &["400", "404"])}
+        },
+        "/v1/groups/{group}/seek": {
+          "parameters": [group],
+          "post": {"summary": "Move the group's position on a topic (replay)", "requestBody": body(schema("Seek")),
+            "responses": errors(json!({"200": ok("new positions", json!({"type": "object", "properties": {"moved": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "integer"}], "description": "[partition, offset]"}}}}))}), &["400", "404"])}
+        },
+        "/v1/groups/{group}/dlq": {
+          "parameters": [group],
+          "get": {"summary": "List dead letters", "responses": errors(json!({"200": ok("dead letters", json!({"type": "array", "items": schema("DeadLetter")}))}), &["404"])}
+        },
+        "/v1/groups/{group}/dlq/{id}": {
+          "parameters": [group, dlq_id],
+          "get": {"summary": "Inspect a dead letter", "responses": errors(json!({"200": ok("dead letter", schema("DeadLetter"))}), &["404"])},
+          "delete": {"summary": "Discard a dead letter", "responses": errors(json!({"204": {"description": "discarded"}}), &["404"])}
+        },
+        "/v1/groups/{group}/dlq/{id}/retry": {
+          "parameters": [group, dlq_id],
+          "post": {"summary": "Deliver a dead letter again with a fresh attempt budget", "responses": errors(json!({"200": ok("dead letter, now retrying", schema("DeadLetter"))}), &["404"])}
+        }
+      },
+      "components": {
+        "responses": {
+          "Problem": {"description": "RFC 9457 problem", "content": {"application/problem+json": {"schema": schema("Problem")}}}
+        },
+        "schemas": {
+          "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+            "type": {"type": "string", "description": "urn:driftless:problem:<slug>"},
+            "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
+            "field": {"type": "string", "description": "CloudEvents attribute or request field at fault"},
+            "event_index": {"type": "integer", "description": "index of the event at fault in the request"},
+            "topic": {"type": "string"}, "group": {"type": "string"}, "member": {"type": "string"},
+            "line": {"type": "integer"}, "column": {"type": "integer"}}},
+          "CloudEvent": {"type": "object", "required": ["specversion", "id", "source", "type"], "properties": {
+            "specversion": {"const": "1.0"}, "id": {"type": "string", "minLength": 1}, "source": {"type": "string", "minLength": 1},
+            "type": {"type": "string", "minLength": 1}, "subject": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"type": "string"}, "dataschema": {"type": "string"}, "data": {}, "data_base64": {"type": "string"},
+            "partitionkey": {"type": "string"}, "sequence": {"type": ["string", "integer"]}, "traceparent": {"type": "string"}},
+            "additionalProperties": {"type": ["string", "number", "boolean"]}},
+          "Produced": {"type": "object", "properties": {"id": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
+          "ProduceResult": {"type": "object", "properties": {"results": {"type": "array", "items": schema("Produced")}}},
+          "TopicSpec": {"type": "object", "additionalProperties": false, "properties": {
+            "partitions": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1},
+            "retention_ms": {"type": ["integer", "null"]}, "retention_bytes": {"type": ["integer", "null"]},
+            "compact": {"type": "boolean", "default": false}, "dedup_window_ms": {"type": "integer", "default": 120000},
+            "durability": {"description": "\"always\" (default), \"never\", or {\"interval_ms\": N}"}}},
+          "CreateTopic": {"allOf": [schema("TopicSpec"), {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}}}]},
+          "PartitionStats": {"type": "object", "properties": {
+            "records_appended": {"type": "integer"}, "bytes_appended": {"type": "integer"}, "appends": {"type": "integer"},
+            "syncs": {"type": "integer"}, "sync_micros_total": {"type": "integer"}, "sync_micros_max": {"type": "integer"},
+            "size_bytes": {"type": "integer"}, "segments": {"type": "integer"}, "start_offset": {"type": "integer"}, "end_offset": {"type": "integer"}}},
+          "TopicDescription": {"type": "object", "properties": {"name": {"type": "string"}, "spec": schema("TopicSpec"), "partitions": {"type": "array", "items": schema("PartitionStats")}}},
+          "Join": {"type": "object", "required": ["topics"], "additionalProperties": false, "properties": {"topics": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "session_timeout_ms": {"type": "integer"}}},
+          "Membership": {"type": "object", "properties": {"member_id": {"type": "string"}, "generation": {"type": "integer"},
+            "assignments": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "description": "[topic, partition]"}}}},
+          "Delivery": {"type": "object", "properties": {"delivery_id": {"type": "string", "description": "topic:partition:offset:attempt"},
+            "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "attempt": {"type": "integer"},
+            "event": schema("CloudEvent"), "dead_letter_id": {"type": "string"}}},
+          "Fetched": {"type": "object", "properties": {"deliveries": {"type": "array", "items": schema("Delivery")}, "generation": {"type": "integer"},
+            "next_due_ms": {"type": ["integer", "null"], "description": "when a backed-off or in-flight event becomes deliverable (ms since the epoch)"}}},
+          "GroupPartition": {"type": "object", "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "member": {"type": ["string", "null"]},
+            "committed": {"type": "integer"}, "end_offset": {"type": "integer"}, "lag_events": {"type": "integer"}, "lag_ms": {"type": "integer"},
+            "inflight": {"type": "integer"}, "parked_keys": {"type": "integer"}}},
+          "GroupDescription": {"type": "object", "properties": {"group": {"type": "string"}, "generation": {"type": "integer"},
+            "members": {"type": "array", "items": schema("Membership")}, "partitions": {"type": "array", "items": schema("GroupPartition")}, "dead_letters": {"type": "integer"}}},
+          "Seek": {"type": "object", "required": ["topic", "to"], "additionalProperties": false, "properties": {
+            "topic": {"type": "string"}, "partition": {"type": "integer"},
+            "to": {"oneOf": [{"enum": ["earliest", "latest"]},
+                             {"type": "object", "required": ["offset"], "properties": {"offset": {"type": "integer"}}},
+                             {"type": "object", "required": ["time_ms"], "properties": {"time_ms": {"type": "integer"}}}]}}},
+          "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
+            "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
+            "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}
+        }
+      }
+    })
+}

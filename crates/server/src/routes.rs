@@ -1,0 +1,394 @@
+//! Request handlers of the JSON API (all but streaming, which is in `stream.rs`).
+//!
+//! Invariants: every broker call goes through [`blocking`], which runs it on the blocking pool
+//! and turns its error into a problem; a long-poll creates its broker listener before each
+//! fetch, so activity between the fetch and the wait is never missed, and it waits at most
+//! `min(wait_ms, fetch_wait_ms_max)` in total.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use driftless_broker::{
+    Broker, DeadLetter, Fetched, GroupDescription, Membership, Produced, SeekTarget,
+    TopicDescription, TopicSpec,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Body};
+use crate::problem::Problem;
+use crate::AppState;
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, Problem>;
+
+/// Runs a broker call on the blocking pool.
+pub(crate) async fn blocking<T, F>(state: &AppState, f: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Broker) -> driftless_broker::Result<T> + Send + 'static,
+{
+    let broker = Arc::clone(&state.broker);
+    match tokio::task::spawn_blocking(move || f(&broker)).await {
+        Ok(result) => result.map_err(Problem::from),
+        Err(e) => Err(Problem::internal(format!("the broker call did not complete: {e}"))),
+    }
+}
+
+/// Milliseconds since the Unix epoch, the broker's clock domain.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The instant at which the broker's epoch-ms deadline `due_ms` has passed (plus 1 ms so a
+/// wake-up never lands just before it).
+pub(crate) fn instant_for(due_ms: i64) -> Instant {
+    let delta = due_ms.saturating_sub(now_ms()).max(0) as u64 + 1;
+    Instant::now() + Duration::from_millis(delta)
+}
+
+// ---- operations ----------------------------------------------------------------------------
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the broker is open and the server is not shutting down.
+pub async fn readyz(State(state): Shared) -> Response {
+    if state.shutting_down() {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "Shutting down",
+            "the server is shutting down and accepts no new work",
+        )
+        .into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
+    let text = blocking(&state, |b| Ok(crate::metrics::render(b))).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// `GET /v1/openapi.json`.
+pub async fn openapi_doc() -> Json<Value> {
+    Json(crate::openapi::openapi())
+}
+
+/// Any unknown route.
+pub async fn not_found(uri: Uri) -> Problem {
+    Problem::not_found(
+        "no-such-route",
+        "No such route",
+        format!("no route for {}; see /v1/openapi.json", uri.path()),
+    )
+}
+
+/// A known route with the wrong method.
+pub async fn method_not_allowed(uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} does not support this method; see /v1/openapi.json", uri.path()),
+    )
+}
+
+// ---- topics --------------------------------------------------------------------------------
+
+/// `POST /v1/topics` with `{"name": "...", ...TopicSpec}`.
+pub async fn create_topic(
+    State(state): Shared,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let Value::Object(mut fields) = body else {
+        return Err(Problem::bad_request("the body must be a JSON object with a \"name\""));
+    };
+    let name = match fields.remove("name") {
+        Some(Value::String(n)) => n,
+        Some(_) => return Err(Problem::bad_request("\"name\" must be a string").with_field("name")),
+        None => return Err(Problem::bad_request("\"name\" is required").with_field("name")),
+    };
+    let spec: TopicSpec = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| Problem::invalid_body("topic settings", &e))?;
+    let location = format!("/v1/topics/{name}");
+    let created = blocking(&state, move |b| b.create_topic(&name, spec)).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+/// `GET /v1/topics`.
+pub async fn list_topics(State(state): Shared) -> ApiResult<Json<Vec<TopicDescription>>> {
+    blocking(&state, |b| Ok(b.list_topics())).await.map(Json)
+}
+
+/// `GET /v1/topics/{topic}`.
+pub async fn describe_topic(
+    State(state): Shared,
+    ApiPath(topic): ApiPath<String>,
+) -> ApiResult<Json<TopicDescription>> {
+    blocking(&state, move |b| b.describe_topic(&topic)).await.map(Json)
+}
+
+/// `DELETE /v1/topics/{topic}`.
+pub async fn delete_topic(
+    State(state): Shared,
+    ApiPath(topic): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    blocking(&state, move |b| b.delete_topic(&topic)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer to a produce request.
+#[derive(Debug, Serialize)]
+pub struct ProduceResponse {
+    /// One result per event, in request order.
+    pub results: Vec<Produced>,
+}
+
+/// `POST /v1/topics/{topic}/events`: CloudEvents in structured, batch or binary mode.
+pub async fn produce(
+    State(state): Shared,
+    ApiPath(topic): ApiPath<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Json<ProduceResponse>> {
+    let events_max = state.broker.config().produce_events_max;
+    let events = crate::cloudevents::parse_request(&headers, &body, events_max)?;
+    drop(body);
+    let results = blocking(&state, move |b| b.produce(&topic, events)).await?;
+    Ok(Json(ProduceResponse { results }))
+}
+
+// ---- groups --------------------------------------------------------------------------------
+
+/// Body of `POST /v1/groups/{group}/members`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Overrides the broker's `session_timeout_ms` for this member.
+    #[serde(default)]
+    pub session_timeout_ms: Option<u64>,
+}
+
+/// `GET /v1/groups`.
+pub async fn list_groups(State(state): Shared) -> ApiResult<Json<Vec<String>>> {
+    blocking(&state, |b| Ok(b.list_groups())).await.map(Json)
+}
+
+/// `GET /v1/groups/{group}`.
+pub async fn describe_group(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+) -> ApiResult<Json<GroupDescription>> {
+    blocking(&state, move |b| b.describe_group(&group)).await.map(Json)
+}
+
+/// `POST /v1/groups/{group}/members`.
+pub async fn join(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> ApiResult<(StatusCode, Json<Membership>)> {
+    let m =
+        blocking(&state, move |b| b.join(&group, &body.topics, body.session_timeout_ms)).await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+/// `DELETE /v1/groups/{group}/members/{member}`.
+pub async fn leave(
+    State(state): Shared,
+    ApiPath((group, member)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(&state, move |b| b.leave(&group, &member)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/groups/{group}/members/{member}/heartbeat`.
+pub async fn heartbeat(
+    State(state): Shared,
+    ApiPath((group, member)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Membership>> {
+    blocking(&state, move |b| b.heartbeat(&group, &member)).await.map(Json)
+}
+
+/// Query of `GET …/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchQuery {
+    /// Most deliveries to return (default 100).
+    #[serde(default = "default_max")]
+    pub max: usize,
+    /// How long to wait for a delivery when none is ready (default 0: answer at once).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+fn default_max() -> usize {
+    100
+}
+
+/// `GET /v1/groups/{group}/members/{member}/events?max=&wait_ms=`: long-poll fetch.
+pub async fn fetch(
+    State(state): Shared,
+    ApiPath((group, member)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<FetchQuery>,
+) -> ApiResult<Json<Fetched>> {
+    let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
+    let deadline = Instant::now() + wait;
+    let mut stopping = state.shutdown.subscribe();
+    loop {
+        // Listen before fetching: activity after the fetch's snapshot still wakes us.
+        let listener = state.broker.listen();
+        let (g, m) = (group.clone(), member.clone());
+        let fetched = blocking(&state, move |b| b.fetch(&g, &m, q.max)).await?;
+        let now = Instant::now();
+        if !fetched.deliveries.is_empty() || now >= deadline || state.shutting_down() {
+            return Ok(Json(fetched));
+        }
+        let mut wake = deadline.min(now + state.keepalive());
+        if let Some(due) = fetched.next_due_ms {
+            wake = wake.min(instant_for(due));
+        }
+        tokio::select! {
+            () = listener => {}
+            () = tokio::time::sleep_until(wake) => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
+/// Body of `POST /v1/groups/{group}/ack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    /// Delivery ids (`topic:partition:offset:attempt`).
+    pub delivery_ids: Vec<String>,
+}
+
+/// Answer of an acknowledgement.
+#[derive(Debug, Serialize)]
+pub struct AckResponse {
+    /// Ids that were not pending (already acknowledged, dead-lettered or unknown).
+    pub unknown: Vec<String>,
+}
+
+/// `POST /v1/groups/{group}/ack`.
+pub async fn ack(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+    ApiJson(body): ApiJson<AckBody>,
+) -> ApiResult<Json<AckResponse>> {
+    let unknown = blocking(&state, move |b| b.ack(&group, &body.delivery_ids)).await?;
+    Ok(Json(AckResponse { unknown }))
+}
+
+/// Body of `POST /v1/groups/{group}/nack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NackBody {
+    /// The rejected delivery.
+    pub delivery_id: String,
+    /// Why it failed; kept in the dead letter's error history.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// `POST /v1/groups/{group}/nack`.
+pub async fn nack(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+    ApiJson(body): ApiJson<NackBody>,
+) -> ApiResult<StatusCode> {
+    blocking(&state, move |b| b.nack(&group, &body.delivery_id, &body.error)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /v1/groups/{group}/seek`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeekBody {
+    /// Topic to reposition.
+    pub topic: String,
+    /// One partition; all when absent.
+    #[serde(default)]
+    pub partition: Option<u32>,
+    /// `"earliest"`, `"latest"`, `{"offset": N}` or `{"time_ms": T}`.
+    pub to: Value,
+}
+
+/// Answer of a seek.
+#[derive(Debug, Serialize)]
+pub struct SeekResponse {
+    /// `[partition, offset]` pairs: where each partition now stands.
+    pub moved: Vec<(u32, u64)>,
+}
+
+/// `POST /v1/groups/{group}/seek`.
+pub async fn seek(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+    ApiJson(body): ApiJson<SeekBody>,
+) -> ApiResult<Json<SeekResponse>> {
+    let target: SeekTarget = serde_json::from_value(body.to).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-seek",
+            "Invalid seek",
+            format!(
+                "\"to\" must be \"earliest\", \"latest\", {{\"offset\": N}} or \
+                 {{\"time_ms\": T}}: {e}"
+            ),
+        )
+        .with_field("to")
+    })?;
+    let moved =
+        blocking(&state, move |b| b.seek(&group, &body.topic, body.partition, target)).await?;
+    Ok(Json(SeekResponse { moved }))
+}
+
+// ---- dead letters --------------------------------------------------------------------------
+
+/// `GET /v1/groups/{group}/dlq`.
+pub async fn list_dead_letters(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+) -> ApiResult<Json<Vec<DeadLetter>>> {
+    blocking(&state, move |b| b.dead_letters(&group)).await.map(Json)
+}
+
+/// `GET /v1/groups/{group}/dlq/{id}`.
+pub async fn dead_letter(
+    State(state): Shared,
+    ApiPath((group, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<DeadLetter>> {
+    blocking(&state, move |b| b.dead_letter_entry(&group, &id)).await.map(Json)
+}
+
+/// `POST /v1/groups/{group}/dlq/{id}/retry`.
+pub async fn retry_dead_letter(
+    State(state): Shared,
+    ApiPath((group, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<DeadLetter>> {
+    blocking(&state, move |b| b.retry_dead_letter(&group, &id)).await.map(Json)
+}
+
+/// `DELETE /v1/groups/{group}/dlq/{id}`.
+pub async fn discard_dead_letter(
+    State(state): Shared,
+    ApiPath((group, id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(&state, move |b| b.discard_dead_letter(&group, &id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
