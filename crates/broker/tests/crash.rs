@@ -3,11 +3,11 @@
 //!
 //! The child is this test binary re-run with `DRIFTLESS_BROKER_CRASH_DIR` set. It prints
 //! `produced <id> <partition> <offset>` after each acknowledged produce, `delivered <id> <partition>
-//! <offset>` for each delivery and `acked <id>` after each acknowledgement returned. After each
-//! kill the parent opens the broker itself and checks: every acknowledged produce is readable at
-//! its position; no id is stored twice; committed offsets never moved backwards; every delivered
-//! but unacknowledged event sits at or after its partition's committed offset, so the group
-//! delivers it again. A final drain proves those events do come back.
+//! <offset>` for each delivery, and `acking <id>` / `acked <id>` around each acknowledgement. After
+//! each kill the parent opens the broker itself and checks: every acknowledged produce is readable
+//! at its position; no id is stored twice; committed offsets never moved backwards; every delivered
+//! event whose acknowledgement was never attempted sits at or after its partition's committed
+//! offset, so the group delivers it again. A final drain proves those events do come back.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -82,6 +82,11 @@ fn child(dir: &str) -> ! {
                     }
                 }
                 let ids: Vec<String> = acks.iter().map(|a| a.1.clone()).collect();
+                // Announced first: a kill between the ack and its "acked" line leaves the parent
+                // unsure, and it must not count such an event as unacknowledged.
+                for (id, _) in &acks {
+                    say(format!("acking {id}"));
+                }
                 b.ack("g", &ids).unwrap();
                 for (id, _) in acks {
                     say(format!("acked {id}"));
@@ -111,7 +116,7 @@ impl Drop for Killer {
 #[derive(Default)]
 struct History {
     produced: BTreeMap<String, (u32, u64)>,
-    /// Delivered and not (yet) acknowledged: id → (partition, offset).
+    /// Delivered and no acknowledgement attempted: id → (partition, offset).
     unacked: BTreeMap<String, (u32, u64)>,
     acked: BTreeSet<String>,
 }
@@ -125,6 +130,9 @@ impl History {
             }
             ["delivered", id, p, o] if !self.acked.contains(*id) => {
                 self.unacked.insert(id.to_string(), (p.parse().unwrap(), o.parse().unwrap()));
+            }
+            ["acking", id] => {
+                self.unacked.remove(*id);
             }
             ["acked", id] => {
                 self.unacked.remove(*id);
