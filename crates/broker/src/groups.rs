@@ -93,6 +93,8 @@ pub(crate) struct Group {
     pub assignment: BTreeMap<(String, u32), String>,
     pub cursors: BTreeMap<(String, u32), Cursor>,
     pub dead: BTreeMap<String, DeadLetter>,
+    /// Rotates the partition a fetch starts at, so no partition starves.
+    pub fetch_rotation: usize,
 }
 
 impl Group {

@@ -239,7 +239,8 @@ impl Broker {
                 partitions: topic.config().partitions,
                 ..TopicSpec::default()
             });
-            topics.insert(name, Arc::new(TopicState::open(topic, spec, now)?));
+            topics
+                .insert(name, Arc::new(TopicState::open(topic, spec, now, config.dedup_ids_max)?));
         }
         let mut persisted_offsets = BTreeMap::new();
         for (key, (offset, value)) in offsets_kv.load()? {
@@ -321,7 +322,12 @@ impl Broker {
             driftless_log::LogError::TopicExists(n) => BrokerError::TopicExists(n),
             other => other.into(),
         })?;
-        let state = Arc::new(TopicState::open(topic, spec, self.clock.now_ms())?);
+        let state = Arc::new(TopicState::open(
+            topic,
+            spec,
+            self.clock.now_ms(),
+            self.config.dedup_ids_max,
+        )?);
         topics.insert(name.to_string(), Arc::clone(&state));
         Ok(describe_topic(name, &state))
     }
@@ -557,83 +563,107 @@ impl Broker {
         let mut out =
             Fetched { deliveries: Vec::new(), generation: g.generation, next_due_ms: None };
         let mut dead_now = Vec::new();
-        for tp in g.assigned_to(member) {
-            if budget == 0 {
-                break;
-            }
-            let state = self.topic_state(&tp.0)?;
-            let partition = state.topic.partition(tp.1)?;
-            let Some(cursor) = g.cursors.get_mut(&tp) else { continue };
-            // Read ahead into the bounded pending window.
-            let room = self.config.pending_per_partition_max.saturating_sub(cursor.pending.len());
-            if room > 0 && cursor.next_read < partition.end_offset() {
-                if cursor.next_read < partition.start_offset() {
-                    // Retention removed events this group never consumed: skip to what exists.
-                    cursor.next_read = partition.start_offset();
-                    cursor.committed = cursor.committed.max(cursor.next_read);
-                }
-                let batch = partition.read(cursor.next_read, room, 4 << 20)?;
-                for r in batch.records {
-                    let value = r.value.unwrap_or_default();
-                    let key = r.key.unwrap_or_default();
-                    cursor.pending.insert(
-                        r.offset,
-                        Pending {
-                            key,
-                            value,
-                            state: PendingState::Ready,
-                            attempts: 0,
-                            errors: Vec::new(),
-                            dead_letter_id: None,
-                        },
-                    );
-                }
-                cursor.next_read = batch.next_offset;
-            }
-            let mut seen: BTreeSet<Bytes> = BTreeSet::new();
-            for (&offset, p) in cursor.pending.iter_mut() {
+        // Fairness: start at a different partition each fetch, and give every partition an equal
+        // share first; a second pass lets busy partitions use what idle ones left.
+        let assigned = g.assigned_to(member);
+        let n = assigned.len().max(1);
+        let first = g.fetch_rotation % n;
+        g.fetch_rotation = g.fetch_rotation.wrapping_add(1);
+        let order: Vec<(String, u32)> = assigned[first.min(assigned.len())..]
+            .iter()
+            .chain(&assigned[..first.min(assigned.len())])
+            .cloned()
+            .collect();
+        let fair_share = budget.div_ceil(n);
+        for pass in 0..2 {
+            for tp in &order {
                 if budget == 0 {
                     break;
                 }
-                if !seen.insert(p.key.clone()) {
-                    continue; // an earlier event of this key is not done: keep key order
+                let mut share = if pass == 0 { fair_share } else { budget };
+                let state = self.topic_state(&tp.0)?;
+                let partition = state.topic.partition(tp.1)?;
+                let Some(cursor) = g.cursors.get_mut(tp) else { continue };
+                // Read ahead into the bounded pending window.
+                let room =
+                    self.config.pending_per_partition_max.saturating_sub(cursor.pending.len());
+                if pass == 0 && room > 0 && cursor.next_read < partition.end_offset() {
+                    if cursor.next_read < partition.start_offset() {
+                        // Retention removed events this group never consumed: skip to what exists.
+                        cursor.next_read = partition.start_offset();
+                        cursor.committed = cursor.committed.max(cursor.next_read);
+                    }
+                    let batch = partition.read(cursor.next_read, room, 1 << 20)?;
+                    for r in batch.records {
+                        // Copies: the log hands out slices of its read buffer, and a pending
+                        // event may stay for long; a slice would pin the whole buffer (1 MiB).
+                        let value = r.value.map(|v| Bytes::copy_from_slice(&v)).unwrap_or_default();
+                        let key = r.key.map(|k| Bytes::copy_from_slice(&k)).unwrap_or_default();
+                        cursor.pending.insert(
+                            r.offset,
+                            Pending {
+                                key,
+                                value,
+                                state: PendingState::Ready,
+                                attempts: 0,
+                                errors: Vec::new(),
+                                dead_letter_id: None,
+                            },
+                        );
+                    }
+                    cursor.next_read = batch.next_offset;
                 }
-                match &p.state {
-                    PendingState::Ready => {}
-                    PendingState::Inflight { deadline_ms, .. } if *deadline_ms <= now => {
-                        p.errors.push(format!("attempt {}: visibility timeout", p.attempts));
-                        if p.attempts >= self.config.max_attempts {
-                            dead_now.push((tp.clone(), offset));
+                let mut seen: BTreeSet<Bytes> = BTreeSet::new();
+                for (&offset, p) in cursor.pending.iter_mut() {
+                    if budget == 0 || share == 0 {
+                        break;
+                    }
+                    if !seen.insert(p.key.clone()) {
+                        continue; // an earlier event of this key is not done: keep key order
+                    }
+                    match &p.state {
+                        PendingState::Ready => {}
+                        PendingState::Inflight { deadline_ms, .. } if *deadline_ms <= now => {
+                            p.errors.push(format!("attempt {}: visibility timeout", p.attempts));
+                            if p.attempts >= self.config.max_attempts {
+                                // Parked until the dead-lettering below removes it.
+                                p.state = PendingState::Backoff { until_ms: i64::MAX };
+                                dead_now.push((tp.clone(), offset));
+                                continue;
+                            }
+                        }
+                        PendingState::Inflight { deadline_ms, .. } => {
+                            out.next_due_ms =
+                                Some(out.next_due_ms.map_or(*deadline_ms, |d| d.min(*deadline_ms)));
+                            continue;
+                        }
+                        PendingState::Backoff { until_ms } if *until_ms <= now => {}
+                        PendingState::Backoff { until_ms } => {
+                            if *until_ms != i64::MAX {
+                                out.next_due_ms =
+                                    Some(out.next_due_ms.map_or(*until_ms, |d| d.min(*until_ms)));
+                            }
                             continue;
                         }
                     }
-                    PendingState::Inflight { deadline_ms, .. } => {
-                        out.next_due_ms =
-                            Some(out.next_due_ms.map_or(*deadline_ms, |d| d.min(*deadline_ms)));
-                        continue;
-                    }
-                    PendingState::Backoff { until_ms } if *until_ms <= now => {}
-                    PendingState::Backoff { until_ms } => {
-                        out.next_due_ms =
-                            Some(out.next_due_ms.map_or(*until_ms, |d| d.min(*until_ms)));
-                        continue;
-                    }
+                    p.attempts += 1;
+                    let deadline_ms = now + self.config.visibility_timeout_ms as i64;
+                    p.state = PendingState::Inflight { member: member.to_string(), deadline_ms };
+                    out.next_due_ms =
+                        Some(out.next_due_ms.map_or(deadline_ms, |d| d.min(deadline_ms)));
+                    let event = serde_json::from_slice(&p.value).unwrap_or(serde_json::Value::Null);
+                    out.deliveries.push(Delivery {
+                        delivery_id: format!("{}:{}:{}:{}", tp.0, tp.1, offset, p.attempts),
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        offset,
+                        attempt: p.attempts,
+                        event,
+                        dead_letter_id: p.dead_letter_id.clone(),
+                    });
+                    budget -= 1;
+                    share -= 1;
                 }
-                p.attempts += 1;
-                let deadline_ms = now + self.config.visibility_timeout_ms as i64;
-                p.state = PendingState::Inflight { member: member.to_string(), deadline_ms };
-                out.next_due_ms = Some(out.next_due_ms.map_or(deadline_ms, |d| d.min(deadline_ms)));
-                let event = serde_json::from_slice(&p.value).unwrap_or(serde_json::Value::Null);
-                out.deliveries.push(Delivery {
-                    delivery_id: format!("{}:{}:{}:{}", tp.0, tp.1, offset, p.attempts),
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    offset,
-                    attempt: p.attempts,
-                    event,
-                    dead_letter_id: p.dead_letter_id.clone(),
-                });
-                budget -= 1;
             }
         }
         for (tp, offset) in dead_now {

@@ -97,7 +97,7 @@ fn lock(m: &Mutex<Dedup>) -> MutexGuard<'_, Dedup> {
 
 impl TopicState {
     /// Wraps a log topic and rebuilds its dedup window from the log.
-    pub fn open(topic: Arc<Topic>, spec: TopicSpec, now_ms: i64) -> Result<Self> {
+    pub fn open(topic: Arc<Topic>, spec: TopicSpec, now_ms: i64, ids_max: usize) -> Result<Self> {
         let mut dedup = Dedup::default();
         let since = now_ms.saturating_sub(spec.dedup_window_ms as i64);
         for p in topic.partitions() {
@@ -116,7 +116,18 @@ impl TopicState {
                 next = batch.next_offset;
             }
         }
-        Ok(Self { topic, spec, dedup: Mutex::new(dedup), dedup_changed: Condvar::new() })
+        let state = Self {
+            topic,
+            spec,
+            dedup: Mutex::new(Dedup::default()),
+            dedup_changed: Condvar::new(),
+        };
+        // Partitions were read one after another, so restore time order before capping.
+        dedup.order.make_contiguous().sort_by_key(|(at, _)| *at);
+        state.expire(&mut dedup, now_ms, ids_max);
+        dedup.ids.shrink_to_fit();
+        *lock(&state.dedup) = dedup;
+        Ok(state)
     }
 
     fn expire(&self, d: &mut Dedup, now_ms: i64, ids_max: usize) {

@@ -402,3 +402,41 @@ fn a_stale_or_invented_attempt_cannot_reject_or_acknowledge_another_delivery() {
         "a real earlier attempt may ack"
     );
 }
+
+/// Regression: a member's fetch always started at its first partition, starving the others.
+#[test]
+fn a_fetch_serves_every_assigned_partition_not_just_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(4)).unwrap();
+    b.produce("t", (0..400).map(|i| event(&format!("e{i}"), &format!("k{i}"))).collect()).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    let f = b.fetch("g", &m, 8).unwrap();
+    let partitions: BTreeSet<u32> = f.deliveries.iter().map(|d| d.partition).collect();
+    assert_eq!(f.deliveries.len(), 8);
+    assert_eq!(partitions.len(), 4, "every partition gets a share: {partitions:?}");
+}
+
+/// Regression: rebuilding the dedup window on open ignored `dedup_ids_max`.
+#[test]
+fn the_dedup_window_rebuilt_on_open_respects_dedup_ids_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let small = BrokerConfig { dedup_ids_max: 10, ..config() };
+    let options = || LogOptions { maintenance_interval_ms: None, ..LogOptions::new(dir.path()) };
+    {
+        let b = Broker::open_with(options(), Arc::clone(&clock) as _, small.clone()).unwrap();
+        b.create_topic("t", spec(1)).unwrap();
+        for i in 0..100 {
+            clock.advance_ms(1);
+            b.produce("t", vec![event(&format!("e{i}"), "k")]).unwrap();
+        }
+    }
+    let b = Broker::open_with(options(), Arc::clone(&clock) as _, small).unwrap();
+    assert!(b.produce("t", vec![event("e99", "k")]).unwrap()[0].duplicate, "recent ids are kept");
+    assert!(
+        !b.produce("t", vec![event("e0", "k")]).unwrap()[0].duplicate,
+        "the oldest are dropped"
+    );
+}
