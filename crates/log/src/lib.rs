@@ -62,5 +62,6 @@ pub use event_listener::Listener;
 pub use log::{Log, LogOptions, Topic};
 pub use partition::{
     Appended, CompactionOutcome, Partition, PartitionStats, ReadBatch, RetentionOutcome,
+    SYNC_BUCKET_BOUNDS_US,
 };
 pub use record::{NewRecord, Record, RECORD_HEADER_BYTES};

@@ -78,6 +78,11 @@ pub struct CompactionOutcome {
     pub bytes_reclaimed: u64,
 }
 
+/// Upper bounds, in microseconds, of the fsync latency buckets in [`PartitionStats`]; the last
+/// bucket counts everything slower than the last bound.
+pub const SYNC_BUCKET_BOUNDS_US: [u64; 12] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
+
 /// Counters of one partition, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionStats {
@@ -93,6 +98,9 @@ pub struct PartitionStats {
     pub sync_micros_total: u64,
     /// Longest of those calls, in microseconds.
     pub sync_micros_max: u64,
+    /// Those calls by latency: `sync_buckets[i]` counts calls of at most
+    /// `SYNC_BUCKET_BOUNDS_US[i]` µs (and more than the previous bound); the last counts the rest.
+    pub sync_buckets: [u64; SYNC_BUCKET_BOUNDS_US.len() + 1],
     /// Bytes in all segments.
     pub size_bytes: u64,
     /// Number of segments.
@@ -111,6 +119,7 @@ struct Counters {
     syncs: AtomicU64,
     sync_micros_total: AtomicU64,
     sync_micros_max: AtomicU64,
+    sync_buckets: [AtomicU64; SYNC_BUCKET_BOUNDS_US.len() + 1],
 }
 
 #[derive(Debug)]
@@ -496,6 +505,8 @@ impl Partition {
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.counters.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
         self.counters.sync_micros_max.fetch_max(micros, Ordering::Relaxed);
+        let bucket = SYNC_BUCKET_BOUNDS_US.partition_point(|&bound| bound < micros);
+        self.counters.sync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         result
     }
 
@@ -791,6 +802,9 @@ impl Partition {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             sync_micros_total: self.counters.sync_micros_total.load(Ordering::Relaxed),
             sync_micros_max: self.counters.sync_micros_max.load(Ordering::Relaxed),
+            sync_buckets: std::array::from_fn(|i| {
+                self.counters.sync_buckets[i].load(Ordering::Relaxed)
+            }),
             size_bytes: segments.iter().map(|s| s.len()).sum(),
             segments: segments.len(),
             start_offset: self.start_offset(),

@@ -322,3 +322,18 @@ fn interval_durability_flushes_in_the_background_and_readers_see_writes_at_once(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn every_fsync_is_counted_in_exactly_one_latency_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", TopicConfig::default());
+    for i in 0..20u8 {
+        p.append(&[NewRecord::unkeyed(&[i])]).unwrap();
+    }
+    let stats = p.stats();
+    assert!(stats.syncs >= 20, "always-durable appends fsync: {}", stats.syncs);
+    assert_eq!(stats.sync_buckets.iter().sum::<u64>(), stats.syncs);
+    assert_eq!(stats.sync_buckets.len(), driftless_log::SYNC_BUCKET_BOUNDS_US.len() + 1);
+}

@@ -6,12 +6,10 @@
 //! sets beyond topics, partitions and groups that exist); label values are escaped per the
 //! text format (`\\`, `\"`, `\n`).
 //!
-//! fsync latency: the log keeps a count and a sum of `fdatasync` durations per partition (and
-//! the longest one), not a distribution, so `driftless_log_fsync_seconds` is exposed as a
-//! Prometheus *summary without quantiles* (`_count` and `_sum`, over every partition including
-//! internal topics), from which `rate(_sum)/rate(_count)` gives the mean latency; the longest
-//! sync since start is the gauge `driftless_log_fsync_max_seconds`. A histogram needs bucket
-//! counters in the log.
+//! fsync latency: the log counts `fdatasync` calls per partition in fixed latency buckets
+//! (`driftless_log::SYNC_BUCKET_BOUNDS_US`), so `driftless_log_fsync_seconds` is a Prometheus
+//! histogram over every partition including internal topics; the longest sync since start is the
+//! gauge `driftless_log_fsync_max_seconds`.
 
 use std::fmt::Write as _;
 
@@ -176,19 +174,30 @@ pub fn render(broker: &Broker) -> String {
     }
 
     let (mut syncs, mut micros, mut max_micros) = (0u64, 0u64, 0u64);
+    let mut buckets = [0u64; driftless_log::SYNC_BUCKET_BOUNDS_US.len() + 1];
     for topic in broker.log().topics() {
         for p in topic.partitions() {
             let s = p.stats();
             syncs += s.syncs;
             micros += s.sync_micros_total;
             max_micros = max_micros.max(s.sync_micros_max);
+            for (total, n) in buckets.iter_mut().zip(s.sync_buckets) {
+                *total += n;
+            }
         }
     }
     f.header(
         LOG_FSYNC_SECONDS,
-        "summary",
-        "fdatasync calls of the log (count) and their total duration (sum), every partition.",
+        "histogram",
+        "Latency of the log's fdatasync calls, every partition.",
     );
+    let mut cumulative = 0u64;
+    for (bound, n) in driftless_log::SYNC_BUCKET_BOUNDS_US.iter().zip(buckets) {
+        cumulative += n;
+        let le = format!("{}", *bound as f64 / 1e6);
+        f.sample(&format!("{LOG_FSYNC_SECONDS}_bucket"), &[("le", &le)], cumulative);
+    }
+    f.sample(&format!("{LOG_FSYNC_SECONDS}_bucket"), &[("le", "+Inf")], syncs);
     f.sample(&format!("{LOG_FSYNC_SECONDS}_sum"), &[], micros as f64 / 1e6);
     f.sample(&format!("{LOG_FSYNC_SECONDS}_count"), &[], syncs);
     f.header(

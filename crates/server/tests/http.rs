@@ -588,6 +588,8 @@ fn metrics_and_openapi_describe_the_server() {
     );
     assert!(r.text.contains("driftless_inflight_deliveries{group=\"g\""), "{}", r.text);
     assert!(r.text.contains("driftless_log_fsync_seconds_count "), "{}", r.text);
+    assert!(r.text.contains("driftless_log_fsync_seconds_bucket{le=\"+Inf\"}"), "{}", r.text);
+    assert!(r.text.contains("# TYPE driftless_log_fsync_seconds histogram"), "{}", r.text);
     assert!(
         r.text.contains("driftless_partition_end_offset{topic=\"m\",partition=\"1\"}"),
         "{}",
