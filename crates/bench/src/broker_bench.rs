@@ -38,6 +38,9 @@ pub struct BrokerBenchParams {
     pub partitions: u32,
     /// Consumer group members (Driftless) / pull-consumer tasks (JetStream).
     pub consumers: usize,
+    /// Distinct subjects (entity keys). Driftless keeps at most one event per key in flight, to
+    /// keep per-key order under failure, so few keys cap its consumer concurrency.
+    pub keys: u64,
     /// Give up after this many seconds per side.
     pub timeout_s: u64,
     /// Parent of the temporary data directories.
@@ -53,6 +56,7 @@ impl Default for BrokerBenchParams {
             batch: 100,
             partitions: 4,
             consumers: 2,
+            keys: 100_000,
             timeout_s: 120,
             dir: std::path::PathBuf::from(crate::log_bench::DEFAULT_DIR),
         }
@@ -116,6 +120,9 @@ impl BrokerBenchParams {
         }
         if self.event_bytes > 512 << 10 {
             return bad("--event-bytes", "must be at most 524288");
+        }
+        if self.keys == 0 {
+            return bad("--keys", "must be at least 1");
         }
         if self.partitions == 0 || self.partitions > 1024 {
             return bad("--partitions", "must be 1 to 1024");
@@ -278,7 +285,7 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                             json!({
                                 "specversion": "1.0", "id": format!("w{w}-{}", sent + i),
                                 "source": "/bench", "type": "bench.v1",
-                                "subject": format!("key-{}", (sent + i) % 1024),
+                                "subject": format!("key-{}", (w as u64 * mine + sent + i) % params.keys),
                                 "data": payload(epoch, pad),
                             })
                         })

@@ -30,6 +30,10 @@ pub struct BrokerArgs {
     /// Consumer group members (Driftless) and pull-consumer tasks (JetStream).
     #[arg(long, default_value_t = 2, value_name = "N")]
     consumers: usize,
+    /// Distinct subjects (entity keys) the events are spread over. Driftless keeps one event per
+    /// key in flight (per-key order under failure), so few keys cap its consumers.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    keys: u64,
     /// Parent of the temporary data directories.
     #[arg(long, default_value = "target/bench-tmp", value_name = "DIR")]
     dir: PathBuf,
@@ -46,6 +50,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         batch: args.batch,
         partitions: args.partitions,
         consumers: args.consumers,
+        keys: args.keys,
         dir: args.dir,
         ..BrokerBenchParams::default()
     };
