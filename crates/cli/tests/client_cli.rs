@@ -9,16 +9,16 @@
 // Helpers, not #[test]s, so clippy's allow-unwrap-in-tests does not cover them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-/// A running `driftless serve`, killed on drop.
+/// A running `driftless serve` over its own temporary data directory.
 struct Server {
-    child: Child,
+    _serve: support::ServeProcess,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -26,31 +26,8 @@ struct Server {
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-            .args(["serve", "--listen", &listen, "--data-dir"])
-            .arg(dir.path())
-            .env_remove("DRIFTLESS_SERVER")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, url: format!("http://{listen}"), _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("driftless serve exited early: {status}");
-            }
-            if TcpStream::connect(&listen).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "driftless serve did not listen on {listen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let serve = support::ServeProcess::start(dir.path());
+        Self { url: serve.base.clone(), _serve: serve, _dir: dir }
     }
 
     /// Runs `driftless ARGS` against this server with `stdin` as input.
@@ -66,13 +43,6 @@ impl Server {
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -189,7 +159,7 @@ fn produce_stops_at_a_bad_line_and_consume_prints_and_acks() {
 #[test]
 fn an_unreachable_server_is_named_with_how_to_start_one() {
     // Bind and drop a listener: nothing listens on that port afterwards.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
         .args(["topic", "list"])

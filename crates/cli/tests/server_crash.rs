@@ -20,10 +20,9 @@
 //! on a failing assertion); only loopback addresses are used.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,65 +41,7 @@ const BATCH_CT: &str = "application/cloudevents-batch+json";
 
 // ---- the server ---------------------------------------------------------------------------------
 
-/// A running `driftless serve`, SIGKILLed on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    /// Starts the server on a free loopback port over `dir` and waits until `/healthz` answers.
-    fn start(dir: &Path) -> Self {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let listen = format!("127.0.0.1:{port}");
-            let child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-                .args(["serve", "--listen", &listen, "--data-dir"])
-                .arg(dir)
-                .env_remove("DRIFTLESS_CONFIG")
-                .env_remove("DRIFTLESS_LISTEN")
-                .env_remove("DRIFTLESS_DATA_DIR")
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let mut server = Self { child, base: format!("http://{listen}") };
-            let agent = agent(Duration::from_secs(2));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = server.child.try_wait().unwrap() {
-                    // Most likely someone else took the port between our probe and its bind.
-                    eprintln!("driftless serve exited at start ({status}); trying another port");
-                    break;
-                }
-                let url = format!("{}/healthz", server.base);
-                if let Ok(r) = agent.get(&url).call() {
-                    if r.status() == 200 {
-                        return server;
-                    }
-                }
-                assert!(Instant::now() < deadline, "driftless serve never became healthy");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("driftless serve could not start on any of 5 ports");
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = support::ServeProcess;
 
 // ---- HTTP ---------------------------------------------------------------------------------------
 

@@ -10,11 +10,12 @@
 //! killed on drop (also on panic); every loop and wait is bounded; nothing asserts on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig, TopicSpec};
@@ -74,65 +75,7 @@ fn populate(dir: &Path) {
     assert_eq!(total, BACKLOG_EVENTS as u64);
 }
 
-/// A running `driftless serve`, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    addr: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-            .args(["serve", "--listen", &addr, "--data-dir"])
-            .arg(dir)
-            .env_remove("DRIFTLESS_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, base: format!("http://{addr}"), addr };
-        let agent = agent();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("driftless serve exited early: {status}");
-            }
-            let up = agent
-                .get(format!("{}/healthz", server.base))
-                .call()
-                .is_ok_and(|r| r.status().as_u16() == 200);
-            if up {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "driftless serve did not answer /healthz");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// (VmRSS, VmHWM) of the server in kB.
-    fn rss_kb(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| -> u64 {
-            let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| {
-                panic!("no {name} in /proc/{}/status:\n{status}", self.child.id())
-            });
-            line[name.len()..].trim().trim_end_matches("kB").trim().parse().unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = support::ServeProcess;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

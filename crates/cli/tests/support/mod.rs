@@ -1,0 +1,140 @@
+//! Shared by the CLI's integration tests: the real `driftless serve` binary as a child process on
+//! a free loopback port, ready when `/healthz` answers, killed (SIGKILL) and reaped on drop so a
+//! failing assertion never leaves a server behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `driftless serve`.
+pub struct ServeProcess {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl ServeProcess {
+    /// Starts `driftless serve` over `data_dir` on a free port (retrying on another port if it
+    /// exits at start, as when another process took the port) and waits until it is healthy.
+    pub fn start(data_dir: &Path) -> Self {
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+            cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data_dir);
+            let child = spawn(cmd);
+            let mut server = Self { child, base: format!("http://{addr}"), addr };
+            if server.wait_healthy(Duration::from_secs(120)) {
+                return server;
+            }
+        }
+        panic!("driftless serve could not start on any of 5 ports");
+    }
+
+    /// Starts `driftless serve` with the listen address and data directory given through the
+    /// `DRIFTLESS_LISTEN` / `DRIFTLESS_DATA_DIR` environment variables instead of flags.
+    pub fn start_with_env(port: u16, data_dir: &Path) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+        cmd.arg("serve").env("DRIFTLESS_LISTEN", &addr).env("DRIFTLESS_DATA_DIR", data_dir);
+        let child = spawn(cmd);
+        let mut server = Self { child, base: format!("http://{addr}"), addr };
+        assert!(server.wait_healthy(Duration::from_secs(60)), "driftless serve did not start");
+        server
+    }
+
+    /// Polls `/healthz`; false if the process exited first.
+    fn wait_healthy(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                eprintln!("driftless serve exited at start ({status})");
+                return false;
+            }
+            if http(&self.addr, "GET", "/healthz", "text/plain", "").is_some_and(|r| r.0 == 200) {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "driftless serve never became healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child process, for waiting on its exit status.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// (VmRSS, VmHWM) of the server in kB, from `/proc/<pid>/status`.
+    pub fn rss_kb(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| {
+                panic!("no {name} in /proc/{}/status:\n{status}", self.child.id())
+            });
+            line[name.len()..].trim().trim_end_matches("kB").trim().parse().unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.env_remove("DRIFTLESS_CONFIG")
+        .env_remove("DRIFTLESS_SERVER")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// One HTTP/1.1 request with `Connection: close` to `addr`; returns (status, body), or `None`
+/// when the server cannot be reached.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
