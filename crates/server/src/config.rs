@@ -132,6 +132,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    /// The example in the repository documents the defaults; it must parse and stay true.
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/driftless.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = ServerConfig::from_toml(&text, &path).unwrap();
+        assert_eq!(config, ServerConfig::default());
+    }
+
     #[test]
     fn an_empty_file_is_the_defaults() {
         let c = ServerConfig::from_toml("", Path::new("x.toml")).unwrap();
