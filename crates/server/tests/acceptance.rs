@@ -11,150 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftless_broker::{Broker, BrokerConfig};
-use driftless_server::ServerConfig;
+mod support;
+
+use driftless_broker::BrokerConfig;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
-/// An in-process server on a loopback port, stopped on drop.
-struct Server {
-    base: String,
-    agent: ureq::Agent,
-    stop: Option<oneshot::Sender<()>>,
-    rt: Option<tokio::runtime::Runtime>,
-    _dir: tempfile::TempDir,
-}
-
-struct Resp {
-    status: u16,
-    text: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-}
-
-fn start() -> Server {
-    let mut config = ServerConfig { broker: BrokerConfig::default(), ..ServerConfig::default() };
-    config.server.shutdown_grace_ms = 5_000;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Arc::new(Broker::open(dir.path(), config.broker.clone()).unwrap());
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    rt.spawn(async move {
-        let r = driftless_server::serve(listener, broker, &config, async move {
-            let _ = stopped.await;
-        })
-        .await;
-        if let Err(e) = r {
-            eprintln!("server ended with an error: {e}");
-        }
-    });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    Server { base: format!("http://{addr}"), agent, stop: Some(stop), rt: Some(rt), _dir: dir }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-fn read(mut r: ureq::http::Response<ureq::Body>) -> Resp {
-    let status = r.status().as_u16();
-    let text = r.body_mut().read_to_string().unwrap();
-    Resp { status, text }
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        read(self.agent.get(self.url(path)).call().unwrap())
-    }
-
-    fn delete(&self, path: &str) -> Resp {
-        read(self.agent.delete(self.url(path)).call().unwrap())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Resp {
-        self.post_raw(path, "application/json", body.to_string().as_bytes())
-    }
-
-    fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Resp {
-        read(
-            self.agent
-                .post(self.url(path))
-                .header("content-type", content_type)
-                .send(body)
-                .unwrap(),
-        )
-    }
-
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let r = self.post("/v1/topics", &json!({"name": name, "partitions": partitions}));
-        assert_eq!(r.status, 201, "{}", r.text);
-    }
-
-    /// Produces a batch; returns one result (`id`, `partition`, `offset`, `duplicate`) per event.
-    fn produce(&self, topic: &str, events: &[Value]) -> Vec<Value> {
-        let r = self.post_raw(
-            &format!("/v1/topics/{topic}/events"),
-            "application/cloudevents-batch+json",
-            Value::Array(events.to_vec()).to_string().as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.text);
-        r.json()["results"].as_array().unwrap().clone()
-    }
-
-    /// Joins and returns the membership (`member_id`, `generation`, `assignments`).
-    fn join(&self, group: &str, topics: &[&str]) -> Value {
-        let r = self.post(&format!("/v1/groups/{group}/members"), &json!({"topics": topics}));
-        assert_eq!(r.status, 201, "{}", r.text);
-        r.json()
-    }
-
-    fn heartbeat(&self, group: &str, member: &str) -> Value {
-        let r = self.post(&format!("/v1/groups/{group}/members/{member}/heartbeat"), &json!({}));
-        assert_eq!(r.status, 200, "{}", r.text);
-        r.json()
-    }
-
-    fn fetch(&self, group: &str, member: &str, max: usize, wait_ms: u64) -> Vec<Value> {
-        let r = self.get(&format!(
-            "/v1/groups/{group}/members/{member}/events?max={max}&wait_ms={wait_ms}"
-        ));
-        assert_eq!(r.status, 200, "{}", r.text);
-        r.json()["deliveries"].as_array().unwrap().clone()
-    }
-
-    /// Acknowledges and asserts every id was pending.
-    fn ack_all(&self, group: &str, deliveries: &[Value]) {
-        let ids: Vec<&str> = deliveries.iter().map(delivery_id).collect();
-        let r = self.post(&format!("/v1/groups/{group}/ack"), &json!({"delivery_ids": ids}));
-        assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.json()["unknown"], json!([]), "acknowledged deliveries were not pending");
-    }
-}
-
-fn delivery_id(d: &Value) -> &str {
-    d["delivery_id"].as_str().unwrap()
+fn start() -> support::Server {
+    support::start(support::config(BrokerConfig::default()))
 }
 
 fn event_id(d: &Value) -> &str {
@@ -185,7 +48,7 @@ const EVENTS_PER_BATCH: usize = 40;
 fn per_key_order_holds_with_concurrent_producers() {
     let s = Arc::new(start());
     s.create_topic("orders", 4);
-    let member = s.join("shipping", &["orders"])["member_id"].as_str().unwrap().to_string();
+    let member = s.membership("shipping", &["orders"])["member_id"].as_str().unwrap().to_string();
 
     // Each producer owns its keys and numbers each key's events 0, 1, 2, … in send order; the
     // batches of all producers interleave on the server.
@@ -209,7 +72,7 @@ fn per_key_order_holds_with_concurrent_producers() {
                                    "data": {"key": key, "seq": seq}})
                         })
                         .collect();
-                    for (e, r) in events.iter().zip(s.produce("orders", &events)) {
+                    for (e, r) in events.iter().zip(s.produce_results("orders", &events)) {
                         assert_eq!(r["id"], e["id"]);
                         assert_eq!(r["duplicate"], false, "{r}");
                         let key = e["subject"].as_str().unwrap().to_string();
@@ -284,7 +147,7 @@ fn three_members_split_partitions_and_rebalance_when_one_leaves() {
     let (topic, group) = ("ledger", "audit");
     s.create_topic(topic, 6);
     let members: Vec<String> = (0..3)
-        .map(|_| s.join(group, &[topic])["member_id"].as_str().unwrap().to_string())
+        .map(|_| s.membership(group, &[topic])["member_id"].as_str().unwrap().to_string())
         .collect();
 
     // Each member learns its current assignment by heartbeat (earlier joiners' join answers
@@ -308,7 +171,7 @@ fn three_members_split_partitions_and_rebalance_when_one_leaves() {
                    "type": "entry.v1", "subject": format!("account-{i}"), "data": {"i": i}})
         })
         .collect();
-    let produced = s.produce(topic, &events);
+    let produced = s.produce_results(topic, &events);
     let partition_of_event: BTreeMap<String, u32> = produced
         .iter()
         .map(|r| (r["id"].as_str().unwrap().to_string(), r["partition"].as_u64().unwrap() as u32))
