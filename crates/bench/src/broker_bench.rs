@@ -84,6 +84,28 @@ pub struct SideReport {
     pub elapsed_s: f64,
 }
 
+impl SideReport {
+    fn new(
+        system: &'static str,
+        fsync_before_ack: bool,
+        events: u64,
+        elapsed: Duration,
+        e2e: &Histogram,
+        produce: &Histogram,
+    ) -> Self {
+        Self {
+            system,
+            fsync_before_ack,
+            events_per_sec: events as f64 / elapsed.as_secs_f64(),
+            e2e_p50_us: e2e.value_at_quantile(0.50),
+            e2e_p99_us: e2e.value_at_quantile(0.99),
+            produce_p50_us: produce.value_at_quantile(0.50),
+            produce_p99_us: produce.value_at_quantile(0.99),
+            elapsed_s: elapsed.as_secs_f64(),
+        }
+    }
+}
+
 /// The report of `driftless bench broker`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BrokerBenchReport {
@@ -317,16 +339,7 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
     drop(rt);
     result?;
     let (e2e, produce) = (lock(&e2e), lock(&produce));
-    Ok(SideReport {
-        system: "driftless",
-        fsync_before_ack: true,
-        events_per_sec: params.events as f64 / elapsed.as_secs_f64(),
-        e2e_p50_us: e2e.value_at_quantile(0.50),
-        e2e_p99_us: e2e.value_at_quantile(0.99),
-        produce_p50_us: produce.value_at_quantile(0.50),
-        produce_p99_us: produce.value_at_quantile(0.99),
-        elapsed_s: elapsed.as_secs_f64(),
-    })
+    Ok(SideReport::new("driftless", true, params.events, elapsed, &e2e, &produce))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -434,16 +447,8 @@ fn run_jetstream(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
     })?;
     drop(rt);
     drop(nats);
+    // File storage acknowledges before fsync (sync_interval, 2 minutes by default).
+    let fsync_before_ack = false;
     let (e2e, produce) = (lock(&e2e), lock(&produce));
-    Ok(SideReport {
-        system: "nats-jetstream",
-        // File storage acknowledges before fsync (sync_interval, 2 minutes by default).
-        fsync_before_ack: false,
-        events_per_sec: params.events as f64 / elapsed.as_secs_f64(),
-        e2e_p50_us: e2e.value_at_quantile(0.50),
-        e2e_p99_us: e2e.value_at_quantile(0.99),
-        produce_p50_us: produce.value_at_quantile(0.50),
-        produce_p99_us: produce.value_at_quantile(0.99),
-        elapsed_s: elapsed.as_secs_f64(),
-    })
+    Ok(SideReport::new("nats-jetstream", fsync_before_ack, params.events, elapsed, &e2e, &produce))
 }
