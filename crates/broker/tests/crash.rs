@@ -11,15 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig, TopicSpec};
 use driftless_core::Event;
 use driftless_log::LogOptions;
+use driftless_testkit::CrashChild;
 use rand::Rng;
 
 const CHILD_ENV: &str = "DRIFTLESS_BROKER_CRASH_DIR";
@@ -104,15 +104,6 @@ fn child(dir: &str) -> ! {
     unreachable!("the child runs until killed");
 }
 
-struct Killer(Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[derive(Default)]
 struct History {
     produced: BTreeMap<String, (u32, u64)>,
@@ -153,25 +144,7 @@ fn kill9_during_produce_and_consume_loses_no_acknowledged_event() {
     let mut history = History::default();
     let mut committed_before: BTreeMap<u32, u64> = BTreeMap::new();
     for cycle in 0..CYCLES {
-        let mut child = Killer(
-            Command::new(std::env::current_exe().unwrap())
-                .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-                .env(CHILD_ENV, dir.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        );
-        let stdout = child.0.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let child = CrashChild::spawn(TEST_NAME, CHILD_ENV, dir.path()).unwrap();
         let started = Instant::now();
         let run_for = Duration::from_millis(rng.random_range(50..400));
         let mut seen_produce = false;
@@ -180,18 +153,14 @@ fn kill9_during_produce_and_consume_loses_no_acknowledged_event() {
                 started.elapsed() < Duration::from_secs(60),
                 "cycle {cycle}: child never produced"
             );
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(1)) {
+            if let Some(line) = child.next_line(Duration::from_millis(1)) {
                 seen_produce |= line.starts_with("produced");
                 history.record(&line);
             }
         }
-        let _ = child.0.kill();
-        let _ = child.0.wait();
-        reader.join().unwrap();
-        for line in rx.try_iter() {
+        for line in child.kill() {
             history.record(&line);
         }
-        drop(child);
 
         let b = open(dir.path());
         let topic = b.describe_topic("t").unwrap();

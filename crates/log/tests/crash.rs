@@ -8,14 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftless_core::TopicName;
 use driftless_log::{Log, LogOptions, NewRecord, TopicConfig};
+use driftless_testkit::CrashChild;
 use rand::Rng;
 
 const CHILD_ENV: &str = "DRIFTLESS_CRASH_CHILD_DIR";
@@ -129,16 +129,6 @@ fn history_in(p: &driftless_log::Partition) -> Vec<(u64, u32, u64)> {
     out
 }
 
-/// Kills the child when dropped, so a failing assertion never leaks a writer process.
-struct Killer(Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn kill9_during_concurrent_appends_loses_nothing_acknowledged_and_duplicates_nothing() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
@@ -149,40 +139,20 @@ fn kill9_during_concurrent_appends_loses_nothing_acknowledged_and_duplicates_not
     // (writer, seq) -> acknowledged offset, over all cycles.
     let mut acked: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     for cycle in 0..CYCLES {
-        let mut child = Killer(
-            Command::new(std::env::current_exe().unwrap())
-                .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-                .env(CHILD_ENV, dir.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        );
-        let stdout = child.0.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("ack ") && tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let child = CrashChild::spawn(TEST_NAME, CHILD_ENV, dir.path()).unwrap();
+        let is_ack = |l: &String| l.starts_with("ack ");
         // Wait for the first acknowledgement, then let it run for a random while.
-        rx.recv_timeout(Duration::from_secs(60)).map(|l| record_ack(&mut acked, &l)).unwrap();
+        let first = std::iter::from_fn(|| child.next_line(Duration::from_secs(60))).find(is_ack);
+        record_ack(&mut acked, &first.expect("the child acknowledged nothing within 60 s"));
         let deadline = Instant::now() + Duration::from_millis(rng.random_range(1..400));
         while Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(1)) {
+            if let Some(line) = child.next_line(Duration::from_millis(1)).filter(is_ack) {
                 record_ack(&mut acked, &line);
             }
         }
-        let _ = child.0.kill(); // SIGKILL
-        let _ = child.0.wait();
-        reader.join().unwrap();
-        for line in rx.try_iter() {
+        for line in child.kill().into_iter().filter(is_ack) {
             record_ack(&mut acked, &line);
         }
-        drop(child);
 
         let history = history(dir.path());
         let mut seen: HashMap<(u32, u64), u64> = HashMap::new();

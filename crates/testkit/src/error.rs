@@ -130,6 +130,16 @@ pub enum TestkitError {
         /// The last lines of the log.
         log_tail: String,
     },
+
+    /// The crash harness could not start its child.
+    #[error("crash harness: could not {reason}")]
+    CrashChild {
+        /// What it was doing.
+        reason: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Shorthand for results of the testkit.

@@ -1,5 +1,6 @@
 //! Test support for Driftless: throwaway PostgreSQL 15 and NATS (JetStream) servers, started
-//! on free loopback ports from any crate's tests or benchmarks, and torn down on drop.
+//! on free loopback ports from any crate's tests or benchmarks, and torn down on drop; and the
+//! crash harness ([`CrashChild`]) that re-runs a test as a child process to be SIGKILLed.
 //!
 //! ```no_run
 //! use driftless_testkit::{NatsServer, PgServer};
@@ -35,6 +36,7 @@
 //! - Required programs: `/usr/lib/postgresql/15/bin` (or `DRIFTLESS_PG_BIN`) and `nats-server`
 //!   (or `DRIFTLESS_NATS_BIN`); errors say how to install what is missing.
 
+mod crash;
 mod error;
 mod nats;
 mod postgres;
@@ -42,6 +44,7 @@ mod process;
 
 use std::net::{Ipv4Addr, TcpListener};
 
+pub use crash::CrashChild;
 pub use error::{Result, TestkitError};
 pub use nats::NatsServer;
 pub use postgres::PgServer;
