@@ -197,7 +197,7 @@ pub struct Broker {
     persisted_offsets: Mutex<BTreeMap<(String, String, u32), u64>>,
     /// Dead letters loaded at open, by group.
     persisted_dead: Mutex<BTreeMap<String, BTreeMap<String, DeadLetter>>>,
-    groups: Mutex<BTreeMap<String, Arc<Mutex<Group>>>>,
+    groups: Mutex<BTreeMap<String, Arc<GroupHandle>>>,
     activity: Notify,
 }
 
@@ -356,7 +356,7 @@ impl Broker {
         self.log.delete_topic(&topic_name)?;
         self.topics_kv.delete(name.as_bytes())?;
         for group in lock(&self.groups).values() {
-            let mut g = lock(group);
+            let mut g = lock(&group.state);
             g.cursors.retain(|(t, _), _| t != name);
             for m in g.members.values_mut() {
                 m.topics.remove(name);
@@ -387,7 +387,7 @@ impl Broker {
 
     /// The group called `name`. Groups with persisted state (committed offsets or dead letters)
     /// exist after a restart even before a member joins, with cursors at their committed offsets.
-    fn group(&self, name: &str, create: bool) -> Result<Arc<Mutex<Group>>> {
+    fn group(&self, name: &str, create: bool) -> Result<Arc<GroupHandle>> {
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get(name) {
             return Ok(Arc::clone(g));
@@ -415,7 +415,7 @@ impl Broker {
                 self.ensure_cursors(name, &mut group, &topic)?;
             }
         }
-        let g = Arc::new(Mutex::new(group));
+        let g = Arc::new(GroupHandle { state: Mutex::new(group), commits: Mutex::new(()) });
         groups.insert(name.to_string(), Arc::clone(&g));
         Ok(g)
     }
@@ -487,8 +487,8 @@ impl Broker {
         for t in topics {
             self.topic_state(t)?;
         }
-        let g = self.group(group, true)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, true)?;
+        let mut g = lock(&gh.state);
         self.expire_members(&mut g);
         if g.members.len() >= self.config.members_max {
             return Err(BrokerError::LimitReached(format!(
@@ -515,8 +515,8 @@ impl Broker {
 
     /// Leaves the group; the member's unacknowledged deliveries go to the remaining members.
     pub fn leave(&self, group: &str, member: &str) -> Result<()> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         if g.members.remove(member).is_none() {
             return Err(BrokerError::UnknownMember { group: group.into(), member: member.into() });
         }
@@ -528,8 +528,8 @@ impl Broker {
 
     /// Keeps a member alive and tells it its current assignment.
     pub fn heartbeat(&self, group: &str, member: &str) -> Result<Membership> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
             self.notify();
         }
@@ -543,8 +543,8 @@ impl Broker {
 
     /// Hands up to `max` deliverable events of the member's partitions to it.
     pub fn fetch(&self, group: &str, member: &str, max: usize) -> Result<Fetched> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
             self.notify();
         }
@@ -667,7 +667,7 @@ impl Broker {
             }
         }
         for (tp, offset) in dead_now {
-            self.dead_letter(group, &mut g, &tp, offset)?;
+            self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
         Ok(out)
     }
@@ -677,6 +677,7 @@ impl Broker {
         &self,
         group: &str,
         g: &mut Group,
+        commits: &Mutex<()>,
         tp: &(String, u32),
         offset: u64,
     ) -> Result<()> {
@@ -701,11 +702,29 @@ impl Broker {
         tracing::warn!(group, topic = %tp.0, partition = tp.1, offset, attempts = dead.attempts,
             "event moved to the dead-letter queue");
         g.dead.insert(id, dead);
-        self.commit(group, g, std::slice::from_ref(tp))
+        self.commit(group, g, commits, std::slice::from_ref(tp))
     }
 
-    /// Recomputes and durably persists the committed offsets of `tps` that moved.
-    fn commit(&self, group: &str, g: &mut Group, tps: &[(String, u32)]) -> Result<()> {
+    /// Recomputes and durably persists the committed offsets of `tps` that moved. Called with
+    /// the group's state locked; takes `commits` so offset writes land in the order computed.
+    fn commit(
+        &self,
+        group: &str,
+        g: &mut Group,
+        commits: &Mutex<()>,
+        tps: &[(String, u32)],
+    ) -> Result<()> {
+        let writes = Self::committed_writes(group, g, tps);
+        let _order = lock(commits);
+        self.offsets_kv.put_many(&writes)
+    }
+
+    /// The `__offsets` records for the committed offsets of `tps` that moved.
+    fn committed_writes(
+        group: &str,
+        g: &mut Group,
+        tps: &[(String, u32)],
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut writes = Vec::new();
         for tp in tps {
             if let Some(c) = g.cursors.get_mut(tp) {
@@ -716,15 +735,15 @@ impl Broker {
                 }
             }
         }
-        self.offsets_kv.put_many(&writes)
+        writes
     }
 
     /// Acknowledges deliveries: they are done for this group. Returns the ids that were not
     /// pending (already acknowledged or unknown); the others are committed durably before this
     /// returns.
     pub fn ack(&self, group: &str, delivery_ids: &[String]) -> Result<Vec<String>> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         let mut unknown = Vec::new();
         let mut touched = Vec::new();
         let mut finished_dead = Vec::new();
@@ -755,8 +774,13 @@ impl Broker {
             g.dead.remove(&dead);
             self.dlq_kv.delete(dead.as_bytes())?;
         }
-        self.commit(group, &mut g, &touched)?;
+        // Persist outside the state lock, so other members keep fetching during the fsync; the
+        // ordering lock, taken before the state is released, keeps writes in computed order.
+        let writes = Self::committed_writes(group, &mut g, &touched);
+        let order = lock(&gh.commits);
         drop(g);
+        self.offsets_kv.put_many(&writes)?;
+        drop(order);
         self.notify();
         Ok(unknown)
     }
@@ -764,8 +788,8 @@ impl Broker {
     /// Rejects a delivery: it is retried after a backoff (its key waits meanwhile), or goes to the
     /// dead-letter queue once it has been delivered `max_attempts` times.
     pub fn nack(&self, group: &str, delivery_id: &str, error: &str) -> Result<()> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         let d = parse_delivery_id(delivery_id)
             .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
         let (tp, offset) = ((d.topic.clone(), d.partition), d.offset);
@@ -796,7 +820,7 @@ impl Broker {
             }
         };
         if to_dlq {
-            self.dead_letter(group, &mut g, &tp, offset)?;
+            self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
         drop(g);
         self.notify();
@@ -839,14 +863,16 @@ impl Broker {
             };
             targets.push((p.id(), offset));
         }
-        let g = self.group(group, true)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, true)?;
+        let mut g = lock(&gh.state);
         self.ensure_cursors(group, &mut g, topic)?;
         let writes: Vec<_> = targets
             .iter()
             .map(|(p, offset)| (state::offset_key(group, topic, *p), state::encode(offset)))
             .collect();
+        let order = lock(&gh.commits);
         self.offsets_kv.put_many(&writes)?;
+        drop(order);
         for (p, offset) in &targets {
             g.cursors.insert((topic.to_string(), *p), Cursor::new(*offset));
         }
@@ -857,8 +883,8 @@ impl Broker {
 
     /// The group's members, partitions, lag and dead-letter count.
     pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         self.expire_members(&mut g);
         let now = self.clock.now_ms();
         let mut partitions = Vec::new();
@@ -905,22 +931,22 @@ impl Broker {
 
     /// The group's dead letters.
     pub fn dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>> {
-        let g = self.group(group, false)?;
-        let g = lock(&g);
+        let gh = self.group(group, false)?;
+        let g = lock(&gh.state);
         Ok(g.dead.values().cloned().collect())
     }
 
     /// One dead letter.
     pub fn dead_letter_entry(&self, group: &str, id: &str) -> Result<DeadLetter> {
-        let g = self.group(group, false)?;
-        let g = lock(&g);
+        let gh = self.group(group, false)?;
+        let g = lock(&gh.state);
         g.dead.get(id).cloned().ok_or_else(|| BrokerError::UnknownDeadLetter(id.into()))
     }
 
     /// Delivers a dead letter to the group again (with a fresh attempt budget).
     pub fn retry_dead_letter(&self, group: &str, id: &str) -> Result<DeadLetter> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         let mut dead =
             g.dead.get(id).cloned().ok_or_else(|| BrokerError::UnknownDeadLetter(id.into()))?;
         dead.state = DeadLetterState::Retrying;
@@ -936,8 +962,8 @@ impl Broker {
 
     /// Removes a dead letter for good.
     pub fn discard_dead_letter(&self, group: &str, id: &str) -> Result<()> {
-        let g = self.group(group, false)?;
-        let mut g = lock(&g);
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
         if g.dead.remove(id).is_none() {
             return Err(BrokerError::UnknownDeadLetter(id.into()));
         }
@@ -947,6 +973,18 @@ impl Broker {
         self.dlq_kv.delete(id.as_bytes())?;
         Ok(())
     }
+}
+
+/// A group's state and the lock that orders its writes to `__offsets`.
+///
+/// Lock order: `state` before `commits`. Every committed-offset write takes `commits` while the
+/// state is still locked, so writes reach the log in the order their values were computed (an
+/// older, lower committed offset can never land after a newer one); acknowledgements then release
+/// the state before the fsync so other members are not blocked by it.
+#[derive(Debug)]
+struct GroupHandle {
+    state: Mutex<Group>,
+    commits: Mutex<()>,
 }
 
 /// Puts a dead letter being retried back into its cursor's pending window.
