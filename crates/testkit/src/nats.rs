@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::error::{Result, TestkitError};
-use crate::process::{find_on_path, log_tail, redirect_output, ServerProcess, POLL};
+use crate::process::{
+    find_on_path, log_tail, redirect_output, start_on_free_port, ServerProcess, Startup, POLL,
+};
 
 /// Name used in errors and logs.
 const SERVER: &str = "NATS";
@@ -33,8 +35,6 @@ const INSTALL_HINT: &str = "install it with `apt-get install -y nats-server`, or
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown after SIGTERM may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How many ports to try when another process takes the reserved one first.
-const PORT_ATTEMPTS: u32 = 3;
 
 /// Makes server names unique within this process.
 static STARTS: AtomicU64 = AtomicU64::new(0);
@@ -73,9 +73,7 @@ impl NatsServer {
             })?;
         let store = scratch.path().join("jetstream");
         let log_path = scratch.path().join("nats.log");
-        let mut last_tail = String::new();
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = crate::free_port()?;
+        let (process, port) = start_on_free_port(SERVER, |port| {
             let name = format!(
                 "driftless-test-{}-{}-{}",
                 std::process::id(),
@@ -93,23 +91,11 @@ impl NatsServer {
                 .current_dir(scratch.path());
             redirect_output(&mut cmd, &log_path)?;
             let mut process = ServerProcess::spawn(SERVER, &mut cmd, false, "TERM", STOP_GRACE)?;
-            match wait_ready(&mut process, port, &name, &log_path) {
-                Ok(()) => {
-                    tracing::debug!(port, "NATS ready");
-                    return Ok(Self { process, port, log_path, scratch: Some(scratch) });
-                }
-                Err(Startup::PortTaken(tail)) => {
-                    tracing::debug!(port, attempt, "port taken before NATS bound it");
-                    last_tail = tail;
-                }
-                Err(Startup::Failed(e)) => return Err(e),
-            }
-        }
-        Err(TestkitError::PortTaken {
-            server: SERVER,
-            attempts: PORT_ATTEMPTS,
-            log_tail: last_tail,
-        })
+            wait_ready(&mut process, port, &name, &log_path)?;
+            tracing::debug!(port, "NATS ready");
+            Ok((process, port))
+        })?;
+        Ok(Self { process, port, log_path, scratch: Some(scratch) })
     }
 
     /// The TCP port the server listens on.
@@ -161,14 +147,6 @@ fn locate_binary() -> Result<PathBuf> {
             looked_at: format!("PATH and {DEFAULT_BIN}"),
             remedy: INSTALL_HINT,
         })
-}
-
-/// Why one startup attempt failed.
-enum Startup {
-    /// Another process bound the port first; the log tail says so. Worth another port.
-    PortTaken(String),
-    /// Anything else; not worth retrying.
-    Failed(TestkitError),
 }
 
 /// Polls until the server greets clients with an `INFO` line carrying `name`, exits, or

@@ -23,7 +23,7 @@ use tempfile::TempDir;
 use crate::error::{Result, TestkitError};
 use crate::process::{
     clear_pg_env, describe, find_on_path, log_tail, redirect_output, run, running_as_root,
-    user_ids, ServerProcess, POLL,
+    start_on_free_port, user_ids, ServerProcess, Startup, POLL,
 };
 
 /// Name used in errors and logs.
@@ -44,8 +44,6 @@ const SUPERUSER: &str = "postgres";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long fast shutdown may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How many ports to try when another process takes the reserved one first.
-const PORT_ATTEMPTS: u32 = 3;
 
 /// The PostgreSQL programs the server needs.
 #[derive(Debug, Clone)]
@@ -174,9 +172,7 @@ impl PgServer {
         run(&mut initdb)?;
 
         let log_path = scratch.path().join("postgres.log");
-        let mut last_tail = String::new();
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = crate::free_port()?;
+        let (process, port) = start_on_free_port(SERVER, |port| {
             let mut cmd = bins.server_command(&bins.postgres);
             cmd.arg("-D")
                 .arg(&data_dir)
@@ -206,30 +202,11 @@ impl PgServer {
                 .current_dir(scratch.path());
             redirect_output(&mut cmd, &log_path)?;
             let mut process = ServerProcess::spawn(SERVER, &mut cmd, as_root, "INT", STOP_GRACE)?;
-            match wait_ready(&mut process, &bins, &data_dir, port, &log_path) {
-                Ok(()) => {
-                    tracing::debug!(port, data_dir = %data_dir.display(), "PostgreSQL ready");
-                    return Ok(Self {
-                        process,
-                        port,
-                        data_dir,
-                        log_path,
-                        bins,
-                        scratch: Some(scratch),
-                    });
-                }
-                Err(Startup::PortTaken(tail)) => {
-                    tracing::debug!(port, attempt, "port taken before PostgreSQL bound it");
-                    last_tail = tail;
-                }
-                Err(Startup::Failed(e)) => return Err(e),
-            }
-        }
-        Err(TestkitError::PortTaken {
-            server: SERVER,
-            attempts: PORT_ATTEMPTS,
-            log_tail: last_tail,
-        })
+            wait_ready(&mut process, &bins, &data_dir, port, &log_path)?;
+            tracing::debug!(port, data_dir = %data_dir.display(), "PostgreSQL ready");
+            Ok((process, port))
+        })?;
+        Ok(Self { process, port, data_dir, log_path, bins, scratch: Some(scratch) })
     }
 
     /// The TCP port the server listens on.
@@ -296,14 +273,6 @@ impl Drop for PgServer {
             }
         }
     }
-}
-
-/// Why one startup attempt failed.
-enum Startup {
-    /// Another process bound the port first; the log tail says so. Worth another port.
-    PortTaken(String),
-    /// Anything else; not worth retrying.
-    Failed(TestkitError),
 }
 
 /// A scratch directory. As root it is under `/tmp` and world-traversable (0755), so user

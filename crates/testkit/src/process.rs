@@ -272,3 +272,41 @@ pub(crate) fn redirect_output(cmd: &mut Command, log: &Path) -> Result<()> {
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     Ok(())
 }
+
+/// Ports tried before a start gives up because other processes keep taking them.
+pub(crate) const PORT_ATTEMPTS: u32 = 3;
+
+/// Why one startup attempt failed.
+pub(crate) enum Startup {
+    /// Another process bound the port first; the log tail says so. Worth another port.
+    PortTaken(String),
+    /// Anything else; not worth retrying.
+    Failed(TestkitError),
+}
+
+impl From<TestkitError> for Startup {
+    fn from(e: TestkitError) -> Self {
+        Startup::Failed(e)
+    }
+}
+
+/// Runs `attempt` on a fresh free port until it succeeds, fails for a reason other than a taken
+/// port, or [`PORT_ATTEMPTS`] ports were taken by someone else.
+pub(crate) fn start_on_free_port<T>(
+    server: &'static str,
+    mut attempt: impl FnMut(u16) -> std::result::Result<T, Startup>,
+) -> Result<T> {
+    let mut last_tail = String::new();
+    for n in 1..=PORT_ATTEMPTS {
+        let port = crate::free_port()?;
+        match attempt(port) {
+            Ok(started) => return Ok(started),
+            Err(Startup::PortTaken(tail)) => {
+                tracing::debug!(server, port, attempt = n, "port taken before the server bound it");
+                last_tail = tail;
+            }
+            Err(Startup::Failed(e)) => return Err(e),
+        }
+    }
+    Err(TestkitError::PortTaken { server, attempts: PORT_ATTEMPTS, log_tail: last_tail })
+}
