@@ -22,6 +22,22 @@ fn flip_byte(path: &std::path::Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
+/// Appends `n` single-record batches to topic `t` in a log at `dir`, closes the log, and returns
+/// the partition's directory.
+fn write_and_close(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    config: TopicConfig,
+    n: usize,
+) -> std::path::PathBuf {
+    let log = Log::open(options(dir, clock)).unwrap();
+    let p = open_topic(&log, "t", config);
+    for i in 0..n {
+        p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+    }
+    p.dir().to_path_buf()
+}
+
 fn record_value(i: usize) -> Vec<u8> {
     format!("record-{i:05}-{}", "p".repeat(50)).into_bytes()
 }
@@ -93,15 +109,7 @@ fn garbage_or_zeroes_after_the_last_batch_are_truncated() {
 fn a_flipped_bit_in_a_sealed_segment_is_reported_on_read_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let partition_dir;
-    {
-        let log = Log::open(options(dir.path(), &clock)).unwrap();
-        let p = open_topic(&log, "t", small_segments());
-        for i in 0..100 {
-            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
-        }
-        partition_dir = p.dir().to_path_buf();
-    }
+    let partition_dir = write_and_close(dir.path(), &clock, small_segments(), 100);
     let first = segment_files(&partition_dir)[0].clone();
     flip_byte(&first, 200);
     let log = Log::open(options(dir.path(), &clock)).unwrap();
@@ -127,15 +135,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_reported_on_read_and_never_served() {
 fn a_flipped_bit_in_the_last_record_of_a_sealed_segment_fails_the_open() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let partition_dir;
-    {
-        let log = Log::open(options(dir.path(), &clock)).unwrap();
-        let p = open_topic(&log, "t", small_segments());
-        for i in 0..100 {
-            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
-        }
-        partition_dir = p.dir().to_path_buf();
-    }
+    let partition_dir = write_and_close(dir.path(), &clock, small_segments(), 100);
     let first = segment_files(&partition_dir)[0].clone();
     let len = std::fs::metadata(&first).unwrap().len();
     flip_byte(&first, len - 3);
@@ -154,15 +154,7 @@ fn a_flipped_bit_before_the_unsynced_window_is_reported_on_read_and_never_trunca
         segment_bytes_max: 1 << 20,
         ..TopicConfig::default()
     };
-    let partition_dir;
-    {
-        let log = Log::open(options(dir.path(), &clock)).unwrap();
-        let p = open_topic(&log, "t", config.clone());
-        for i in 0..1000 {
-            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
-        }
-        partition_dir = p.dir().to_path_buf();
-    }
+    let partition_dir = write_and_close(dir.path(), &clock, config.clone(), 1000);
     let segment = segment_files(&partition_dir)[0].clone();
     let len = std::fs::metadata(&segment).unwrap().len();
     assert!(len > 50_000);
