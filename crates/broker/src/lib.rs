@@ -193,6 +193,9 @@ pub struct Broker {
     topics_kv: KvTopic,
     offsets_kv: KvTopic,
     dlq_kv: KvTopic,
+    connectors_kv: KvTopic,
+    /// Connector positions, loaded at open and kept current by [`Broker::put_connector_state`].
+    connectors: Mutex<BTreeMap<String, Bytes>>,
     /// Committed offsets loaded at open, for groups not yet seen since.
     persisted_offsets: Mutex<BTreeMap<(String, String, u32), u64>>,
     /// Dead letters loaded at open, by group.
@@ -221,6 +224,13 @@ impl Broker {
         let topics_kv = KvTopic::open(&log, state::TOPICS)?;
         let offsets_kv = KvTopic::open(&log, state::OFFSETS)?;
         let dlq_kv = KvTopic::open(&log, state::DLQ)?;
+        let connectors_kv = KvTopic::open(&log, state::CONNECTORS)?;
+        let mut connectors = BTreeMap::new();
+        for (key, (_, value)) in connectors_kv.load()? {
+            if let Some(v) = value {
+                connectors.insert(String::from_utf8_lossy(&key).into_owned(), v);
+            }
+        }
         let mut specs = BTreeMap::new();
         for (key, (offset, value)) in topics_kv.load()? {
             if let Some(v) = value {
@@ -268,6 +278,8 @@ impl Broker {
             topics_kv,
             offsets_kv,
             dlq_kv,
+            connectors_kv,
+            connectors: Mutex::new(connectors),
             persisted_offsets: Mutex::new(persisted_offsets),
             persisted_dead: Mutex::new(persisted_dead),
             groups: Mutex::new(BTreeMap::new()),
@@ -383,6 +395,69 @@ impl Broker {
         let produced = state.produce(&events, &*self.clock, self.config.dedup_ids_max)?;
         self.notify();
         Ok(produced)
+    }
+
+    /// The durable position of the connector (source or sink) called `name`, as it last stored
+    /// it with [`Broker::put_connector_state`]; `None` if it never did.
+    pub fn connector_state(&self, name: &str) -> Option<Bytes> {
+        lock(&self.connectors).get(name).cloned()
+    }
+
+    /// Stores a connector's position durably (fsynced before this returns), replacing the
+    /// previous one. The bytes are the connector's own format.
+    pub fn put_connector_state(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut connectors = lock(&self.connectors);
+        self.connectors_kv.put(name.as_bytes(), value)?;
+        connectors.insert(name.to_string(), Bytes::copy_from_slice(value));
+        Ok(())
+    }
+
+    /// The next offset of every partition of `topic`, in partition order: where the next
+    /// append to each will land. Connectors record these before an append whose outcome a
+    /// crash could leave unknown, and later read from them with [`Broker::event_ids_since`].
+    pub fn end_offsets(&self, topic: &str) -> Result<Vec<u64>> {
+        let state = self.topic_state(topic)?;
+        Ok(state.topic.partitions().iter().map(|p| p.end_offset()).collect())
+    }
+
+    /// The ids of the events stored in `topic` at or after `from[p]` in each partition `p`
+    /// (offsets from [`Broker::end_offsets`]), at most `ids_max` of them; an error if there
+    /// are more, so a caller never works from a silently truncated set.
+    pub fn event_ids_since(
+        &self,
+        topic: &str,
+        from: &[u64],
+        ids_max: usize,
+    ) -> Result<std::collections::HashSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        let state = self.topic_state(topic)?;
+        let mut ids = std::collections::HashSet::new();
+        for (p, partition) in state.topic.partitions().iter().enumerate() {
+            let mut next = from.get(p).copied().unwrap_or(0).max(partition.start_offset());
+            while next < partition.end_offset() {
+                let batch = partition.read(next, 10_000, 8 << 20)?;
+                for r in &batch.records {
+                    let Some(value) = &r.value else { continue };
+                    if let Ok(e) = serde_json::from_slice::<IdOnly>(value) {
+                        ids.insert(e.id);
+                    }
+                }
+                if ids.len() > ids_max {
+                    return Err(BrokerError::LimitReached(format!(
+                        "more than {ids_max} events were appended to `{topic}` since the \
+                         recorded offsets"
+                    )));
+                }
+                if batch.next_offset <= next {
+                    break;
+                }
+                next = batch.next_offset;
+            }
+        }
+        Ok(ids)
     }
 
     /// The group called `name`. Groups with persisted state (committed offsets or dead letters)

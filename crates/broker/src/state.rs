@@ -3,7 +3,9 @@
 //!
 //! - `__topics`: key = topic name, value = its [`crate::TopicSpec`] as JSON;
 //! - `__offsets`: key = `group \0 topic \0 partition`, value = the committed offset as JSON;
-//! - `__dlq`: key = dead-letter id, value = a [`crate::DeadLetter`] as JSON, tombstone when gone.
+//! - `__dlq`: key = dead-letter id, value = a [`crate::DeadLetter`] as JSON, tombstone when gone;
+//! - `__connectors`: key = connector (source or sink) name, value = its position, opaque bytes
+//!   owned by the connector (the broker never interprets them).
 //!
 //! Invariant: every write is an `always`-durability append, so state acknowledged to a client
 //! survives a crash; on open the newest value per key wins.
@@ -20,6 +22,7 @@ use crate::error::{BrokerError, Result};
 pub(crate) const TOPICS: &str = "__topics";
 pub(crate) const OFFSETS: &str = "__offsets";
 pub(crate) const DLQ: &str = "__dlq";
+pub(crate) const CONNECTORS: &str = "__connectors";
 
 /// A value and the offset it was stored at; `None` for a tombstone.
 pub(crate) type Versioned = (u64, Option<Bytes>);

@@ -1,0 +1,319 @@
+//! `[[source]]` entries of the server's TOML configuration.
+//!
+//! Invariant: [`SourceConfig::validate`] runs before anything starts, so a source that starts
+//! has a valid name, a reachable-looking URL or path and limits inside their bounds. Defaults
+//! are what a first-time user should get; every limit names its unit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConnectError, Result};
+
+/// Longest source name, in bytes. Names appear in slot names, event ids and metric labels.
+pub const SOURCE_NAME_BYTES_MAX: usize = 48;
+
+/// One `[[source]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name: letters, digits, `_` and `-`. Positions are stored under it.
+    pub name: String,
+    /// What to read, and its settings.
+    #[serde(flatten)]
+    pub kind: SourceKind,
+    /// Partitions of the topics this source creates when they do not exist yet.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Start paused (resume through the API or CLI).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// The kinds of source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceKind {
+    /// Change data capture from Postgres logical replication.
+    PostgresCdc(PgCdcConfig),
+    /// An outbox table in Postgres.
+    PostgresOutbox(PgOutboxConfig),
+    /// An outbox table in SQLite.
+    SqliteOutbox(SqliteOutboxConfig),
+}
+
+/// Payload shape of CDC events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    /// `data` = `{"op", "key", "before", "after", "unchanged"}` (see ARCHITECTURE.md).
+    #[default]
+    Cloudevents,
+    /// `data` = Debezium's envelope: `before`, `after`, `source`, `op`, `ts_ms`.
+    Debezium,
+}
+
+/// What to do when the replication slot disappeared while the source had a position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSlotLost {
+    /// Stop with an error: changes were lost and an operator must decide.
+    #[default]
+    Fail,
+    /// Create a new slot and re-read every table (a new snapshot).
+    Resnapshot,
+}
+
+/// Whether to read the tables' existing rows before streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Read existing rows once, when the slot is created (resumable).
+    #[default]
+    Initial,
+    /// Stream changes only.
+    Never,
+}
+
+/// `kind = "postgres_cdc"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgCdcConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Replication slot name; default `driftless_<name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Publication name; default `driftless_<name>`.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// `schema.table` names to capture; empty means every table (`FOR ALL TABLES`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Topic per table; `{database}`, `{schema}` and `{table}` are replaced.
+    #[serde(default = "default_topic_template")]
+    pub topic: String,
+    /// Explicit per-table topics (`"public.orders" = "orders"`), overriding `topic`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    /// Key columns for tables without a primary key (`"public.log" = ["a", "b"]`).
+    #[serde(default)]
+    pub key_columns: BTreeMap<String, Vec<String>>,
+    /// Event payload shape.
+    #[serde(default)]
+    pub payload: Payload,
+    /// Initial snapshot.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Rows per snapshot chunk.
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u32,
+    /// How often an idle source writes a heartbeat into WAL so the slot keeps advancing.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Policy when the slot is gone.
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
+    /// Most events appended per log batch (transactions are never split across batches unless
+    /// one alone is larger).
+    #[serde(default = "default_batch_events_max")]
+    pub batch_events_max: usize,
+    /// Most decoded-but-not-durable bytes held in memory before reading from Postgres pauses.
+    #[serde(default = "default_buffer_bytes_max")]
+    pub buffer_bytes_max: usize,
+    /// Read this outbox table through CDC as outbox rows (set by `postgres_outbox` in cdc mode).
+    #[serde(skip)]
+    pub outbox: Option<OutboxColumns>,
+}
+
+/// How a Postgres outbox is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxMode {
+    /// Through logical replication of the outbox table (rows are never touched).
+    #[default]
+    Cdc,
+    /// By polling with `FOR UPDATE SKIP LOCKED`; rows are deleted after the append is durable.
+    Poll,
+}
+
+/// The outbox table's column names (the Debezium outbox-router convention by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxColumns {
+    /// Outbox table, `schema.table` for Postgres.
+    #[serde(default = "default_outbox_table")]
+    pub table: String,
+    /// Prefix prepended to `aggregatetype` to form the topic.
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// CloudEvents `source` attribute of relayed events; default `/outbox/<name>`.
+    #[serde(default)]
+    pub event_source: Option<String>,
+}
+
+impl Default for OutboxColumns {
+    fn default() -> Self {
+        Self { table: default_outbox_table(), topic_prefix: String::new(), event_source: None }
+    }
+}
+
+/// `kind = "postgres_outbox"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgOutboxConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// CDC (default) or polling.
+    #[serde(default)]
+    pub mode: OutboxMode,
+    /// Table and routing.
+    #[serde(flatten)]
+    pub outbox: OutboxColumns,
+    /// Polling interval when the outbox was empty (poll mode).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows read per poll.
+    #[serde(default = "default_batch_rows_max")]
+    pub batch_rows_max: u32,
+    /// Replication slot (cdc mode); default `driftless_<name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Heartbeat interval (cdc mode).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `kind = "sqlite_outbox"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteOutboxConfig {
+    /// The SQLite database file (the service's own).
+    pub path: PathBuf,
+    /// Table and routing.
+    #[serde(flatten)]
+    pub outbox: OutboxColumns,
+    /// Polling interval when the outbox was empty.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows read per poll.
+    #[serde(default = "default_batch_rows_max")]
+    pub batch_rows_max: u32,
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+fn default_topic_template() -> String {
+    "{database}.{schema}.{table}".into()
+}
+fn default_snapshot_chunk_rows() -> u32 {
+    10_000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    10_000
+}
+fn default_batch_events_max() -> usize {
+    10_000
+}
+fn default_buffer_bytes_max() -> usize {
+    64 << 20
+}
+fn default_outbox_table() -> String {
+    "outbox".into()
+}
+fn default_poll_interval_ms() -> u64 {
+    100
+}
+fn default_batch_rows_max() -> u32 {
+    1_000
+}
+
+impl SourceConfig {
+    /// Checks names and limits; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| ConnectError::Config {
+            source_name: self.name.clone(),
+            field: field.into(),
+            reason,
+        };
+        if self.name.is_empty()
+            || self.name.len() > SOURCE_NAME_BYTES_MAX
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(bad(
+                "name",
+                format!(
+                    "use 1 to {SOURCE_NAME_BYTES_MAX} characters from [A-Za-z0-9_-], got {:?}",
+                    self.name
+                ),
+            ));
+        }
+        if self.partitions == 0 || self.partitions > 1024 {
+            return Err(bad("partitions", format!("must be 1 to 1024, got {}", self.partitions)));
+        }
+        let positive = |field: &str, v: u64| {
+            if v == 0 {
+                Err(bad(field, "must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.kind {
+            SourceKind::PostgresCdc(c) => {
+                positive("snapshot_chunk_rows", c.snapshot_chunk_rows.into())?;
+                positive("heartbeat_interval_ms", c.heartbeat_interval_ms)?;
+                positive("batch_events_max", c.batch_events_max as u64)?;
+                positive("buffer_bytes_max", c.buffer_bytes_max as u64)?;
+                for t in c.tables.iter().chain(c.routes.keys()).chain(c.key_columns.keys()) {
+                    if t.split('.').count() != 2 {
+                        return Err(bad("tables", format!("`{t}` must be written schema.table")));
+                    }
+                }
+            }
+            SourceKind::PostgresOutbox(c) => {
+                positive("poll_interval_ms", c.poll_interval_ms)?;
+                positive("batch_rows_max", c.batch_rows_max.into())?;
+                positive("heartbeat_interval_ms", c.heartbeat_interval_ms)?;
+            }
+            SourceKind::SqliteOutbox(c) => {
+                positive("poll_interval_ms", c.poll_interval_ms)?;
+                positive("batch_rows_max", c.batch_rows_max.into())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The source's kind as written in the config (`postgres_cdc`, ...).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            SourceKind::PostgresCdc(_) => "postgres_cdc",
+            SourceKind::PostgresOutbox(_) => "postgres_outbox",
+            SourceKind::SqliteOutbox(_) => "sqlite_outbox",
+        }
+    }
+}
+
+impl PgCdcConfig {
+    /// A CDC configuration for `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            slot: None,
+            publication: None,
+            tables: Vec::new(),
+            topic: default_topic_template(),
+            routes: BTreeMap::new(),
+            key_columns: BTreeMap::new(),
+            payload: Payload::default(),
+            snapshot: SnapshotMode::default(),
+            snapshot_chunk_rows: default_snapshot_chunk_rows(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            on_slot_lost: OnSlotLost::default(),
+            batch_events_max: default_batch_events_max(),
+            buffer_bytes_max: default_buffer_bytes_max(),
+            outbox: None,
+        }
+    }
+}

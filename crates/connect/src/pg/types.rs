@@ -1,0 +1,1 @@
+//! Postgres text-format values to JSON (stub; being written).
