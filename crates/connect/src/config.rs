@@ -15,7 +15,7 @@ use crate::error::{ConnectError, Result};
 pub const SOURCE_NAME_BYTES_MAX: usize = 48;
 
 /// One `[[source]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Unique name: letters, digits, `_` and `-`. Positions are stored under it.
@@ -32,7 +32,7 @@ pub struct SourceConfig {
 }
 
 /// The kinds of source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceKind {
     /// Change data capture from Postgres logical replication.
@@ -77,7 +77,7 @@ pub enum SnapshotMode {
 }
 
 /// `kind = "postgres_cdc"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgCdcConfig {
     /// `postgres://user:password@host:port/database`.
@@ -160,7 +160,7 @@ impl Default for OutboxColumns {
 }
 
 /// `kind = "postgres_outbox"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgOutboxConfig {
     /// `postgres://user:password@host:port/database`.
@@ -186,7 +186,7 @@ pub struct PgOutboxConfig {
 }
 
 /// `kind = "sqlite_outbox"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteOutboxConfig {
     /// The SQLite database file (the service's own).

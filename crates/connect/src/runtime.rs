@@ -240,22 +240,26 @@ impl SourceContext {
         if self.is_shutting_down() {
             return false;
         }
+        let mut shutdown = self.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
-            _ = self.shutdown.changed() => !self.is_shutting_down(),
+            // A dropped sender means no shutdown can come: sleep the full time.
+            _ = async { if shutdown.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await
+            } } => false,
         }
     }
 
     /// Resolves when the server starts shutting down.
     pub async fn shutdown_signal(&mut self) {
-        while !self.is_shutting_down() {
-            if self.shutdown.changed().await.is_err() {
-                return;
-            }
+        if self.shutdown.wait_for(|s| *s).await.is_err() {
+            // The sender is gone, so no shutdown can come.
+            std::future::pending::<()>().await;
         }
     }
 }
 
+#[derive(Debug)]
 struct Entry {
     config: SourceConfig,
     status: Arc<SourceStatus>,
@@ -263,6 +267,7 @@ struct Entry {
 }
 
 /// The running sources.
+#[derive(Debug)]
 pub struct Sources {
     entries: Vec<Entry>,
     shutdown: watch::Sender<bool>,

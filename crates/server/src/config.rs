@@ -1,4 +1,5 @@
-//! The server's configuration: a TOML file with a `[server]` and a `[broker]` table, overridden by
+//! The server's configuration: a TOML file with a `[server]` and a `[broker]` table and
+//! `[[source]]` entries, overridden by
 //! command-line flags and `DRIFTLESS_*` environment variables.
 //!
 //! Invariants: every table denies unknown keys, so a typo is a start-up error naming the key
@@ -8,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use driftless_broker::BrokerConfig;
+use driftless_connect::SourceConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
@@ -20,6 +22,9 @@ pub struct ServerConfig {
     pub server: ServerSettings,
     /// Broker limits and delivery settings.
     pub broker: BrokerConfig,
+    /// `[[source]]` entries: databases whose changes or outbox rows flow into topics.
+    #[serde(rename = "source", skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceConfig>,
 }
 
 /// The `[server]` table.
@@ -92,6 +97,16 @@ impl ServerConfig {
         }
         if s.listen.trim().is_empty() {
             return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for source in &self.sources {
+            source.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+            if !names.insert(&source.name) {
+                return Err(ServerError::InvalidConfig(format!(
+                    "two [[source]] entries are called `{}`; names must be unique",
+                    source.name
+                )));
+            }
         }
         Ok(())
     }

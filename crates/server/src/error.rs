@@ -13,6 +13,9 @@ use driftless_broker::BrokerError;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A `[[source]]` could not be started.
+    #[error("cannot start sources")]
+    Source(#[source] driftless_connect::ConnectError),
     /// The configuration file could not be read.
     #[error("cannot read config file {path}")]
     ReadConfig {

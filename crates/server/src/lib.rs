@@ -42,6 +42,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use driftless_broker::Broker;
+use driftless_connect::Sources;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,6 +55,8 @@ pub use problem::{FaultAt, Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX};
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub broker: Arc<Broker>,
+    /// The running sources (none in [`router`]).
+    pub sources: Arc<Sources>,
     pub fetch_wait_ms_max: u64,
     pub stream_credit_max: u64,
     /// Open streams by (group, member), holding their credit.
@@ -78,14 +81,20 @@ impl AppState {
 
 /// The API's routes over `broker`, configured by `config`'s `[server]` limits. Serve it with
 /// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
+/// Sources are not started here; [`serve`] starts them.
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
-    build(broker, config).0
+    build(broker, config, Arc::new(Sources::none())).0
 }
 
-fn build(broker: Arc<Broker>, config: &ServerConfig) -> (Router, Arc<AppState>) {
+fn build(
+    broker: Arc<Broker>,
+    config: &ServerConfig,
+    sources: Arc<Sources>,
+) -> (Router, Arc<AppState>) {
     let s = &config.server;
     let state = Arc::new(AppState {
         broker,
+        sources,
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
         streams: Mutex::new(HashMap::new()),
@@ -117,6 +126,10 @@ fn build(broker: Arc<Broker>, config: &ServerConfig) -> (Router, Arc<AppState>) 
             get(routes::dead_letter).delete(routes::discard_dead_letter),
         )
         .route("/v1/groups/{group}/dlq/{id}/retry", post(routes::retry_dead_letter))
+        .route("/v1/sources", get(routes::list_sources))
+        .route("/v1/sources/{source}", get(routes::describe_source))
+        .route("/v1/sources/{source}/pause", post(routes::pause_source))
+        .route("/v1/sources/{source}/resume", post(routes::resume_source))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
@@ -124,9 +137,11 @@ fn build(broker: Arc<Broker>, config: &ServerConfig) -> (Router, Arc<AppState>) 
     (app, state)
 }
 
-/// Serves the API on `listener` until `signal` completes, then shuts down gracefully: stops
-/// accepting, ends long-polls and streams, and waits up to `shutdown_grace_ms` for in-flight
-/// requests. The broker is not dropped here (the caller owns it).
+/// Starts the configured sources, serves the API on `listener` until `signal` completes, then
+/// shuts down gracefully: stops accepting, ends long-polls and streams, waits up to
+/// `shutdown_grace_ms` for in-flight requests, and stops the sources (what they had not made
+/// durable is read again on the next start). The broker is not dropped here (the caller owns
+/// it).
 pub async fn serve<F>(
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -136,7 +151,25 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (app, state) = build(broker, config);
+    let sources = Arc::new(
+        Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
+    );
+    let (app, state) = build(broker, config, Arc::clone(&sources));
+    let result = serve_app((listener, app), &state, config, signal).await;
+    sources.shutdown().await;
+    result
+}
+
+async fn serve_app<F>(
+    listener_app: (TcpListener, Router),
+    state: &AppState,
+    config: &ServerConfig,
+    signal: F,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (listener, app) = listener_app;
     let mut stopping = state.shutdown.subscribe();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stopping.wait_for(|s| *s).await;

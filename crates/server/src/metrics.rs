@@ -14,6 +14,8 @@
 use std::fmt::Write as _;
 
 use driftless_broker::Broker;
+use driftless_connect::runtime::LATENCY_BUCKETS_MS;
+use driftless_connect::Sources;
 
 /// Events appended per topic since the server started (counter).
 pub const PRODUCED_EVENTS_TOTAL: &str = "driftless_produced_events_total";
@@ -36,8 +38,33 @@ pub const LOG_FSYNC_MAX_SECONDS: &str = "driftless_log_fsync_max_seconds";
 /// One past the newest offset of each partition (gauge).
 pub const PARTITION_END_OFFSET: &str = "driftless_partition_end_offset";
 
+/// Events a source appended since the server started (counter).
+pub const SOURCE_EVENTS_TOTAL: &str = "driftless_source_events_total";
+/// Restarts of a source after failures since the server started (counter).
+pub const SOURCE_RESTARTS_TOTAL: &str = "driftless_source_restarts_total";
+/// 1 for a source's current state, per state (gauge).
+pub const SOURCE_STATE: &str = "driftless_source_state";
+/// Age of the newest event a source appended (gauge; absent before the first).
+pub const SOURCE_FRESHNESS_SECONDS: &str = "driftless_source_freshness_seconds";
+/// WAL bytes between the server's position and the slot's confirmed position (gauge).
+pub const SLOT_LAG_BYTES: &str = "driftless_slot_lag_bytes";
+/// Outbox rows waiting to be relayed (gauge).
+pub const OUTBOX_BACKLOG_ROWS: &str = "driftless_outbox_backlog_rows";
+/// Snapshot rows read and estimated (gauge, `kind` = `done` | `total`).
+pub const SNAPSHOT_ROWS: &str = "driftless_snapshot_rows";
+/// Upstream commit to durable in the log (histogram).
+pub const SOURCE_COMMIT_TO_DURABLE_SECONDS: &str = "driftless_source_commit_to_durable_seconds";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 18] = [
+    SOURCE_EVENTS_TOTAL,
+    SOURCE_RESTARTS_TOTAL,
+    SOURCE_STATE,
+    SOURCE_FRESHNESS_SECONDS,
+    SLOT_LAG_BYTES,
+    OUTBOX_BACKLOG_ROWS,
+    SNAPSHOT_ROWS,
+    SOURCE_COMMIT_TO_DURABLE_SECONDS,
     PRODUCED_EVENTS_TOTAL,
     PRODUCED_BYTES_TOTAL,
     CONSUMER_LAG_EVENTS,
@@ -85,8 +112,9 @@ fn escape(v: &str) -> String {
 
 /// Renders every metric. Reads partition figures and group state, so call it off the async
 /// executor (it may read one record per lagging partition to date its oldest event).
-pub fn render(broker: &Broker) -> String {
+pub fn render(broker: &Broker, sources: &Sources) -> String {
     let mut f = Family { out: String::with_capacity(4096) };
+    render_sources(&mut f, sources);
     let topics = broker.list_topics();
 
     f.header(
@@ -207,6 +235,87 @@ pub fn render(broker: &Broker) -> String {
     );
     f.sample(LOG_FSYNC_MAX_SECONDS, &[], max_micros as f64 / 1e6);
     f.out
+}
+
+fn render_sources(f: &mut Family, sources: &Sources) {
+    use driftless_connect::SourceState;
+    let statuses = sources.statuses();
+    let reports: Vec<_> = statuses.iter().map(|s| s.report()).collect();
+    f.header(
+        SOURCE_EVENTS_TOTAL,
+        "counter",
+        "Events the source appended since the server started.",
+    );
+    for r in &reports {
+        f.sample(SOURCE_EVENTS_TOTAL, &[("source", &r.name)], r.events_total);
+    }
+    f.header(SOURCE_RESTARTS_TOTAL, "counter", "Restarts of the source after failures.");
+    for r in &reports {
+        f.sample(SOURCE_RESTARTS_TOTAL, &[("source", &r.name)], r.restarts_total);
+    }
+    f.header(SOURCE_STATE, "gauge", "1 for the source's current state.");
+    for r in &reports {
+        for (state, name) in [
+            (SourceState::Starting, "starting"),
+            (SourceState::Running, "running"),
+            (SourceState::Snapshotting, "snapshotting"),
+            (SourceState::Paused, "paused"),
+            (SourceState::Retrying, "retrying"),
+            (SourceState::Failed, "failed"),
+            (SourceState::Stopped, "stopped"),
+        ] {
+            let v = u8::from(r.state == state);
+            f.sample(SOURCE_STATE, &[("source", &r.name), ("state", name)], v);
+        }
+    }
+    f.header(SOURCE_FRESHNESS_SECONDS, "gauge", "Age of the newest event the source appended.");
+    let now = now_ms();
+    for r in reports.iter().filter(|r| r.last_event_ms > 0) {
+        let age = (now - r.last_event_ms).max(0) as f64 / 1000.0;
+        f.sample(SOURCE_FRESHNESS_SECONDS, &[("source", &r.name)], age);
+    }
+    f.header(SLOT_LAG_BYTES, "gauge", "WAL bytes the replication slot holds behind the server.");
+    for r in reports.iter().filter(|r| r.slot_lag_bytes >= 0) {
+        f.sample(SLOT_LAG_BYTES, &[("source", &r.name)], r.slot_lag_bytes);
+    }
+    f.header(OUTBOX_BACKLOG_ROWS, "gauge", "Outbox rows waiting to be relayed.");
+    for r in reports.iter().filter(|r| r.outbox_backlog_rows >= 0) {
+        f.sample(OUTBOX_BACKLOG_ROWS, &[("source", &r.name)], r.outbox_backlog_rows);
+    }
+    f.header(SNAPSHOT_ROWS, "gauge", "Initial snapshot rows read (done) and estimated (total).");
+    for r in reports.iter().filter(|r| r.snapshot_rows_total > 0) {
+        f.sample(SNAPSHOT_ROWS, &[("source", &r.name), ("kind", "done")], r.snapshot_rows_done);
+        f.sample(SNAPSHOT_ROWS, &[("source", &r.name), ("kind", "total")], r.snapshot_rows_total);
+    }
+    f.header(
+        SOURCE_COMMIT_TO_DURABLE_SECONDS,
+        "histogram",
+        "Time from the upstream commit to the event being durable in the log.",
+    );
+    for s in &statuses {
+        let (counts, sum_us) = s.commit_to_durable.snapshot();
+        let mut cumulative = 0u64;
+        for (bound, n) in LATENCY_BUCKETS_MS.iter().zip(&counts) {
+            cumulative += n;
+            let le = format!("{}", *bound as f64 / 1e3);
+            let name = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_bucket");
+            f.sample(&name, &[("source", &s.name), ("le", &le)], cumulative);
+        }
+        let total: u64 = counts.iter().sum();
+        let name = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_bucket");
+        f.sample(&name, &[("source", &s.name), ("le", "+Inf")], total);
+        let sum = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_sum");
+        f.sample(&sum, &[("source", &s.name)], sum_us as f64 / 1e6);
+        let count = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_count");
+        f.sample(&count, &[("source", &s.name)], total);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

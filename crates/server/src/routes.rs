@@ -16,6 +16,7 @@ use driftless_broker::{
     Broker, DeadLetter, Fetched, GroupDescription, Membership, Produced, SeekTarget,
     TopicDescription, TopicSpec,
 };
+use driftless_connect::runtime::{SourceReport, UnknownSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -76,7 +77,8 @@ pub async fn readyz(State(state): Shared) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
-    let text = blocking(&state, |b| Ok(crate::metrics::render(b))).await?;
+    let sources = Arc::clone(&state.sources);
+    let text = blocking(&state, move |b| Ok(crate::metrics::render(b, &sources))).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -391,4 +393,43 @@ pub async fn discard_dead_letter(
 ) -> ApiResult<StatusCode> {
     blocking(&state, move |b| b.discard_dead_letter(&group, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/sources`: every configured source's state and figures.
+pub async fn list_sources(State(state): Shared) -> Json<Vec<SourceReport>> {
+    Json(state.sources.statuses().iter().map(|s| s.report()).collect())
+}
+
+fn unknown_source(e: UnknownSource) -> Problem {
+    Problem::not_found("unknown-source", "Unknown source", e.to_string())
+}
+
+/// `GET /v1/sources/{source}`.
+pub async fn describe_source(
+    State(state): Shared,
+    ApiPath(source): ApiPath<String>,
+) -> Result<Json<SourceReport>, Problem> {
+    state
+        .sources
+        .statuses()
+        .iter()
+        .find(|s| s.name == source)
+        .map(|s| Json(s.report()))
+        .ok_or_else(|| unknown_source(UnknownSource(source)))
+}
+
+/// `POST /v1/sources/{source}/pause`: the source stops reading after its current batch.
+pub async fn pause_source(
+    State(state): Shared,
+    ApiPath(source): ApiPath<String>,
+) -> Result<Json<SourceReport>, Problem> {
+    state.sources.set_paused(&source, true).map(|s| Json(s.report())).map_err(unknown_source)
+}
+
+/// `POST /v1/sources/{source}/resume`.
+pub async fn resume_source(
+    State(state): Shared,
+    ApiPath(source): ApiPath<String>,
+) -> Result<Json<SourceReport>, Problem> {
+    state.sources.set_paused(&source, false).map(|s| Json(s.report())).map_err(unknown_source)
 }

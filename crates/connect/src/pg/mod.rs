@@ -1,7 +1,152 @@
-//! Postgres plumbing shared by CDC and the polling outbox: connection settings from a URL, and
-//! the control-plane client.
+//! Postgres plumbing shared by CDC and the polling outbox: connection settings from a URL, the
+//! control-plane client, identifier quoting and LSN formatting.
 //!
-//! Invariant: passwords never appear in errors or logs.
+//! Invariant: passwords never appear in errors or logs — errors name the host, port and
+//! database, never the URL.
 
 pub mod cdc;
 pub mod types;
+
+use crate::error::{ConnectError, Result};
+
+/// Where a source connects, parsed from its `url`.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// The driver's configuration (control-plane connections).
+    pub config: tokio_postgres::Config,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Password (empty when none).
+    pub password: String,
+    /// Database.
+    pub database: String,
+}
+
+impl PgTarget {
+    /// Parses `postgres://user:password@host:port/database` (or a key-value connection string).
+    pub fn parse(source_name: &str, url: &str) -> Result<Self> {
+        let bad = |reason: String| ConnectError::Config {
+            source_name: source_name.to_string(),
+            field: "url".into(),
+            reason,
+        };
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            bad(format!(
+                "not a Postgres connection URL ({e}); expected postgres://user@host:port/db"
+            ))
+        })?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres").to_string();
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let database = config.get_dbname().unwrap_or(&user).to_string();
+        Ok(Self { config, host, port, user, password, database })
+    }
+
+    /// `host:port/database`, for messages (no credentials).
+    pub fn describe(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.database)
+    }
+
+    /// Opens a control-plane connection; its driver task ends when the client is dropped.
+    pub async fn connect(&self, source_name: &str) -> Result<tokio_postgres::Client> {
+        let (client, connection) =
+            self.config.connect(tokio_postgres::NoTls).await.map_err(|error| {
+                ConnectError::Postgres {
+                    source_name: source_name.to_string(),
+                    what: format!("connecting to {}", self.describe()),
+                    error,
+                }
+            })?;
+        let name = source_name.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(source = %name, error = %e, "control connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Wraps a driver error with the source and what was being done.
+pub(crate) fn pg_error(
+    source_name: &str,
+    what: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> ConnectError + '_ {
+    let what = what.into();
+    move |error| ConnectError::Postgres { source_name: source_name.to_string(), what, error }
+}
+
+/// Quotes an identifier for SQL (`"a""b"`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes `schema.table` (split on the first dot) for SQL.
+pub fn quote_table(qualified: &str) -> String {
+    match qualified.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+        None => quote_ident(qualified),
+    }
+}
+
+/// Quotes a string literal for SQL (`'it''s'`).
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Formats an LSN the way Postgres does (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Parses an LSN written the way Postgres does.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+        return None;
+    }
+    Some((hi << 32) | lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips() {
+        for lsn in [0u64, 1, 0x16_B374_D848, u64::MAX] {
+            assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
+        }
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn("1/2/3"), None);
+    }
+
+    #[test]
+    fn quoting_escapes() {
+        assert_eq!(quote_table("public.we\"ird"), "\"public\".\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn url_without_password_parses() {
+        let t = PgTarget::parse("s", "postgres://postgres@127.0.0.1:5433/app").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("127.0.0.1", 5433, "postgres"));
+        assert_eq!((t.password.as_str(), t.database.as_str()), ("", "app"));
+        assert!(PgTarget::parse("s", "mysql://x").is_err());
+    }
+}

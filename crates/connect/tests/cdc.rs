@@ -1,0 +1,362 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Postgres change data capture against a real throwaway PostgreSQL: types, TOAST, composite
+//! keys, rollbacks, schema changes, restarts without duplicates, slot loss, heartbeats.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use driftless_broker::{Broker, BrokerConfig};
+use driftless_connect::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
+use driftless_connect::{SourceConfig, SourceKind, SourceState, Sources};
+use driftless_core::{Event, TopicName};
+use driftless_testkit::PgServer;
+use serde_json::{json, Value};
+
+struct Fixture {
+    pg: PgServer,
+    dir: tempfile::TempDir,
+    broker: Arc<Broker>,
+    db: tokio_postgres::Client,
+}
+
+impl Fixture {
+    async fn new(setup_sql: &str) -> Self {
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+        let pg = PgServer::start().unwrap();
+        pg.create_database("app").unwrap();
+        let (db, conn) =
+            tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        db.batch_execute(setup_sql).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(Broker::open(dir.path(), BrokerConfig::default()).unwrap());
+        Self { pg, dir, broker, db }
+    }
+
+    fn cdc(&self, tables: &[&str]) -> PgCdcConfig {
+        let mut c = PgCdcConfig::new(self.pg.url("app"));
+        c.tables = tables.iter().map(|t| t.to_string()).collect();
+        c.snapshot = SnapshotMode::Never;
+        c.heartbeat_interval_ms = 200;
+        c
+    }
+
+    fn start(&self, cdc: PgCdcConfig) -> Sources {
+        let config = SourceConfig {
+            name: "app".into(),
+            kind: SourceKind::PostgresCdc(cdc),
+            partitions: 2,
+            paused: false,
+        };
+        Sources::start(vec![config], Arc::clone(&self.broker)).unwrap()
+    }
+
+    fn reopen_broker(&mut self) {
+        // The log directory allows one owner: close this broker before opening it again.
+        let elsewhere = tempfile::tempdir().unwrap();
+        self.broker = Arc::new(Broker::open(elsewhere.path(), BrokerConfig::default()).unwrap());
+        self.broker = Arc::new(Broker::open(self.dir.path(), BrokerConfig::default()).unwrap());
+    }
+
+    async fn slot_confirmed_lsn(&self) -> Option<String> {
+        self.db
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'driftless_app'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    }
+}
+
+/// Every event stored in `topic`, in partition then offset order.
+fn events(broker: &Broker, topic: &str) -> Vec<Event> {
+    let Some(t) = broker.log().topic(&TopicName::new(topic).unwrap()) else { return vec![] };
+    let mut out = Vec::new();
+    for p in t.partitions() {
+        let mut next = p.start_offset();
+        while next < p.end_offset() {
+            let batch = p.read(next, 10_000, 64 << 20).unwrap();
+            for r in batch.records {
+                out.push(serde_json::from_slice(&r.value.unwrap()).unwrap());
+            }
+            next = batch.next_offset;
+        }
+    }
+    out
+}
+
+/// Waits (up to 30 s) until `topic` holds at least `n` events; returns them.
+async fn wait_events(broker: &Broker, topic: &str, n: usize) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = events(broker, topic);
+        if e.len() >= n {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "only {} of {n} events reached {topic}", e.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_state(sources: &Sources, want: SourceState) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (state, error) = sources.statuses()[0].state();
+        if state == want {
+            return error;
+        }
+        assert!(Instant::now() < deadline, "source stayed {state:?} ({error:?}), wanted {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn data(e: &Event) -> &Value {
+    e.data.as_ref().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_of_every_type_arrive_as_faithful_json() {
+    let f = Fixture::new(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE t (id int8 PRIMARY KEY, n numeric, b bool, j jsonb, ts timestamptz,
+                         tsl timestamp, d date, u uuid, by bytea, arr int4[], txt text[],
+                         m mood, nul text, f float8, tm time)",
+    )
+    .await;
+    let sources = f.start(f.cdc(&["public.t"]));
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute(
+        "INSERT INTO t VALUES (9223372036854775807, 12345678901234567890.123456789, true,
+            '{\"a\": [1, {\"b\": null}]}', '2026-11-25 11:56:22.5+05:30', '2026-11-25 11:56:22',
+            '2026-11-25', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff10',
+            '{1,NULL,3}', '{\"a,b\",\"c\\\"d\",NULL}', 'happy', NULL, 'NaN', '23:59:59.25')",
+    )
+    .await
+    .unwrap();
+    let e = wait_events(&f.broker, "app.public.t", 1).await;
+    let after = &data(&e[0])["after"];
+    assert_eq!(after["id"], json!(9223372036854775807i64));
+    assert_eq!(after["n"], json!("12345678901234567890.123456789"));
+    assert_eq!(after["b"], json!(true));
+    assert_eq!(after["j"], json!({"a": [1, {"b": null}]}));
+    assert_eq!(after["ts"], json!("2026-11-25T06:26:22.5+00:00"));
+    assert_eq!(after["tsl"], json!("2026-11-25T11:56:22"));
+    assert_eq!(after["d"], json!("2026-11-25"));
+    assert_eq!(after["u"], json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+    assert_eq!(after["by"], json!("AP8Q"));
+    assert_eq!(after["arr"], json!([1, null, 3]));
+    assert_eq!(after["txt"], json!(["a,b", "c\"d", null]));
+    assert_eq!(after["m"], json!("happy"));
+    assert_eq!(after["nul"], Value::Null);
+    assert_eq!(after["f"], json!("NaN"));
+    assert_eq!(after["tm"], json!("23:59:59.25"));
+    assert_eq!(data(&e[0])["op"], json!("insert"));
+    assert_eq!(e[0].subject.as_deref(), Some("9223372036854775807"));
+    assert_eq!(e[0].ty, "public.t.insert");
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsent_toasted_values_are_marked_unchanged_never_null() {
+    let f = Fixture::new("CREATE TABLE doc (id int PRIMARY KEY, title text, body text)").await;
+    let sources = f.start(f.cdc(&["public.doc"]));
+    wait_state(&sources, SourceState::Running).await;
+    // Random hex does not compress, so 200 kB is stored out of line (TOASTed).
+    f.db.batch_execute(
+        "INSERT INTO doc SELECT 1, 'v1', string_agg(md5(random()::text), '') FROM generate_series(1, 6250);
+         UPDATE doc SET title = 'v2' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let e = wait_events(&f.broker, "app.public.doc", 2).await;
+    assert_eq!(data(&e[0])["after"]["body"].as_str().unwrap().len(), 200_000);
+    let update = data(&e[1]);
+    assert_eq!(update["op"], json!("update"));
+    assert_eq!(update["after"]["title"], json!("v2"));
+    assert!(update["after"].get("body").is_none(), "unsent value must not appear: {update}");
+    assert_eq!(update["unchanged"], json!(["body"]));
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn composite_keys_rollbacks_and_key_changes() {
+    let f = Fixture::new("CREATE TABLE line (o int, n int, qty int, PRIMARY KEY (o, n))").await;
+    let sources = f.start(f.cdc(&["public.line"]));
+    wait_state(&sources, SourceState::Running).await;
+    // One statement per call: a multi-statement string would be one implicit transaction.
+    for sql in [
+        "BEGIN",
+        "INSERT INTO line VALUES (1, 1, 5)",
+        "ROLLBACK",
+        "INSERT INTO line VALUES (1, 2, 7)",
+        "BEGIN",
+        "UPDATE line SET qty = 99",
+        "ROLLBACK",
+        "UPDATE line SET n = 3 WHERE o = 1 AND n = 2",
+        "DELETE FROM line",
+    ] {
+        f.db.batch_execute(sql).await.unwrap();
+    }
+    let e = wait_events(&f.broker, "app.public.line", 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut e2 = events(&f.broker, "app.public.line");
+    assert_eq!(e2.len(), 4, "rolled-back changes must never appear: {e2:?}");
+    // Order by sequence: per-key order is what the log promises; this test reads all partitions.
+    e2.sort_by_key(|e| e.extensions["sequence"].as_str().unwrap().to_string());
+    let ops: Vec<(&str, Option<&str>)> =
+        e2.iter().map(|e| (data(e)["op"].as_str().unwrap(), e.subject.as_deref())).collect();
+    assert_eq!(
+        ops,
+        [
+            ("insert", Some("[1,2]")),
+            ("delete", Some("[1,2]")),
+            ("insert", Some("[1,3]")),
+            ("delete", Some("[1,3]")),
+        ]
+    );
+    assert_eq!(data(&e2[0])["key"], json!({"o": 1, "n": 2}));
+    assert_eq!(data(&e2[1])["after"], Value::Null);
+    // The key change is one transaction: its two events share the commit LSN, in order.
+    assert_eq!(e2[1].extensions["pglsn"], e2[2].extensions["pglsn"]);
+    assert_eq!(e2[1].extensions["pgtxsize"], json!(2));
+    assert_eq!(
+        (e2[1].extensions["pgtxorder"].clone(), e2[2].extensions["pgtxorder"].clone()),
+        (json!(0), json!(1))
+    );
+    drop(e);
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_added_and_dropped_mid_stream_are_picked_up() {
+    let f = Fixture::new("CREATE TABLE c (id int PRIMARY KEY, a text, b text)").await;
+    let sources = f.start(f.cdc(&["public.c"]));
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute(
+        "INSERT INTO c VALUES (1, 'a', 'b');
+         ALTER TABLE c ADD COLUMN z int DEFAULT 7;
+         INSERT INTO c VALUES (2, 'a', 'b', 8);
+         ALTER TABLE c DROP COLUMN b;
+         INSERT INTO c VALUES (3, 'a', 9);",
+    )
+    .await
+    .unwrap();
+    let mut e = wait_events(&f.broker, "app.public.c", 3).await;
+    e.sort_by_key(|e| e.subject.clone());
+    assert_eq!(data(&e[0])["after"], json!({"id": 1, "a": "a", "b": "b"}));
+    assert_eq!(data(&e[1])["after"], json!({"id": 2, "a": "a", "b": "b", "z": 8}));
+    assert_eq!(data(&e[2])["after"], json!({"id": 3, "a": "a", "z": 9}));
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_a_key_is_refused_at_start_naming_it() {
+    let f = Fixture::new("CREATE TABLE nokey (a int, b int)").await;
+    let sources = f.start(f.cdc(&["public.nokey"]));
+    let error = wait_state(&sources, SourceState::Failed).await.unwrap();
+    assert!(error.contains("public.nokey"), "{error}");
+    assert!(error.contains("REPLICA IDENTITY FULL"), "{error}");
+    sources.shutdown().await;
+    // With REPLICA IDENTITY FULL and chosen key columns it streams, keyed by them.
+    f.db.batch_execute("ALTER TABLE nokey REPLICA IDENTITY FULL").await.unwrap();
+    let mut cdc = f.cdc(&["public.nokey"]);
+    cdc.key_columns = BTreeMap::from([("public.nokey".to_string(), vec!["b".to_string()])]);
+    let sources = f.start(cdc);
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute("INSERT INTO nokey VALUES (1, 2); DELETE FROM nokey").await.unwrap();
+    let e = wait_events(&f.broker, "app.public.nokey", 2).await;
+    assert!(e.iter().all(|e| e.subject.as_deref() == Some("2")), "{e:?}");
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_resumes_from_the_durable_position_without_duplicates() {
+    let mut f = Fixture::new("CREATE TABLE r (id int PRIMARY KEY, v int)").await;
+    let sources = f.start(f.cdc(&["public.r"]));
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute("INSERT INTO r SELECT g, g FROM generate_series(1, 100) g").await.unwrap();
+    wait_events(&f.broker, "app.public.r", 100).await;
+    sources.shutdown().await;
+    drop(sources);
+    // Changes made while Driftless is down wait in the slot.
+    f.db.batch_execute("UPDATE r SET v = v + 1 WHERE id <= 50").await.unwrap();
+    f.reopen_broker();
+    let sources = f.start(f.cdc(&["public.r"]));
+    let e = wait_events(&f.broker, "app.public.r", 150).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e2 = events(&f.broker, "app.public.r");
+    assert_eq!(e2.len(), 150, "{} events, wanted 150", e2.len());
+    let ids: HashSet<&str> = e.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 150);
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_stops_the_source_unless_told_to_resnapshot() {
+    let mut f = Fixture::new("CREATE TABLE s (id int PRIMARY KEY)").await;
+    let sources = f.start(f.cdc(&["public.s"]));
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute("INSERT INTO s VALUES (1)").await.unwrap();
+    wait_events(&f.broker, "app.public.s", 1).await;
+    sources.shutdown().await;
+    drop(sources);
+    f.db.batch_execute("SELECT pg_drop_replication_slot('driftless_app')").await.unwrap();
+    f.reopen_broker();
+    let sources = f.start(f.cdc(&["public.s"]));
+    let error = wait_state(&sources, SourceState::Failed).await.unwrap();
+    assert!(error.contains("driftless_app") && error.contains("resnapshot"), "{error}");
+    assert_eq!(f.slot_confirmed_lsn().await, None, "the slot must not be recreated silently");
+    sources.shutdown().await;
+    drop(sources);
+    let mut cdc = f.cdc(&["public.s"]);
+    cdc.on_slot_lost = OnSlotLost::Resnapshot;
+    let sources = f.start(cdc);
+    wait_state(&sources, SourceState::Running).await;
+    assert!(f.slot_confirmed_lsn().await.is_some());
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_database_keeps_its_slot_advancing() {
+    let f = Fixture::new("CREATE TABLE idle (id int PRIMARY KEY)").await;
+    let sources = f.start(f.cdc(&["public.idle"]));
+    wait_state(&sources, SourceState::Running).await;
+    let lsn = |s: Option<String>| driftless_connect::pg::parse_lsn(&s.unwrap()).unwrap();
+    let first = lsn(f.slot_confirmed_lsn().await);
+    let mut advanced = 0;
+    let mut last = first;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = lsn(f.slot_confirmed_lsn().await);
+        assert!(now >= last, "confirmed LSN moved backwards");
+        if now > last {
+            advanced += 1;
+        }
+        last = now;
+    }
+    assert!(advanced >= 3, "confirmed LSN advanced only {advanced} times in 10 s with no writes");
+    assert!(events(&f.broker, "app.public.idle").is_empty(), "heartbeats are not events");
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_debezium_payload_carries_before_after_source_op() {
+    let f = Fixture::new("CREATE TABLE dz (id int PRIMARY KEY, v text)").await;
+    let mut cdc = f.cdc(&["public.dz"]);
+    cdc.payload = Payload::Debezium;
+    let sources = f.start(cdc);
+    wait_state(&sources, SourceState::Running).await;
+    f.db.batch_execute("INSERT INTO dz VALUES (1, 'x'); DELETE FROM dz;").await.unwrap();
+    let mut e = wait_events(&f.broker, "app.public.dz", 2).await;
+    e.sort_by_key(|e| e.extensions["sequence"].as_str().unwrap().to_string());
+    assert_eq!(data(&e[0])["op"], json!("c"));
+    assert_eq!(data(&e[0])["after"], json!({"id": 1, "v": "x"}));
+    assert_eq!(data(&e[0])["source"]["table"], json!("dz"));
+    assert_eq!(data(&e[1])["op"], json!("d"));
+    assert_eq!(data(&e[1])["before"]["id"], json!(1));
+    assert!(data(&e[1])["ts_ms"].is_i64());
+    sources.shutdown().await;
+}
