@@ -52,6 +52,10 @@ enum Command {
     Group(commands::group::GroupArgs),
     /// A consumer group's dead-letter queue: list, inspect, retry, discard.
     Dlq(commands::dlq::DlqArgs),
+    /// The server's sources (CDC, outbox relays): list, describe, pause, resume.
+    Source(commands::source::SourceArgs),
+    /// Create a service's outbox table in Postgres or SQLite.
+    Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
     Serve(ServeArgs),
 }
@@ -153,6 +157,8 @@ fn run() -> anyhow::Result<()> {
         Command::Topic(args) => commands::topic::run(&cli.server, args),
         Command::Group(args) => commands::group::run(&cli.server, args),
         Command::Dlq(args) => commands::dlq::run(&cli.server, args),
+        Command::Source(args) => commands::source::run(&cli.server, args),
+        Command::Outbox(args) => commands::outbox::run(args),
         Command::Serve(a) => {
             Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {
                 config: a.config,

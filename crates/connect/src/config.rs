@@ -15,8 +15,10 @@ use crate::error::{ConnectError, Result};
 pub const SOURCE_NAME_BYTES_MAX: usize = 48;
 
 /// One `[[source]]` entry.
+///
+/// serde cannot deny unknown keys through `flatten`, so unknown keys are refused by
+/// [`unknown_keys`] instead (the server calls it on the raw TOML table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Unique name: letters, digits, `_` and `-`. Positions are stored under it.
     pub name: String,
@@ -33,7 +35,7 @@ pub struct SourceConfig {
 
 /// The kinds of source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceKind {
     /// Change data capture from Postgres logical replication.
     PostgresCdc(PgCdcConfig),
@@ -78,7 +80,6 @@ pub enum SnapshotMode {
 
 /// `kind = "postgres_cdc"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PgCdcConfig {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
@@ -140,7 +141,6 @@ pub enum OutboxMode {
 
 /// The outbox table's column names (the Debezium outbox-router convention by default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OutboxColumns {
     /// Outbox table, `schema.table` for Postgres.
     #[serde(default = "default_outbox_table")]
@@ -161,7 +161,6 @@ impl Default for OutboxColumns {
 
 /// `kind = "postgres_outbox"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PgOutboxConfig {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
@@ -187,7 +186,6 @@ pub struct PgOutboxConfig {
 
 /// `kind = "sqlite_outbox"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SqliteOutboxConfig {
     /// The SQLite database file (the service's own).
     pub path: PathBuf,
@@ -200,6 +198,42 @@ pub struct SqliteOutboxConfig {
     /// Rows read per poll.
     #[serde(default = "default_batch_rows_max")]
     pub batch_rows_max: u32,
+}
+
+const COMMON_KEYS: [&str; 4] = ["name", "kind", "partitions", "paused"];
+const CDC_KEYS: [&str; 14] = [
+    "url",
+    "slot",
+    "publication",
+    "tables",
+    "topic",
+    "routes",
+    "key_columns",
+    "payload",
+    "snapshot",
+    "snapshot_chunk_rows",
+    "heartbeat_interval_ms",
+    "on_slot_lost",
+    "batch_events_max",
+    "buffer_bytes_max",
+];
+const OUTBOX_KEYS: [&str; 5] =
+    ["table", "topic_prefix", "event_source", "poll_interval_ms", "batch_rows_max"];
+const PG_OUTBOX_KEYS: [&str; 4] = ["url", "mode", "slot", "heartbeat_interval_ms"];
+
+/// The keys of a `[[source]]` table that no source of its `kind` reads (typos), given the
+/// table's keys and its `kind`. An unknown kind is left to the deserializer's error.
+pub fn unknown_keys<'a>(kind: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let specific: &[&str] = match kind {
+        "postgres_cdc" => &CDC_KEYS,
+        "postgres_outbox" => &PG_OUTBOX_KEYS,
+        "sqlite_outbox" => &["path"],
+        _ => return Vec::new(),
+    };
+    let outbox: &[&str] = if kind.ends_with("_outbox") { &OUTBOX_KEYS } else { &[] };
+    keys.into_iter()
+        .filter(|k| !COMMON_KEYS.contains(k) && !specific.contains(k) && !outbox.contains(k))
+        .collect()
 }
 
 fn default_partitions() -> u32 {

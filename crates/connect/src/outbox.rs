@@ -752,11 +752,19 @@ pub async fn run_postgres(
     ctx: &mut SourceContext,
 ) -> Result<()> {
     if config.mode == OutboxMode::Cdc {
-        return Err(ConnectError::Config {
-            source_name: name.into(),
-            field: "mode".into(),
-            reason: "cdc mode is not available yet; use mode = \"poll\"".into(),
-        });
+        // Check the table first, for the same clear error as poll mode.
+        drop(PgStore::open(name, &config.url, &config.outbox.table).await?);
+        let table = if config.outbox.table.contains('.') {
+            config.outbox.table.clone()
+        } else {
+            format!("public.{}", config.outbox.table)
+        };
+        let mut cdc = crate::config::PgCdcConfig::new(config.url.clone());
+        cdc.slot = config.slot.clone();
+        cdc.tables = vec![table.clone()];
+        cdc.heartbeat_interval_ms = config.heartbeat_interval_ms;
+        cdc.outbox = Some(OutboxColumns { table, ..config.outbox.clone() });
+        return crate::pg::cdc::run(name, &cdc, ctx).await;
     }
     let mut store = PgStore::open(name, &config.url, &config.outbox.table).await?;
     relay_loop(

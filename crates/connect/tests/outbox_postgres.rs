@@ -169,11 +169,7 @@ async fn poll_mode_relays_committed_rows_once_and_rolled_back_rows_never() {
     let broker = open_broker(dir.path(), true);
     let mut client = connect(&url).await;
 
-    // Setup errors first: cdc mode is not wired yet, a missing table is explained.
-    let mut cdc = config(&url, 10);
-    cdc.mode = OutboxMode::Cdc;
-    let err = start(&broker, cdc).task.await.unwrap().unwrap_err();
-    assert!(matches!(&err, ConnectError::Config { field, .. } if field == "mode"), "{err}");
+    // Setup errors first: a missing table is explained.
     let mut missing = config(&url, 10);
     missing.outbox.table = "public.nope".into();
     let err = start(&broker, missing).task.await.unwrap().unwrap_err();
@@ -387,4 +383,68 @@ async fn concurrent_writers_get_exactly_their_committed_rows_in_order() {
         }
     }
     assert_eq!(seen, committed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_mode_relays_committed_rows_once_and_rolled_back_rows_never() {
+    let (_pg, url) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path(), false);
+    let mut client = connect(&url).await;
+    let mut cdc = config(&url, 10);
+    cdc.mode = OutboxMode::Cdc;
+    let relay = start(&broker, cdc.clone());
+    let status = Arc::clone(&relay.status);
+    wait_until("the CDC relay to run", Duration::from_secs(20), || {
+        let running = status.state().0 == driftless_connect::SourceState::Running;
+        async move { running }
+    })
+    .await;
+    write(
+        &mut client,
+        &[
+            ("c1-created", "customers", "c-1", "customer.created.v1", json!({"name": "Ada"})),
+            ("c1-moved", "customers", "c-1", "customer.moved.v1", json!({"city": "Paris"})),
+        ],
+        true,
+    )
+    .await;
+    write(
+        &mut client,
+        &[("c2-created", "customers", "c-2", "customer.created.v1", json!({}))],
+        false,
+    )
+    .await;
+    // The service may delete relayed rows at once (the Debezium pattern): deletes are no events.
+    client.batch_execute("DELETE FROM app.outbox").await.unwrap();
+    wait_until("two events", Duration::from_secs(20), || {
+        let n = events(&broker, "app.customers").len();
+        async move { n >= 2 }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    // A restart re-reads nothing twice, even with the broker's deduplication off.
+    write(
+        &mut client,
+        &[("c3-created", "customers", "c-3", "customer.created.v1", json!({}))],
+        true,
+    )
+    .await;
+    let relay = start(&broker, cdc);
+    wait_until("three events", Duration::from_secs(20), || {
+        let n = events(&broker, "app.customers").len();
+        async move { n >= 3 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.stop().await.unwrap();
+    let events: Vec<Event> = events(&broker, "app.customers").into_iter().map(|(_, e)| e).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique, HashSet::from(["c1-created", "c1-moved", "c3-created"]));
+    let moved = events.iter().find(|e| e.id == "c1-moved").unwrap();
+    assert_eq!(moved.subject.as_deref(), Some("c-1"));
+    assert_eq!(moved.ty, "customer.moved.v1");
+    assert_eq!(moved.data, Some(json!({"city": "Paris"})));
 }

@@ -71,6 +71,23 @@ impl ServerConfig {
             path: origin.to_path_buf(),
             source: Box::new(e),
         })?;
+        // `[[source]]` tables flatten their kind's settings, which serde cannot check for
+        // unknown keys: do it here, so a typo is an error rather than a default.
+        if let Ok(raw) = toml::from_str::<toml::Table>(text) {
+            let entries = raw.get("source").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+            for entry in entries.iter().filter_map(|e| e.as_table()) {
+                let kind = entry.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+                let unknown =
+                    driftless_connect::config::unknown_keys(kind, entry.keys().map(String::as_str));
+                if let Some(key) = unknown.first() {
+                    let name = entry.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                    return Err(ServerError::InvalidConfig(format!(
+                        "{}: [[source]] `{name}` (kind = \"{kind}\") has an unknown key `{key}`",
+                        origin.display()
+                    )));
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -154,6 +171,41 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let config = ServerConfig::from_toml(&text, &path).unwrap();
         assert_eq!(config, ServerConfig::default());
+    }
+
+    #[test]
+    fn sources_parse_with_defaults_and_typos_are_refused() {
+        let text = r#"
+            [[source]]
+            name = "app"
+            kind = "postgres_cdc"
+            url = "postgres://u@127.0.0.1:5432/app"
+            tables = ["public.customers"]
+
+            [[source]]
+            name = "customers"
+            kind = "sqlite_outbox"
+            path = "customers.db"
+            topic_prefix = "customers."
+        "#;
+        let config = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.sources.len(), 2);
+        assert_eq!(config.sources[0].kind_name(), "postgres_cdc");
+        assert_eq!(config.sources[0].partitions, 4);
+        match &config.sources[1].kind {
+            driftless_connect::SourceKind::SqliteOutbox(o) => {
+                assert_eq!(o.outbox.topic_prefix, "customers.");
+                assert_eq!(o.outbox.table, "outbox");
+                assert_eq!(o.poll_interval_ms, 100);
+            }
+            other => panic!("{other:?}"),
+        }
+        let typo = text.replace("topic_prefix", "topic_prefx");
+        let err = ServerConfig::from_toml(&typo, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("topic_prefx") && err.contains("customers"), "{err}");
+        let dup = text.replace("name = \"customers\"", "name = \"app\"");
+        let err = ServerConfig::from_toml(&dup, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("`app`"), "{err}");
     }
 
     #[test]

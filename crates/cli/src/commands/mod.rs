@@ -9,7 +9,9 @@
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod outbox;
 pub mod produce;
+pub mod source;
 pub mod topic;
 
 use std::io::Write;

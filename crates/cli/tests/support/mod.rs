@@ -28,10 +28,15 @@ impl ServeProcess {
     /// Starts `driftless serve` over `data_dir` on a free port (retrying on another port if it
     /// exits at start, as when another process took the port) and waits until it is healthy.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with_args(data_dir, &[])
+    }
+
+    /// [`ServeProcess::start`] with more `serve` arguments (e.g. `--config FILE`).
+    pub fn start_with_args(data_dir: &Path, extra: &[&str]) -> Self {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
-            cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data_dir);
+            cmd.args(["serve", "--listen", &addr, "--data-dir"]).arg(data_dir).args(extra);
             let child = spawn(cmd);
             let mut server = Self { child, base: format!("http://{addr}"), addr };
             if server.wait_healthy(Duration::from_secs(120)) {

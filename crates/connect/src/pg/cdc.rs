@@ -26,6 +26,9 @@
 //! (`on_slot_lost`); an idle source writes a heartbeat (a non-transactional logical message)
 //! every `heartbeat_interval_ms`, and acknowledges it once everything before it is durable, so an
 //! idle database's slot keeps advancing and holds no WAL.
+//!
+//! The initial snapshot (`snapshot = "initial"`) runs inside this loop while streaming goes on;
+//! its algorithm and guarantees are described in [`super::snapshot`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -38,10 +41,14 @@ use pg_walstream::{ColumnData, LogicalReplicationMessage, LogicalReplicationPars
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
 
+use super::snapshot::{
+    self, Chunk, ChunkRequest, SnapshotProgress, Watermark, Window, SNAPSHOT_PREFIX,
+};
 use super::types::{text_to_json, TypeCatalog};
 use super::{format_lsn, pg_error, quote_ident, quote_literal, quote_table, PgTarget};
-use crate::config::{OnSlotLost, Payload, PgCdcConfig};
+use crate::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
 use crate::error::{ConnectError, Result};
 use crate::outbox::{row_to_event, OutboxRow};
 use crate::runtime::{SourceContext, SourceState};
@@ -70,18 +77,14 @@ pub struct CdcState {
     /// Partition end offsets recorded before an append that may not have completed.
     #[serde(default)]
     pub pending: Option<BTreeMap<String, Vec<u64>>>,
+    /// The initial snapshot still to finish (`None`: none planned, or done).
+    #[serde(default)]
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 /// The deterministic event id of change `ordinal` of the transaction committed at `commit_lsn`.
 pub fn event_id(source: &str, commit_lsn: u64, ordinal: u32) -> String {
     format!("{source}:{commit_lsn:016X}:{ordinal}")
-}
-
-/// The commit LSN encoded in an id made by [`event_id`] for `source`.
-fn id_commit_lsn(source: &str, id: &str) -> Option<u64> {
-    let rest = id.strip_prefix(source)?.strip_prefix(':')?;
-    let (lsn, _) = rest.split_once(':')?;
-    u64::from_str_radix(lsn, 16).ok()
 }
 
 /// The default slot (and publication) name of a source.
@@ -114,6 +117,8 @@ impl Relation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
+    /// A row read by the snapshot.
+    Read,
     Insert,
     Update,
     Delete,
@@ -123,6 +128,7 @@ enum Op {
 impl Op {
     fn name(self) -> &'static str {
         match self {
+            Op::Read => "read",
             Op::Insert => "insert",
             Op::Update => "update",
             Op::Delete => "delete",
@@ -131,6 +137,7 @@ impl Op {
     }
     fn debezium(self) -> &'static str {
         match self {
+            Op::Read => "r",
             Op::Insert => "c",
             Op::Update => "u",
             Op::Delete => "d",
@@ -151,6 +158,27 @@ struct Txn {
     bytes: usize,
     /// Events of this transaction already appended in an earlier (memory-bounded) batch.
     flushed_early: bool,
+    /// The snapshot window open when this transaction's changes were decoded, and the keys of
+    /// the window's table they changed (`None` = a truncate).
+    snapshot_window: Option<u64>,
+    snapshot_keys: Vec<Option<String>>,
+}
+
+impl Txn {
+    fn new(commit_lsn: u64, xid: u32, commit_time_us: i64, skip: bool) -> Self {
+        Self {
+            commit_lsn,
+            xid,
+            commit_time_us,
+            skip,
+            ordinal: 0,
+            events: Vec::new(),
+            bytes: 0,
+            flushed_early: false,
+            snapshot_window: None,
+            snapshot_keys: Vec::new(),
+        }
+    }
 }
 
 /// Events waiting to be appended, and the position they complete.
@@ -162,6 +190,23 @@ struct Batch {
     ack_lsn: Option<u64>,
     /// Commit times (Unix µs) of the transactions in `events`, for the latency histogram.
     commit_times_us: Vec<i64>,
+    /// Snapshot progress reached once `events` are durable.
+    snapshot_progress: Option<SnapshotProgress>,
+}
+
+/// The snapshot as this run executes it.
+struct SnapshotRun {
+    /// Distinguishes this run's watermarks from those of earlier runs still in the slot.
+    run: u64,
+    /// The last chunk requested.
+    k: u64,
+    requests: mpsc::Sender<ChunkRequest>,
+    chunks: mpsc::Receiver<Result<Chunk>>,
+    /// The window of the chunk in flight.
+    window: Option<Window>,
+    /// Its rows, once handed over (before its high watermark arrives).
+    rows: Option<Chunk>,
+    _reader: AbortOnDrop,
 }
 
 /// Aborts a background task when dropped.
@@ -183,11 +228,13 @@ struct Cdc<'a> {
     state: CdcState,
     /// Marks stored for the current unacknowledged stretch of appends.
     marks: Option<BTreeMap<String, Vec<u64>>>,
-    /// Ids found in the log since the stored marks at start, and the highest commit LSN among
-    /// them; dropped once the acknowledged position passes it.
+    /// Ids found in the log since the stored marks at start, and the server's WAL position at
+    /// start (every transaction appended before the restart committed before it); dropped once
+    /// the acknowledged position passes it.
     recovered: Option<(HashSet<String>, u64)>,
     last_activity_ms: Arc<AtomicI64>,
     last_state_write: Instant,
+    snapshot: Option<SnapshotRun>,
 }
 
 /// Runs the CDC source until shutdown or a failure.
@@ -226,15 +273,25 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         }
         state = CdcState { slot: slot.clone(), ..CdcState::default() };
     }
-    prepare_slot(name, &client, &slot, config.on_slot_lost, &mut state).await?;
+    prepare_slot(name, &client, &slot, &publication, config, &mut state, ctx).await?;
+    if state.snapshot.is_some() && config.snapshot == SnapshotMode::Never {
+        tracing::warn!(source = name, "snapshot = \"never\": abandoning the unfinished snapshot");
+        state.snapshot = None;
+    }
     ctx.emitter.put_state(encode_state(&state)).await?;
 
     let recovered = match &state.pending {
         Some(marks) => {
-            let ids = ctx.emitter.ids_since(marks.clone()).await?;
-            let ours: HashSet<String> =
-                ids.into_iter().filter(|id| id_commit_lsn(name, id).is_some()).collect();
-            let max = ours.iter().filter_map(|id| id_commit_lsn(name, id)).max().unwrap_or(0);
+            // Every id since the marks (outbox rows keep their own ids, so no filter by
+            // format). A transaction that was appended before this start committed before
+            // the server's current WAL position, so the set is needed only until the
+            // acknowledged position passes that.
+            let ours = ctx.emitter.ids_since(marks.clone()).await?;
+            let max = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .map_err(pg_error(name, "reading the current WAL position"))
+                .map(|row| super::parse_lsn(&row.get::<_, String>(0)).unwrap_or(u64::MAX))?;
             tracing::info!(
                 source = name,
                 ids = ours.len(),
@@ -274,7 +331,40 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         Arc::clone(&last_activity_ms),
         Arc::clone(&ctx.status),
     )));
-    ctx.status.set_state(SourceState::Running, None);
+    let snapshot = match &state.snapshot {
+        Some(progress) => {
+            ctx.status.snapshot_rows_total.store(progress.rows_total, Ordering::Relaxed);
+            ctx.status.snapshot_rows_done.store(progress.rows_done, Ordering::Relaxed);
+            ctx.status.set_state(SourceState::Snapshotting, None);
+            let run = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            // Capacity 1: the reader never runs ahead of the stream loop by more than a chunk.
+            let (requests, requests_rx) = mpsc::channel(1);
+            let (chunks_tx, chunks) = mpsc::channel(1);
+            let reader = tokio::spawn(snapshot::reader(
+                name.to_string(),
+                target.clone(),
+                run,
+                requests_rx,
+                chunks_tx,
+            ));
+            Some(SnapshotRun {
+                run,
+                k: 0,
+                requests,
+                chunks,
+                window: None,
+                rows: None,
+                _reader: AbortOnDrop(reader),
+            })
+        }
+        None => {
+            ctx.status.set_state(SourceState::Running, None);
+            None
+        }
+    };
     let mut cdc = Cdc {
         name,
         config,
@@ -282,14 +372,26 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         client,
         catalog,
         relations: HashMap::new(),
-        marks: None,
+        // While ids recovered at start are in use, the marks they came from stay stored: a
+        // second crash before Postgres's position passes them must find them again.
+        marks: state.pending.clone(),
         state,
         recovered,
         last_activity_ms,
         last_state_write: Instant::now(),
+        snapshot,
     };
-    let result = cdc.stream(&mut repl, ctx).await;
+    let result = match cdc.request_chunk(ctx).await {
+        Ok(()) => cdc.stream(&mut repl, ctx).await,
+        Err(e) => Err(e),
+    };
     repl.stop();
+    if result.is_ok() {
+        // A clean stop stores the acknowledged position, so the next start skips what the
+        // slot may replay (its feedback can lag by a status interval) without a scan.
+        cdc.state.pending = cdc.marks.clone();
+        ctx.emitter.put_state(encode_state(&cdc.state)).await?;
+    }
     result
 }
 
@@ -428,14 +530,18 @@ async fn check_tables(
 }
 
 /// Creates the slot on first start; applies `on_slot_lost` when a slot this source had a
-/// position in is gone or invalidated.
+/// position in is gone or invalidated. A new slot gets a snapshot plan (`snapshot =
+/// "initial"`), stored before the slot is created so a crash in between cannot lose it.
 async fn prepare_slot(
     name: &str,
     client: &tokio_postgres::Client,
     slot: &str,
-    policy: OnSlotLost,
+    publication: &str,
+    config: &PgCdcConfig,
     state: &mut CdcState,
+    ctx: &SourceContext,
 ) -> Result<()> {
+    let policy = config.on_slot_lost;
     let row = client
         .query_opt(
             "SELECT plugin::text, coalesce(wal_status, ''), database::text \
@@ -483,6 +589,17 @@ async fn prepare_slot(
         }
     } else if row.is_some() {
         return Ok(());
+    }
+    if config.snapshot == SnapshotMode::Initial {
+        let plan = snapshot::plan(name, client, publication).await?;
+        tracing::info!(
+            source = name,
+            tables = plan.tables.len() + usize::from(plan.table.is_some()),
+            rows = plan.rows_total,
+            "planned the initial snapshot"
+        );
+        state.snapshot = Some(plan);
+        ctx.emitter.put_state(encode_state(state)).await?;
     }
     let created = client
         .query_one(
@@ -566,6 +683,10 @@ impl Cdc<'_> {
                 }
                 tokio::select! {
                     r = repl.recv() => r,
+                    chunk = next_chunk(&mut self.snapshot) => {
+                        self.on_chunk(chunk)?;
+                        continue;
+                    }
                     () = ctx.shutdown_signal() => return Ok(()),
                 }
             } else {
@@ -586,16 +707,12 @@ impl Cdc<'_> {
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                    txn = Some(Txn {
-                        commit_lsn: final_lsn.0,
+                    txn = Some(Txn::new(
+                        final_lsn.0,
                         xid,
-                        commit_time_us: commit_time_micros + PG_EPOCH_OFFSET_US,
-                        skip: final_lsn.0 < self.state.confirmed_lsn,
-                        ordinal: 0,
-                        events: Vec::new(),
-                        bytes: 0,
-                        flushed_early: false,
-                    });
+                        commit_time_micros + PG_EPOCH_OFFSET_US,
+                        final_lsn.0 < self.state.confirmed_lsn,
+                    ));
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     let message = parser
@@ -619,6 +736,7 @@ impl Cdc<'_> {
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     let Some(mut t) = txn.take() else { continue };
+                    self.close_txn_keys(&mut t);
                     if !t.skip {
                         let size = t.ordinal;
                         if !t.flushed_early {
@@ -635,9 +753,11 @@ impl Cdc<'_> {
                     }
                     batch.ack_lsn = Some(batch.ack_lsn.unwrap_or(0).max(end_lsn.0));
                 }
-                ReplicationEvent::Message { transactional: false, lsn, prefix, .. } => {
+                ReplicationEvent::Message { transactional: false, lsn, prefix, content } => {
                     if prefix == HEARTBEAT_PREFIX && txn.is_none() {
                         batch.ack_lsn = Some(batch.ack_lsn.unwrap_or(0).max(lsn.0));
+                    } else if prefix == SNAPSHOT_PREFIX {
+                        self.on_watermark(lsn.0, &content, txn.is_none(), &mut batch)?;
                     }
                 }
                 ReplicationEvent::Message { .. } => {}
@@ -687,19 +807,212 @@ impl Cdc<'_> {
             if lsn > self.state.confirmed_lsn {
                 repl.update_applied_lsn(Lsn(lsn));
                 self.state.confirmed_lsn = lsn;
-                self.marks = None;
                 if self.recovered.as_ref().is_some_and(|(_, max)| lsn > *max) {
                     self.recovered = None;
                 }
+                if self.recovered.is_none() {
+                    self.marks = None;
+                }
                 if count == 0
+                    && batch.snapshot_progress.is_none()
                     && self.last_state_write.elapsed().as_millis() as u64 >= STATE_REFRESH_MS
                 {
-                    self.state.pending = None;
+                    self.state.pending = self.marks.clone();
                     ctx.emitter.put_state(encode_state(&self.state)).await?;
                     self.last_state_write = Instant::now();
                 }
             }
         }
+        if let Some(progress) = batch.snapshot_progress.take() {
+            // The chunk's events are durable (and its high watermark acknowledged): only now may
+            // the stored plan move past it.
+            ctx.status.snapshot_rows_done.store(progress.rows_done, Ordering::Relaxed);
+            self.state.snapshot = Some(progress);
+            if self.marks.is_none() {
+                self.state.pending = None;
+            }
+            ctx.emitter.put_state(encode_state(&self.state)).await?;
+            self.last_state_write = Instant::now();
+            self.request_chunk(ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Requests the next chunk of the plan and opens its window, or ends the snapshot when the
+    /// plan is done.
+    async fn request_chunk(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let Some(run) = self.snapshot.as_mut() else { return Ok(()) };
+        let next = self.state.snapshot.as_ref().and_then(|p| p.table.clone().map(|t| (p, t)));
+        let Some((progress, table)) = next else {
+            self.snapshot = None;
+            self.state.snapshot = None;
+            ctx.emitter.put_state(encode_state(&self.state)).await?;
+            self.last_state_write = Instant::now();
+            let done = ctx.status.snapshot_rows_done.load(Ordering::Relaxed);
+            ctx.status.snapshot_rows_total.fetch_max(done, Ordering::Relaxed);
+            if ctx.status.state().0 == SourceState::Snapshotting {
+                ctx.status.set_state(SourceState::Running, None);
+            }
+            tracing::info!(source = self.name, rows = done, "initial snapshot done");
+            return Ok(());
+        };
+        run.k += 1;
+        let request = ChunkRequest {
+            k: run.k,
+            after: progress.last_key.clone().map(|v| (progress.last_key_columns.clone(), v)),
+            key_columns: snapshot::configured_key(self.config, &table),
+            limit_rows: self.config.snapshot_chunk_rows,
+            table: table.clone(),
+        };
+        // The window opens before the request leaves: every transaction the stream receives
+        // from now on may postdate the chunk's snapshot.
+        run.window = Some(Window { k: run.k, table: table.qualified(), ..Window::default() });
+        run.rows = None;
+        run.requests.try_send(request).map_err(|e| ConnectError::Replication {
+            source_name: self.name.into(),
+            reason: format!("the snapshot reader is gone ({e})"),
+        })
+    }
+
+    /// Keeps a chunk's rows until its high watermark arrives; a reader failure ends the source.
+    fn on_chunk(&mut self, chunk: Result<Chunk>) -> Result<()> {
+        let chunk = chunk?;
+        if let Some(run) = self.snapshot.as_mut() {
+            run.rows = Some(chunk);
+        }
+        Ok(())
+    }
+
+    /// Adds the keys a committed transaction changed in the window's table to the window.
+    fn close_txn_keys(&mut self, t: &mut Txn) {
+        let Some(window) = self.snapshot.as_mut().and_then(|r| r.window.as_mut()) else { return };
+        if t.snapshot_window != Some(window.k) {
+            // Decoded before the window opened: committed and flushed before the chunk's
+            // snapshot, so visible in it.
+            return;
+        }
+        for key in t.snapshot_keys.drain(..) {
+            match key {
+                Some(k) => {
+                    window.keys.insert(k);
+                }
+                None => window.all = true,
+            }
+        }
+    }
+
+    /// Records that a change to `key` (`None`: every key) of `rel` was decoded into `t`.
+    fn record_key(&self, t: &mut Txn, rel: &Relation, key: Option<&[(String, Value)]>) {
+        let Some(window) = self.snapshot.as_ref().and_then(|r| r.window.as_ref()) else { return };
+        if window.table != rel.qualified() {
+            return;
+        }
+        t.snapshot_window = Some(window.k);
+        t.snapshot_keys.push(key.map(key_text));
+    }
+
+    fn on_watermark(
+        &mut self,
+        lsn: u64,
+        content: &[u8],
+        between_txns: bool,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let Some(run) = self.snapshot.as_mut() else { return Ok(()) };
+        match snapshot::parse_watermark(run.run, content) {
+            Some(Watermark::Low(k)) => {
+                if let Some(w) = run.window.as_mut().filter(|w| w.k == k) {
+                    w.low_seen = true;
+                }
+                Ok(())
+            }
+            Some(Watermark::High(k)) if run.window.as_ref().is_some_and(|w| w.k == k) => {
+                let window = run.window.take().unwrap_or_default();
+                let chunk = match run.rows.take() {
+                    Some(c) => c,
+                    // Handed over before the high watermark was written, so already queued.
+                    None => match run.chunks.try_recv() {
+                        Ok(c) => c?,
+                        Err(e) => {
+                            return Err(ConnectError::Replication {
+                                source_name: self.name.into(),
+                                reason: format!("snapshot chunk {k} is missing at its high                                                  watermark ({e})"),
+                            })
+                        }
+                    },
+                };
+                if chunk.k != k || !window.low_seen || !between_txns {
+                    return Err(ConnectError::Replication {
+                        source_name: self.name.into(),
+                        reason: format!(
+                            "snapshot chunk {} arrived out of order with its watermarks                              (window {k}, low seen {}, inside a transaction {})",
+                            chunk.k, window.low_seen, !between_txns
+                        ),
+                    });
+                }
+                self.emit_chunk(lsn, chunk, &window, batch)?;
+                batch.ack_lsn = Some(batch.ack_lsn.unwrap_or(0).max(lsn));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Turns a chunk's rows whose keys the window did not see change into `read` events at the
+    /// high watermark's position, and records the progress they complete.
+    fn emit_chunk(
+        &mut self,
+        high_lsn: u64,
+        chunk: Chunk,
+        window: &Window,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let mut progress = self.state.snapshot.clone().unwrap_or_default();
+        let Some(table) = progress.table.clone() else { return Ok(()) };
+        let columns: Vec<Column> = chunk
+            .columns
+            .iter()
+            .map(|c| Column { name: c.name.clone(), type_oid: c.type_oid })
+            .collect();
+        let identity: Vec<usize> =
+            chunk.columns.iter().enumerate().filter(|(_, c)| c.identity).map(|(i, _)| i).collect();
+        let rel = self.relation_from(&table.schema, &table.table, columns, identity)?;
+        let mut t = Txn::new(high_lsn, 0, now_ms() * 1000, false);
+        let read_rows = chunk.rows.len() as u64;
+        for values in chunk.rows {
+            let mut row = Map::new();
+            for (col, value) in rel.columns.iter().zip(values) {
+                let v = match value {
+                    None => Value::Null,
+                    Some(text) => self.text_value(&rel, col, &text)?,
+                };
+                row.insert(col.name.clone(), v);
+            }
+            let key = rel_key(&rel, &row);
+            if window.all || window.keys.contains(&key_text(&key)) {
+                // Changed since the chunk was requested: the stream carries its newer state.
+                continue;
+            }
+            let (topic, mut event) = if rel.is_outbox {
+                self.outbox_event(&rel, row)?
+            } else {
+                self.change_event(&t, &rel, Op::Read, key, None, Some((row, Vec::new())))
+            };
+            if !rel.is_outbox {
+                event.id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
+            }
+            self.push(&mut t, (topic, event));
+        }
+        batch.bytes += t.bytes;
+        batch.events.append(&mut t.events);
+        progress.rows_done += read_rows;
+        if chunk.table_done {
+            progress.next_table();
+        } else if let Some((columns, values)) = chunk.last_key {
+            progress.last_key_columns = columns;
+            progress.last_key = Some(values);
+        }
+        batch.snapshot_progress = Some(progress);
         Ok(())
     }
 
@@ -778,11 +1091,26 @@ impl Cdc<'_> {
         table: &str,
         columns: &[pg_walstream::ColumnInfo],
     ) -> Result<Relation> {
-        let qualified = format!("{schema}.{table}");
         let cols: Vec<Column> = columns
             .iter()
             .map(|c| Column { name: c.name.to_string(), type_oid: c.type_id })
             .collect();
+        let identity: Vec<usize> =
+            columns.iter().enumerate().filter(|(_, c)| c.is_key()).map(|(i, _)| i).collect();
+        self.relation_from(schema, table, cols, identity)
+    }
+
+    /// A relation from its columns and the indexes of its replica identity columns (the key
+    /// unless `key_columns` names one); shared by the stream and the snapshot so both key a
+    /// row alike.
+    fn relation_from(
+        &self,
+        schema: &str,
+        table: &str,
+        cols: Vec<Column>,
+        identity: Vec<usize>,
+    ) -> Result<Relation> {
+        let qualified = format!("{schema}.{table}");
         let is_outbox =
             self.config.outbox.as_ref().is_some_and(|o| o.table == qualified || o.table == table);
         let key: Vec<usize> = match self.config.key_columns.get(&qualified) {
@@ -796,9 +1124,7 @@ impl Cdc<'_> {
                     })
                 })
                 .collect::<Result<_>>()?,
-            None => {
-                columns.iter().enumerate().filter(|(_, c)| c.is_key()).map(|(i, _)| i).collect()
-            }
+            None => identity,
         };
         if key.is_empty() && !is_outbox {
             return Err(ConnectError::Table {
@@ -864,13 +1190,16 @@ impl Cdc<'_> {
             column: col.name.clone(),
             reason: "the value is not valid UTF-8 text".into(),
         })?;
-        text_to_json(&self.catalog, col.type_oid, &text).map(Some).map_err(|reason| {
-            ConnectError::Value {
-                source_name: self.name.into(),
-                table: rel.qualified(),
-                column: col.name.clone(),
-                reason,
-            }
+        self.text_value(rel, col, &text).map(Some)
+    }
+
+    /// A value in its type's text output form, as JSON.
+    fn text_value(&self, rel: &Relation, col: &Column, text: &str) -> Result<Value> {
+        text_to_json(&self.catalog, col.type_oid, text).map_err(|reason| ConnectError::Value {
+            source_name: self.name.into(),
+            table: rel.qualified(),
+            column: col.name.clone(),
+            reason,
         })
     }
 
@@ -890,6 +1219,7 @@ impl Cdc<'_> {
             // Outbox rows are events already; only their insertion matters.
             if let (Op::Insert, Some(tuple)) = (op, new) {
                 let (row, _) = self.row(rel, tuple)?;
+                self.record_key(t, rel, Some(&rel_key(rel, &row)));
                 let event = self.outbox_event(rel, row)?;
                 self.push(t, event);
             }
@@ -903,21 +1233,17 @@ impl Cdc<'_> {
             Some(n) => Some(self.row(rel, n)?),
             None => None,
         };
-        // Key columns in the table's key order (a JSON object would sort them by name).
-        let key_of = |row: &Map<String, Value>| -> Vec<(String, Value)> {
-            rel.key
-                .iter()
-                .filter_map(|&i| {
-                    let name = &rel.columns[i].name;
-                    row.get(name).map(|v| (name.clone(), v.clone()))
-                })
-                .collect()
-        };
+        let key_of = |row: &Map<String, Value>| rel_key(rel, row);
+        if op == Op::Truncate {
+            self.record_key(t, rel, None);
+        }
         // A key change is a delete of the old key and an insert of the new one (as Debezium
         // does), so each key's history stays on its own partition, in order.
         if let (Op::Update, Some((b, _)), Some((a, _))) = (op, &before, &after) {
             let (old_key, new_key) = (key_of(b), key_of(a));
             if !old_key.is_empty() && old_key != new_key {
+                self.record_key(t, rel, Some(&old_key));
+                self.record_key(t, rel, Some(&new_key));
                 let delete = self.change_event(t, rel, Op::Delete, old_key, before.clone(), None);
                 self.push(t, delete);
                 let insert = self.change_event(t, rel, Op::Insert, new_key, None, after);
@@ -930,6 +1256,9 @@ impl Cdc<'_> {
             (_, Some((b, _))) => key_of(b),
             _ => Vec::new(),
         };
+        if op != Op::Truncate {
+            self.record_key(t, rel, Some(&key));
+        }
         let event = self.change_event(t, rel, op, key, before, after);
         self.push(t, event);
         Ok(())
@@ -1030,7 +1359,7 @@ impl Cdc<'_> {
                         "connector": "postgresql",
                         "name": self.name,
                         "ts_ms": t.commit_time_us / 1000,
-                        "snapshot": "false",
+                        "snapshot": if op == Op::Read { "true" } else { "false" },
                         "db": self.database,
                         "schema": rel.schema,
                         "table": rel.table,
@@ -1076,6 +1405,34 @@ impl Cdc<'_> {
             id: id.clone(),
         };
         row_to_event(self.name, &columns, outbox_row)
+    }
+}
+
+/// Key columns in the table's key order (a JSON object would sort them by name).
+fn rel_key(rel: &Relation, row: &Map<String, Value>) -> Vec<(String, Value)> {
+    rel.key
+        .iter()
+        .filter_map(|&i| {
+            let name = &rel.columns[i].name;
+            row.get(name).map(|v| (name.clone(), v.clone()))
+        })
+        .collect()
+}
+
+/// A key's identity for the snapshot window: its values, in key order, as JSON text.
+fn key_text(key: &[(String, Value)]) -> String {
+    Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string()
+}
+
+/// The next message of the snapshot reader; never resolves when there is none.
+async fn next_chunk(run: &mut Option<SnapshotRun>) -> Result<Chunk> {
+    match run.as_mut() {
+        Some(r) => match r.chunks.recv().await {
+            Some(chunk) => chunk,
+            // The reader ended after reporting its error (or was stopped): nothing more comes.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -1125,11 +1482,7 @@ mod tests {
 
     #[test]
     fn ids_carry_their_commit_lsn() {
-        let id = event_id("app", 0x16_B374_D848, 7);
-        assert_eq!(id, "app:00000016B374D848:7");
-        assert_eq!(id_commit_lsn("app", &id), Some(0x16_B374_D848));
-        assert_eq!(id_commit_lsn("other", &id), None);
-        assert_eq!(id_commit_lsn("app", "app-2:00:1"), None);
+        assert_eq!(event_id("app", 0x16_B374_D848, 7), "app:00000016B374D848:7");
     }
 
     #[test]

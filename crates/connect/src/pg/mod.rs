@@ -5,6 +5,7 @@
 //! database, never the URL.
 
 pub mod cdc;
+pub mod snapshot;
 pub mod types;
 
 use crate::error::{ConnectError, Result};
