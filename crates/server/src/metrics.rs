@@ -40,6 +40,8 @@ pub const PARTITION_END_OFFSET: &str = "driftless_partition_end_offset";
 
 /// Events a source appended since the server started (counter).
 pub const SOURCE_EVENTS_TOTAL: &str = "driftless_source_events_total";
+/// Upstream rows or changes a source read since the server started (counter).
+pub const SOURCE_ROWS_TOTAL: &str = "driftless_source_rows_total";
 /// Restarts of a source after failures since the server started (counter).
 pub const SOURCE_RESTARTS_TOTAL: &str = "driftless_source_restarts_total";
 /// 1 for a source's current state, per state (gauge).
@@ -56,8 +58,9 @@ pub const SNAPSHOT_ROWS: &str = "driftless_snapshot_rows";
 pub const SOURCE_COMMIT_TO_DURABLE_SECONDS: &str = "driftless_source_commit_to_durable_seconds";
 
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     SOURCE_EVENTS_TOTAL,
+    SOURCE_ROWS_TOTAL,
     SOURCE_RESTARTS_TOTAL,
     SOURCE_STATE,
     SOURCE_FRESHNESS_SECONDS,
@@ -248,6 +251,10 @@ fn render_sources(f: &mut Family, sources: &Sources) {
     );
     for r in &reports {
         f.sample(SOURCE_EVENTS_TOTAL, &[("source", &r.name)], r.events_total);
+    }
+    f.header(SOURCE_ROWS_TOTAL, "counter", "Upstream rows or changes the source read.");
+    for r in &reports {
+        f.sample(SOURCE_ROWS_TOTAL, &[("source", &r.name)], r.rows_total);
     }
     f.header(SOURCE_RESTARTS_TOTAL, "counter", "Restarts of the source after failures.");
     for r in &reports {

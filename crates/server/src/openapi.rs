@@ -43,6 +43,7 @@ pub fn openapi() -> Value {
     let group = path_param("group", "Consumer group name");
     let member = path_param("member", "Member id returned by join");
     let dlq_id = path_param("id", "Dead-letter id, `topic:partition:offset`");
+    let source = path_param("source", "Source name, as in the server's `[[source]]` table");
     json!({
       "openapi": "3.1.0",
       "info": {
@@ -150,6 +151,21 @@ pub fn openapi() -> Value {
         "/v1/groups/{group}/dlq/{id}/retry": {
           "parameters": [group, dlq_id],
           "post": {"summary": "Deliver a dead letter again with a fresh attempt budget", "responses": errors(json!({"200": ok("dead letter, now retrying", schema("DeadLetter"))}), &["404"])}
+        },
+        "/v1/sources": {
+          "get": {"summary": "Every configured source: state, error, events, slot lag, outbox backlog, snapshot progress", "responses": errors(json!({"200": ok("sources", json!({"type": "array", "items": schema("Source")}))}), &[])}
+        },
+        "/v1/sources/{source}": {
+          "parameters": [source.clone()],
+          "get": {"summary": "One source's state and figures", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
+        },
+        "/v1/sources/{source}/pause": {
+          "parameters": [source.clone()],
+          "post": {"summary": "Stop reading after the current batch", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
+        },
+        "/v1/sources/{source}/resume": {
+          "parameters": [source],
+          "post": {"summary": "Resume a paused source", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
         }
       },
       "components": {
@@ -201,6 +217,14 @@ pub fn openapi() -> Value {
             "to": {"oneOf": [{"enum": ["earliest", "latest"]},
                              {"type": "object", "required": ["offset"], "properties": {"offset": {"type": "integer"}}},
                              {"type": "object", "required": ["time_ms"], "properties": {"time_ms": {"type": "integer"}}}]}}},
+          "Source": {"type": "object", "properties": {
+            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["postgres_cdc", "postgres_outbox", "sqlite_outbox"]},
+            "state": {"type": "string", "enum": ["starting", "running", "snapshotting", "paused", "retrying", "failed", "stopped"]},
+            "error": {"type": ["string", "null"]}, "events_total": {"type": "integer"}, "rows_total": {"type": "integer"},
+            "restarts_total": {"type": "integer"}, "last_event_ms": {"type": "integer"},
+            "slot_lag_bytes": {"type": "integer", "description": "-1 when unknown or not CDC"},
+            "outbox_backlog_rows": {"type": "integer", "description": "-1 when unknown or not an outbox"},
+            "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"}}},
           "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
             "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}

@@ -450,6 +450,10 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/groups/{group}/dlq/{id}", "get"),
         ("/v1/groups/{group}/dlq/{id}", "delete"),
         ("/v1/groups/{group}/dlq/{id}/retry", "post"),
+        ("/v1/sources", "get"),
+        ("/v1/sources/{source}", "get"),
+        ("/v1/sources/{source}/pause", "post"),
+        ("/v1/sources/{source}/resume", "post"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
@@ -466,7 +470,8 @@ fn metrics_and_openapi_describe_the_server() {
             .replace("{topic}", "m")
             .replace("{group}", "g")
             .replace("{member}", &member)
-            .replace("{id}", "m:0:0");
+            .replace("{id}", "m:0:0")
+            .replace("{source}", "s");
         if concrete.ends_with("/stream") {
             continue; // would stay open
         }
