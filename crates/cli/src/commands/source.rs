@@ -2,9 +2,10 @@
 //!
 //! Invariants: `list` prints one compact JSON line per source (state, error, events, slot lag,
 //! outbox backlog, snapshot progress); `describe` prints one as pretty JSON; `pause` and
-//! `resume` print the source's status after the change as one JSON line.
+//! `resume` print the source's status after the change as one JSON line; `progress` draws the
+//! initial snapshot's progress bar on stderr until it finishes.
 
-use std::io;
+use std::io::{self, Write};
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -38,6 +39,31 @@ enum SourceCommand {
         /// Source name.
         name: String,
     },
+    /// Show a CDC source's initial snapshot as a progress bar (stderr) until it finishes.
+    Progress {
+        /// Source name.
+        name: String,
+        /// Print the current progress once instead of following it.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// Width of the progress bar, in characters.
+const BAR_CHARS: u64 = 30;
+/// How often `progress` asks the server, in milliseconds.
+const PROGRESS_POLL_MS: u64 = 500;
+
+/// `snapshot [#######...] 12345/25000 rows (49%)`; a running snapshot never shows 100%.
+pub fn progress_bar(done: u64, total: u64) -> String {
+    let total = total.max(done).max(1);
+    let filled = (done * BAR_CHARS / total).min(BAR_CHARS);
+    format!(
+        "snapshot [{}{}] {done}/{total} rows ({}%)",
+        "#".repeat(filled as usize),
+        ".".repeat((BAR_CHARS - filled) as usize),
+        done * 100 / total
+    )
 }
 
 /// Runs `driftless source ...`.
@@ -58,9 +84,48 @@ pub fn run(server: &str, args: SourceArgs) -> anyhow::Result<()> {
             let answer = client.post_empty(&format!("{}/pause", path(&name)))?;
             print_line(&mut out, &answer.unwrap_or(Value::Null))
         }
+        SourceCommand::Progress { name, once } => {
+            let mut stderr = io::stderr().lock();
+            loop {
+                let s: Value = client.get(&path(&name))?;
+                let done = s["snapshot_rows_done"].as_u64().unwrap_or(0);
+                let total = s["snapshot_rows_total"].as_u64().unwrap_or(0);
+                let state = s["state"].as_str().unwrap_or("unknown");
+                if total == 0 && state != "snapshotting" {
+                    writeln!(stderr, "{name}: no snapshot (state {state})")?;
+                    return Ok(());
+                }
+                write!(stderr, "\r{name}: {}", progress_bar(done, total))?;
+                stderr.flush()?;
+                if once || (state != "snapshotting" && state != "starting") {
+                    writeln!(stderr, " — {state}")?;
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(PROGRESS_POLL_MS));
+            }
+        }
         SourceCommand::Resume { name } => {
             let answer = client.post_empty(&format!("{}/resume", path(&name)))?;
             print_line(&mut out, &answer.unwrap_or(Value::Null))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn the_bar_fills_with_progress_and_never_divides_by_zero() {
+        assert_eq!(progress_bar(0, 0), format!("snapshot [{}] 0/1 rows (0%)", ".".repeat(30)));
+        assert_eq!(
+            progress_bar(5, 10),
+            format!("snapshot [{}{}] 5/10 rows (50%)", "#".repeat(15), ".".repeat(15))
+        );
+        // Rows read can pass an estimate: the total follows.
+        assert_eq!(
+            progress_bar(12, 10),
+            format!("snapshot [{}] 12/12 rows (100%)", "#".repeat(30))
+        );
     }
 }
