@@ -160,17 +160,7 @@ fn wait_ready(
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status() {
-            let tail = log_tail(log);
-            if tail.contains("address already in use") {
-                return Err(Startup::PortTaken(tail));
-            }
-            return Err(Startup::Failed(TestkitError::ServerExited {
-                server: SERVER,
-                port,
-                status: status.to_string(),
-                log: log.to_owned(),
-                log_tail: tail,
-            }));
+            return Err(Startup::exited(SERVER, port, status, log, "address already in use"));
         }
         if server_name(port).as_deref() == Some(name) {
             return Ok(());

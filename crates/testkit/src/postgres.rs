@@ -311,17 +311,7 @@ fn wait_ready(
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status() {
-            let tail = log_tail(log);
-            if tail.contains("Address already in use") {
-                return Err(Startup::PortTaken(tail));
-            }
-            return Err(Startup::Failed(TestkitError::ServerExited {
-                server: SERVER,
-                port,
-                status: status.to_string(),
-                log: log.to_owned(),
-                log_tail: tail,
-            }));
+            return Err(Startup::exited(SERVER, port, status, log, "Address already in use"));
         }
         if pid_file_says_ready(data_dir, port) && accepts_connections(bins, port) {
             return Ok(());

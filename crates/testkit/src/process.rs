@@ -284,6 +284,30 @@ pub(crate) enum Startup {
     Failed(TestkitError),
 }
 
+impl Startup {
+    /// The server exited during startup: `PortTaken` if its log tail contains `port_taken` (the
+    /// server's own wording for EADDRINUSE), else the exit with the log tail.
+    pub(crate) fn exited(
+        server: &'static str,
+        port: u16,
+        status: std::process::ExitStatus,
+        log: &Path,
+        port_taken: &str,
+    ) -> Self {
+        let tail = log_tail(log);
+        if tail.contains(port_taken) {
+            return Startup::PortTaken(tail);
+        }
+        Startup::Failed(TestkitError::ServerExited {
+            server,
+            port,
+            status: status.to_string(),
+            log: log.to_owned(),
+            log_tail: tail,
+        })
+    }
+}
+
 impl From<TestkitError> for Startup {
     fn from(e: TestkitError) -> Self {
         Startup::Failed(e)
