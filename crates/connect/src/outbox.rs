@@ -190,23 +190,12 @@ pub fn row_to_event(
         Some(other) => {
             return Err(bad(format!(
                 "headers must be a JSON object of extension attributes, got {}",
-                json_kind(&other)
+                driftless_core::json_kind(&other)
             )))
         }
     }
     event.validate().map_err(|e| bad(format!("the event would be invalid: {e}")))?;
     Ok((topic, event))
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A row as a store read it, with `created_at` in Unix milliseconds for the latency figure.

@@ -61,6 +61,19 @@ pub struct InvalidEvent {
     pub reason: String,
 }
 
+/// `v`'s JSON type with its article ("a string", "an object", "null"), for error messages that
+/// say what was found instead of what was expected.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn invalid(attribute: &str, reason: impl Into<String>) -> InvalidEvent {
     InvalidEvent { attribute: attribute.to_string(), reason: reason.into() }
 }

@@ -76,17 +76,6 @@ pub struct Prepared {
     pub generated_id: bool,
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Parses input line `line` (1-based): `None` for a blank line, else the event to send.
 pub fn prepare_line(
     line: usize,
@@ -105,7 +94,7 @@ pub fn prepare_line(
         LineError::NotJson { line, column: e.column(), reason }
     })?;
     let Value::Object(mut map) = value else {
-        return Err(LineError::NotObject { line, kind: kind(&value) });
+        return Err(LineError::NotObject { line, kind: driftless_core::json_kind(&value) });
     };
     let generated_id = !map.contains_key("id");
     if generated_id {

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use driftless_core::Event;
 use pg_walstream::{ColumnData, LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -1441,8 +1440,22 @@ fn event_bytes(e: &Event) -> usize {
     e.id.len()
         + e.ty.len()
         + e.subject.as_ref().map_or(0, String::len)
-        + e.data.as_ref().map_or(0, |d| d.to_string().len())
+        + e.data.as_ref().map_or(0, approx_json_bytes)
         + 256
+}
+
+/// Roughly the serialized size of `v`, without serializing it (the broker does that once, at
+/// append; this only bounds the decode buffer).
+fn approx_json_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(|x| approx_json_bytes(x) + 1).sum::<usize>(),
+        Value::Object(o) => {
+            2 + o.iter().map(|(k, x)| k.len() + 4 + approx_json_bytes(x)).sum::<usize>()
+        }
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` from Unix microseconds (civil-from-days, no time zone data).
@@ -1468,12 +1481,6 @@ pub fn rfc3339_from_unix_us(us: i64) -> String {
         (tod / 60) % 60,
         tod % 60
     )
-}
-
-/// Bytes of `b` (for tests of the state encoding).
-#[doc(hidden)]
-pub fn decode_state(b: &Bytes) -> Option<CdcState> {
-    serde_json::from_slice(b).ok()
 }
 
 #[cfg(test)]
