@@ -2,6 +2,8 @@
 //! Postgres change data capture against a real throwaway PostgreSQL: types, TOAST, composite
 //! keys, rollbacks, schema changes, restarts without duplicates, slot loss, heartbeats.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +11,10 @@ use std::time::{Duration, Instant};
 use driftless_broker::{Broker, BrokerConfig};
 use driftless_connect::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
 use driftless_connect::{SourceConfig, SourceKind, SourceState, Sources};
-use driftless_core::{Event, TopicName};
+use driftless_core::Event;
 use driftless_testkit::PgServer;
 use serde_json::{json, Value};
+use support::events;
 
 struct Fixture {
     pg: PgServer,
@@ -69,23 +72,6 @@ impl Fixture {
             .unwrap()
             .map(|r| r.get(0))
     }
-}
-
-/// Every event stored in `topic`, in partition then offset order.
-fn events(broker: &Broker, topic: &str) -> Vec<Event> {
-    let Some(t) = broker.log().topic(&TopicName::new(topic).unwrap()) else { return vec![] };
-    let mut out = Vec::new();
-    for p in t.partitions() {
-        let mut next = p.start_offset();
-        while next < p.end_offset() {
-            let batch = p.read(next, 10_000, 64 << 20).unwrap();
-            for r in batch.records {
-                out.push(serde_json::from_slice(&r.value.unwrap()).unwrap());
-            }
-            next = batch.next_offset;
-        }
-    }
-    out
 }
 
 /// Waits (up to 30 s) until `topic` holds at least `n` events; returns them.

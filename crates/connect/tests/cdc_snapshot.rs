@@ -3,6 +3,8 @@
 //! with stream-faithful values, concurrent writes during the snapshot fold to the table's final
 //! content, and a snapshot interrupted mid-way resumes where it stopped.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,9 +13,10 @@ use std::time::{Duration, Instant};
 use driftless_broker::{Broker, BrokerConfig};
 use driftless_connect::config::{PgCdcConfig, SnapshotMode};
 use driftless_connect::{SourceConfig, SourceKind, SourceState, Sources};
-use driftless_core::{Event, TopicName};
+use driftless_core::Event;
 use driftless_testkit::PgServer;
 use serde_json::{json, Value};
+use support::events;
 
 const TOPIC: &str = "app.public.t";
 const ROWS: i64 = 25_000;
@@ -82,23 +85,6 @@ async fn connect(pg: &PgServer) -> tokio_postgres::Client {
     let (db, conn) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     db
-}
-
-/// Every event stored in `topic`, in partition then offset order.
-fn events(broker: &Broker, topic: &str) -> Vec<Event> {
-    let Some(t) = broker.log().topic(&TopicName::new(topic).unwrap()) else { return vec![] };
-    let mut out = Vec::new();
-    for p in t.partitions() {
-        let mut next = p.start_offset();
-        while next < p.end_offset() {
-            let batch = p.read(next, 10_000, 64 << 20).unwrap();
-            for r in batch.records {
-                out.push(serde_json::from_slice(&r.value.unwrap()).unwrap());
-            }
-            next = batch.next_offset;
-        }
-    }
-    out
 }
 
 fn data(e: &Event) -> &Value {

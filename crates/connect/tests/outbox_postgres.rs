@@ -4,58 +4,28 @@
 //! outbox, and a crash between the append and the commit of the delete leaves no duplicate even
 //! with the broker's deduplication switched off.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftless_broker::{Broker, BrokerConfig};
+use driftless_broker::Broker;
 use driftless_connect::config::{OutboxColumns, OutboxMode, PgOutboxConfig};
-use driftless_connect::emit::Emitter;
 use driftless_connect::outbox::{self, PgStore};
 use driftless_connect::runtime::SourceContext;
-use driftless_connect::{ConnectError, SourceStatus};
-use driftless_core::{Event, TopicName};
+use driftless_connect::ConnectError;
+use driftless_core::Event;
 use driftless_testkit::PgServer;
 use serde_json::json;
+use support::{open_broker, topic_events as events, Relay};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 const SOURCE: &str = "svc";
+const KIND: &str = "postgres_outbox";
 const TABLE: &str = "app.outbox";
-
-struct Relay {
-    shutdown: watch::Sender<bool>,
-    _paused: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<driftless_connect::Result<()>>,
-    status: Arc<SourceStatus>,
-}
-
-impl Relay {
-    async fn stop(self) -> driftless_connect::Result<()> {
-        self.shutdown.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.unwrap().unwrap()
-    }
-}
-
-fn open_broker(dir: &Path, dedup: bool) -> Arc<Broker> {
-    let config = if dedup {
-        BrokerConfig::default()
-    } else {
-        // Remember no ids: only the relay's own recovery can prevent duplicates.
-        BrokerConfig { dedup_ids_max: 0, ..BrokerConfig::default() }
-    };
-    Arc::new(Broker::open(dir, config).unwrap())
-}
-
-fn context(broker: &Arc<Broker>) -> (SourceContext, watch::Sender<bool>, watch::Sender<bool>) {
-    let (paused, paused_rx) = watch::channel(false);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let emitter = Emitter::new(Arc::clone(broker), SOURCE, 4);
-    let status = Arc::new(SourceStatus::new(SOURCE, "postgres_outbox"));
-    (SourceContext::new(emitter, status, paused_rx, shutdown_rx), paused, shutdown)
-}
 
 fn config(url: &str, batch_rows_max: u32) -> PgOutboxConfig {
     PgOutboxConfig {
@@ -74,10 +44,13 @@ fn config(url: &str, batch_rows_max: u32) -> PgOutboxConfig {
 }
 
 fn start(broker: &Arc<Broker>, config: PgOutboxConfig) -> Relay {
-    let (mut ctx, paused, shutdown) = context(broker);
-    let status = Arc::clone(&ctx.status);
-    let task = tokio::spawn(async move { outbox::run_postgres(SOURCE, &config, &mut ctx).await });
-    Relay { shutdown, _paused: paused, task, status }
+    Relay::spawn(broker, SOURCE, KIND, move |mut ctx| async move {
+        outbox::run_postgres(SOURCE, &config, &mut ctx).await
+    })
+}
+
+fn context(broker: &Arc<Broker>) -> (SourceContext, watch::Sender<bool>, watch::Sender<bool>) {
+    support::context(broker, SOURCE, KIND)
 }
 
 async fn connect(url: &str) -> Client {
@@ -127,23 +100,6 @@ async fn outbox_ids(client: &Client) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect()
-}
-
-/// Every event of `topic` as `(partition, event)`, in offset order per partition.
-fn events(broker: &Broker, topic: &str) -> Vec<(usize, Event)> {
-    let Some(t) = broker.log().topic(&TopicName::new(topic).unwrap()) else { return vec![] };
-    let mut out = Vec::new();
-    for (p, partition) in t.partitions().iter().enumerate() {
-        let mut next = partition.start_offset();
-        while next < partition.end_offset() {
-            let batch = partition.read(next, 10_000, 8 << 20).unwrap();
-            for r in &batch.records {
-                out.push((p, Event::from_json(r.value.as_ref().unwrap()).unwrap()));
-            }
-            next = batch.next_offset;
-        }
-    }
-    out
 }
 
 fn ids(broker: &Broker, topics: &[&str]) -> Vec<String> {

@@ -4,57 +4,28 @@
 //! stop the source by name, and a crash between the append and the delete leaves no duplicate
 //! even with the broker's deduplication switched off.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftless_broker::{Broker, BrokerConfig};
+use driftless_broker::Broker;
 use driftless_connect::config::{OutboxColumns, SqliteOutboxConfig};
-use driftless_connect::emit::Emitter;
 use driftless_connect::outbox::{self, OutboxStore};
 use driftless_connect::runtime::SourceContext;
 use driftless_connect::sqlite_outbox::{self, SqliteStore};
-use driftless_connect::{ConnectError, SourceStatus};
-use driftless_core::{Event, TopicName};
+use driftless_connect::ConnectError;
+use driftless_core::Event;
 use rusqlite::Connection;
 use serde_json::json;
+use support::{open_broker, topic_events as events, Relay};
 use tokio::sync::watch;
 
 const SOURCE: &str = "svc";
-
-struct Relay {
-    shutdown: watch::Sender<bool>,
-    _paused: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<driftless_connect::Result<()>>,
-    status: Arc<SourceStatus>,
-}
-
-impl Relay {
-    async fn stop(self) -> driftless_connect::Result<()> {
-        self.shutdown.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.unwrap().unwrap()
-    }
-}
-
-fn open_broker(dir: &Path, dedup: bool) -> Arc<Broker> {
-    let config = if dedup {
-        BrokerConfig::default()
-    } else {
-        // Remember no ids: only the relay's own recovery can prevent duplicates.
-        BrokerConfig { dedup_ids_max: 0, ..BrokerConfig::default() }
-    };
-    Arc::new(Broker::open(dir, config).unwrap())
-}
-
-fn context(broker: &Arc<Broker>) -> (SourceContext, watch::Sender<bool>, watch::Sender<bool>) {
-    let (paused, paused_rx) = watch::channel(false);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let emitter = Emitter::new(Arc::clone(broker), SOURCE, 4);
-    let status = Arc::new(SourceStatus::new(SOURCE, "sqlite_outbox"));
-    (SourceContext::new(emitter, status, paused_rx, shutdown_rx), paused, shutdown)
-}
+const KIND: &str = "sqlite_outbox";
 
 fn config(db: &Path, batch_rows_max: u32) -> SqliteOutboxConfig {
     SqliteOutboxConfig {
@@ -66,10 +37,13 @@ fn config(db: &Path, batch_rows_max: u32) -> SqliteOutboxConfig {
 }
 
 fn start(broker: &Arc<Broker>, config: SqliteOutboxConfig) -> Relay {
-    let (mut ctx, paused, shutdown) = context(broker);
-    let status = Arc::clone(&ctx.status);
-    let task = tokio::spawn(async move { sqlite_outbox::run(SOURCE, &config, &mut ctx).await });
-    Relay { shutdown, _paused: paused, task, status }
+    Relay::spawn(broker, SOURCE, KIND, move |mut ctx| async move {
+        sqlite_outbox::run(SOURCE, &config, &mut ctx).await
+    })
+}
+
+fn context(broker: &Arc<Broker>) -> (SourceContext, watch::Sender<bool>, watch::Sender<bool>) {
+    support::context(broker, SOURCE, KIND)
 }
 
 /// A service database with the outbox table, in WAL mode (the service's choice).
@@ -109,23 +83,6 @@ fn outbox_ids(db: &Path) -> Vec<String> {
     let conn = connect(db);
     let mut stmt = conn.prepare("SELECT id FROM outbox ORDER BY seq").unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
-
-/// Every event of `topic` as `(partition, event)`, in offset order per partition.
-fn events(broker: &Broker, topic: &str) -> Vec<(usize, Event)> {
-    let Some(t) = broker.log().topic(&TopicName::new(topic).unwrap()) else { return vec![] };
-    let mut out = Vec::new();
-    for (p, partition) in t.partitions().iter().enumerate() {
-        let mut next = partition.start_offset();
-        while next < partition.end_offset() {
-            let batch = partition.read(next, 10_000, 8 << 20).unwrap();
-            for r in &batch.records {
-                out.push((p, Event::from_json(r.value.as_ref().unwrap()).unwrap()));
-            }
-            next = batch.next_offset;
-        }
-    }
-    out
 }
 
 fn ids(broker: &Broker, topics: &[&str]) -> Vec<String> {
