@@ -7,7 +7,7 @@
 //! tokio's blocking pool.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use driftless_broker::{Broker, BrokerError, TopicSpec};
@@ -25,12 +25,20 @@ pub struct Emitter {
     broker: Arc<Broker>,
     source: String,
     partitions: u32,
+    /// Topics known to exist, so a batch does not ask the broker again (a topic deleted since
+    /// is forgotten when an append to it fails).
+    known_topics: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Emitter {
     /// An emitter for the source `source`, creating missing topics with `partitions`.
     pub fn new(broker: Arc<Broker>, source: impl Into<String>, partitions: u32) -> Self {
-        Self { broker, source: source.into(), partitions }
+        Self {
+            broker,
+            source: source.into(),
+            partitions,
+            known_topics: Arc::new(Mutex::new(HashSet::new())),
+        }
     }
 
     /// The source's name.
@@ -44,6 +52,10 @@ impl Emitter {
     }
 
     fn broker_error(&self, error: BrokerError) -> ConnectError {
+        if let BrokerError::UnknownTopic(topic) = &error {
+            // Deleted since it was created or seen: the next attempt recreates it.
+            self.known().remove(topic);
+        }
         ConnectError::Broker { source_name: self.source.clone(), error }
     }
 
@@ -61,10 +73,18 @@ impl Emitter {
         }
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known_topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Creates `topic` unless it exists.
     pub async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        if self.known().contains(topic) {
+            return Ok(());
+        }
         let topic = topic.to_string();
         let partitions = self.partitions;
+        let name = topic.clone();
         self.blocking(move |b| {
             if b.describe_topic(&topic).is_ok() {
                 return Ok(());
@@ -74,7 +94,9 @@ impl Emitter {
                 Err(e) => Err(e),
             }
         })
-        .await
+        .await?;
+        self.known().insert(name);
+        Ok(())
     }
 
     /// Appends `events` (each with its topic) durably: topics are created as needed, each

@@ -132,6 +132,8 @@ impl ConnectError {
                 error.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
+            // A topic deleted under a running source is recreated by the retry.
+            ConnectError::Broker { error: BrokerError::UnknownTopic(_), .. } => true,
             // A poisoned partition or a full disk needs an operator, not a retry loop.
             ConnectError::Broker { .. }
             | ConnectError::Config { .. }

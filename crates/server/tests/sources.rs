@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Sources through the HTTP API: a `sqlite_outbox` source configured in `[[source]]` starts with
-//! the server, relays rows, shows in `/v1/sources` and `/metrics`, pauses and resumes; an unknown
-//! source is a 404 problem.
+//! the server, relays rows, shows in `/v1/sources` and `/metrics`, pauses and resumes, recreates
+//! a topic deleted under it; an unknown source is a 404 problem.
 
 mod support;
 
@@ -87,6 +87,14 @@ fn a_configured_source_relays_reports_pauses_and_resumes() {
     assert!(
         metrics.contains("driftless_source_commit_to_durable_seconds_count{source=\"customers\"}")
     );
+
+    // A topic deleted under a running source is recreated by its retry; nothing is lost.
+    assert_eq!(server.delete("/v1/topics/customers").status, 204);
+    insert(&db, "e-3");
+    wait("the topic to be recreated with the new row", || topic_events(&server) == 1);
+    wait("the source to run again", || {
+        server.get("/v1/sources/customers").json()["state"] == json!("running")
+    });
 
     let p = server.get("/v1/sources/nope").problem(404);
     assert!(p["detail"].as_str().unwrap().contains("nope"), "{p}");
