@@ -860,7 +860,7 @@ impl Broker {
         Ok(unknown)
     }
 
-    /// Rejects a delivery: it is retried after a backoff (its key waits meanwhile), or goes to the
+    /// Rejects a delivery: it is retried after a backoff with jitter (its key waits meanwhile), or goes to the
     /// dead-letter queue once it has been delivered `max_attempts` times.
     pub fn nack(&self, group: &str, delivery_id: &str, error: &str) -> Result<()> {
         let gh = self.group(group, false)?;
@@ -890,6 +890,9 @@ impl Broker {
                     self.config.backoff_initial_ms,
                     self.config.backoff_max_ms,
                 );
+                // Jitter (the delay's upper half, at random) keeps the retries of many keys
+                // that failed together from hitting a recovering target together.
+                let delay = delay - rand::rng().random_range(0..=delay / 2);
                 p.state = PendingState::Backoff { until_ms: now + delay as i64 };
                 false
             }
@@ -897,6 +900,62 @@ impl Broker {
         if to_dlq {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
+        drop(g);
+        self.notify();
+        Ok(())
+    }
+
+    /// Hands deliveries back without counting an attempt: they become deliverable again at
+    /// once. For a consumer whose *target* is unavailable — the events are not at fault, so they
+    /// must not drift towards the dead-letter queue while it is down. Returns the ids that were
+    /// not in flight under that attempt (already acknowledged, expired or unknown).
+    pub fn release(&self, group: &str, delivery_ids: &[String]) -> Result<Vec<String>> {
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
+        let mut unknown = Vec::new();
+        for id in delivery_ids {
+            let p = parse_delivery_id(id).and_then(|d| {
+                g.cursors
+                    .get_mut(&(d.topic, d.partition))
+                    .and_then(|c| c.pending.get_mut(&d.offset))
+                    .filter(|p| {
+                        matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
+                    })
+            });
+            match p {
+                Some(p) => {
+                    p.state = PendingState::Ready;
+                    p.attempts = p.attempts.saturating_sub(1);
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        drop(g);
+        self.notify();
+        Ok(unknown)
+    }
+
+    /// Rejects a delivery for good: it goes to the dead-letter queue now, whatever attempts are
+    /// left (for an error retrying cannot cure, such as a webhook's 4xx answer).
+    pub fn dead_letter_now(&self, group: &str, delivery_id: &str, error: &str) -> Result<()> {
+        let gh = self.group(group, false)?;
+        let mut g = lock(&gh.state);
+        let d = parse_delivery_id(delivery_id)
+            .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
+        let (tp, offset) = ((d.topic.clone(), d.partition), d.offset);
+        {
+            let p = g
+                .cursors
+                .get_mut(&tp)
+                .and_then(|c| c.pending.get_mut(&offset))
+                .filter(|p| {
+                    matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
+                })
+                .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
+            let error: String = error.chars().take(1000).collect();
+            p.errors.push(format!("attempt {}: {error} (not retried)", p.attempts));
+        }
+        self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         drop(g);
         self.notify();
         Ok(())

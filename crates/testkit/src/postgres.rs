@@ -129,8 +129,10 @@ pub struct PgServer {
     process: ServerProcess,
     port: u16,
     data_dir: PathBuf,
+    socket_dir: PathBuf,
     log_path: PathBuf,
     bins: Binaries,
+    as_root: bool,
     /// Holds the data directory, the socket directory and the log; `None` once removed.
     scratch: Option<TempDir>,
 }
@@ -173,40 +175,49 @@ impl PgServer {
 
         let log_path = scratch.path().join("postgres.log");
         let (process, port) = start_on_free_port(SERVER, |port| {
-            let mut cmd = bins.server_command(&bins.postgres);
-            cmd.arg("-D")
-                .arg(&data_dir)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(&socket_dir)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "wal_level=logical",
-                    "-c",
-                    "max_replication_slots=10",
-                    "-c",
-                    "max_wal_senders=10",
-                    // Durability off: a test cluster never survives a crash anyway. But
-                    // synchronous_commit stays on: logical decoding only sees flushed WAL, so
-                    // with it off every change reaches a replication consumer up to ~200 ms
-                    // late (after the WAL writer's next flush), and with fsync=off it saves
-                    // nothing measurable.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                ])
-                .current_dir(scratch.path());
-            redirect_output(&mut cmd, &log_path)?;
-            let mut process = ServerProcess::spawn(SERVER, &mut cmd, as_root, "INT", STOP_GRACE)?;
-            wait_ready(&mut process, &bins, &data_dir, port, &log_path)?;
-            tracing::debug!(port, data_dir = %data_dir.display(), "PostgreSQL ready");
+            let process =
+                launch(&bins, &data_dir, &socket_dir, scratch.path(), &log_path, port, as_root)?;
             Ok((process, port))
         })?;
-        Ok(Self { process, port, data_dir, log_path, bins, scratch: Some(scratch) })
+        Ok(Self {
+            process,
+            port,
+            data_dir,
+            socket_dir,
+            log_path,
+            bins,
+            as_root,
+            scratch: Some(scratch),
+        })
+    }
+
+    /// Stops the server (fast shutdown), keeping its data: for tests of a database outage.
+    /// [`PgServer::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts the server again on the same port and data (after [`PgServer::stop`], or to
+    /// restart a running one), waiting until it accepts connections.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.stop();
+        let scratch = self.scratch.as_ref().map(|s| s.path().to_owned()).unwrap_or_default();
+        self.process = launch(
+            &self.bins,
+            &self.data_dir,
+            &self.socket_dir,
+            &scratch,
+            &self.log_path,
+            self.port,
+            self.as_root,
+        )
+        .map_err(|e| match e {
+            Startup::Failed(e) => e,
+            Startup::PortTaken(log_tail) => {
+                TestkitError::PortTaken { server: SERVER, attempts: 1, log_tail }
+            }
+        })?;
+        Ok(())
     }
 
     /// The TCP port the server listens on.
@@ -273,6 +284,49 @@ impl Drop for PgServer {
             }
         }
     }
+}
+
+/// Starts the server process on `port` and waits until it accepts connections.
+fn launch(
+    bins: &Binaries,
+    data_dir: &Path,
+    socket_dir: &Path,
+    scratch: &Path,
+    log_path: &Path,
+    port: u16,
+    as_root: bool,
+) -> std::result::Result<ServerProcess, Startup> {
+    let mut cmd = bins.server_command(&bins.postgres);
+    cmd.arg("-D")
+        .arg(data_dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(socket_dir)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "max_replication_slots=10",
+            "-c",
+            "max_wal_senders=10",
+            // Durability off: a test cluster never survives a crash anyway. But
+            // synchronous_commit stays on: logical decoding only sees flushed WAL, so with it
+            // off every change reaches a replication consumer up to ~200 ms late (after the WAL
+            // writer's next flush), and with fsync=off it saves nothing measurable.
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .current_dir(scratch);
+    redirect_output(&mut cmd, log_path)?;
+    let mut process = ServerProcess::spawn(SERVER, &mut cmd, as_root, "INT", STOP_GRACE)?;
+    wait_ready(&mut process, bins, data_dir, port, log_path)?;
+    tracing::debug!(port, data_dir = %data_dir.display(), "PostgreSQL ready");
+    Ok(process)
 }
 
 /// A scratch directory. As root it is under `/tmp` and world-traversable (0755), so user

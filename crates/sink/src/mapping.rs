@@ -1,0 +1,438 @@
+//! Mappings: the anti-corruption layer that turns a publisher's events into a consumer's rows.
+//!
+//! Each `[[sink.mapping]]` chooses events (type patterns and an optional jq `filter`) and says
+//! how they become one row operation: the table, the key columns, the columns (each a jq
+//! expression over the whole CloudEvent, or one `row` expression yielding an object) and the
+//! row's version. Expressions are jq, run by jaq — users write a language they already know, and
+//! we do not invent one.
+//!
+//! Invariants:
+//! - every expression is compiled when the sink starts; a syntax error stops the start with the
+//!   mapping and expression named, never a runtime surprise;
+//! - a mapping yields exactly one value per expression: none or several is an error for that
+//!   event (it goes the retry/dead-letter way), never a guess;
+//! - key values are non-null scalars, and versions are strings that order correctly as bytes
+//!   (non-negative integers are zero-padded to 20 digits), because the targets compare them as
+//!   text.
+
+use std::collections::BTreeMap;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_json::Val;
+use serde_json::Value;
+
+use crate::config::{MappingConfig, OpKind};
+use crate::error::{Result, SinkError};
+
+/// Largest value of one expression's output, in bytes of JSON; bounds what one event can make a
+/// mapping allocate.
+pub const EXPRESSION_OUTPUT_BYTES_MAX: usize = 1 << 20;
+
+/// A compiled jq expression.
+struct Jq {
+    source: String,
+    filter: jaq_core::Filter<data::JustLut<Val>>,
+}
+
+impl std::fmt::Debug for Jq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jq({:?})", self.source)
+    }
+}
+
+impl Jq {
+    fn compile(source: &str) -> std::result::Result<Self, String> {
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let modules = loader.load(&arena, File { code: source, path: () }).map_err(|errs| {
+            format!("cannot parse jq expression `{source}`: {}", describe(&errs))
+        })?;
+        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
+            format!("cannot compile jq expression `{source}`: {}", describe(&errs))
+        })?;
+        Ok(Self { source: source.to_string(), filter })
+    }
+
+    /// Runs the expression on `input`; it must yield exactly one value.
+    fn one(&self, input: &Val) -> std::result::Result<Value, String> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        let mut out = self.filter.id.run((ctx, input.clone())).map(unwrap_valr);
+        let first = match out.next() {
+            None => return Err(format!("`{}` yielded no value", self.source)),
+            Some(Err(e)) => return Err(format!("`{}` failed: {e}", self.source)),
+            Some(Ok(v)) => v,
+        };
+        if out.next().is_some() {
+            return Err(format!("`{}` yielded several values; a column takes one", self.source));
+        }
+        let text = first.to_string();
+        if text.len() > EXPRESSION_OUTPUT_BYTES_MAX {
+            return Err(format!(
+                "`{}` yielded {} bytes, over the {EXPRESSION_OUTPUT_BYTES_MAX}-byte limit",
+                self.source,
+                text.len()
+            ));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| format!("`{}` yielded a value that is not JSON ({e})", self.source))
+    }
+}
+
+/// Load/compile errors are lists of (file, reports); a short rendering is enough for a config.
+fn describe<T: std::fmt::Debug>(errs: &T) -> String {
+    let s = format!("{errs:?}");
+    s.chars().take(300).collect()
+}
+
+/// One row operation produced by a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOp {
+    /// Target table.
+    pub table: String,
+    /// Upsert or delete.
+    pub op: OpKind,
+    /// Key column values, in the mapping's key order.
+    pub key: Vec<(String, Value)>,
+    /// Columns to write (key columns included); for a delete, the key columns only.
+    pub columns: BTreeMap<String, Value>,
+    /// The version guarding the row (bytewise-ordered text).
+    pub version: String,
+}
+
+impl RowOp {
+    /// The key as JSON text (`[v1, v2]`), how tombstones store it.
+    pub fn key_text(&self) -> String {
+        Value::Array(self.key.iter().map(|(_, v)| v.clone()).collect()).to_string()
+    }
+}
+
+#[derive(Debug)]
+struct Compiled {
+    index: usize,
+    types: Vec<String>,
+    filter: Option<Jq>,
+    table: String,
+    key: Vec<String>,
+    op: OpKind,
+    columns: Vec<(String, Jq)>,
+    row: Option<Jq>,
+    version: Option<Jq>,
+}
+
+/// A sink's compiled mappings.
+#[derive(Debug)]
+pub struct Mapper {
+    mappings: Vec<Compiled>,
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn type_matches(pattern: &str, ty: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == ty;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !ty.starts_with(first) || !ty[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &ty[first.len()..ty.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Turns a version value into bytewise-ordered text.
+fn version_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => n.as_u64().map(|n| format!("{n:020}")),
+        _ => None,
+    }
+}
+
+impl Mapper {
+    /// Compiles every mapping of sink `sink`; an error names the mapping and the expression.
+    pub fn compile(sink: &str, configs: &[MappingConfig]) -> Result<Self> {
+        let invalid = |field: String, reason: String| SinkError::Config {
+            sink: sink.to_string(),
+            field,
+            reason,
+        };
+        let mut mappings = Vec::new();
+        for (i, m) in configs.iter().enumerate() {
+            let jq = |field: &str, src: &str| {
+                Jq::compile(src).map_err(|e| invalid(format!("mapping[{i}].{field}"), e))
+            };
+            let filter = m.filter.as_deref().map(|f| jq("filter", f)).transpose()?;
+            let row = m.row.as_deref().map(|f| jq("row", f)).transpose()?;
+            let version = m.version.as_deref().map(|f| jq("version", f)).transpose()?;
+            let mut columns = Vec::new();
+            for (c, src) in &m.columns {
+                columns.push((c.clone(), jq(&format!("columns.{c}"), src)?));
+            }
+            mappings.push(Compiled {
+                index: i,
+                types: m.types.clone(),
+                filter,
+                table: m.table.clone().unwrap_or_default(),
+                key: m.key.clone(),
+                op: m.op,
+                columns,
+                row,
+                version,
+            });
+        }
+        Ok(Self { mappings })
+    }
+
+    /// The tables the mappings write, each with the columns named in `columns` and `key`
+    /// (a `row` expression's columns are known only per event).
+    pub fn tables(&self) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut out: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for m in &self.mappings {
+            let e = out.entry(m.table.clone()).or_insert_with(|| (m.key.clone(), Vec::new()));
+            for (c, _) in &m.columns {
+                if !e.1.contains(c) {
+                    e.1.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether some mapping takes events of this type (webhooks send only those).
+    pub fn selects(&self, event: &Value) -> std::result::Result<bool, String> {
+        if self.mappings.is_empty() {
+            return Ok(true);
+        }
+        let input = to_val(event)?;
+        for m in &self.mappings {
+            if self.takes(m, event, &input)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn takes(&self, m: &Compiled, event: &Value, input: &Val) -> std::result::Result<bool, String> {
+        let ty = event.get("type").and_then(Value::as_str).unwrap_or("");
+        if !m.types.is_empty() && !m.types.iter().any(|p| type_matches(p, ty)) {
+            return Ok(false);
+        }
+        match &m.filter {
+            None => Ok(true),
+            Some(f) => {
+                match f.one(input).map_err(|e| format!("mapping[{}].filter: {e}", m.index))? {
+                    Value::Bool(b) => Ok(b),
+                    Value::Null => Ok(false),
+                    other => Err(format!(
+                        "mapping[{}].filter must yield true or false, not {}",
+                        m.index,
+                        driftless_core::json_kind(&other)
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The row operations for one event (none when no mapping takes it). `offset` is the
+    /// event's position in its partition, the version of last resort.
+    pub fn map(&self, event: &Value, offset: u64) -> std::result::Result<Vec<RowOp>, String> {
+        let input = to_val(event)?;
+        let mut ops = Vec::new();
+        for m in &self.mappings {
+            if !self.takes(m, event, &input)? {
+                continue;
+            }
+            let at = |what: &str, e: String| format!("mapping[{}].{what}: {e}", m.index);
+            let mut columns = BTreeMap::new();
+            if let Some(row) = &m.row {
+                match row.one(&input).map_err(|e| at("row", e))? {
+                    Value::Object(obj) => {
+                        for (c, v) in obj {
+                            if !crate::config::is_identifier(&c) {
+                                return Err(at(
+                                    "row",
+                                    format!("field `{c}` is not a plain column name"),
+                                ));
+                            }
+                            columns.insert(c, v);
+                        }
+                    }
+                    other => {
+                        return Err(at(
+                            "row",
+                            format!(
+                                "must yield an object, not {}",
+                                driftless_core::json_kind(&other)
+                            ),
+                        ))
+                    }
+                }
+            }
+            for (c, jq) in &m.columns {
+                columns
+                    .insert(c.clone(), jq.one(&input).map_err(|e| at(&format!("columns.{c}"), e))?);
+            }
+            let mut key = Vec::new();
+            for k in &m.key {
+                let v = match columns.get(k) {
+                    Some(v) => v.clone(),
+                    // A delete mapping may name only the key: take it from the subject.
+                    None if m.columns.is_empty() && m.row.is_none() => {
+                        event.get("subject").cloned().unwrap_or(Value::Null)
+                    }
+                    None => Value::Null,
+                };
+                if v.is_null() || v.is_object() || v.is_array() {
+                    return Err(at(
+                        "key",
+                        format!(
+                            "key column `{k}` must be a string, number or boolean, not {}",
+                            driftless_core::json_kind(&v)
+                        ),
+                    ));
+                }
+                key.push((k.clone(), v));
+            }
+            if m.op == OpKind::Delete {
+                columns = key.iter().cloned().collect();
+            } else {
+                for (k, v) in &key {
+                    columns.insert(k.clone(), v.clone());
+                }
+            }
+            let version = match &m.version {
+                Some(jq) => {
+                    let v = jq.one(&input).map_err(|e| at("version", e))?;
+                    version_text(&v).ok_or_else(|| {
+                        at(
+                            "version",
+                            "must yield a non-empty string or a non-negative integer".into(),
+                        )
+                    })?
+                }
+                None => event
+                    .get("sequence")
+                    .and_then(version_text)
+                    .unwrap_or_else(|| format!("{offset:020}")),
+            };
+            ops.push(RowOp { table: m.table.clone(), op: m.op, key, columns, version });
+        }
+        Ok(ops)
+    }
+}
+
+fn to_val(event: &Value) -> std::result::Result<Val, String> {
+    serde_json::from_value::<Val>(event.clone()).map_err(|e| format!("event is not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mapping(toml_text: &str) -> Mapper {
+        #[derive(serde::Deserialize)]
+        struct M {
+            mapping: Vec<MappingConfig>,
+        }
+        let m: M = toml::from_str(toml_text).unwrap();
+        Mapper::compile("t", &m.mapping).unwrap()
+    }
+
+    fn address_changed() -> Value {
+        json!({"specversion": "1.0", "id": "e1", "source": "/customers",
+               "type": "customer.address_changed.v1", "subject": "c-42", "sequence": "7",
+               "data": {"address": {"street": "Main St 1", "zip": "10115", "city": "Berlin"},
+                        "country": "DE"}})
+    }
+
+    #[test]
+    fn the_readme_example_maps_an_address_change_to_an_invoice_contact() {
+        let m = mapping(
+            r#"
+            [[mapping]]
+            types = ["customer.address_changed.*"]
+            filter = '.data.country == "DE"'
+            table = "invoice_contacts"
+            key = ["customer_id"]
+            columns = { customer_id = ".subject", street = ".data.address.street",
+                        city_line = '"\(.data.address.zip) \(.data.address.city)"' }
+            "#,
+        );
+        let ops = m.map(&address_changed(), 9).unwrap();
+        assert_eq!(ops.len(), 1);
+        let op = &ops[0];
+        assert_eq!(op.table, "invoice_contacts");
+        assert_eq!(op.key, vec![("customer_id".to_string(), json!("c-42"))]);
+        assert_eq!(op.columns["city_line"], json!("10115 Berlin"));
+        assert_eq!(op.columns["street"], json!("Main St 1"));
+        assert_eq!(op.version, "7", "the event's sequence is the version");
+        let mut us = address_changed();
+        us["data"]["country"] = json!("US");
+        assert!(m.map(&us, 9).unwrap().is_empty(), "the filter drops it");
+        let mut other = address_changed();
+        other["type"] = json!("customer.created.v1");
+        assert!(m.map(&other, 9).unwrap().is_empty(), "the type does not match");
+    }
+
+    #[test]
+    fn versions_default_to_the_padded_offset_and_integers_are_padded() {
+        let m = mapping(
+            "[[mapping]]\ntable = \"t\"\nkey = [\"id\"]\nrow = \".data\"\n\
+             [[mapping]]\ntable = \"u\"\nkey = [\"id\"]\nrow = \".data\"\nversion = \".data.v\"",
+        );
+        let e = json!({"type": "x", "data": {"id": 1, "v": 12}});
+        let ops = m.map(&e, 42).unwrap();
+        assert_eq!(ops[0].version, "00000000000000000042");
+        assert_eq!(ops[1].version, "00000000000000000012");
+        assert!(ops[1].version.as_str() < "00000000000000000100");
+    }
+
+    #[test]
+    fn a_null_key_or_many_values_is_an_error_naming_the_mapping() {
+        let m = mapping(
+            "[[mapping]]\ntable = \"t\"\nkey = [\"id\"]\ncolumns = { id = \".data.missing\" }",
+        );
+        let err = m.map(&json!({"type": "x", "data": {}}), 0).unwrap_err();
+        assert!(err.contains("mapping[0].key") && err.contains("null"), "{err}");
+        let m =
+            mapping("[[mapping]]\ntable = \"t\"\nkey = [\"id\"]\ncolumns = { id = \".data[]\" }");
+        let err = m.map(&json!({"type": "x", "data": [1, 2]}), 0).unwrap_err();
+        assert!(err.contains("several values"), "{err}");
+    }
+
+    #[test]
+    fn a_delete_takes_its_key_from_the_subject_and_writes_only_the_key() {
+        let m = mapping("[[mapping]]\ntable = \"t\"\nkey = [\"id\"]\nop = \"delete\"");
+        let ops = m.map(&json!({"type": "x", "subject": "k1", "data": {"a": 1}}), 3).unwrap();
+        assert_eq!(ops[0].op, OpKind::Delete);
+        assert_eq!(ops[0].columns, BTreeMap::from([("id".to_string(), json!("k1"))]));
+        assert_eq!(ops[0].key_text(), r#"["k1"]"#);
+    }
+
+    #[test]
+    fn syntax_errors_are_caught_at_compile_time_with_the_field() {
+        let cfg: MappingConfig =
+            toml::from_str("table = \"t\"\nkey = [\"id\"]\ncolumns = { id = \".a |\" }").unwrap();
+        let err = Mapper::compile("s", &[cfg]).unwrap_err().to_string();
+        assert!(err.contains("mapping[0].columns.id"), "{err}");
+    }
+
+    #[test]
+    fn type_patterns() {
+        assert!(type_matches("customer.*", "customer.created.v1"));
+        assert!(type_matches("*.v1", "customer.created.v1"));
+        assert!(type_matches("c*d*1", "customer.created.v1"));
+        assert!(!type_matches("order.*", "customer.created.v1"));
+        assert!(type_matches("exact", "exact") && !type_matches("exact", "exactly"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The Postgres table target: batched, version-guarded upserts and deletes, with the applied
+//! positions written in the same transaction.
+//!
+//! One batch is one transaction. Rows travel as one JSON array per statement and are turned into
+//! the table's row type by `jsonb_populate_record`, so every column type Postgres can read from
+//! JSON text works without a per-type binding, and a batch of any size is one round trip per
+//! statement.
+//!
+//! Invariants:
+//! - a row is written only if its stored version is older (`COLLATE "C"`, bytewise) and no
+//!   tombstone of an equal or newer version exists: a duplicate or stale event changes nothing;
+//! - a delete leaves a tombstone (`driftless_sink_tombstones`), so an older upsert redelivered
+//!   later cannot resurrect the row;
+//! - `driftless_sink_positions` moves in the same transaction as the rows it describes;
+//! - errors are classified: connection and server-availability errors are `Unavailable` (retry
+//!   the batch as is), a missing table or column is `Schema`, anything else is `Rejected`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::batch::{collapse, positions, Group, Item};
+use crate::config::OpKind;
+use crate::error::{ApplyError, Result, SinkError};
+use crate::mapping::Mapper;
+
+/// The metadata tables, created when missing.
+const META_DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS driftless_sink_positions (
+    sink text NOT NULL,
+    topic text NOT NULL,
+    partition int NOT NULL,
+    applied_offset bigint NOT NULL,
+    event_time_ms bigint NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
+    tbl text NOT NULL,
+    key text NOT NULL,
+    version text COLLATE "C" NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tbl, key)
+);
+"#;
+
+/// Double-quotes an identifier path (`schema.table` → `"schema"."table"`).
+pub(crate) fn quote_path(path: &str) -> String {
+    path.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+fn q(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A connected Postgres target.
+pub struct PgSink {
+    sink: String,
+    url: String,
+    version_column: String,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for PgSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSink").field("sink", &self.sink).finish_non_exhaustive()
+    }
+}
+
+/// Classifies a driver error.
+pub(crate) fn classify(e: &tokio_postgres::Error) -> ApplyError {
+    let Some(db) = e.as_db_error() else {
+        return ApplyError::Unavailable(e.to_string());
+    };
+    let code = db.code().code();
+    let msg = match (db.detail(), db.hint()) {
+        (Some(d), _) => format!("{}: {d}", db.message()),
+        (None, Some(h)) => format!("{} (hint: {h})", db.message()),
+        _ => db.message().to_string(),
+    };
+    if code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || *db.code() == SqlState::T_R_SERIALIZATION_FAILURE
+        || *db.code() == SqlState::T_R_DEADLOCK_DETECTED
+    {
+        ApplyError::Unavailable(msg)
+    } else if *db.code() == SqlState::UNDEFINED_TABLE
+        || *db.code() == SqlState::UNDEFINED_COLUMN
+        || *db.code() == SqlState::INVALID_COLUMN_REFERENCE
+    {
+        ApplyError::Schema { table: db.table().unwrap_or("?").to_string(), reason: msg }
+    } else {
+        ApplyError::Rejected(msg)
+    }
+}
+
+impl PgSink {
+    /// A target for sink `sink`; connects on first use.
+    pub fn new(sink: &str, url: &str, version_column: &str) -> Self {
+        Self {
+            sink: sink.to_string(),
+            url: url.to_string(),
+            version_column: version_column.to_string(),
+            client: None,
+            statements: HashMap::new(),
+        }
+    }
+
+    async fn client(&mut self) -> Result<&Client, ApplyError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+        }
+        if self.client.is_none() {
+            let (client, conn) = tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| ApplyError::Unavailable(format!("cannot connect: {e}")))?;
+            let sink = self.sink.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(sink, error = %e, "target connection ended");
+                }
+            });
+            self.client = Some(client);
+        }
+        self.client.as_ref().ok_or_else(|| ApplyError::Unavailable("not connected".into()))
+    }
+
+    /// Connects, creates the metadata tables and checks every mapped table: it exists, has the
+    /// mapped columns and the version column, and a unique index over exactly the key columns.
+    pub async fn check(&mut self, mapper: &Mapper) -> Result<()> {
+        let sink = self.sink.clone();
+        let vc = self.version_column.clone();
+        let unavailable =
+            |e: ApplyError| SinkError::Unavailable { sink: sink.clone(), reason: e.to_string() };
+        let client = self.client().await.map_err(unavailable)?;
+        if let Err(e) = client.batch_execute(META_DDL).await {
+            // Two sinks creating the tables at once: one wins, the other sees a duplicate.
+            if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+                return Err(unavailable(classify(&e)));
+            }
+        }
+        for (table, (key, columns)) in mapper.tables() {
+            let schema_err = |reason: String| SinkError::Schema {
+                sink: sink.clone(),
+                table: table.clone(),
+                reason,
+            };
+            let rows = client
+                .query(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+                     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                     AND a.attnum > 0 AND NOT a.attisdropped",
+                    &[&quote_path(&table)],
+                )
+                .await
+                .map_err(|e| unavailable(classify(&e)))?;
+            if rows.is_empty() {
+                return Err(schema_err(format!(
+                    "does not exist in the target database; create it with the mapped columns, \
+                     a text column `{vc}` and a primary key on ({})",
+                    key.join(", ")
+                )));
+            }
+            let have: BTreeMap<String, String> =
+                rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+            for c in key.iter().chain(&columns) {
+                if !have.contains_key(c) {
+                    return Err(schema_err(format!(
+                        "has no column `{c}`, which the mapping writes (columns: {})",
+                        have.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            match have.get(&vc) {
+                None => {
+                    return Err(schema_err(format!(
+                        "has no version column `{vc}`; add it with: ALTER TABLE {table} ADD \
+                         COLUMN {vc} text"
+                    )))
+                }
+                Some(t) if t != "text" && !t.starts_with("character varying") => {
+                    return Err(schema_err(format!(
+                        "version column `{vc}` is {t}; it must be text"
+                    )))
+                }
+                Some(_) => {}
+            }
+            let unique = client
+                .query(
+                    "SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) \
+                     AND i.indisunique AND i.indpred IS NULL AND \
+                     (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a \
+                      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = \
+                     (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k)",
+                    &[&quote_path(&table), &key],
+                )
+                .await
+                .map_err(|e| unavailable(classify(&e)))?;
+            if unique.is_empty() {
+                return Err(schema_err(format!(
+                    "needs a primary key or unique index on exactly ({}), the mapping's key",
+                    key.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn statement(&mut self, sql: String) -> Result<Statement, ApplyError> {
+        if let Some(s) = self.statements.get(&sql) {
+            return Ok(s.clone());
+        }
+        let client = self.client().await?;
+        let s = client.prepare(&sql).await.map_err(|e| classify(&e))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn group_sql(&self, g: &Group<'_>) -> String {
+        let t = quote_path(g.table);
+        let vc = q(&self.version_column);
+        let rows = format!(
+            "SELECT jsonb_populate_record(NULL::{t}, e->'r') AS r, e->>'k' AS k, e->>'v' AS v \
+             FROM jsonb_array_elements($1::text::jsonb) e"
+        );
+        match g.op {
+            OpKind::Upsert => {
+                let cols: Vec<String> = g.columns.iter().map(|c| q(c)).collect();
+                let vals: Vec<String> =
+                    g.columns.iter().map(|c| format!("(x.r).{}", q(c))).collect();
+                let keys: Vec<String> = g.key.iter().map(|c| q(c)).collect();
+                let sets: Vec<String> = g
+                    .columns
+                    .iter()
+                    .filter(|c| !g.key.contains(c))
+                    .map(|c| format!("{} = EXCLUDED.{}", q(c), q(c)))
+                    .chain([format!("{vc} = EXCLUDED.{vc}")])
+                    .collect();
+                format!(
+                    "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v FROM ({rows}) x \
+                     WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
+                       WHERE tb.tbl = $2 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
+                     ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+                     WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
+                    cols = cols.join(", "),
+                    vals = vals.join(", "),
+                    keys = keys.join(", "),
+                    sets = sets.join(", "),
+                )
+            }
+            OpKind::Delete => {
+                let on: Vec<String> =
+                    g.key.iter().map(|c| format!("{t}.{} = (x.r).{}", q(c), q(c))).collect();
+                format!(
+                    "WITH x AS ({rows}), d AS (DELETE FROM {t} USING x WHERE {on} AND \
+                       ({t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < x.v COLLATE \"C\")) \
+                     INSERT INTO driftless_sink_tombstones (tbl, key, version) \
+                     SELECT $2, x.k, x.v FROM x ON CONFLICT (tbl, key) DO UPDATE \
+                     SET version = EXCLUDED.version, deleted_at = now() \
+                     WHERE driftless_sink_tombstones.version < EXCLUDED.version",
+                    on = on.join(" AND "),
+                )
+            }
+        }
+    }
+
+    /// Applies the items in one transaction.
+    pub async fn apply(&mut self, items: &[&Item]) -> Result<(), ApplyError> {
+        let groups = collapse(items);
+        let mut work = Vec::new();
+        for g in &groups {
+            let sql = self.group_sql(g);
+            let stmt = self.statement(sql).await?;
+            let rows: Vec<Value> = g
+                .ops
+                .iter()
+                .map(|op| json!({"r": op.columns, "k": op.key_text(), "v": op.version}))
+                .collect();
+            work.push((stmt, Value::Array(rows).to_string(), g.table.to_string()));
+        }
+        let pos: Vec<Value> = positions(items)
+            .into_iter()
+            .map(|((topic, partition), (offset, time))| {
+                json!({"topic": topic, "partition": partition, "offset": offset, "time": time})
+            })
+            .collect();
+        let pos_stmt = self
+            .statement(
+                "INSERT INTO driftless_sink_positions AS p \
+                   (sink, topic, partition, applied_offset, event_time_ms) \
+                 SELECT $1, x.topic, x.partition, x.\"offset\", x.time \
+                 FROM jsonb_to_recordset($2::text::jsonb) \
+                   AS x(topic text, partition int, \"offset\" bigint, time bigint) \
+                 ON CONFLICT (sink, topic, partition) DO UPDATE SET \
+                   applied_offset = GREATEST(p.applied_offset, EXCLUDED.applied_offset), \
+                   event_time_ms = GREATEST(p.event_time_ms, EXCLUDED.event_time_ms), \
+                   applied_at = now()"
+                    .to_string(),
+            )
+            .await?;
+        let sink = self.sink.clone();
+        let client = self.client().await?;
+        // A transaction by statements, since `Client::transaction` needs `&mut Client` and the
+        // statements borrow the cache; the connection is ours alone.
+        let result: std::result::Result<(), tokio_postgres::Error> = async {
+            client.batch_execute("BEGIN").await?;
+            for (stmt, rows, table) in &work {
+                client.execute(stmt, &[rows, table]).await?;
+            }
+            client.execute(&pos_stmt, &[&sink, &Value::Array(pos).to_string()]).await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(e) = result {
+            let err = classify(&e);
+            if !client.is_closed() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,735 @@
+//! Starts the configured sinks, runs each as a consumer-group member of the in-process broker,
+//! supervises them and exposes their status.
+//!
+//! The apply loop of a table sink: fetch a batch (at most one event per key per partition, in
+//! key order — the broker guarantees it), map it, apply it to the target in one transaction,
+//! then acknowledge. What can go wrong decides what happens to the deliveries:
+//! - a mapping error is the event's fault: it is rejected (`nack`), retried with backoff and
+//!   goes to the dead-letter queue after `max_attempts`, while other keys keep flowing;
+//! - the target refusing the batch's content: the batch is applied event by event, and only the
+//!   events the target refuses are rejected;
+//! - the target being unavailable is nobody's fault: the deliveries are released without
+//!   counting an attempt, and the sink waits with capped backoff and jitter before trying again;
+//! - the target's schema not fitting the mapping stops the sink (state `retrying`, with the
+//!   table and column named) until it fits.
+//!
+//! Invariant (effectively once): a delivery is acknowledged only after the transaction that
+//! applied it committed. A crash between the commit and the acknowledgement redelivers events
+//! whose rows the version guard then leaves unchanged.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use driftless_broker::{Broker, BrokerError, Delivery, Fetched};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::batch::{rfc3339_ms, Item};
+use crate::config::{SinkConfig, TargetConfig, WebhookConfig};
+use crate::error::{ApplyError, Result, SinkError};
+use crate::mapping::Mapper;
+use crate::postgres::PgSink;
+use crate::sqlite::SqliteSink;
+use crate::webhook::{Breaker, Outcome, Webhook};
+
+/// Longest wait between attempts while a target is unavailable or a sink restarts.
+pub const RETRY_BACKOFF_MS_MAX: u64 = 30_000;
+/// First wait after a failure.
+pub const RETRY_BACKOFF_MS_MIN: u64 = 250;
+/// Longest idle wait before a fetch, which also keeps the group membership alive.
+pub const IDLE_WAIT_MS_MAX: u64 = 1_000;
+/// Upper bounds of the batch-size histogram buckets, in events.
+pub const BATCH_BUCKETS: [u64; 8] = [1, 10, 50, 100, 250, 500, 1000, 10_000];
+
+/// What a sink is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    /// Connecting and checking the target.
+    Starting,
+    /// Applying.
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Waiting for the target (unavailable, or its schema does not fit).
+    Retrying,
+    /// Stopped by an error an operator must fix in the configuration.
+    Failed,
+    /// Stopped because the server is shutting down.
+    Stopped,
+}
+
+/// Live figures of one sink, shared between its task and readers.
+#[derive(Debug)]
+pub struct SinkStatus {
+    /// Name.
+    pub name: String,
+    /// `postgres`, `sqlite` or `webhook`.
+    pub kind: &'static str,
+    /// Its consumer group.
+    pub group: String,
+    state: Mutex<(SinkState, Option<String>)>,
+    /// Events applied (or delivered) and acknowledged.
+    pub events_applied_total: AtomicU64,
+    /// Events no mapping took (acknowledged without a write).
+    pub events_skipped_total: AtomicU64,
+    /// Events rejected (mapping error, refused by the target); retried or dead-lettered.
+    pub events_rejected_total: AtomicU64,
+    /// Row operations written (upserts and deletes, before the version guard).
+    pub rows_total: AtomicU64,
+    /// Batches committed.
+    pub batches_total: AtomicU64,
+    /// Batch sizes (events), per [`BATCH_BUCKETS`] bucket; the last is above every bound.
+    pub batch_sizes: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    /// Time of the newest applied event (its `time`, Unix ms; 0 = none yet).
+    pub newest_event_ms: AtomicI64,
+    /// When the last batch was applied (Unix ms; 0 = never).
+    pub last_applied_ms: AtomicI64,
+    /// Restarts and target outages since start.
+    pub restarts_total: AtomicU64,
+}
+
+/// A serializable copy of a [`SinkStatus`], for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: &'static str,
+    /// Consumer group.
+    pub group: String,
+    /// State.
+    pub state: SinkState,
+    /// The last error, if failing or retrying.
+    pub error: Option<String>,
+    /// Events applied since start.
+    pub events_applied_total: u64,
+    /// Events skipped since start.
+    pub events_skipped_total: u64,
+    /// Events rejected since start.
+    pub events_rejected_total: u64,
+    /// Batches committed since start.
+    pub batches_total: u64,
+    /// Unix ms of the newest applied event's `time` (0 = none).
+    pub newest_event_ms: i64,
+    /// Unix ms of the last applied batch (0 = never).
+    pub last_applied_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SinkStatus {
+    /// A fresh status in state `starting`.
+    pub fn new(config: &SinkConfig) -> Self {
+        Self {
+            name: config.name.clone(),
+            kind: config.kind_name(),
+            group: config.group(),
+            state: Mutex::new((SinkState::Starting, None)),
+            events_applied_total: AtomicU64::new(0),
+            events_skipped_total: AtomicU64::new(0),
+            events_rejected_total: AtomicU64::new(0),
+            rows_total: AtomicU64::new(0),
+            batches_total: AtomicU64::new(0),
+            batch_sizes: Default::default(),
+            newest_event_ms: AtomicI64::new(0),
+            last_applied_ms: AtomicI64::new(0),
+            restarts_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the state and the error shown with it.
+    pub fn set_state(&self, state: SinkState, error: Option<String>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state, error);
+    }
+
+    /// The current state and error.
+    pub fn state(&self) -> (SinkState, Option<String>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn batch(&self, events: usize, rows: usize, newest_event_ms: i64) {
+        self.batches_total.fetch_add(1, Ordering::Relaxed);
+        self.events_applied_total.fetch_add(events as u64, Ordering::Relaxed);
+        self.rows_total.fetch_add(rows as u64, Ordering::Relaxed);
+        let i =
+            BATCH_BUCKETS.iter().position(|&b| events as u64 <= b).unwrap_or(BATCH_BUCKETS.len());
+        self.batch_sizes[i].fetch_add(1, Ordering::Relaxed);
+        self.newest_event_ms.fetch_max(newest_event_ms, Ordering::Relaxed);
+        self.last_applied_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A copy for the API.
+    pub fn report(&self) -> SinkReport {
+        let (state, error) = self.state();
+        SinkReport {
+            name: self.name.clone(),
+            kind: self.kind,
+            group: self.group.clone(),
+            state,
+            error,
+            events_applied_total: self.events_applied_total.load(Ordering::Relaxed),
+            events_skipped_total: self.events_skipped_total.load(Ordering::Relaxed),
+            events_rejected_total: self.events_rejected_total.load(Ordering::Relaxed),
+            batches_total: self.batches_total.load(Ordering::Relaxed),
+            newest_event_ms: self.newest_event_ms.load(Ordering::Relaxed),
+            last_applied_ms: self.last_applied_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a running sink gets: the broker, where to report, and its controls.
+#[derive(Debug)]
+struct SinkContext {
+    broker: Arc<Broker>,
+    status: Arc<SinkStatus>,
+    paused: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SinkContext {
+    fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits while paused; `false` on shutdown.
+    async fn wait_while_paused(&mut self) -> bool {
+        if !*self.paused.borrow() {
+            return !self.is_shutting_down();
+        }
+        let (before, _) = self.status.state();
+        self.status.set_state(SinkState::Paused, None);
+        loop {
+            if self.is_shutting_down() {
+                return false;
+            }
+            if !*self.paused.borrow_and_update() {
+                self.status.set_state(before, None);
+                return true;
+            }
+            tokio::select! {
+                _ = self.paused.changed() => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Sleeps up to `d`; `false` (early) on shutdown.
+    async fn sleep(&mut self, d: Duration) -> bool {
+        if self.is_shutting_down() {
+            return false;
+        }
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = async { if shutdown.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await
+            } } => false,
+        }
+    }
+}
+
+/// Runs a blocking broker call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    sink: &str,
+    f: impl FnOnce() -> std::result::Result<T, BrokerError> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|error| SinkError::Broker { sink: sink.to_string(), error }),
+        Err(e) => Err(SinkError::Unavailable {
+            sink: sink.to_string(),
+            reason: format!("broker call failed: {e}"),
+        }),
+    }
+}
+
+fn jittered(ms: u64) -> Duration {
+    Duration::from_millis(ms - rand::rng().random_range(0..=ms / 2))
+}
+
+/// A sink's target.
+enum Target {
+    Postgres(PgSink),
+    Sqlite(SqliteSink),
+    Webhook(Webhook, Breaker),
+}
+
+impl Target {
+    fn open(config: &SinkConfig) -> Self {
+        match &config.target {
+            TargetConfig::Postgres { url, version_column } => {
+                Target::Postgres(PgSink::new(&config.name, url, version_column))
+            }
+            TargetConfig::Sqlite { path, version_column } => {
+                Target::Sqlite(SqliteSink::new(&config.name, path.clone(), version_column))
+            }
+            TargetConfig::Webhook(w @ WebhookConfig { .. }) => Target::Webhook(
+                Webhook::new(w),
+                Breaker::new(w.breaker_failures_max, w.breaker_open_ms),
+            ),
+        }
+    }
+
+    async fn check(&mut self, mapper: &Mapper) -> Result<()> {
+        match self {
+            Target::Postgres(t) => t.check(mapper).await,
+            Target::Sqlite(t) => t.check(mapper).await,
+            Target::Webhook(..) => Ok(()),
+        }
+    }
+
+    async fn apply(&mut self, items: &[&Item]) -> std::result::Result<(), ApplyError> {
+        match self {
+            Target::Postgres(t) => t.apply(items).await,
+            Target::Sqlite(t) => t.apply(items).await,
+            Target::Webhook(..) => Ok(()),
+        }
+    }
+}
+
+/// One member's session in the sink's group.
+struct Session<'a> {
+    config: &'a SinkConfig,
+    group: String,
+    member: String,
+}
+
+impl Session<'_> {
+    async fn join<'c>(config: &'c SinkConfig, broker: &Arc<Broker>) -> Result<Session<'c>> {
+        let group = config.group();
+        let (b, g, topics) = (Arc::clone(broker), group.clone(), config.topics.clone());
+        let m = blocking(&config.name, move || b.join(&g, &topics, None)).await?;
+        Ok(Session { config, group, member: m.member_id })
+    }
+
+    async fn fetch(&mut self, broker: &Arc<Broker>, max: usize) -> Result<Fetched> {
+        let (b, g, m) = (Arc::clone(broker), self.group.clone(), self.member.clone());
+        match blocking(&self.config.name, move || b.fetch(&g, &m, max)).await {
+            Err(SinkError::Broker { error: BrokerError::UnknownMember { .. }, .. }) => {
+                // The session expired (a long outage): join again; the group rebalanced.
+                let again = Session::join(self.config, broker).await?;
+                self.member = again.member;
+                let (b, g, m) = (Arc::clone(broker), self.group.clone(), self.member.clone());
+                blocking(&self.config.name, move || b.fetch(&g, &m, max)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, broker: &Arc<Broker>, ids: Vec<String>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (b, g) = (Arc::clone(broker), self.group.clone());
+        blocking(&self.config.name, move || b.ack(&g, &ids)).await.map(|_| ())
+    }
+
+    async fn release(&self, broker: &Arc<Broker>, ids: Vec<String>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (b, g) = (Arc::clone(broker), self.group.clone());
+        blocking(&self.config.name, move || b.release(&g, &ids)).await.map(|_| ())
+    }
+
+    async fn reject(
+        &self,
+        broker: &Arc<Broker>,
+        id: String,
+        error: String,
+        now: bool,
+    ) -> Result<()> {
+        let (b, g) = (Arc::clone(broker), self.group.clone());
+        let r = blocking(&self.config.name, move || {
+            if now {
+                b.dead_letter_now(&g, &id, &error)
+            } else {
+                b.nack(&g, &id, &error)
+            }
+        })
+        .await;
+        match r {
+            // The delivery expired meanwhile: it will be redelivered anyway.
+            Err(SinkError::Broker { error: BrokerError::UnknownDelivery(_), .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn leave(&self, broker: &Arc<Broker>) {
+        let (b, g, m) = (Arc::clone(broker), self.group.clone(), self.member.clone());
+        let _ = blocking(&self.config.name, move || b.leave(&g, &m)).await;
+    }
+}
+
+fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
+    let event_time_ms =
+        d.event.get("time").and_then(|t| t.as_str()).and_then(rfc3339_ms).unwrap_or(0);
+    Item { topic: d.topic.clone(), partition: d.partition, offset: d.offset, event_time_ms, ops }
+}
+
+async fn run_sink(config: &SinkConfig, mapper: &Mapper, ctx: &mut SinkContext) -> Result<()> {
+    let broker = Arc::clone(&ctx.broker);
+    let mut target = Target::open(config);
+    target.check(mapper).await?;
+    let mut session = Session::join(config, &broker).await?;
+    ctx.status.set_state(SinkState::Running, None);
+    let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+    let result = loop {
+        if !ctx.wait_while_paused().await {
+            break Ok(());
+        }
+        let mut max = config.batch_events_max;
+        if let Target::Webhook(_, breaker) = &target {
+            match breaker.allowance(Instant::now()) {
+                Some(0) => {
+                    let wait = breaker
+                        .reopens_at()
+                        .map(|t| t.saturating_duration_since(Instant::now()))
+                        .unwrap_or_default()
+                        .min(Duration::from_millis(IDLE_WAIT_MS_MAX));
+                    if !ctx.sleep(wait).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
+                Some(n) => max = n,
+                None => {}
+            }
+        }
+        // Listen before fetching, so a produce between the fetch and the wait is not missed.
+        let listener = broker.listen();
+        let fetched = match session.fetch(&broker, max).await {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
+        if fetched.deliveries.is_empty() {
+            let mut wait = Duration::from_millis(IDLE_WAIT_MS_MAX);
+            if let Some(due) = fetched.next_due_ms {
+                wait = wait.min(Duration::from_millis((due - now_ms()).max(1) as u64));
+            }
+            let mut shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                _ = listener => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let outcome = match &mut target {
+            Target::Webhook(hook, breaker) => {
+                deliver_webhook(config, mapper, ctx, &session, hook, breaker, fetched.deliveries)
+                    .await
+            }
+            _ => apply_tables(config, mapper, ctx, &session, &mut target, fetched.deliveries).await,
+        };
+        match outcome {
+            Ok(true) => {
+                backoff_ms = RETRY_BACKOFF_MS_MIN;
+                if ctx.status.state().0 == SinkState::Retrying {
+                    ctx.status.set_state(SinkState::Running, None);
+                }
+            }
+            Ok(false) => {
+                // The target is unavailable: wait, then try again (the deliveries were released).
+                ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
+                if !ctx.sleep(jittered(backoff_ms)).await {
+                    break Ok(());
+                }
+                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    session.leave(&broker).await;
+    result
+}
+
+/// Applies a batch to a table target. `Ok(true)`: every delivery was acknowledged or rejected;
+/// `Ok(false)`: the target is unavailable and the deliveries were released.
+async fn apply_tables(
+    config: &SinkConfig,
+    mapper: &Mapper,
+    ctx: &SinkContext,
+    session: &Session<'_>,
+    target: &mut Target,
+    deliveries: Vec<Delivery>,
+) -> Result<bool> {
+    let broker = &ctx.broker;
+    let mut items: Vec<(String, Item)> = Vec::new();
+    for d in &deliveries {
+        match mapper.map(&d.event, d.offset) {
+            Ok(ops) => items.push((d.delivery_id.clone(), item_of(d, ops))),
+            Err(e) => {
+                ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = %config.name, delivery = %d.delivery_id, error = %e,
+                    "mapping failed; the event is retried, then dead-lettered");
+                session.reject(broker, d.delivery_id.clone(), e, false).await?;
+            }
+        }
+    }
+    let skipped = items.iter().filter(|(_, it)| it.ops.is_empty()).count();
+    let refs: Vec<&Item> = items.iter().map(|(_, it)| it).collect();
+    let all_ids = || items.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    match target.apply(&refs).await {
+        Ok(()) => {
+            let newest = refs.iter().map(|it| it.event_time_ms).max().unwrap_or(0);
+            let rows = refs.iter().map(|it| it.ops.len()).sum();
+            session.ack(broker, all_ids()).await?;
+            ctx.status.events_skipped_total.fetch_add(skipped as u64, Ordering::Relaxed);
+            ctx.status.batch(items.len() - skipped, rows, newest);
+            Ok(true)
+        }
+        Err(ApplyError::Unavailable(reason)) => {
+            tracing::warn!(sink = %config.name, %reason, "target unavailable; retrying");
+            ctx.status
+                .set_state(SinkState::Retrying, Some(format!("target unavailable: {reason}")));
+            session.release(broker, all_ids()).await?;
+            Ok(false)
+        }
+        Err(ApplyError::Schema { table, reason }) => {
+            session.release(broker, all_ids()).await?;
+            Err(SinkError::Schema { sink: config.name.clone(), table, reason })
+        }
+        Err(ApplyError::Rejected(reason)) => {
+            tracing::warn!(sink = %config.name, %reason, "batch refused; applying event by event");
+            let mut done = Vec::new();
+            for (i, (id, it)) in items.iter().enumerate() {
+                match target.apply(&[it]).await {
+                    Ok(()) => {
+                        done.push(id.clone());
+                        ctx.status.batch(1, it.ops.len(), it.event_time_ms);
+                    }
+                    Err(ApplyError::Rejected(e)) => {
+                        ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
+                        session.reject(broker, id.clone(), e, false).await?;
+                    }
+                    Err(ApplyError::Unavailable(_)) => {
+                        session.ack(broker, done).await?;
+                        let rest = items[i..].iter().map(|(id, _)| id.clone()).collect();
+                        session.release(broker, rest).await?;
+                        return Ok(false);
+                    }
+                    Err(ApplyError::Schema { table, reason }) => {
+                        session.ack(broker, done).await?;
+                        let rest = items[i..].iter().map(|(id, _)| id.clone()).collect();
+                        session.release(broker, rest).await?;
+                        return Err(SinkError::Schema { sink: config.name.clone(), table, reason });
+                    }
+                }
+            }
+            session.ack(broker, done).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Sends a batch to a webhook, concurrently (one request per key at most: the broker hands out
+/// one event per key). `Ok(false)` when the target was unreachable for all of them.
+async fn deliver_webhook(
+    config: &SinkConfig,
+    mapper: &Mapper,
+    ctx: &SinkContext,
+    session: &Session<'_>,
+    hook: &Webhook,
+    breaker: &mut Breaker,
+    deliveries: Vec<Delivery>,
+) -> Result<bool> {
+    let broker = &ctx.broker;
+    let mut skipped = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in deliveries {
+        match mapper.selects(&d.event) {
+            Ok(false) => skipped.push(d.delivery_id),
+            Ok(true) => {
+                let hook = hook.clone();
+                tasks.spawn_blocking(move || {
+                    let outcome = hook.send(&d.event);
+                    let time = d.event.get("time").and_then(|t| t.as_str()).and_then(rfc3339_ms);
+                    (d.delivery_id, outcome, time.unwrap_or(0))
+                });
+            }
+            Err(e) => {
+                ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
+                session.reject(broker, d.delivery_id, e, false).await?;
+            }
+        }
+    }
+    ctx.status.events_skipped_total.fetch_add(skipped.len() as u64, Ordering::Relaxed);
+    let mut acks = skipped;
+    let mut released = Vec::new();
+    let (mut delivered, mut newest) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((id, outcome, time)) = joined else {
+            continue; // a panicked send: the delivery times out and is redelivered
+        };
+        match outcome {
+            Outcome::Delivered => {
+                breaker.success();
+                delivered += 1;
+                newest = newest.max(time);
+                acks.push(id);
+            }
+            Outcome::Refused(e) => {
+                breaker.success(); // the target is up; the event is wrong
+                ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
+                session.reject(broker, id, e, true).await?;
+            }
+            Outcome::Failed(e) => {
+                if breaker.failure(Instant::now()) {
+                    tracing::warn!(sink = %config.name, error = %e, "webhook circuit open");
+                }
+                ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
+                ctx.status.set_state(SinkState::Retrying, Some(e.clone()));
+                session.reject(broker, id, e, false).await?;
+            }
+            Outcome::Unreachable(e) => {
+                breaker.failure(Instant::now());
+                ctx.status.set_state(SinkState::Retrying, Some(format!("target unavailable: {e}")));
+                released.push(id);
+            }
+        }
+    }
+    session.ack(broker, acks).await?;
+    if delivered > 0 {
+        ctx.status.batch(delivered, delivered, newest);
+    }
+    let all_unreachable = delivered == 0 && !released.is_empty();
+    session.release(broker, released).await?;
+    Ok(!all_unreachable)
+}
+
+#[derive(Debug)]
+struct Entry {
+    config: SinkConfig,
+    status: Arc<SinkStatus>,
+    paused: watch::Sender<bool>,
+}
+
+/// The running sinks.
+#[derive(Debug)]
+pub struct Sinks {
+    entries: Vec<Entry>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// No sink has that name.
+#[derive(Debug, thiserror::Error)]
+#[error("no sink is called `{0}`; `driftless sink list` shows the configured ones")]
+pub struct UnknownSink(pub String);
+
+impl Sinks {
+    /// Validates every config and compiles its mappings, then starts each sink on the current
+    /// tokio runtime.
+    pub fn start(configs: Vec<SinkConfig>, broker: Arc<Broker>) -> Result<Self> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut mappers = Vec::new();
+        for c in &configs {
+            c.validate()?;
+            if !names.insert(c.name.clone()) {
+                return Err(SinkError::Config {
+                    sink: c.name.clone(),
+                    field: "name".into(),
+                    reason: "two sinks have this name; names must be unique".into(),
+                });
+            }
+            mappers.push(Mapper::compile(&c.name, &c.mappings)?);
+        }
+        let (shutdown, _) = watch::channel(false);
+        let mut entries = Vec::new();
+        let mut tasks = Vec::new();
+        for (config, mapper) in configs.into_iter().zip(mappers) {
+            let status = Arc::new(SinkStatus::new(&config));
+            let (paused, paused_rx) = watch::channel(config.paused);
+            let ctx = SinkContext {
+                broker: Arc::clone(&broker),
+                status: Arc::clone(&status),
+                paused: paused_rx,
+                shutdown: shutdown.subscribe(),
+            };
+            tasks.push(tokio::spawn(supervise(config.clone(), mapper, ctx)));
+            entries.push(Entry { config, status, paused });
+        }
+        Ok(Self { entries, shutdown, tasks: Mutex::new(tasks) })
+    }
+
+    /// No sinks.
+    pub fn none() -> Self {
+        Self { entries: Vec::new(), shutdown: watch::channel(false).0, tasks: Mutex::new(vec![]) }
+    }
+
+    /// Every sink's status.
+    pub fn statuses(&self) -> Vec<Arc<SinkStatus>> {
+        self.entries.iter().map(|e| Arc::clone(&e.status)).collect()
+    }
+
+    /// The configuration of the sink called `name`.
+    pub fn config(&self, name: &str) -> Option<&SinkConfig> {
+        self.entries.iter().find(|e| e.config.name == name).map(|e| &e.config)
+    }
+
+    /// Pauses (`true`) or resumes (`false`) a sink.
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<Arc<SinkStatus>, UnknownSink> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.config.name == name)
+            .ok_or_else(|| UnknownSink(name.to_string()))?;
+        e.paused.send_replace(paused);
+        if paused {
+            e.status.set_state(SinkState::Paused, None);
+        } else if e.status.state().0 == SinkState::Paused {
+            e.status.set_state(SinkState::Running, None);
+        }
+        Ok(Arc::clone(&e.status))
+    }
+
+    /// Asks every sink to stop after its current batch and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn supervise(config: SinkConfig, mapper: Mapper, mut ctx: SinkContext) {
+    let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+    loop {
+        if !ctx.wait_while_paused().await {
+            break;
+        }
+        ctx.status.set_state(SinkState::Starting, None);
+        let started = Instant::now();
+        match run_sink(&config, &mapper, &mut ctx).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(sink = %config.name, error = %e, "sink failed; retrying");
+                ctx.status.set_state(SinkState::Retrying, Some(e.to_string()));
+                ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff_ms = RETRY_BACKOFF_MS_MIN;
+                }
+                if !ctx.sleep(jittered(backoff_ms)).await {
+                    break;
+                }
+                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+            }
+            Err(e) => {
+                tracing::error!(sink = %config.name, error = %e, "sink stopped");
+                ctx.status.set_state(SinkState::Failed, Some(e.to_string()));
+                return;
+            }
+        }
+    }
+    ctx.status.set_state(SinkState::Stopped, None);
+}

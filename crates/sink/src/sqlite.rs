@@ -1,0 +1,339 @@
+//! The SQLite table target: version-guarded upserts and deletes in one transaction per batch,
+//! with the applied positions written in the same transaction.
+//!
+//! SQLite is in-process, so rows are written by cached prepared statements one at a time inside
+//! the transaction (no round trips to save). The connection runs on the blocking pool.
+//!
+//! Invariants (as for Postgres): a row is written only if its stored version is older
+//! (bytewise) and no tombstone of an equal or newer version exists; a delete leaves a tombstone;
+//! `driftless_sink_positions` moves in the same transaction as the rows.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{params_from_iter, Connection, ErrorCode};
+use serde_json::Value;
+
+use crate::batch::{collapse, positions, Group, Item};
+use crate::config::OpKind;
+use crate::error::{ApplyError, Result, SinkError};
+use crate::mapping::Mapper;
+
+/// How long a writer waits for another connection's lock before the batch counts as
+/// unavailable and is retried.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+const META_DDL: &str = "
+CREATE TABLE IF NOT EXISTS driftless_sink_positions (
+    sink TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    applied_offset INTEGER NOT NULL, event_time_ms INTEGER NOT NULL, applied_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sink, topic, partition));
+CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL, deleted_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tbl, key));
+";
+
+fn q(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn classify(e: &rusqlite::Error) -> ApplyError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let msg = msg.clone().unwrap_or_else(|| f.to_string());
+            match f.code {
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::OutOfMemory => ApplyError::Unavailable(msg),
+                _ if msg.contains("no such table")
+                    || msg.contains("no such column")
+                    || msg.contains("has no column") =>
+                {
+                    ApplyError::Schema { table: "?".into(), reason: msg }
+                }
+                _ => ApplyError::Rejected(msg),
+            }
+        }
+        other => ApplyError::Rejected(other.to_string()),
+    }
+}
+
+fn to_sql(v: &Value) -> Sql {
+    match v {
+        Value::Null => Sql::Null,
+        Value::Bool(b) => Sql::Integer(i64::from(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Sql::Integer(i),
+            None => Sql::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Sql::Text(s.clone()),
+        other => Sql::Text(other.to_string()),
+    }
+}
+
+/// One statement of a batch: its SQL, the parameters of each row, and the tombstones
+/// (key text, version) its deletes leave.
+struct Statement {
+    sql: String,
+    table: String,
+    params: Vec<Vec<Sql>>,
+    tombstones: Vec<(String, String)>,
+}
+
+/// A SQLite target.
+#[derive(Debug, Clone)]
+pub struct SqliteSink {
+    sink: String,
+    path: PathBuf,
+    version_column: String,
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+impl SqliteSink {
+    /// A target for sink `sink`; opens the file on first use.
+    pub fn new(sink: &str, path: PathBuf, version_column: &str) -> Self {
+        Self {
+            sink: sink.to_string(),
+            path,
+            version_column: version_column.to_string(),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &SqliteSink) -> Result<T, ApplyError> + Send + 'static,
+    ) -> Result<T, ApplyError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = this.conn.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                let conn = Connection::open(&this.path).map_err(|e| {
+                    ApplyError::Unavailable(format!("cannot open {}: {e}", this.path.display()))
+                })?;
+                conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+                    .map_err(|e| classify(&e))?;
+                conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+                    .map_err(|e| classify(&e))?;
+                *guard = Some(conn);
+            }
+            match guard.as_mut() {
+                Some(conn) => f(conn, &this),
+                None => Err(ApplyError::Unavailable("not open".into())),
+            }
+        })
+        .await
+        .map_err(|e| ApplyError::Unavailable(format!("target task failed: {e}")))?
+    }
+
+    /// Opens the file, creates the metadata tables and checks every mapped table (exists, has the
+    /// mapped columns and the version column, and a unique index over exactly the key).
+    pub async fn check(&self, mapper: &Mapper) -> Result<()> {
+        let tables = mapper.tables();
+        let sink = self.sink.clone();
+        let outcome = self
+            .with(move |conn, this| {
+                conn.execute_batch(META_DDL).map_err(|e| classify(&e))?;
+                for (table, (key, columns)) in tables {
+                    let schema = |reason: String| ApplyError::Schema { table: table.clone(), reason };
+                    let mut have = BTreeSet::new();
+                    let mut pk = Vec::new();
+                    {
+                        let mut stmt = conn
+                            .prepare(&format!("PRAGMA table_info({})", q(&table)))
+                            .map_err(|e| classify(&e))?;
+                        let mut rows = stmt.query([]).map_err(|e| classify(&e))?;
+                        while let Some(r) = rows.next().map_err(|e| classify(&e))? {
+                            let name: String = r.get(1).map_err(|e| classify(&e))?;
+                            let pk_pos: i64 = r.get(5).map_err(|e| classify(&e))?;
+                            if pk_pos > 0 {
+                                pk.push(name.clone());
+                            }
+                            have.insert(name);
+                        }
+                    }
+                    if have.is_empty() {
+                        return Err(schema(format!(
+                            "does not exist in {}; create it with the mapped columns, a TEXT \
+                             column `{}` and a primary key on ({})",
+                            this.path.display(),
+                            this.version_column,
+                            key.join(", ")
+                        )));
+                    }
+                    for c in key.iter().chain(&columns) {
+                        if !have.contains(c) {
+                            return Err(schema(format!("has no column `{c}`, which the mapping writes")));
+                        }
+                    }
+                    if !have.contains(&this.version_column) {
+                        return Err(schema(format!(
+                            "has no version column `{vc}`; add it with: ALTER TABLE {table} ADD \
+                             COLUMN {vc} TEXT",
+                            vc = this.version_column
+                        )));
+                    }
+                    let sorted = |mut v: Vec<String>| {
+                        v.sort();
+                        v
+                    };
+                    let mut unique = sorted(pk) == sorted(key.clone());
+                    if !unique {
+                        let mut stmt = conn
+                            .prepare(&format!("PRAGMA index_list({})", q(&table)))
+                            .map_err(|e| classify(&e))?;
+                        let indexes: Vec<(String, i64)> = stmt
+                            .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
+                            .and_then(|rows| rows.collect())
+                            .map_err(|e| classify(&e))?;
+                        for (name, is_unique) in indexes.into_iter().filter(|(_, u)| *u == 1) {
+                            let mut stmt = conn
+                                .prepare(&format!("PRAGMA index_info({})", q(&name)))
+                                .map_err(|e| classify(&e))?;
+                            let cols: Vec<String> = stmt
+                                .query_map([], |r| r.get(2))
+                                .and_then(|rows| rows.collect())
+                                .map_err(|e| classify(&e))?;
+                            unique |= is_unique == 1 && sorted(cols) == sorted(key.clone());
+                        }
+                    }
+                    if !unique {
+                        return Err(schema(format!(
+                            "needs a primary key or unique index on exactly ({}), the mapping's key",
+                            key.join(", ")
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        outcome.map_err(|e| match e {
+            ApplyError::Schema { table, reason } => SinkError::Schema { sink, table, reason },
+            other => SinkError::Unavailable { sink, reason: other.to_string() },
+        })
+    }
+
+    fn group_sql(&self, g: &Group<'_>) -> String {
+        let t = q(g.table);
+        let vc = q(&self.version_column);
+        match g.op {
+            OpKind::Upsert => {
+                let cols: Vec<String> = g.columns.iter().map(|c| q(c)).collect();
+                let n = g.columns.len();
+                let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+                let keys: Vec<String> = g.key.iter().map(|c| q(c)).collect();
+                let sets: Vec<String> = g
+                    .columns
+                    .iter()
+                    .filter(|c| !g.key.contains(c))
+                    .map(|c| format!("{} = excluded.{}", q(c), q(c)))
+                    .chain([format!("{vc} = excluded.{vc}")])
+                    .collect();
+                // ?(n+1) version, ?(n+2) table, ?(n+3) key text.
+                format!(
+                    "INSERT INTO {t} ({cols}, {vc}) SELECT {params}, ?{v} WHERE NOT EXISTS \
+                     (SELECT 1 FROM driftless_sink_tombstones WHERE tbl = ?{tb} AND key = ?{k} \
+                      AND version >= ?{v}) \
+                     ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+                     WHERE {t}.{vc} IS NULL OR {t}.{vc} < excluded.{vc}",
+                    cols = cols.join(", "),
+                    params = params.join(", "),
+                    keys = keys.join(", "),
+                    sets = sets.join(", "),
+                    v = n + 1,
+                    tb = n + 2,
+                    k = n + 3,
+                )
+            }
+            OpKind::Delete => {
+                let on: Vec<String> = g
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} = ?{}", q(c), i + 1))
+                    .collect();
+                format!(
+                    "DELETE FROM {t} WHERE {on} AND ({vc} IS NULL OR {vc} < ?{v})",
+                    on = on.join(" AND "),
+                    v = g.key.len() + 1
+                )
+            }
+        }
+    }
+
+    /// Applies the items in one transaction.
+    pub async fn apply(&self, items: &[&Item]) -> Result<(), ApplyError> {
+        let mut work: Vec<Statement> = Vec::new();
+        for g in collapse(items) {
+            let sql = self.group_sql(&g);
+            let mut params = Vec::new();
+            let mut tombstones = Vec::new();
+            for op in &g.ops {
+                let mut p: Vec<Sql> = match g.op {
+                    OpKind::Upsert => g.columns.iter().map(|c| to_sql(&op.columns[*c])).collect(),
+                    OpKind::Delete => op.key.iter().map(|(_, v)| to_sql(v)).collect(),
+                };
+                p.push(Sql::Text(op.version.clone()));
+                if g.op == OpKind::Upsert {
+                    p.push(Sql::Text(g.table.to_string()));
+                    p.push(Sql::Text(op.key_text()));
+                } else {
+                    tombstones.push((op.key_text(), op.version.clone()));
+                }
+                params.push(p);
+            }
+            work.push(Statement { sql, table: g.table.to_string(), params, tombstones });
+        }
+        let pos = positions(items);
+        let sink = self.sink.clone();
+        self.with(move |conn, _| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let tx = conn.transaction().map_err(|e| classify(&e))?;
+            for Statement { sql, table, params, tombstones } in &work {
+                let mut stmt = tx.prepare_cached(sql).map_err(|e| classify(&e))?;
+                for p in params {
+                    stmt.execute(params_from_iter(p.iter())).map_err(|e| classify(&e))?;
+                }
+                let mut tomb = tx
+                    .prepare_cached(
+                        "INSERT INTO driftless_sink_tombstones (tbl, key, version, deleted_at_ms) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tbl, key) DO UPDATE SET \
+                         version = excluded.version, deleted_at_ms = excluded.deleted_at_ms \
+                         WHERE version < excluded.version",
+                    )
+                    .map_err(|e| classify(&e))?;
+                for (key, version) in tombstones {
+                    tomb.execute(rusqlite::params![table, key, version, now_ms])
+                        .map_err(|e| classify(&e))?;
+                }
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO driftless_sink_positions AS p (sink, topic, partition, \
+                         applied_offset, event_time_ms, applied_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                         ON CONFLICT (sink, topic, partition) DO UPDATE SET \
+                         applied_offset = max(p.applied_offset, excluded.applied_offset), \
+                         event_time_ms = max(p.event_time_ms, excluded.event_time_ms), \
+                         applied_at_ms = excluded.applied_at_ms",
+                    )
+                    .map_err(|e| classify(&e))?;
+                for ((topic, partition), (offset, time)) in &pos {
+                    stmt.execute(rusqlite::params![sink, topic, partition, *offset as i64, time, now_ms])
+                        .map_err(|e| classify(&e))?;
+                }
+            }
+            tx.commit().map_err(|e| classify(&e))
+        })
+        .await
+    }
+}
