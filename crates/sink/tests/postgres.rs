@@ -44,7 +44,10 @@ fn sink_toml(url: &str) -> String {
     )
 }
 
-async fn rows(client: &Client) -> BTreeMap<String, (Option<String>, Option<i32>)> {
+/// id → (city, n).
+type Rows = BTreeMap<String, (Option<String>, Option<i32>)>;
+
+async fn rows(client: &Client) -> Rows {
     client
         .query("SELECT id, city, n FROM contacts", &[])
         .await
@@ -55,10 +58,7 @@ async fn rows(client: &Client) -> BTreeMap<String, (Option<String>, Option<i32>)
 }
 
 /// A history of upserts and deletes over `keys` keys, and the state it should leave.
-fn history(
-    events: usize,
-    keys: usize,
-) -> (Vec<driftless_core::Event>, BTreeMap<String, (Option<String>, Option<i32>)>) {
+fn history(events: usize, keys: usize) -> (Vec<driftless_core::Event>, Rows) {
     let mut out = Vec::new();
     let mut model = BTreeMap::new();
     for i in 0..events {
