@@ -54,6 +54,8 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// The server's sources (CDC, outbox relays): list, describe, pause, resume.
     Source(commands::source::SourceArgs),
+    /// The server's sinks (projections, webhooks): list, describe, pause, resume, rebuild.
+    Sink(commands::sink::SinkArgs),
     /// Create a service's outbox table in Postgres or SQLite.
     Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
@@ -158,6 +160,7 @@ fn run() -> anyhow::Result<()> {
         Command::Group(args) => commands::group::run(&cli.server, args),
         Command::Dlq(args) => commands::dlq::run(&cli.server, args),
         Command::Source(args) => commands::source::run(&cli.server, args),
+        Command::Sink(args) => commands::sink::run(&cli.server, args),
         Command::Outbox(args) => commands::outbox::run(args),
         Command::Serve(a) => {
             Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {
