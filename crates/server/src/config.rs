@@ -1,5 +1,5 @@
 //! The server's configuration: a TOML file with a `[server]` and a `[broker]` table and
-//! `[[source]]` entries, overridden by
+//! `[[source]]` and `[[sink]]` entries, overridden by
 //! command-line flags and `DRIFTLESS_*` environment variables.
 //!
 //! Invariants: every table denies unknown keys, so a typo is a start-up error naming the key
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use driftless_broker::BrokerConfig;
 use driftless_connect::SourceConfig;
+use driftless_sink::SinkConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
@@ -25,6 +26,9 @@ pub struct ServerConfig {
     /// `[[source]]` entries: databases whose changes or outbox rows flow into topics.
     #[serde(rename = "source", skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
+    /// `[[sink]]` entries: projections and webhooks kept in sync from topics.
+    #[serde(rename = "sink", skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// The `[server]` table.
@@ -115,6 +119,18 @@ impl ServerConfig {
         if s.listen.trim().is_empty() {
             return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
         }
+        let mut sink_names = std::collections::BTreeSet::new();
+        for sink in &self.sinks {
+            sink.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+            driftless_sink::mapping::Mapper::compile(&sink.name, &sink.mappings)
+                .map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+            if !sink_names.insert(&sink.name) {
+                return Err(ServerError::InvalidConfig(format!(
+                    "two [[sink]] entries are called `{}`; names must be unique",
+                    sink.name
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for source in &self.sources {
             source.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
@@ -171,6 +187,26 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let config = ServerConfig::from_toml(&text, &path).unwrap();
         assert_eq!(config, ServerConfig::default());
+    }
+
+    #[test]
+    fn sinks_parse_with_their_mappings_and_typos_are_refused() {
+        let text = r#"
+            [[sink]]
+            name = "billing"
+            topics = ["customers"]
+            target = { kind = "postgres", url = "postgres://u@127.0.0.1/billing" }
+            [[sink.mapping]]
+            types = ["customer.*"]
+            table = "invoice_contacts"
+            key = ["customer_id"]
+            columns = { customer_id = ".subject" }
+        "#;
+        let config = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.sinks[0].mappings[0].table.as_deref(), Some("invoice_contacts"));
+        let typo = text.replace("columns =", "colums =");
+        let err = ServerConfig::from_toml(&typo, Path::new("t.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("colums") || format!("{:?}", err).contains("colums"));
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum ServerError {
     /// A `[[source]]` could not be started.
     #[error("cannot start sources")]
     Source(#[source] driftless_connect::ConnectError),
+    /// A `[[sink]]` could not be started.
+    #[error("cannot start sinks")]
+    Sink(#[source] driftless_sink::SinkError),
     /// The configuration file could not be read.
     #[error("cannot read config file {path}")]
     ReadConfig {

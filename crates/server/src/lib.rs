@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use driftless_broker::Broker;
 use driftless_connect::Sources;
+use driftless_sink::Sinks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     pub broker: Arc<Broker>,
     /// The running sources (none in [`router`]).
     pub sources: Arc<Sources>,
+    /// The running sinks (none in [`router`]).
+    pub sinks: Arc<Sinks>,
     pub fetch_wait_ms_max: u64,
     pub stream_credit_max: u64,
     /// Open streams by (group, member), holding their credit.
@@ -81,20 +84,22 @@ impl AppState {
 
 /// The API's routes over `broker`, configured by `config`'s `[server]` limits. Serve it with
 /// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
-/// Sources are not started here; [`serve`] starts them.
+/// Sources and sinks are not started here; [`serve`] starts them.
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
-    build(broker, config, Arc::new(Sources::none())).0
+    build(broker, config, Arc::new(Sources::none()), Arc::new(Sinks::none())).0
 }
 
 fn build(
     broker: Arc<Broker>,
     config: &ServerConfig,
     sources: Arc<Sources>,
+    sinks: Arc<Sinks>,
 ) -> (Router, Arc<AppState>) {
     let s = &config.server;
     let state = Arc::new(AppState {
         broker,
         sources,
+        sinks,
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
         streams: Mutex::new(HashMap::new()),
@@ -130,6 +135,10 @@ fn build(
         .route("/v1/sources/{source}", get(routes::describe_source))
         .route("/v1/sources/{source}/pause", post(routes::pause_source))
         .route("/v1/sources/{source}/resume", post(routes::resume_source))
+        .route("/v1/sinks", get(routes::list_sinks))
+        .route("/v1/sinks/{sink}", get(routes::describe_sink))
+        .route("/v1/sinks/{sink}/pause", post(routes::pause_sink))
+        .route("/v1/sinks/{sink}/resume", post(routes::resume_sink))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
@@ -137,7 +146,7 @@ fn build(
     (app, state)
 }
 
-/// Starts the configured sources, serves the API on `listener` until `signal` completes, then
+/// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
 /// shuts down gracefully: stops accepting, ends long-polls and streams, waits up to
 /// `shutdown_grace_ms` for in-flight requests, and stops the sources (what they had not made
 /// durable is read again on the next start). The broker is not dropped here (the caller owns
@@ -154,8 +163,17 @@ where
     let sources = Arc::new(
         Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
     );
-    let (app, state) = build(broker, config, Arc::clone(&sources));
+    let sinks = match Sinks::start(config.sinks.clone(), Arc::clone(&broker)) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            sources.shutdown().await;
+            return Err(ServerError::Sink(e));
+        }
+    };
+    let (app, state) = build(broker, config, Arc::clone(&sources), Arc::clone(&sinks));
     let result = serve_app((listener, app), &state, config, signal).await;
+    // Sinks first: a sink's unacknowledged batch is simply delivered again after restart.
+    sinks.shutdown().await;
     sources.shutdown().await;
     result
 }

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use driftless_broker::Broker;
 use driftless_connect::runtime::LATENCY_BUCKETS_MS;
 use driftless_connect::Sources;
+use driftless_sink::Sinks;
 
 /// Events appended per topic since the server started (counter).
 pub const PRODUCED_EVENTS_TOTAL: &str = "driftless_produced_events_total";
@@ -57,8 +58,27 @@ pub const SNAPSHOT_ROWS: &str = "driftless_snapshot_rows";
 /// Upstream commit to durable in the log (histogram).
 pub const SOURCE_COMMIT_TO_DURABLE_SECONDS: &str = "driftless_source_commit_to_durable_seconds";
 
+/// Events a sink handled, by outcome (`applied`, `skipped`, `rejected`).
+pub const SINK_EVENTS_TOTAL: &str = "driftless_sink_events_total";
+/// Row operations a sink wrote.
+pub const SINK_ROWS_TOTAL: &str = "driftless_sink_rows_total";
+/// Events per committed batch (histogram).
+pub const SINK_BATCH_EVENTS: &str = "driftless_sink_batch_events";
+/// Restarts and target outages of a sink.
+pub const SINK_RESTARTS_TOTAL: &str = "driftless_sink_restarts_total";
+/// 1 for the sink's current state.
+pub const SINK_STATE: &str = "driftless_sink_state";
+/// Age of the newest event a sink applied (its `time`).
+pub const PROJECTION_FRESHNESS_SECONDS: &str = "driftless_projection_freshness_seconds";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 25] = [
+    SINK_EVENTS_TOTAL,
+    SINK_ROWS_TOTAL,
+    SINK_BATCH_EVENTS,
+    SINK_RESTARTS_TOTAL,
+    SINK_STATE,
+    PROJECTION_FRESHNESS_SECONDS,
     SOURCE_EVENTS_TOTAL,
     SOURCE_ROWS_TOTAL,
     SOURCE_RESTARTS_TOTAL,
@@ -115,9 +135,10 @@ fn escape(v: &str) -> String {
 
 /// Renders every metric. Reads partition figures and group state, so call it off the async
 /// executor (it may read one record per lagging partition to date its oldest event).
-pub fn render(broker: &Broker, sources: &Sources) -> String {
+pub fn render(broker: &Broker, sources: &Sources, sinks: &Sinks) -> String {
     let mut f = Family { out: String::with_capacity(4096) };
     render_sources(&mut f, sources);
+    render_sinks(&mut f, sinks);
     let topics = broker.list_topics();
 
     f.header(
@@ -315,6 +336,80 @@ fn render_sources(f: &mut Family, sources: &Sources) {
         f.sample(&sum, &[("source", &s.name)], sum_us as f64 / 1e6);
         let count = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_count");
         f.sample(&count, &[("source", &s.name)], total);
+    }
+}
+
+fn render_sinks(f: &mut Family, sinks: &Sinks) {
+    use driftless_sink::runtime::BATCH_BUCKETS;
+    use driftless_sink::SinkState;
+    use std::sync::atomic::Ordering;
+    let statuses = sinks.statuses();
+    let reports: Vec<_> = statuses.iter().map(|s| s.report()).collect();
+    f.header(SINK_EVENTS_TOTAL, "counter", "Events the sink handled since the server started.");
+    for r in &reports {
+        for (outcome, n) in [
+            ("applied", r.events_applied_total),
+            ("skipped", r.events_skipped_total),
+            ("rejected", r.events_rejected_total),
+        ] {
+            f.sample(SINK_EVENTS_TOTAL, &[("sink", &r.name), ("outcome", outcome)], n);
+        }
+    }
+    f.header(
+        SINK_ROWS_TOTAL,
+        "counter",
+        "Row operations the sink wrote (before the version guard).",
+    );
+    for s in &statuses {
+        f.sample(SINK_ROWS_TOTAL, &[("sink", &s.name)], s.rows_total.load(Ordering::Relaxed));
+    }
+    f.header(SINK_RESTARTS_TOTAL, "counter", "Restarts and target outages of the sink.");
+    for r in &statuses {
+        f.sample(
+            SINK_RESTARTS_TOTAL,
+            &[("sink", &r.name)],
+            r.restarts_total.load(Ordering::Relaxed),
+        );
+    }
+    f.header(SINK_STATE, "gauge", "1 for the sink's current state.");
+    for r in &reports {
+        for (state, name) in [
+            (SinkState::Starting, "starting"),
+            (SinkState::Running, "running"),
+            (SinkState::Paused, "paused"),
+            (SinkState::Retrying, "retrying"),
+            (SinkState::Failed, "failed"),
+            (SinkState::Stopped, "stopped"),
+        ] {
+            let v = u8::from(r.state == state);
+            f.sample(SINK_STATE, &[("sink", &r.name), ("state", name)], v);
+        }
+    }
+    f.header(
+        PROJECTION_FRESHNESS_SECONDS,
+        "gauge",
+        "Age of the newest event the sink applied (from its time attribute). Lag and dead-letter \
+         depth are the sink's group's driftless_consumer_lag_* and driftless_dlq_depth.",
+    );
+    let now = now_ms();
+    for r in reports.iter().filter(|r| r.newest_event_ms > 0) {
+        let age = (now - r.newest_event_ms).max(0) as f64 / 1000.0;
+        f.sample(PROJECTION_FRESHNESS_SECONDS, &[("sink", &r.name), ("group", &r.group)], age);
+    }
+    f.header(SINK_BATCH_EVENTS, "histogram", "Events per batch the sink committed.");
+    for s in &statuses {
+        let counts: Vec<u64> = s.batch_sizes.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let mut cumulative = 0u64;
+        let name = format!("{SINK_BATCH_EVENTS}_bucket");
+        for (bound, n) in BATCH_BUCKETS.iter().zip(&counts) {
+            cumulative += n;
+            f.sample(&name, &[("sink", &s.name), ("le", &bound.to_string())], cumulative);
+        }
+        let total: u64 = counts.iter().sum();
+        f.sample(&name, &[("sink", &s.name), ("le", "+Inf")], total);
+        let applied = s.events_applied_total.load(Ordering::Relaxed);
+        f.sample(&format!("{SINK_BATCH_EVENTS}_sum"), &[("sink", &s.name)], applied);
+        f.sample(&format!("{SINK_BATCH_EVENTS}_count"), &[("sink", &s.name)], total);
     }
 }
 

@@ -44,6 +44,7 @@ pub fn openapi() -> Value {
     let member = path_param("member", "Member id returned by join");
     let dlq_id = path_param("id", "Dead-letter id, `topic:partition:offset`");
     let source = path_param("source", "Source name, as in the server's `[[source]]` table");
+    let sink = path_param("sink", "Sink name, as in the server's `[[sink]]` table");
     json!({
       "openapi": "3.1.0",
       "info": {
@@ -166,6 +167,21 @@ pub fn openapi() -> Value {
         "/v1/sources/{source}/resume": {
           "parameters": [source],
           "post": {"summary": "Resume a paused source", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
+        },
+        "/v1/sinks": {
+          "get": {"summary": "Every configured sink: state, error, applied, skipped and rejected events, freshness", "responses": errors(json!({"200": ok("sinks", json!({"type": "array", "items": schema("Sink")}))}), &[])}
+        },
+        "/v1/sinks/{sink}": {
+          "parameters": [sink.clone()],
+          "get": {"summary": "One sink's state and figures", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
+        },
+        "/v1/sinks/{sink}/pause": {
+          "parameters": [sink.clone()],
+          "post": {"summary": "Stop applying after the current batch", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
+        },
+        "/v1/sinks/{sink}/resume": {
+          "parameters": [sink],
+          "post": {"summary": "Resume a paused sink", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
         }
       },
       "components": {
@@ -225,6 +241,15 @@ pub fn openapi() -> Value {
             "slot_lag_bytes": {"type": "integer", "description": "-1 when unknown or not CDC"},
             "outbox_backlog_rows": {"type": "integer", "description": "-1 when unknown or not an outbox"},
             "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"}}},
+          "Sink": {"type": "object", "properties": {
+            "name": {"type": "string"}, "kind": {"type": "string", "enum": ["postgres", "sqlite", "webhook"]},
+            "group": {"type": "string"},
+            "state": {"type": "string", "enum": ["starting", "running", "paused", "retrying", "failed", "stopped"]},
+            "error": {"type": ["string", "null"]}, "events_applied_total": {"type": "integer"},
+            "events_skipped_total": {"type": "integer"}, "events_rejected_total": {"type": "integer"},
+            "batches_total": {"type": "integer"},
+            "newest_event_ms": {"type": "integer", "description": "time of the newest applied event; 0 = none"},
+            "last_applied_ms": {"type": "integer"}}},
           "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
             "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}

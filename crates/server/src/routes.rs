@@ -17,6 +17,7 @@ use driftless_broker::{
     TopicDescription, TopicSpec,
 };
 use driftless_connect::runtime::{SourceReport, UnknownSource};
+use driftless_sink::runtime::{SinkReport, UnknownSink};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -77,8 +78,8 @@ pub async fn readyz(State(state): Shared) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
-    let sources = Arc::clone(&state.sources);
-    let text = blocking(&state, move |b| Ok(crate::metrics::render(b, &sources))).await?;
+    let (sources, sinks) = (Arc::clone(&state.sources), Arc::clone(&state.sinks));
+    let text = blocking(&state, move |b| Ok(crate::metrics::render(b, &sources, &sinks))).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -393,6 +394,45 @@ pub async fn discard_dead_letter(
 ) -> ApiResult<StatusCode> {
     blocking(&state, move |b| b.discard_dead_letter(&group, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/sinks`: every configured sink's state and figures.
+pub async fn list_sinks(State(state): Shared) -> Json<Vec<SinkReport>> {
+    Json(state.sinks.statuses().iter().map(|s| s.report()).collect())
+}
+
+fn unknown_sink(e: UnknownSink) -> Problem {
+    Problem::not_found("unknown-sink", "Unknown sink", e.to_string())
+}
+
+/// `GET /v1/sinks/{sink}`.
+pub async fn describe_sink(
+    State(state): Shared,
+    ApiPath(sink): ApiPath<String>,
+) -> Result<Json<SinkReport>, Problem> {
+    state
+        .sinks
+        .statuses()
+        .iter()
+        .find(|s| s.name == sink)
+        .map(|s| Json(s.report()))
+        .ok_or_else(|| unknown_sink(UnknownSink(sink)))
+}
+
+/// `POST /v1/sinks/{sink}/pause`: the sink stops applying after its current batch.
+pub async fn pause_sink(
+    State(state): Shared,
+    ApiPath(sink): ApiPath<String>,
+) -> Result<Json<SinkReport>, Problem> {
+    state.sinks.set_paused(&sink, true).map(|s| Json(s.report())).map_err(unknown_sink)
+}
+
+/// `POST /v1/sinks/{sink}/resume`.
+pub async fn resume_sink(
+    State(state): Shared,
+    ApiPath(sink): ApiPath<String>,
+) -> Result<Json<SinkReport>, Problem> {
+    state.sinks.set_paused(&sink, false).map(|s| Json(s.report())).map_err(unknown_sink)
 }
 
 /// `GET /v1/sources`: every configured source's state and figures.

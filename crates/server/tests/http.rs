@@ -454,6 +454,10 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/sources/{source}", "get"),
         ("/v1/sources/{source}/pause", "post"),
         ("/v1/sources/{source}/resume", "post"),
+        ("/v1/sinks", "get"),
+        ("/v1/sinks/{sink}", "get"),
+        ("/v1/sinks/{sink}/pause", "post"),
+        ("/v1/sinks/{sink}/resume", "post"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
@@ -471,7 +475,8 @@ fn metrics_and_openapi_describe_the_server() {
             .replace("{group}", "g")
             .replace("{member}", &member)
             .replace("{id}", "m:0:0")
-            .replace("{source}", "s");
+            .replace("{source}", "s")
+            .replace("{sink}", "s");
         if concrete.ends_with("/stream") {
             continue; // would stay open
         }

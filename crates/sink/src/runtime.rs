@@ -204,7 +204,10 @@ impl SinkContext {
         if !*self.paused.borrow() {
             return !self.is_shutting_down();
         }
-        let (before, _) = self.status.state();
+        let before = match self.status.state().0 {
+            SinkState::Paused => SinkState::Running,
+            other => other,
+        };
         self.status.set_state(SinkState::Paused, None);
         loop {
             if self.is_shutting_down() {
@@ -683,9 +686,8 @@ impl Sinks {
             .find(|e| e.config.name == name)
             .ok_or_else(|| UnknownSink(name.to_string()))?;
         e.paused.send_replace(paused);
-        if paused {
-            e.status.set_state(SinkState::Paused, None);
-        } else if e.status.state().0 == SinkState::Paused {
+        // The sink's task shows `paused` once its current batch is done.
+        if !paused && e.status.state().0 == SinkState::Paused {
             e.status.set_state(SinkState::Running, None);
         }
         Ok(Arc::clone(&e.status))
