@@ -371,6 +371,31 @@ impl Session<'_> {
     }
 }
 
+/// The environment variable naming crash-test failpoints: `name=probability[,name=probability]`
+/// (e.g. `sink.after_apply=0.05`). At a named point the process aborts with that probability,
+/// like a power cut. Crash tests set it on a child `driftless serve`; nobody else should.
+pub const FAILPOINTS_ENV: &str = "DRIFTLESS_FAILPOINTS";
+
+/// Aborts the process at failpoint `name` with its configured probability. Unset (always,
+/// outside crash tests), a check is one read of a parsed-once empty list.
+fn failpoint(name: &str) {
+    static POINTS: std::sync::OnceLock<Vec<(String, f64)>> = std::sync::OnceLock::new();
+    let points = POINTS.get_or_init(|| {
+        std::env::var(FAILPOINTS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .filter_map(|(n, v)| Some((n.trim().to_string(), v.trim().parse().ok()?)))
+            .collect()
+    });
+    if let Some((_, p)) = points.iter().find(|(n, _)| n == name) {
+        if rand::rng().random_bool(p.clamp(0.0, 1.0)) {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
+    }
+}
+
 fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
     let event_time_ms =
         d.event.get("time").and_then(|t| t.as_str()).and_then(rfc3339_ms).unwrap_or(0);
@@ -482,6 +507,8 @@ async fn apply_tables(
     let all_ids = || items.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
     match target.apply(&refs).await {
         Ok(()) => {
+            // Applied and committed, not yet acknowledged: the window the version guard covers.
+            failpoint("sink.after_apply");
             let newest = refs.iter().map(|it| it.event_time_ms).max().unwrap_or(0);
             let rows = refs.iter().map(|it| it.ops.len()).sum();
             session.ack(broker, all_ids()).await?;

@@ -110,6 +110,17 @@ impl Drop for ServeProcess {
     }
 }
 
+/// Spawns `driftless serve` on `addr` over `data_dir` with more arguments and environment,
+/// without waiting for it to become healthy (a crash test's child may die before that).
+pub fn spawn_serve(addr: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+    cmd.args(["serve", "--listen", addr, "--data-dir"]).arg(data_dir).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn(cmd)
+}
+
 fn spawn(mut cmd: Command) -> Child {
     cmd.env_remove("DRIFTLESS_CONFIG")
         .env_remove("DRIFTLESS_SERVER")
