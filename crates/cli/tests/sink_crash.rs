@@ -62,8 +62,11 @@ fn config(dir: &Path, url: &str, paused: bool, with_clean: bool) -> std::path::P
     path
 }
 
-/// The events, and the final state per key they leave (`None`: deleted).
-fn history() -> (Vec<Value>, BTreeMap<String, Option<(String, i64)>>) {
+/// Key → final (city, n), `None` when deleted.
+type Model = BTreeMap<String, Option<(String, i64)>>;
+
+/// The events, and the final state per key they leave.
+fn history() -> (Vec<Value>, Model) {
     let mut events = Vec::new();
     let mut model = BTreeMap::new();
     let mut rng = rand::rng();
