@@ -12,6 +12,9 @@
 //! 3. only then is the end LSN of the batch's last complete transaction reported to Postgres as
 //!    flushed, so the slot's `confirmed_flush_lsn` never passes what the log holds.
 //!
+//! (Tests simulate a crash between 2 and 3 with the failpoint
+//! [`crate::failpoint::AFTER_APPEND_BEFORE_ACK`].)
+//!
 //! After a crash, streaming restarts at the slot's confirmed position (never later than the log)
 //! and Postgres re-sends the transactions after it. Event ids are `<source>:<commit LSN>:<n>`
 //! (n = the change's position in its transaction), so a re-sent change has the id it had; the
@@ -793,6 +796,7 @@ impl Cdc<'_> {
                 self.last_state_write = Instant::now();
             }
             ctx.emitter.emit(events).await?;
+            ctx.failpoints.after_append_before_ack(self.name)?;
             let now = now_ms();
             ctx.status.appended(count, now);
             ctx.status.rows_total.fetch_add(count, Ordering::Relaxed);
