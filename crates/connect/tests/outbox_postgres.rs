@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The Postgres outbox relay in poll mode against a real PostgreSQL server and a real broker:
+//! The Postgres outbox relay against a real PostgreSQL server and a real broker. Poll mode:
 //! committed rows reach the log exactly once, rolled-back rows never, relayed rows leave the
 //! outbox, and a crash between the append and the commit of the delete leaves no duplicate even
-//! with the broker's deduplication switched off.
+//! with the broker's deduplication switched off. Cdc mode: committed rows once, rolled-back rows
+//! never, and rows already in the outbox when the slot is created are relayed by its snapshot,
+//! once.
 
 mod support;
 
@@ -403,4 +405,47 @@ async fn cdc_mode_relays_committed_rows_once_and_rolled_back_rows_never() {
     assert_eq!(moved.subject.as_deref(), Some("c-1"));
     assert_eq!(moved.ty, "customer.moved.v1");
     assert_eq!(moved.data, Some(json!({"city": "Paris"})));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_mode_relays_the_rows_already_in_the_outbox_through_its_snapshot() {
+    let (_pg, url) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path(), false);
+    let mut client = connect(&url).await;
+    // Written before the relay's slot exists: only the snapshot can relay them.
+    write(
+        &mut client,
+        &[
+            ("o1", "customers", "c-1", "customer.created.v1", json!({"name": "Ada"})),
+            ("o2", "orders", "o-9", "order.placed.v1", json!({"total": 12})),
+        ],
+        true,
+    )
+    .await;
+    let mut cdc = config(&url, 10);
+    cdc.mode = OutboxMode::Cdc;
+    let relay = start(&broker, cdc);
+    let status = Arc::clone(&relay.status);
+    wait_until("the snapshot", Duration::from_secs(30), || {
+        let done = status.state().0 == driftless_connect::SourceState::Running
+            && status.snapshot_rows_total.load(Ordering::Relaxed) > 0;
+        async move { done }
+    })
+    .await;
+    write(&mut client, &[("o3", "customers", "c-1", "customer.moved.v1", json!({}))], true).await;
+    wait_until("three events", Duration::from_secs(20), || {
+        let n = ids(&broker, &["app.customers", "app.orders"]).len();
+        async move { n >= 3 }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), 2);
+    assert_eq!(ids(&broker, &["app.customers"]), ["o1", "o3"]);
+    let orders = events(&broker, "app.orders");
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    let order = &orders[0].1;
+    assert_eq!((order.id.as_str(), order.ty.as_str()), ("o2", "order.placed.v1"));
+    assert_eq!(order.subject.as_deref(), Some("o-9"));
+    assert_eq!(order.data, Some(json!({"total": 12})));
 }
