@@ -111,6 +111,14 @@ pub enum ConnectError {
         /// Why.
         reason: String,
     },
+    /// A failpoint a test armed fired (a simulated crash; see [`crate::failpoint`]).
+    #[error("source `{source_name}`: failpoint `{failpoint}` fired (armed by a test)")]
+    Failpoint {
+        /// The source's name.
+        source_name: String,
+        /// Which one.
+        failpoint: &'static str,
+    },
 }
 
 impl ConnectError {
@@ -127,7 +135,8 @@ impl ConnectError {
                         code.starts_with("08") || code.starts_with("57P") || code == "40001"
                     })
             }
-            ConnectError::Replication { .. } => true,
+            // A simulated crash: restart as after a real one.
+            ConnectError::Replication { .. } | ConnectError::Failpoint { .. } => true,
             ConnectError::Sqlite { error, .. } => matches!(
                 error.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

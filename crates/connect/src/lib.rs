@@ -4,7 +4,8 @@
 //! - [`outbox`]: the transactional outbox, read from Postgres (through CDC or by polling) or from
 //!   SQLite (by polling);
 //! - [`runtime`]: starts the configured sources, restarts them after transient failures, pauses
-//!   and resumes them, and exposes their status for the API and `/metrics`.
+//!   and resumes them, and exposes their status for the API and `/metrics`;
+//! - [`failpoint`]: where tests make a source fail on purpose, to reproduce crashes in-process.
 //!
 //! Invariants every source keeps:
 //! - a position is confirmed upstream (slot flush LSN, outbox row deleted or marked) only after
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod emit;
 mod error;
+pub mod failpoint;
 pub mod outbox;
 pub mod pg;
 pub mod runtime;

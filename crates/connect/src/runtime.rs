@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::config::{SourceConfig, SourceKind};
 use crate::emit::Emitter;
 use crate::error::{ConnectError, Result};
+use crate::failpoint::Failpoints;
 
 /// Longest wait between restarts of a failing source.
 pub const RESTART_BACKOFF_MS_MAX: u64 = 30_000;
@@ -193,6 +194,8 @@ pub struct SourceContext {
     pub emitter: Emitter,
     /// Live figures.
     pub status: Arc<SourceStatus>,
+    /// Where tests make the source fail on purpose (unarmed unless a test arms them).
+    pub failpoints: Failpoints,
     paused: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 }
@@ -205,7 +208,7 @@ impl SourceContext {
         paused: watch::Receiver<bool>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { emitter, status, paused, shutdown }
+        Self { emitter, status, failpoints: Failpoints::default(), paused, shutdown }
     }
 
     /// Whether the server is shutting down (the source should return `Ok(())` promptly).

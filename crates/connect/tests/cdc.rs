@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Postgres change data capture against a real throwaway PostgreSQL: types, TOAST, composite
-//! keys, rollbacks, schema changes, restarts without duplicates, slot loss, heartbeats.
+//! keys, rollbacks, schema changes, restarts without duplicates (also after two crashes between
+//! an append and its acknowledgement), slot loss, heartbeats.
 
 mod support;
 
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig};
 use driftless_connect::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
-use driftless_connect::{SourceConfig, SourceKind, SourceState, Sources};
+use driftless_connect::failpoint::Failpoints;
+use driftless_connect::pg::cdc;
+use driftless_connect::{ConnectError, SourceConfig, SourceKind, SourceState, Sources};
 use driftless_core::Event;
 use driftless_testkit::PgServer;
 use serde_json::{json, Value};
@@ -60,6 +63,14 @@ impl Fixture {
         let elsewhere = tempfile::tempdir().unwrap();
         self.broker = Arc::new(Broker::open(elsewhere.path(), BrokerConfig::default()).unwrap());
         self.broker = Arc::new(Broker::open(self.dir.path(), BrokerConfig::default()).unwrap());
+    }
+
+    /// Reopens the broker with its id deduplication off, so only the source's own recovery can
+    /// prevent duplicates.
+    fn reopen_broker_without_dedup(&mut self) {
+        let elsewhere = tempfile::tempdir().unwrap();
+        self.broker = support::open_broker(elsewhere.path(), false);
+        self.broker = support::open_broker(self.dir.path(), false);
     }
 
     async fn slot_confirmed_lsn(&self) -> Option<String> {
@@ -345,4 +356,90 @@ async fn the_debezium_payload_carries_before_after_source_op() {
     assert_eq!(data(&e[1])["before"]["id"], json!(1));
     assert!(data(&e[1])["ts_ms"].is_i64());
     sources.shutdown().await;
+}
+
+/// Regression test for "second crash within the replay window duplicates". After a crash between
+/// an append and its acknowledgement, Postgres replays the transaction and the source drops the
+/// replayed changes whose ids were appended since its stored marks. A second such crash before
+/// Postgres's confirmed position passed the replay used to find the marks overwritten (by the
+/// replay's own appends), so the third start appended the first crash's changes again.
+///
+/// One transaction larger than `buffer_bytes_max` is appended in parts and acknowledged only at
+/// its commit, so each crash (the failpoint after an append, before the ack) lands inside the
+/// replay window of the one before, whatever the timing. The broker's deduplication is off.
+#[tokio::test(flavor = "multi_thread")]
+async fn second_crash_within_the_replay_window_does_not_duplicate() {
+    const TOPIC: &str = "app.public.w";
+    const CHANGES: usize = 320;
+    let mut f = Fixture::new("CREATE TABLE w (id int PRIMARY KEY, v text)").await;
+    f.reopen_broker_without_dedup();
+    let mut config = f.cdc(&["public.w"]);
+    // The transaction (about 400 kB of events) is larger than the buffer: it is appended in parts.
+    config.buffer_bytes_max = 32 << 10;
+    let (mut ctx, _paused, shutdown) = support::context(&f.broker, "app", "postgres_cdc");
+    ctx.failpoints = Failpoints::fail_after_append_before_ack(2);
+    let failpoints = ctx.failpoints.clone();
+    let status = Arc::clone(&ctx.status);
+    let broker = Arc::clone(&f.broker);
+    // A supervisor that restarts the source after each simulated crash and notes the log then.
+    let runs = tokio::spawn(async move {
+        let mut at_crash = Vec::new();
+        loop {
+            match cdc::run("app", &config, &mut ctx).await {
+                Err(ConnectError::Failpoint { .. }) => at_crash.push(events(&broker, TOPIC)),
+                // The crashed run's walsender can hold the slot for a moment.
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return (other, at_crash),
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.state().0 != SourceState::Running {
+        assert!(!runs.is_finished(), "the source ended: {:?}", status.state());
+        assert!(Instant::now() < deadline, "the source never ran: {:?}", status.state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.db.batch_execute(
+        "BEGIN;
+         INSERT INTO w SELECT g, repeat('x', 1000) || g FROM generate_series(1, 300) g;
+         UPDATE w SET v = 'updated ' || id WHERE id <= 20;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let distinct = |e: &[Event]| e.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while distinct(&events(&f.broker, TOPIC)) < CHANGES {
+        assert!(!runs.is_finished(), "the source ended early: {:?}", status.state());
+        assert!(Instant::now() < deadline, "the changes never all arrived: {:?}", status.state());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.send_replace(true);
+    let (ended, at_crash) =
+        tokio::time::timeout(Duration::from_secs(20), runs).await.unwrap().unwrap();
+    ended.unwrap();
+
+    assert_eq!(failpoints.after_append_before_ack_left(), 0);
+    let at_crash: Vec<usize> = at_crash.iter().map(Vec::len).collect();
+    assert_eq!(at_crash.len(), 2, "the failpoint fired {} times", at_crash.len());
+    // Each crash left part of the transaction in the log, the second more than the first: it
+    // crashed while replaying what the first had appended.
+    assert!(
+        0 < at_crash[0] && at_crash[0] < at_crash[1] && at_crash[1] < CHANGES,
+        "events in the log at the crashes: {at_crash:?}"
+    );
+    let all = events(&f.broker, TOPIC);
+    assert_eq!(
+        all.len(),
+        CHANGES,
+        "{} events for {CHANGES} changes: {} duplicated",
+        all.len(),
+        all.len() - distinct(&all)
+    );
+    let mut order: Vec<i64> =
+        all.iter().map(|e| e.extensions["pgtxorder"].as_i64().unwrap()).collect();
+    order.sort_unstable();
+    assert_eq!(order, (0..CHANGES as i64).collect::<Vec<_>>(), "each change exactly once");
+    let lsns: HashSet<&Value> = all.iter().map(|e| &e.extensions["pglsn"]).collect();
+    assert_eq!(lsns.len(), 1, "one transaction");
 }

@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The initial CDC snapshot against a real throwaway PostgreSQL: every existing row is read once
 //! with stream-faithful values, concurrent writes during the snapshot fold to the table's final
-//! content, and a snapshot interrupted mid-way resumes where it stopped.
+//! content, a snapshot interrupted mid-way resumes where it stopped, a plan over several tables
+//! reads each into its own topic, snapshot rows in the Debezium payload are `r` events, and a
+//! lost slot with `on_slot_lost = "resnapshot"` is recreated and every table read again.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig};
-use driftless_connect::config::{PgCdcConfig, SnapshotMode};
+use driftless_connect::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
 use driftless_connect::{SourceConfig, SourceKind, SourceState, Sources};
 use driftless_core::Event;
 use driftless_testkit::PgServer;
@@ -51,9 +53,13 @@ impl Fixture {
     }
 
     fn start(&self) -> Sources {
+        self.start_with(self.cdc())
+    }
+
+    fn start_with(&self, cdc: PgCdcConfig) -> Sources {
         let config = SourceConfig {
             name: "app".into(),
-            kind: SourceKind::PostgresCdc(self.cdc()),
+            kind: SourceKind::PostgresCdc(cdc),
             partitions: 2,
             paused: false,
         };
@@ -329,5 +335,165 @@ async fn an_interrupted_snapshot_resumes_after_its_last_durable_chunk() {
          restarted instead of resuming",
         reads.len()
     );
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_rows_in_the_debezium_payload_are_reads_without_before() {
+    const N: i64 = 50;
+    let f = Fixture::new(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {N}) g;"
+    ))
+    .await;
+    let mut cdc = f.cdc();
+    cdc.payload = Payload::Debezium;
+    cdc.snapshot_chunk_rows = 20;
+    let sources = f.start_with(cdc);
+    wait_snapshot_done(&sources).await;
+    let all = events(&f.broker, TOPIC);
+    assert_eq!(all.len(), N as usize, "one event per row");
+    let mut ids = std::collections::BTreeSet::new();
+    for e in &all {
+        let d = data(e);
+        let id = d["after"]["id"].as_i64().unwrap();
+        assert!(ids.insert(id), "row {id} read twice");
+        assert_eq!(d["op"], json!("r"), "{d}");
+        assert_eq!(d["before"], Value::Null, "{d}");
+        assert_eq!(d["after"], json!({"id": id, "v": format!("v{id}")}));
+        assert_eq!(d["source"]["snapshot"], json!("true"), "{d}");
+        assert_eq!(
+            (&d["source"]["db"], &d["source"]["schema"], &d["source"]["table"]),
+            (&json!("app"), &json!("public"), &json!("t"))
+        );
+        assert!(d["ts_ms"].is_i64() && d["source"]["lsn"].is_u64(), "{d}");
+        assert_eq!(e.ty, "public.t.read");
+        assert_eq!(e.subject.as_deref(), Some(id.to_string().as_str()));
+    }
+    assert_eq!(ids, (1..=N).collect());
+    // A change streamed after the snapshot is a create, not a snapshot read.
+    f.db.batch_execute("INSERT INTO t VALUES (1000, 'later')").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        if let Some(e) = events(&f.broker, TOPIC).into_iter().find(|e| data(e)["op"] == json!("c"))
+        {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the insert after the snapshot never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(data(&created)["after"], json!({"id": 1000, "v": "later"}));
+    assert_eq!(data(&created)["source"]["snapshot"], json!("false"));
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_over_several_tables_reads_every_row_of_each_into_its_own_topic() {
+    // `b` has exactly one chunk of rows (its end is found by an empty chunk), `c` none, `d` a
+    // composite key; `b` is routed to a topic of its own.
+    let f = Fixture::new(&format!(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int PRIMARY KEY, v text);
+         CREATE TABLE c (id int PRIMARY KEY, v text);
+         CREATE TABLE d (o int, n int, v text, PRIMARY KEY (o, n));
+         INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 2500) g;
+         INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, {CHUNK_ROWS}) g;
+         INSERT INTO d SELECT g / 10, g % 10, 'd' || g FROM generate_series(0, 29) g;"
+    ))
+    .await;
+    let mut cdc = f.cdc();
+    cdc.tables = ["a", "b", "c", "d"].iter().map(|t| format!("public.{t}")).collect();
+    cdc.routes = BTreeMap::from([("public.b".to_string(), "bees".to_string())]);
+    let sources = f.start_with(cdc);
+    wait_snapshot_done(&sources).await;
+    let status = &sources.statuses()[0];
+    let rows = 2500 + u64::from(CHUNK_ROWS) + 30;
+    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), rows);
+    assert_eq!(status.snapshot_rows_total.load(Ordering::Relaxed), rows);
+
+    // Each topic holds exactly its table's rows, each once, as reads of that table.
+    let keys_of = |topic: &str, table: &str| -> Vec<Value> {
+        let all = events(&f.broker, topic);
+        for e in &all {
+            assert_eq!(data(e)["op"], json!("read"), "{topic}: {e:?}");
+            assert_eq!(data(e)["table"], json!(table), "{topic}: {e:?}");
+            assert_eq!(e.ty, format!("{table}.read"));
+        }
+        let mut keys: Vec<Value> = all.iter().map(|e| data(e)["key"].clone()).collect();
+        keys.sort_by_key(|k| k.to_string());
+        keys
+    };
+    let ids = |n: i64| {
+        let mut keys: Vec<Value> = (1..=n).map(|id| json!({"id": id})).collect();
+        keys.sort_by_key(|k| k.to_string());
+        keys
+    };
+    assert_eq!(keys_of("app.public.a", "public.a"), ids(2500));
+    assert_eq!(keys_of("bees", "public.b"), ids(i64::from(CHUNK_ROWS)));
+    assert!(events(&f.broker, "app.public.b").is_empty(), "b is routed to `bees`");
+    assert!(events(&f.broker, "app.public.c").is_empty(), "c has no rows");
+    let mut d: Vec<Value> = (0..30).map(|g| json!({"o": g / 10, "n": g % 10})).collect();
+    d.sort_by_key(|k| k.to_string());
+    assert_eq!(keys_of("app.public.d", "public.d"), d);
+    let d_row = events(&f.broker, "app.public.d")
+        .into_iter()
+        .find(|e| data(e)["key"] == json!({"o": 2, "n": 7}))
+        .unwrap();
+    assert_eq!(data(&d_row)["after"], json!({"o": 2, "n": 7, "v": "d27"}));
+    sources.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_with_resnapshot_is_recreated_and_every_row_read_again() {
+    const N: i64 = 3_000;
+    let mut f = Fixture::new(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {N}) g;"
+    ))
+    .await;
+    let mut cdc = f.cdc();
+    cdc.on_slot_lost = OnSlotLost::Resnapshot;
+    let sources = f.start_with(cdc.clone());
+    wait_snapshot_done(&sources).await;
+    f.db.batch_execute("UPDATE t SET v = 'streamed' WHERE id = 1").await.unwrap();
+    wait_fold_equals_table(&f).await;
+    sources.shutdown().await;
+    drop(sources);
+    let first_run = events(&f.broker, TOPIC);
+    let first_sequence_max =
+        first_run.iter().map(|e| e.extensions["sequence"].as_str().unwrap().to_string()).max();
+
+    // The slot disappears while the source is stopped, and the changes made meanwhile with it:
+    // only a new snapshot can bring them.
+    f.db.batch_execute("SELECT pg_drop_replication_slot('driftless_app')").await.unwrap();
+    f.db.batch_execute(&format!(
+        "UPDATE t SET v = 'while lost' WHERE id IN (2, {N}); INSERT INTO t VALUES ({}, 'new')",
+        N + 1
+    ))
+    .await
+    .unwrap();
+    f.reopen_broker();
+    let sources = f.start_with(cdc);
+    wait_snapshot_done(&sources).await;
+    let slot =
+        f.db.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'driftless_app'", &[])
+            .await
+            .unwrap();
+    assert!(slot.is_some(), "the slot was not recreated");
+    let status = &sources.statuses()[0];
+    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), N as u64 + 1);
+    // Streaming goes on from the new slot.
+    f.db.batch_execute("UPDATE t SET v = 'after' WHERE id = 3").await.unwrap();
+    let all = wait_fold_equals_table(&f).await;
+    let again: Vec<i64> = reads(&all)
+        .iter()
+        .filter(|e| {
+            Some(e.extensions["sequence"].as_str().unwrap().to_string()) > first_sequence_max
+        })
+        .map(|e| data(e)["key"]["id"].as_i64().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<i64> = again.iter().copied().collect();
+    assert_eq!(again.len(), N as usize + 1, "every row read once more");
+    assert_eq!(distinct, (1..=N + 1).collect(), "every row read once more");
     sources.shutdown().await;
 }

@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The Postgres outbox relay in poll mode against a real PostgreSQL server and a real broker:
+//! The Postgres outbox relay against a real PostgreSQL server and a real broker. Poll mode:
 //! committed rows reach the log exactly once, rolled-back rows never, relayed rows leave the
 //! outbox, and a crash between the append and the commit of the delete leaves no duplicate even
-//! with the broker's deduplication switched off.
+//! with the broker's deduplication switched off. Cdc mode: committed rows once, rolled-back rows
+//! never, and rows already in the outbox when the slot is created are relayed by its snapshot,
+//! once, also when rows are inserted while the snapshot runs.
 
 mod support;
 
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use driftless_broker::Broker;
 use driftless_connect::config::{OutboxColumns, OutboxMode, PgOutboxConfig};
 use driftless_connect::outbox::{self, PgStore};
+use driftless_connect::pg::cdc;
 use driftless_connect::runtime::SourceContext;
 use driftless_connect::ConnectError;
 use driftless_core::Event;
@@ -403,4 +406,123 @@ async fn cdc_mode_relays_committed_rows_once_and_rolled_back_rows_never() {
     assert_eq!(moved.subject.as_deref(), Some("c-1"));
     assert_eq!(moved.ty, "customer.moved.v1");
     assert_eq!(moved.data, Some(json!({"city": "Paris"})));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_mode_relays_the_rows_already_in_the_outbox_through_its_snapshot() {
+    let (_pg, url) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path(), false);
+    let mut client = connect(&url).await;
+    // Written before the relay's slot exists: only the snapshot can relay them.
+    write(
+        &mut client,
+        &[
+            ("o1", "customers", "c-1", "customer.created.v1", json!({"name": "Ada"})),
+            ("o2", "orders", "o-9", "order.placed.v1", json!({"total": 12})),
+        ],
+        true,
+    )
+    .await;
+    let mut cdc = config(&url, 10);
+    cdc.mode = OutboxMode::Cdc;
+    let relay = start(&broker, cdc);
+    let status = Arc::clone(&relay.status);
+    wait_until("the snapshot", Duration::from_secs(30), || {
+        let done = status.state().0 == driftless_connect::SourceState::Running
+            && status.snapshot_rows_total.load(Ordering::Relaxed) > 0;
+        async move { done }
+    })
+    .await;
+    write(&mut client, &[("o3", "customers", "c-1", "customer.moved.v1", json!({}))], true).await;
+    wait_until("three events", Duration::from_secs(20), || {
+        let n = ids(&broker, &["app.customers", "app.orders"]).len();
+        async move { n >= 3 }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), 2);
+    assert_eq!(ids(&broker, &["app.customers"]), ["o1", "o3"]);
+    let orders = events(&broker, "app.orders");
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    let order = &orders[0].1;
+    assert_eq!((order.id.as_str(), order.ty.as_str()), ("o2", "order.placed.v1"));
+    assert_eq!(order.subject.as_deref(), Some("o-9"));
+    assert_eq!(order.data, Some(json!({"total": 12})));
+}
+
+/// Regression test for "an outbox row inserted during a multi-chunk snapshot is relayed twice".
+/// A new slot in cdc mode comes with a snapshot of the rows already in the outbox, read as outbox
+/// events with the row's id. A row inserted after the slot exists is relayed by the stream; a
+/// snapshot chunk whose key range holds it, requested after the stream decoded it, used to read
+/// it again (a chunk only consulted its own window), relaying the same id twice.
+///
+/// The relay pauses right after creating its slot and requesting chunk 1; the rows inserted then
+/// precede chunk 2's low watermark in WAL, so they are decoded before chunk 3, which holds their
+/// keys, is requested. `postgres_outbox` has no chunk size setting, so the test runs the CDC
+/// source with the outbox columns as `postgres_outbox` in cdc mode sets them, and chunks of 10
+/// rows. The broker's deduplication is off.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_row_inserted_during_a_multi_chunk_snapshot_is_relayed_once() {
+    const OLD: usize = 20;
+    const NEW: usize = 5;
+    let (_pg, url) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path(), false);
+    let mut client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO app.outbox (id, aggregatetype, aggregateid, type, payload) \
+             SELECT 'old-' || g, 'customers', 'c-' || (g % 7), 'customer.created.v1', \
+                    jsonb_build_object('g', g) \
+             FROM generate_series(1, {OLD}) g"
+        ))
+        .await
+        .unwrap();
+    let mut cdc = driftless_connect::config::PgCdcConfig::new(url.clone());
+    cdc.tables = vec![TABLE.into()];
+    cdc.outbox = Some(config(&url, 10).outbox);
+    cdc.snapshot_chunk_rows = 10;
+    let (mut ctx, paused, shutdown) = context(&broker);
+    paused.send_replace(true);
+    let status = Arc::clone(&ctx.status);
+    let relay = tokio::spawn(async move { cdc::run(SOURCE, &cdc, &mut ctx).await });
+    wait_until("the relay to pause after creating its slot", Duration::from_secs(30), || {
+        let paused = status.state().0 == driftless_connect::SourceState::Paused;
+        async move { paused }
+    })
+    .await;
+    for n in 0..NEW {
+        let id = format!("new-{n}");
+        write(&mut client, &[(&id, "customers", "c-new", "customer.created.v1", json!({}))], true)
+            .await;
+    }
+    paused.send_replace(false);
+    let expected: HashSet<String> =
+        (1..=OLD).map(|g| format!("old-{g}")).chain((0..NEW).map(|n| format!("new-{n}"))).collect();
+    wait_until("every row and the end of the snapshot", Duration::from_secs(60), || {
+        let ids: HashSet<String> = ids(&broker, &["app.customers"]).into_iter().collect();
+        let done = status.state().0 == driftless_connect::SourceState::Running
+            && status.snapshot_rows_total.load(Ordering::Relaxed) > 0
+            && ids == expected;
+        async move { done }
+    })
+    .await;
+    shutdown.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(20), relay).await.unwrap().unwrap().unwrap();
+
+    // The snapshot did read the new rows (its last chunk holds their keys) ...
+    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), (OLD + NEW) as u64);
+    // ... and every row was relayed once.
+    let got = ids(&broker, &["app.customers"]);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in &got {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{} events for {} rows; twice: {twice:?}", got.len(), counts.len());
+    assert_eq!(got.len(), OLD + NEW);
+    let old = events(&broker, "app.customers").into_iter().find(|(_, e)| e.id == "old-8").unwrap();
+    assert_eq!(old.1.subject.as_deref(), Some("c-1"));
+    assert_eq!(old.1.data, Some(json!({"g": 8})));
 }

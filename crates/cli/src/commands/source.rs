@@ -3,7 +3,8 @@
 //! Invariants: `list` prints one compact JSON line per source (state, error, events, slot lag,
 //! outbox backlog, snapshot progress); `describe` prints one as pretty JSON; `pause` and
 //! `resume` print the source's status after the change as one JSON line; `progress` draws the
-//! initial snapshot's progress bar on stderr until it finishes.
+//! initial snapshot's progress bar on stderr until it finishes (waiting first while the source is
+//! still starting: only then does it know whether a snapshot comes).
 
 use std::io::{self, Write};
 
@@ -91,6 +92,13 @@ pub fn run(server: &str, args: SourceArgs) -> anyhow::Result<()> {
                 let done = s["snapshot_rows_done"].as_u64().unwrap_or(0);
                 let total = s["snapshot_rows_total"].as_u64().unwrap_or(0);
                 let state = s["state"].as_str().unwrap_or("unknown");
+                if total == 0 && state == "starting" && !once {
+                    // Not set up yet: it plans its snapshot (or finds none to take) first.
+                    write!(stderr, "\r{name}: waiting for the source to start")?;
+                    stderr.flush()?;
+                    std::thread::sleep(std::time::Duration::from_millis(PROGRESS_POLL_MS));
+                    continue;
+                }
                 if total == 0 && state != "snapshotting" {
                     writeln!(stderr, "{name}: no snapshot (state {state})")?;
                     return Ok(());

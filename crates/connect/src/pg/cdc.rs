@@ -12,6 +12,9 @@
 //! 3. only then is the end LSN of the batch's last complete transaction reported to Postgres as
 //!    flushed, so the slot's `confirmed_flush_lsn` never passes what the log holds.
 //!
+//! (Tests simulate a crash between 2 and 3 with the failpoint
+//! [`crate::failpoint::AFTER_APPEND_BEFORE_ACK`].)
+//!
 //! After a crash, streaming restarts at the slot's confirmed position (never later than the log)
 //! and Postgres re-sends the transactions after it. Event ids are `<source>:<commit LSN>:<n>`
 //! (n = the change's position in its transaction), so a re-sent change has the id it had; the
@@ -161,6 +164,8 @@ struct Txn {
     /// the window's table they changed (`None` = a truncate).
     snapshot_window: Option<u64>,
     snapshot_keys: Vec<Option<String>>,
+    /// Keys of the outbox rows it relays while a snapshot runs.
+    relayed_keys: Vec<String>,
 }
 
 impl Txn {
@@ -176,6 +181,7 @@ impl Txn {
             flushed_early: false,
             snapshot_window: None,
             snapshot_keys: Vec::new(),
+            relayed_keys: Vec::new(),
         }
     }
 }
@@ -205,6 +211,8 @@ struct SnapshotRun {
     window: Option<Window>,
     /// Its rows, once handed over (before its high watermark arrives).
     rows: Option<Chunk>,
+    /// Keys of the outbox rows the stream relayed during this run that no chunk read yet.
+    relayed: HashSet<String>,
     _reader: AbortOnDrop,
 }
 
@@ -356,6 +364,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
                 chunks,
                 window: None,
                 rows: None,
+                relayed: HashSet::new(),
                 _reader: AbortOnDrop(reader),
             })
         }
@@ -793,6 +802,7 @@ impl Cdc<'_> {
                 self.last_state_write = Instant::now();
             }
             ctx.emitter.emit(events).await?;
+            ctx.failpoints.after_append_before_ack(self.name)?;
             let now = now_ms();
             ctx.status.appended(count, now);
             ctx.status.rows_total.fetch_add(count, Ordering::Relaxed);
@@ -882,8 +892,12 @@ impl Cdc<'_> {
         Ok(())
     }
 
-    /// Adds the keys a committed transaction changed in the window's table to the window.
+    /// Adds the keys a committed transaction changed in the window's table to the window, and
+    /// the outbox rows it relayed to the run's.
     fn close_txn_keys(&mut self, t: &mut Txn) {
+        if let Some(run) = self.snapshot.as_mut() {
+            run.relayed.extend(t.relayed_keys.drain(..));
+        }
         let Some(window) = self.snapshot.as_mut().and_then(|r| r.window.as_mut()) else { return };
         if t.snapshot_window != Some(window.k) {
             // Decoded before the window opened: committed and flushed before the chunk's
@@ -902,6 +916,14 @@ impl Cdc<'_> {
 
     /// Records that a change to `key` (`None`: every key) of `rel` was decoded into `t`.
     fn record_key(&self, t: &mut Txn, rel: &Relation, key: Option<&[(String, Value)]>) {
+        if rel.is_outbox {
+            // A relayed outbox row and a read of it are the same event (the row's id): no chunk
+            // of this run may read it, whichever window (if any) was open when it was decoded.
+            if let (Some(_), Some(key)) = (&self.snapshot, key) {
+                t.relayed_keys.push(key_text(key));
+            }
+            return;
+        }
         let Some(window) = self.snapshot.as_ref().and_then(|r| r.window.as_ref()) else { return };
         if window.table != rel.qualified() {
             return;
@@ -976,6 +998,8 @@ impl Cdc<'_> {
         let identity: Vec<usize> =
             chunk.columns.iter().enumerate().filter(|(_, c)| c.identity).map(|(i, _)| i).collect();
         let rel = self.relation_from(&table.schema, &table.table, columns, identity)?;
+        let mut relayed =
+            self.snapshot.as_mut().map(|r| std::mem::take(&mut r.relayed)).unwrap_or_default();
         let mut t = Txn::new(high_lsn, 0, now_ms() * 1000, false);
         let read_rows = chunk.rows.len() as u64;
         for values in chunk.rows {
@@ -988,8 +1012,13 @@ impl Cdc<'_> {
                 row.insert(col.name.clone(), v);
             }
             let key = rel_key(&rel, &row);
-            if window.all || window.keys.contains(&key_text(&key)) {
+            let key_json = key_text(&key);
+            if window.all || window.keys.contains(&key_json) {
                 // Changed since the chunk was requested: the stream carries its newer state.
+                continue;
+            }
+            if relayed.remove(&key_json) {
+                // An outbox row the stream relayed (no later chunk can hold its key again).
                 continue;
             }
             let (topic, mut event) = if rel.is_outbox {
@@ -1001,6 +1030,9 @@ impl Cdc<'_> {
                 event.id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
             }
             self.push(&mut t, (topic, event));
+        }
+        if let Some(run) = self.snapshot.as_mut() {
+            run.relayed = relayed;
         }
         batch.bytes += t.bytes;
         batch.events.append(&mut t.events);

@@ -56,8 +56,18 @@
 //! Limits and invariants: at most one chunk (`snapshot_chunk_rows` rows) is in memory; the key
 //! columns (`key_columns`, else the replica identity index, else every column for `REPLICA
 //! IDENTITY FULL`) must be non-NULL and orderable; a value left out of a streamed update
-//! (unchanged TOAST) is not filled in from a dropped snapshot row; an outbox table's rows become
-//! outbox events (only inserts are recorded in its window: nothing else relays an event).
+//! (unchanged TOAST) is not filled in from a dropped snapshot row.
+//!
+//! An outbox table's rows become outbox events, whose id is the row's, so a read of a row the
+//! stream relays would be the same event twice, not a harmless second state. Only inserts relay
+//! an event, and the keys of the rows the stream inserted are kept for the whole run, not only
+//! for the window of the chunk in flight: no chunk of the run emits them (a row inserted after
+//! the slot was created, decoded before the chunk holding its key was requested, was relayed
+//! twice). A kept key is dropped when a chunk reads its row, and all of them when the snapshot
+//! ends, so they are at most the keys of the rows inserted while the outbox is being read. A run
+//! does not know what an earlier run relayed: after a crash
+//! during an outbox's snapshot, a row relayed and acknowledged before the crash and read after it
+//! appears twice, unless the broker's id deduplication (on by default) drops the second copy.
 
 use std::collections::HashSet;
 use std::sync::Arc;
