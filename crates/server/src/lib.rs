@@ -23,6 +23,9 @@
 //! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish (up to
 //!   `shutdown_grace_ms`), then drops the broker, which flushes the log.
 
+// The OpenAPI document is one `json!` literal, nested deeper than the default limit allows.
+#![recursion_limit = "256"]
+
 mod cloudevents;
 mod config;
 mod error;
@@ -139,6 +142,7 @@ fn build(
         .route("/v1/sinks/{sink}", get(routes::describe_sink))
         .route("/v1/sinks/{sink}/pause", post(routes::pause_sink))
         .route("/v1/sinks/{sink}/resume", post(routes::resume_sink))
+        .route("/v1/sinks/{sink}/rebuild", post(routes::rebuild_sink))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))

@@ -179,6 +179,10 @@ pub fn openapi() -> Value {
           "parameters": [sink.clone()],
           "post": {"summary": "Stop applying after the current batch", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
         },
+        "/v1/sinks/{sink}/rebuild": {
+          "parameters": [sink.clone()],
+          "post": {"summary": "Replay the sink's topics into shadow tables and swap them in atomically (progress in the sink's `rebuild` field)", "responses": errors(json!({"202": ok("sink, rebuild started", schema("Sink"))}), &["404", "409"])}
+        },
         "/v1/sinks/{sink}/resume": {
           "parameters": [sink],
           "post": {"summary": "Resume a paused sink", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
@@ -249,7 +253,11 @@ pub fn openapi() -> Value {
             "events_skipped_total": {"type": "integer"}, "events_rejected_total": {"type": "integer"},
             "batches_total": {"type": "integer"},
             "newest_event_ms": {"type": "integer", "description": "time of the newest applied event; 0 = none"},
-            "last_applied_ms": {"type": "integer"}}},
+            "last_applied_ms": {"type": "integer"},
+            "rebuild": {"type": ["object", "null"], "properties": {
+              "phase": {"enum": ["replaying", "swapping", "done", "failed"]},
+              "events_replayed": {"type": "integer"}, "started_ms": {"type": "integer"},
+              "finished_ms": {"type": "integer"}, "error": {"type": ["string", "null"]}}}}},
           "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
             "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}

@@ -17,7 +17,7 @@ use driftless_broker::{
     TopicDescription, TopicSpec,
 };
 use driftless_connect::runtime::{SourceReport, UnknownSource};
-use driftless_sink::runtime::{SinkReport, UnknownSink};
+use driftless_sink::runtime::{RebuildRefused, SinkReport, UnknownSink};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -433,6 +433,24 @@ pub async fn resume_sink(
     ApiPath(sink): ApiPath<String>,
 ) -> Result<Json<SinkReport>, Problem> {
     state.sinks.set_paused(&sink, false).map(|s| Json(s.report())).map_err(unknown_sink)
+}
+
+/// `POST /v1/sinks/{sink}/rebuild`: replays the sink's topics into shadow tables and swaps them
+/// in; answers 202 at once, with the sink's status (its `rebuild` field shows the progress).
+pub async fn rebuild_sink(
+    State(state): Shared,
+    ApiPath(sink): ApiPath<String>,
+) -> Result<(StatusCode, Json<SinkReport>), Problem> {
+    match state.sinks.rebuild(&sink) {
+        Ok(s) => Ok((StatusCode::ACCEPTED, Json(s.report()))),
+        Err(RebuildRefused::UnknownSink(e)) => Err(unknown_sink(e)),
+        Err(e) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "rebuild-refused",
+            "Rebuild refused",
+            e.to_string(),
+        )),
+    }
 }
 
 /// `GET /v1/sources`: every configured source's state and figures.

@@ -458,6 +458,7 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/sinks/{sink}", "get"),
         ("/v1/sinks/{sink}/pause", "post"),
         ("/v1/sinks/{sink}/resume", "post"),
+        ("/v1/sinks/{sink}/rebuild", "post"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");

@@ -100,6 +100,13 @@ fn a_configured_sink_projects_reports_pauses_and_resumes() {
     assert!(metrics.contains("driftless_projection_freshness_seconds{sink=\"billing\""));
     assert!(metrics.contains("driftless_sink_batch_events_count{sink=\"billing\"}"));
 
+    let started = server.post("/v1/sinks/billing/rebuild", &Value::Null);
+    assert_eq!(started.status, 202);
+    wait("the rebuild", || {
+        server.get("/v1/sinks/billing").json()["rebuild"]["phase"] == json!("done")
+    });
+    assert_eq!(city_of(&db, "c-1").as_deref(), Some("10115 Hamburg"), "rebuilt from the log");
+
     let p = server.get("/v1/sinks/nope").problem(404);
     assert!(p["detail"].as_str().unwrap().contains("nope"), "{p}");
 }

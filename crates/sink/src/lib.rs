@@ -24,6 +24,7 @@ pub mod config;
 mod error;
 pub mod mapping;
 pub mod postgres;
+pub mod rebuild;
 pub mod runtime;
 pub mod sqlite;
 pub mod webhook;

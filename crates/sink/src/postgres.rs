@@ -326,3 +326,98 @@ impl PgSink {
         Ok(())
     }
 }
+
+/// The last part of `schema.table` (what `ALTER TABLE … RENAME TO` takes).
+fn bare(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+impl PgSink {
+    /// Creates an empty shadow of each table (`<table><suffix>`, same columns, defaults,
+    /// constraints and indexes), dropping a leftover one, and clears the shadow sink's
+    /// tombstones and positions.
+    pub async fn create_shadows(
+        &mut self,
+        tables: &[String],
+        suffix: &str,
+        shadow_sink: &str,
+    ) -> Result<(), ApplyError> {
+        let mut sql = String::from("BEGIN;");
+        for t in tables {
+            let shadow = format!("{t}{suffix}");
+            sql.push_str(&format!(
+                "DROP TABLE IF EXISTS {s}; CREATE TABLE {s} (LIKE {t} INCLUDING ALL); \
+                 DELETE FROM driftless_sink_tombstones WHERE tbl = '{lit}';",
+                s = quote_path(&shadow),
+                t = quote_path(t),
+                lit = shadow.replace('\'', "''"),
+            ));
+        }
+        sql.push_str(&format!(
+            "DELETE FROM driftless_sink_positions WHERE sink = '{}'; COMMIT;",
+            shadow_sink.replace('\'', "''")
+        ));
+        let client = self.client().await?;
+        client.batch_execute(&sql).await.map_err(|e| classify(&e))
+    }
+
+    /// Swaps the shadows in, in one transaction: readers see the old tables until it commits,
+    /// then the rebuilt ones. The shadows' tombstones and positions become the live sink's.
+    pub async fn swap(
+        &mut self,
+        tables: &[String],
+        suffix: &str,
+        live_sink: &str,
+        shadow_sink: &str,
+    ) -> Result<(), ApplyError> {
+        let lit = |s: &str| s.replace('\'', "''");
+        let mut sql = String::from("BEGIN;");
+        for t in tables {
+            let shadow = format!("{t}{suffix}");
+            sql.push_str(&format!(
+                "LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE; \
+                 ALTER TABLE {live} RENAME TO {old}; \
+                 ALTER TABLE {sh} RENAME TO {name}; \
+                 DROP TABLE {old_path}; \
+                 DO $$ DECLARE r record; BEGIN \
+                   FOR r IN SELECT n.nspname, c.relname FROM pg_index i \
+                     JOIN pg_class c ON c.oid = i.indexrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE i.indrelid = '{live_lit}'::regclass \
+                       AND position('{sh_bare}' in c.relname) = 1 LOOP \
+                     EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', r.nspname, r.relname, \
+                       '{bare_lit}' || substr(r.relname, length('{sh_bare}') + 1)); \
+                   END LOOP; END $$; \
+                 DELETE FROM driftless_sink_tombstones WHERE tbl = '{t_lit}'; \
+                 UPDATE driftless_sink_tombstones SET tbl = '{t_lit}' WHERE tbl = '{sh_lit}';",
+                live = quote_path(t),
+                old = q(&format!("{}__old", bare(t))),
+                old_path = quote_path(&format!("{t}__old")),
+                sh = quote_path(&shadow),
+                name = q(bare(t)),
+                t_lit = lit(t),
+                sh_lit = lit(&shadow),
+                live_lit = lit(&quote_path(t)),
+                // The shadow's indexes were named after it; they take the table's names back.
+                sh_bare = lit(&format!("{}{suffix}", bare(t))),
+                bare_lit = lit(bare(t)),
+            ));
+        }
+        sql.push_str(&format!(
+            "DELETE FROM driftless_sink_positions WHERE sink = '{live}'; \
+             UPDATE driftless_sink_positions SET sink = '{live}' WHERE sink = '{shadow}'; COMMIT;",
+            live = lit(live_sink),
+            shadow = lit(shadow_sink),
+        ));
+        self.statements.clear(); // prepared plans name the old tables
+        let client = self.client().await?;
+        let r = client.batch_execute(&sql).await;
+        if let Err(e) = r {
+            if !client.is_closed() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            return Err(classify(&e));
+        }
+        Ok(())
+    }
+}

@@ -31,6 +31,7 @@ use crate::config::{SinkConfig, TargetConfig, WebhookConfig};
 use crate::error::{ApplyError, Result, SinkError};
 use crate::mapping::Mapper;
 use crate::postgres::PgSink;
+use crate::rebuild::{RebuildPhase, RebuildReport};
 use crate::sqlite::SqliteSink;
 use crate::webhook::{Breaker, Outcome, Webhook};
 
@@ -89,6 +90,8 @@ pub struct SinkStatus {
     pub last_applied_ms: AtomicI64,
     /// Restarts and target outages since start.
     pub restarts_total: AtomicU64,
+    /// The latest rebuild, if any.
+    rebuild: Mutex<Option<RebuildReport>>,
 }
 
 /// A serializable copy of a [`SinkStatus`], for the API.
@@ -116,6 +119,8 @@ pub struct SinkReport {
     pub newest_event_ms: i64,
     /// Unix ms of the last applied batch (0 = never).
     pub last_applied_ms: i64,
+    /// The latest rebuild (`driftless sink rebuild`), if any.
+    pub rebuild: Option<RebuildReport>,
 }
 
 fn now_ms() -> i64 {
@@ -142,7 +147,28 @@ impl SinkStatus {
             newest_event_ms: AtomicI64::new(0),
             last_applied_ms: AtomicI64::new(0),
             restarts_total: AtomicU64::new(0),
+            rebuild: Mutex::new(None),
         }
+    }
+
+    /// Records a rebuild's progress (a new one starts in `replaying`).
+    pub(crate) fn set_rebuild(&self, phase: RebuildPhase, events: u64, error: Option<String>) {
+        let mut r = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let report = r.get_or_insert_with(crate::rebuild::started);
+        if phase == RebuildPhase::Replaying && report.phase != RebuildPhase::Replaying {
+            *report = crate::rebuild::started();
+        }
+        report.phase = phase;
+        report.events_replayed = events;
+        report.error = error;
+        if matches!(phase, RebuildPhase::Done | RebuildPhase::Failed) {
+            crate::rebuild::finish(report);
+        }
+    }
+
+    /// The latest rebuild's report.
+    pub fn rebuild(&self) -> Option<RebuildReport> {
+        self.rebuild.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sets the state and the error shown with it.
@@ -181,17 +207,18 @@ impl SinkStatus {
             batches_total: self.batches_total.load(Ordering::Relaxed),
             newest_event_ms: self.newest_event_ms.load(Ordering::Relaxed),
             last_applied_ms: self.last_applied_ms.load(Ordering::Relaxed),
+            rebuild: self.rebuild(),
         }
     }
 }
 
 /// What a running sink gets: the broker, where to report, and its controls.
 #[derive(Debug)]
-struct SinkContext {
-    broker: Arc<Broker>,
-    status: Arc<SinkStatus>,
-    paused: watch::Receiver<bool>,
-    shutdown: watch::Receiver<bool>,
+pub(crate) struct SinkContext {
+    pub broker: Arc<Broker>,
+    pub status: Arc<SinkStatus>,
+    pub paused: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl SinkContext {
@@ -396,13 +423,28 @@ fn failpoint(name: &str) {
     }
 }
 
+/// Whether `group` has consumed everything of its topics.
+pub(crate) fn group_caught_up(broker: &Broker, group: &str) -> bool {
+    broker
+        .describe_group(group)
+        .map(|g| g.partitions.iter().all(|p| p.lag_events == 0 && p.inflight == 0))
+        .unwrap_or(false)
+}
+
 fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
     let event_time_ms =
         d.event.get("time").and_then(|t| t.as_str()).and_then(rfc3339_ms).unwrap_or(0);
     Item { topic: d.topic.clone(), partition: d.partition, offset: d.offset, event_time_ms, ops }
 }
 
-async fn run_sink(config: &SinkConfig, mapper: &Mapper, ctx: &mut SinkContext) -> Result<()> {
+/// Runs a sink's apply loop until shutdown or, with `until_caught_up`, until its group has
+/// consumed everything of its topics (a rebuild's replay).
+pub(crate) async fn run_sink(
+    config: &SinkConfig,
+    mapper: &Mapper,
+    ctx: &mut SinkContext,
+    until_caught_up: bool,
+) -> Result<()> {
     let broker = Arc::clone(&ctx.broker);
     let mut target = Target::open(config);
     target.check(mapper).await?;
@@ -438,6 +480,9 @@ async fn run_sink(config: &SinkConfig, mapper: &Mapper, ctx: &mut SinkContext) -
             Err(e) => break Err(e),
         };
         if fetched.deliveries.is_empty() {
+            if until_caught_up && group_caught_up(&broker, &session.group) {
+                break Ok(());
+            }
             let mut wait = Duration::from_millis(IDLE_WAIT_MS_MAX);
             if let Some(due) = fetched.next_due_ms {
                 wait = wait.min(Duration::from_millis((due - now_ms()).max(1) as u64));
@@ -646,8 +691,23 @@ struct Entry {
 #[derive(Debug)]
 pub struct Sinks {
     entries: Vec<Entry>,
+    broker: Option<Arc<Broker>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Why a rebuild cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildRefused {
+    /// No such sink.
+    #[error(transparent)]
+    UnknownSink(#[from] UnknownSink),
+    /// A webhook has no tables.
+    #[error("sink `{0}` is a webhook: there are no tables to rebuild (seek its group instead)")]
+    NotATable(String),
+    /// One is running.
+    #[error("sink `{0}` is already rebuilding; see its status for progress")]
+    Running(String),
 }
 
 /// No sink has that name.
@@ -687,12 +747,17 @@ impl Sinks {
             tasks.push(tokio::spawn(supervise(config.clone(), mapper, ctx)));
             entries.push(Entry { config, status, paused });
         }
-        Ok(Self { entries, shutdown, tasks: Mutex::new(tasks) })
+        Ok(Self { entries, broker: Some(broker), shutdown, tasks: Mutex::new(tasks) })
     }
 
     /// No sinks.
     pub fn none() -> Self {
-        Self { entries: Vec::new(), shutdown: watch::channel(false).0, tasks: Mutex::new(vec![]) }
+        Self {
+            entries: Vec::new(),
+            broker: None,
+            shutdown: watch::channel(false).0,
+            tasks: Mutex::new(vec![]),
+        }
     }
 
     /// Every sink's status.
@@ -720,6 +785,46 @@ impl Sinks {
         Ok(Arc::clone(&e.status))
     }
 
+    /// Starts rebuilding sink `name`'s tables from the earliest events (see [`crate::rebuild`]);
+    /// progress shows in its status. Refused for a webhook, or while a rebuild runs.
+    pub fn rebuild(&self, name: &str) -> Result<Arc<SinkStatus>, RebuildRefused> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.config.name == name)
+            .ok_or_else(|| RebuildRefused::UnknownSink(UnknownSink(name.to_string())))?;
+        if matches!(e.config.target, TargetConfig::Webhook(_)) {
+            return Err(RebuildRefused::NotATable(name.to_string()));
+        }
+        if e.status
+            .rebuild()
+            .is_some_and(|r| matches!(r.phase, RebuildPhase::Replaying | RebuildPhase::Swapping))
+        {
+            return Err(RebuildRefused::Running(name.to_string()));
+        }
+        let Some(broker) = self.broker.clone() else {
+            return Err(RebuildRefused::UnknownSink(UnknownSink(name.to_string())));
+        };
+        e.status.set_rebuild(RebuildPhase::Replaying, 0, None);
+        let (config, status, paused) = (e.config.clone(), Arc::clone(&e.status), e.paused.clone());
+        let shutdown = self.shutdown.subscribe();
+        let task = tokio::spawn(async move {
+            tracing::info!(sink = %config.name, "rebuild started");
+            let r =
+                crate::rebuild::run(config.clone(), broker, Arc::clone(&status), paused, shutdown)
+                    .await;
+            if let Err(e) = r {
+                tracing::warn!(sink = %config.name, error = %e, "rebuild failed");
+                let events = status.rebuild().map_or(0, |r| r.events_replayed);
+                status.set_rebuild(RebuildPhase::Failed, events, Some(e.to_string()));
+            } else {
+                tracing::info!(sink = %config.name, "rebuild swapped in");
+            }
+        });
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        Ok(Arc::clone(&e.status))
+    }
+
     /// Asks every sink to stop after its current batch and waits for them.
     pub async fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -739,7 +844,7 @@ async fn supervise(config: SinkConfig, mapper: Mapper, mut ctx: SinkContext) {
         }
         ctx.status.set_state(SinkState::Starting, None);
         let started = Instant::now();
-        match run_sink(&config, &mapper, &mut ctx).await {
+        match run_sink(&config, &mapper, &mut ctx, false).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
                 tracing::warn!(sink = %config.name, error = %e, "sink failed; retrying");

@@ -337,3 +337,118 @@ impl SqliteSink {
         .await
     }
 }
+
+/// Replaces the table name right after `CREATE TABLE` / `ON` in a schema statement from
+/// `sqlite_master`, whether it was written quoted or not.
+fn rename_in_ddl(sql: &str, from: &str, to: &str) -> String {
+    for candidate in
+        [format!("\"{from}\""), format!("`{from}`"), format!("[{from}]"), from.to_string()]
+    {
+        if let Some(i) = sql.find(&candidate) {
+            return format!("{}{}{}", &sql[..i], q(to), &sql[i + candidate.len()..]);
+        }
+    }
+    sql.to_string()
+}
+
+impl SqliteSink {
+    /// Creates an empty shadow of each table (`<table><suffix>`, from the table's own DDL and
+    /// its indexes), dropping a leftover one, and clears the shadow sink's tombstones and
+    /// positions.
+    pub async fn create_shadows(
+        &self,
+        tables: &[String],
+        suffix: &str,
+        shadow_sink: &str,
+    ) -> Result<(), ApplyError> {
+        let (tables, suffix, shadow_sink) =
+            (tables.to_vec(), suffix.to_string(), shadow_sink.to_string());
+        self.with(move |conn, _| {
+            let tx = conn.transaction().map_err(|e| classify(&e))?;
+            for t in &tables {
+                let shadow = format!("{t}{suffix}");
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", q(&shadow)))
+                    .map_err(|e| classify(&e))?;
+                let ddl: Vec<(String, String, String)> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ?1 \
+                             AND sql IS NOT NULL ORDER BY type DESC",
+                        )
+                        .map_err(|e| classify(&e))?;
+                    let rows = stmt
+                        .query_map([t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .and_then(|rows| rows.collect())
+                        .map_err(|e| classify(&e))?;
+                    rows
+                };
+                for (kind, name, sql) in ddl {
+                    let sql = if kind == "index" {
+                        let renamed = rename_in_ddl(&sql, &name, &format!("{name}{suffix}"));
+                        // The table name follows `ON`; rename that occurrence only.
+                        match renamed.find(" ON ") {
+                            Some(i) => format!(
+                                "{} ON {}",
+                                &renamed[..i],
+                                rename_in_ddl(&renamed[i + 4..], t, &shadow)
+                            ),
+                            None => continue,
+                        }
+                    } else {
+                        rename_in_ddl(&sql, t, &shadow)
+                    };
+                    tx.execute_batch(&sql).map_err(|e| classify(&e))?;
+                }
+                tx.execute("DELETE FROM driftless_sink_tombstones WHERE tbl = ?1", [&shadow])
+                    .map_err(|e| classify(&e))?;
+            }
+            tx.execute("DELETE FROM driftless_sink_positions WHERE sink = ?1", [&shadow_sink])
+                .map_err(|e| classify(&e))?;
+            tx.commit().map_err(|e| classify(&e))
+        })
+        .await
+    }
+
+    /// Swaps the shadows in, in one transaction (readers see the old tables until it commits).
+    pub async fn swap(
+        &self,
+        tables: &[String],
+        suffix: &str,
+        live_sink: &str,
+        shadow_sink: &str,
+    ) -> Result<(), ApplyError> {
+        let (tables, suffix) = (tables.to_vec(), suffix.to_string());
+        let (live_sink, shadow_sink) = (live_sink.to_string(), shadow_sink.to_string());
+        self.with(move |conn, _| {
+            let tx = conn.transaction().map_err(|e| classify(&e))?;
+            for t in &tables {
+                let shadow = format!("{t}{suffix}");
+                let old = format!("{t}__old");
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {live} RENAME TO {old}; ALTER TABLE {sh} RENAME TO {live}; \
+                     DROP TABLE {old};",
+                    live = q(t),
+                    old = q(&old),
+                    sh = q(&shadow),
+                ))
+                .map_err(|e| classify(&e))?;
+                tx.execute("DELETE FROM driftless_sink_tombstones WHERE tbl = ?1", [t])
+                    .map_err(|e| classify(&e))?;
+                tx.execute(
+                    "UPDATE driftless_sink_tombstones SET tbl = ?1 WHERE tbl = ?2",
+                    [t, &shadow],
+                )
+                .map_err(|e| classify(&e))?;
+            }
+            tx.execute("DELETE FROM driftless_sink_positions WHERE sink = ?1", [&live_sink])
+                .map_err(|e| classify(&e))?;
+            tx.execute(
+                "UPDATE driftless_sink_positions SET sink = ?1 WHERE sink = ?2",
+                [&live_sink, &shadow_sink],
+            )
+            .map_err(|e| classify(&e))?;
+            tx.commit().map_err(|e| classify(&e))
+        })
+        .await
+    }
+}

@@ -130,3 +130,50 @@ async fn a_missing_sqlite_column_is_named_and_the_sink_resumes_once_added() {
     assert_eq!(rows(&db)["c1"].1, 7);
     sinks.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_rebuild_replaces_a_drifted_table_with_a_clean_pass() {
+    use driftless_sink::rebuild::RebuildPhase;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("proj.db");
+    create(&db);
+    let b = broker(&dir.path().join("log"), BrokerConfig::default(), "customers", 2);
+    let events: Vec<_> = (0..200)
+        .map(|i| {
+            let data = json!({"city": format!("city-{i}"), "n": i});
+            event(&format!("e{i}"), &format!("k{}", i % 20), "customer.upserted", data, None)
+        })
+        .collect();
+    b.produce("customers", events).unwrap();
+    let sinks = start(&sink_toml(&db), &b);
+    wait_until("the projection", Duration::from_secs(30), || async {
+        caught_up(&b, "sink-contacts")
+    })
+    .await;
+    let clean = rows(&db);
+    assert_eq!(clean.len(), 20);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "UPDATE contacts SET city = 'tampered' WHERE id = 'k3'; \
+         INSERT INTO contacts VALUES ('extra', 'x', 0, '0'); DELETE FROM contacts WHERE id = 'k4';",
+    )
+    .unwrap();
+    assert_ne!(rows(&db), clean);
+    let status = sinks.rebuild("contacts").unwrap();
+    wait_until("the rebuild", Duration::from_secs(60), || async {
+        let phase = status.rebuild().unwrap().phase;
+        assert_ne!(phase, RebuildPhase::Failed, "{:?}", status.rebuild());
+        phase == RebuildPhase::Done
+    })
+    .await;
+    assert_eq!(rows(&db), clean, "the rebuilt table is a clean pass");
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE '%\\_\\_%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0, "no shadow or old table is left behind");
+    sinks.shutdown().await;
+}
