@@ -190,6 +190,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_sink_examples_parse_and_compile() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let blocks: Vec<&str> = readme
+            .split("```toml")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.contains("[[sink]]"))
+            .collect();
+        assert_eq!(blocks.len(), 2, "the README's sink examples");
+        for block in blocks {
+            let config = ServerConfig::from_toml(block, &path).unwrap();
+            assert_eq!(config.sinks.len(), 1);
+        }
+    }
+
+    #[test]
     fn sinks_parse_with_their_mappings_and_typos_are_refused() {
         let text = r#"
             [[sink]]
