@@ -18,6 +18,11 @@ pub enum BenchError {
     #[error("broker benchmark: {0}")]
     Setup(String),
 
+    /// The end-to-end benchmark's pipeline (PostgreSQL, source, broker, sink) could not be set
+    /// up, or did not deliver every row.
+    #[error("end-to-end benchmark: {0}")]
+    E2e(String),
+
     /// A filesystem operation of the benchmark itself failed.
     #[error("{op} {path}")]
     Io {

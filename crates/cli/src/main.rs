@@ -7,6 +7,7 @@
 //! chain of causes.
 
 mod bench_broker;
+mod bench_e2e;
 mod client;
 mod commands;
 
@@ -92,6 +93,9 @@ enum Bench {
     /// Broker: produce → consume through the HTTP API, against NATS JetStream (file storage)
     /// under the same load. Needs the `bench-broker` cargo feature.
     Broker(bench_broker::BrokerArgs),
+    /// End to end: Postgres CDC → log → sink → a projection in a second Postgres database
+    /// (commit → visible latency, sustained rate), against plain batched upserts.
+    E2e(bench_e2e::E2eArgs),
 }
 
 /// Flags of `driftless bench log`; see `driftless_bench::log_bench` for what is measured.
@@ -154,6 +158,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
         Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
+        Command::Bench(BenchCommand { bench: Bench::E2e(args) }) => bench_e2e::run(args),
         Command::Produce(args) => commands::produce::run(&cli.server, args),
         Command::Consume(args) => commands::consume::run(&cli.server, args),
         Command::Topic(args) => commands::topic::run(&cli.server, args),
