@@ -317,3 +317,24 @@ mod tests {
         }
     }
 }
+
+/// The `sequence` of a change at a Postgres position: the commit LSN and the change's position in
+/// its transaction, as fixed-width upper-case hex, so that text order is position order. CDC
+/// events carry it; reconciliation's corrections use it to rank with them.
+pub fn pg_sequence(commit_lsn: u64, ordinal: u32) -> String {
+    format!("{commit_lsn:016X}{ordinal:08X}")
+}
+
+#[cfg(test)]
+mod pg_sequence_tests {
+    use super::pg_sequence;
+
+    #[test]
+    fn pg_sequences_sort_as_text_in_position_order() {
+        let a = pg_sequence(0x16B_3A28, 7);
+        let b = pg_sequence(0x16B_3A28, 8);
+        let c = pg_sequence(0x1_0000_0000, 0);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.len(), 24);
+    }
+}

@@ -1310,7 +1310,7 @@ impl Cdc<'_> {
         event
             .extensions
             .entry("sequence".to_string())
-            .or_insert_with(|| json!(format!("{:016X}{ordinal:08X}", t.commit_lsn)));
+            .or_insert_with(|| json!(driftless_core::pg_sequence(t.commit_lsn, ordinal)));
         if event.time.is_none() {
             event.time = Some(rfc3339_from_unix_us(t.commit_time_us));
         }

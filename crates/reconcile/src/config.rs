@@ -1,0 +1,411 @@
+//! `[[reconcile]]` entries: which projection (a sink's table) to compare with which source of
+//! truth (a Postgres or SQLite table), on which columns, how often, and whether to repair.
+//!
+//! One definition drives apply and comparison: unless `columns` is given, the compared columns
+//! are derived from the sink's mapping — a column mapped from a plain path (`.data.city`,
+//! `.data.after.city`) is compared with the source column of the path's last name; computed
+//! columns are listed as not compared (give them a SQL expression in `columns` to compare them).
+//!
+//! Invariant: [`Plan::derive`] runs before anything starts, so a reconciliation that runs has a
+//! projection table, key columns in the same order on both sides, and at least one compared
+//! column or key.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use driftless_sink::config::{OpKind, SinkConfig, TargetConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ReconcileError, Result};
+
+/// One `[[reconcile]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Unique name.
+    pub name: String,
+    /// The sink whose projection is checked.
+    pub sink: String,
+    /// The projection table (default: the sink's only table).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The source of truth.
+    pub source: SourceTable,
+    /// Projection column → SQL expression over the source table (overrides the derived ones).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Run every this many ms (0: only when asked, through the API or CLI).
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// `report` (default) or `repair`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// How long a difference may be in flight (source → log → projection) before it counts:
+    /// differing keys are checked again after this and after the sink caught up.
+    #[serde(default = "default_lag_window_ms")]
+    pub lag_window_ms: u64,
+    /// Keys listed per kind in a report (counts are always exact).
+    #[serde(default = "default_keys_reported_max")]
+    pub keys_reported_max: usize,
+    /// How repairs are emitted (required for `policy = "repair"` or `--repair`).
+    #[serde(default)]
+    pub correction: Option<CorrectionConfig>,
+}
+
+fn default_lag_window_ms() -> u64 {
+    2_000
+}
+fn default_keys_reported_max() -> usize {
+    1_000
+}
+
+/// Report only, or repair too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Find and report drift.
+    #[default]
+    Report,
+    /// Find it and emit corrections.
+    Repair,
+}
+
+/// The source-of-truth table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceTable {
+    /// A Postgres table.
+    Postgres {
+        /// libpq-style URL.
+        url: String,
+        /// `schema.table` or `table`.
+        table: String,
+        /// Key columns, in the projection key's order (default: the projection's key names).
+        #[serde(default)]
+        key: Vec<String>,
+    },
+    /// A SQLite table.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+        /// As for Postgres.
+        #[serde(default)]
+        key: Vec<String>,
+    },
+}
+
+/// How corrections are emitted: events in the source's language, flagged `correction = true`,
+/// appended to the topic the sink reads, so every projection applies them on its normal path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionConfig {
+    /// The topic (default: the sink's first topic).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `type` of a correction carrying a row's authoritative state.
+    pub upsert_type: String,
+    /// `type` of a correction removing a row the source does not have.
+    pub delete_type: String,
+    /// `source` attribute of corrections.
+    #[serde(default = "default_correction_source")]
+    pub source: String,
+    /// `row`: `data` is the source row; `cdc`: `data` is `{op, table, key, before, after}` like
+    /// the CDC source's events.
+    #[serde(default)]
+    pub data: CorrectionData,
+    /// The corrections' `sequence`: `none` (the sink falls back to the correction's offset,
+    /// for outbox-fed projections) or `pg_lsn` (the source's WAL position before its rows are
+    /// read, ranking with CDC events' sequences).
+    #[serde(default)]
+    pub sequence: CorrectionSequence,
+}
+
+fn default_correction_source() -> String {
+    "/driftless/reconcile".into()
+}
+
+/// Shape of a correction's `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionData {
+    /// The row as a JSON object.
+    #[default]
+    Row,
+    /// `{op, table, key, before, after}`.
+    Cdc,
+}
+
+/// A correction's `sequence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionSequence {
+    /// None: versions fall back to the offset.
+    #[default]
+    None,
+    /// The Postgres source's WAL position, formatted like CDC sequences.
+    PgLsn,
+}
+
+/// Where the projection lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Db {
+    /// Postgres URL.
+    Postgres(String),
+    /// SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// One side of a comparison: a table, its key expressions and compared expressions (in the
+/// projection's column-name order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Side {
+    /// The database.
+    pub db: Db,
+    /// The table.
+    pub table: String,
+    /// Key expressions.
+    pub key: Vec<String>,
+    /// Compared expressions, aligned with [`Plan::compared`].
+    pub columns: Vec<String>,
+}
+
+/// What a run compares, resolved from the config and the sink's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The reconciliation's name.
+    pub name: String,
+    /// The sink's consumer group (whose lag decides what is in flight).
+    pub group: String,
+    /// The sink's topics.
+    pub topics: Vec<String>,
+    /// The projection's compared column names (sorted).
+    pub compared: Vec<String>,
+    /// Projection columns not compared (computed by the mapping), for the report.
+    pub not_compared: Vec<String>,
+    /// The source side.
+    pub source: Side,
+    /// The projection side.
+    pub projection: Side,
+    /// The projection's key column names.
+    pub key_names: Vec<String>,
+    /// The sink's version column (never compared: it records delivery, not content).
+    pub version_column: String,
+}
+
+/// A plain jq path (`.a.b.c`): its last name.
+fn path_leaf(expr: &str) -> Option<&str> {
+    let e = expr.trim();
+    if !e.starts_with('.') {
+        return None;
+    }
+    let parts: Vec<&str> = e[1..].split('.').collect();
+    let ok = parts.iter().all(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !p.as_bytes()[0].is_ascii_digit()
+    });
+    if ok {
+        parts.last().copied()
+    } else {
+        None
+    }
+}
+
+impl Plan {
+    /// Resolves `config` against its sink. `projection_columns` lists the projection table's
+    /// columns (needed when the mapping writes a whole `row`).
+    pub fn derive(
+        config: &ReconcileConfig,
+        sink: &SinkConfig,
+        projection_columns: Option<&[String]>,
+    ) -> Result<Plan> {
+        let invalid = |field: &str, reason: String| ReconcileError::Config {
+            name: config.name.clone(),
+            field: field.into(),
+            reason,
+        };
+        let (db, version_column) = match &sink.target {
+            TargetConfig::Postgres { url, version_column } => {
+                (Db::Postgres(url.clone()), version_column.clone())
+            }
+            TargetConfig::Sqlite { path, version_column } => {
+                (Db::Sqlite(path.clone()), version_column.clone())
+            }
+            TargetConfig::Webhook(_) => {
+                return Err(invalid("sink", format!("sink `{}` is a webhook: no table", sink.name)))
+            }
+        };
+        let mut tables: Vec<&str> =
+            sink.mappings.iter().filter_map(|m| m.table.as_deref()).collect();
+        tables.sort();
+        tables.dedup();
+        let table = match (&config.table, tables.as_slice()) {
+            (Some(t), _) if tables.contains(&t.as_str()) => t.clone(),
+            (Some(t), _) => {
+                return Err(invalid("table", format!("sink `{}` does not write `{t}`", sink.name)))
+            }
+            (None, [only]) => only.to_string(),
+            (None, _) => {
+                return Err(invalid(
+                    "table",
+                    format!("sink `{}` writes {} tables; name one", sink.name, tables.len()),
+                ))
+            }
+        };
+        let upserts: Vec<_> = sink
+            .mappings
+            .iter()
+            .filter(|m| m.table.as_deref() == Some(table.as_str()) && m.op == OpKind::Upsert)
+            .collect();
+        let key_names = sink
+            .mappings
+            .iter()
+            .find(|m| m.table.as_deref() == Some(table.as_str()))
+            .map(|m| m.key.clone())
+            .unwrap_or_default();
+        // Derived: projection column → source column.
+        let mut derived: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for m in &upserts {
+            for (col, expr) in &m.columns {
+                let leaf = path_leaf(expr).filter(|l| *l != "subject" || expr.trim() != ".subject");
+                let entry = derived.entry(col.clone()).or_insert(leaf.map(str::to_string));
+                if entry.as_deref() != leaf {
+                    *entry = None; // mapped differently by two mappings: not derivable
+                }
+            }
+            if m.row.is_some() {
+                let cols = projection_columns.ok_or_else(|| {
+                    invalid("columns", "the mapping writes a `row`: list the columns".into())
+                })?;
+                for c in cols {
+                    derived.entry(c.clone()).or_insert_with(|| Some(c.clone()));
+                }
+            }
+        }
+        for k in &key_names {
+            derived.remove(k);
+        }
+        derived.remove(&version_column);
+        let mut compared = BTreeMap::new();
+        let mut not_compared = Vec::new();
+        for (col, src) in derived {
+            match (config.columns.get(&col), src) {
+                (Some(expr), _) => {
+                    compared.insert(col, expr.clone());
+                }
+                (None, Some(src)) => {
+                    compared.insert(col, src);
+                }
+                (None, None) => not_compared.push(col),
+            }
+        }
+        for (col, expr) in &config.columns {
+            compared.entry(col.clone()).or_insert_with(|| expr.clone());
+        }
+        let (source_db, source_table, source_key) = match &config.source {
+            SourceTable::Postgres { url, table, key } => (Db::Postgres(url.clone()), table, key),
+            SourceTable::Sqlite { path, table, key } => (Db::Sqlite(path.clone()), table, key),
+        };
+        let source_key = if source_key.is_empty() { key_names.clone() } else { source_key.clone() };
+        if key_names.is_empty() || source_key.len() != key_names.len() {
+            return Err(invalid(
+                "source.key",
+                format!(
+                    "the projection's key is ({}); give as many source key columns",
+                    key_names.join(", ")
+                ),
+            ));
+        }
+        if config.policy == Policy::Repair && config.correction.is_none() {
+            return Err(invalid(
+                "correction",
+                "policy = \"repair\" needs [reconcile.correction] (upsert_type, delete_type)"
+                    .into(),
+            ));
+        }
+        let names: Vec<String> = compared.keys().cloned().collect();
+        Ok(Plan {
+            name: config.name.clone(),
+            group: sink.group(),
+            topics: sink.topics.clone(),
+            not_compared,
+            source: Side {
+                db: source_db,
+                table: source_table.clone(),
+                key: source_key,
+                columns: compared.values().cloned().collect(),
+            },
+            projection: Side {
+                db,
+                table,
+                key: key_names.clone(),
+                columns: names.iter().map(|c| format!("\"{c}\"")).collect(),
+            },
+            compared: names,
+            key_names,
+            version_column,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> SinkConfig {
+        toml::from_str(
+            r#"
+            name = "billing"
+            topics = ["customers"]
+            target = { kind = "postgres", url = "postgres://x@127.0.0.1/b" }
+            [[mapping]]
+            types = ["customer.*"]
+            table = "contacts"
+            key = ["id"]
+            columns = { id = ".subject", city = ".data.after.city", n = ".data.n", line = '"\(.data.zip) \(.data.city)"' }
+            [[mapping]]
+            types = ["customer.deleted"]
+            table = "contacts"
+            key = ["id"]
+            op = "delete"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn config(extra: &str) -> ReconcileConfig {
+        toml::from_str(&format!(
+            "name = \"r\"\nsink = \"billing\"\n{extra}\nsource = {{ kind = \"postgres\", url = \"u\", table = \"customers\" }}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn compared_columns_derive_from_the_mapping_and_computed_ones_are_listed() {
+        let plan = Plan::derive(&config(""), &sink(), None).unwrap();
+        assert_eq!(plan.compared, ["city", "n"]);
+        assert_eq!(plan.source.columns, ["city", "n"]);
+        assert_eq!(plan.not_compared, ["line"]);
+        assert_eq!(plan.key_names, ["id"]);
+        assert_eq!(plan.source.key, ["id"]);
+        assert_eq!(plan.group, "sink-billing");
+    }
+
+    #[test]
+    fn explicit_columns_override_and_compare_computed_ones() {
+        let plan =
+            Plan::derive(&config("columns = { line = \"zip || ' ' || city\" }"), &sink(), None)
+                .unwrap();
+        assert_eq!(plan.compared, ["city", "line", "n"]);
+        assert_eq!(plan.source.columns[1], "zip || ' ' || city");
+        assert!(plan.not_compared.is_empty());
+    }
+
+    #[test]
+    fn repair_without_a_correction_is_refused() {
+        let err = Plan::derive(&config("policy = \"repair\""), &sink(), None).unwrap_err();
+        assert!(err.to_string().contains("correction"), "{err}");
+    }
+}

@@ -1,0 +1,407 @@
+//! One side's database: the queries a reconciliation run needs, for Postgres and SQLite.
+//!
+//! Every query computes digests inside the database; only [`Conn::rows_in`] (the rows of differing
+//! buckets, as key and hash) and [`Conn::rows_json`] (authoritative rows to repair) return rows,
+//! and callers count them as shipped.
+//!
+//! Invariants: expressions from the config are the operator's own SQL over their own tables and
+//! are used as given; table and generated names are quoted; SQLite gets the digest functions
+//! (`drift_bucket`, `drift_h1`, `drift_h2`) registered on every connection it opens.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::functions::FunctionFlags;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{Db, Side};
+use crate::digest::{bucket, halves, pg_bucket_sql, pg_half_sql, BucketDigest};
+
+/// A key's text and its row's two hash halves.
+pub type RowHashes = BTreeMap<String, (i64, i64)>;
+
+/// Most keys per `IN (…)` list sent to SQLite.
+const KEYS_PER_QUERY_MAX: usize = 500;
+
+fn quote_path(path: &str) -> String {
+    path.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+/// A connection to one side.
+pub enum Conn {
+    /// Postgres.
+    Pg(Client),
+    /// SQLite, on the blocking pool.
+    Lite(Arc<Mutex<rusqlite::Connection>>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Pg(_) => "Conn::Pg",
+            Conn::Lite(_) => "Conn::Lite",
+        })
+    }
+}
+
+/// The text of a row's key (`key`) and of the whole row (`row`), as SQL.
+fn texts(side: &Side, pg: bool) -> (String, String) {
+    let text = |e: &str| if pg { format!("({e})::text") } else { format!("CAST(({e}) AS TEXT)") };
+    let (sep, null) = if pg { ("chr(31)", "chr(30)") } else { ("char(31)", "char(30)") };
+    let key = side.key.iter().map(|k| text(k)).collect::<Vec<_>>().join(&format!(" || {sep} || "));
+    let mut row = key.clone();
+    for c in &side.columns {
+        row.push_str(&format!(" || {sep} || coalesce({}, {null})", text(c)));
+    }
+    (key, row)
+}
+
+/// The last row text hashed and its halves.
+type LastDigest = Option<(String, (i64, i64))>;
+
+fn register_digests(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("drift_bucket", 2, flags, |ctx| {
+        let key: String = ctx.get(0)?;
+        let n: i64 = ctx.get(1)?;
+        Ok(bucket(&key, n))
+    })?;
+    // drift_h2 follows drift_h1 on the same row: remember the last digest to hash once.
+    let last: Arc<Mutex<LastDigest>> = Arc::new(Mutex::new(None));
+    for (name, second) in [("drift_h1", false), ("drift_h2", true)] {
+        let last = Arc::clone(&last);
+        conn.create_scalar_function(name, 1, flags, move |ctx| {
+            let row: String = ctx.get(0)?;
+            let mut cache = last.lock().unwrap_or_else(|e| e.into_inner());
+            let h = match cache.as_ref() {
+                Some((r, h)) if *r == row => *h,
+                _ => {
+                    let h = halves(&row);
+                    *cache = Some((row, h));
+                    h
+                }
+            };
+            Ok(if second { h.1 } else { h.0 })
+        })?;
+    }
+    Ok(())
+}
+
+fn lite_err(e: rusqlite::Error) -> String {
+    e.to_string()
+}
+
+impl Conn {
+    /// Connects to `db`.
+    pub async fn open(db: &Db) -> Result<Conn, String> {
+        match db {
+            Db::Postgres(url) => {
+                let (client, conn) = tokio_postgres::connect(url, NoTls)
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "reconcile connection ended");
+                    }
+                });
+                Ok(Conn::Pg(client))
+            }
+            Db::Sqlite(path) => {
+                let path = path.clone();
+                let conn = tokio::task::spawn_blocking(move || open_sqlite(&path))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(Conn::Lite(Arc::new(Mutex::new(conn))))
+            }
+        }
+    }
+
+    async fn lite<T: Send + 'static>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = Arc::clone(conn);
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&c).map_err(lite_err)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Rows in the side's table.
+    pub async fn count(&self, side: &Side) -> Result<i64, String> {
+        let sql = format!("SELECT count(*) FROM {}", quote_path(&side.table));
+        match self {
+            Conn::Pg(c) => c.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0)).map_err(pg_err),
+            Conn::Lite(c) => Self::lite(c, move |c| c.query_row(&sql, [], |r| r.get(0))).await,
+        }
+    }
+
+    /// Every bucket's digest.
+    pub async fn buckets(
+        &self,
+        side: &Side,
+        n: i64,
+    ) -> Result<BTreeMap<i64, BucketDigest>, String> {
+        match self {
+            Conn::Pg(c) => {
+                let (key, row) = texts(side, true);
+                let sql = format!(
+                    "SELECT b, count(*)::bigint, sum(h1)::bigint, sum(h2)::bigint FROM (\
+                       SELECT {b} AS b, {h1} AS h1, {h2} AS h2 FROM (\
+                         SELECT sha256(convert_to(k, 'UTF8')) AS kh, sha256(convert_to(r, 'UTF8')) AS rh \
+                         FROM (SELECT {key} AS k, {row} AS r FROM {t}) s) s2) s3 GROUP BY b",
+                    b = pg_bucket_sql("kh", &n.to_string()),
+                    h1 = pg_half_sql("rh", 0),
+                    h2 = pg_half_sql("rh", 4),
+                    t = quote_path(&side.table),
+                );
+                let rows = c.query(&sql, &[]).await.map_err(pg_err)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let b: i32 = r.get(0);
+                        (i64::from(b), BucketDigest { rows: r.get(1), h1: r.get(2), h2: r.get(3) })
+                    })
+                    .collect())
+            }
+            Conn::Lite(c) => {
+                let (key, row) = texts(side, false);
+                let sql = format!(
+                    "SELECT drift_bucket(k, {n}) AS b, count(*), sum(drift_h1(r)), sum(drift_h2(r)) \
+                     FROM (SELECT {key} AS k, {row} AS r FROM {t}) GROUP BY b",
+                    t = quote_path(&side.table),
+                );
+                Self::lite(c, move |c| {
+                    let mut stmt = c.prepare(&sql)?;
+                    let rows = stmt.query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            BucketDigest { rows: r.get(1)?, h1: r.get(2)?, h2: r.get(3)? },
+                        ))
+                    })?;
+                    rows.collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// The keys and row hashes of the rows in `buckets` (these rows are shipped).
+    pub async fn rows_in(&self, side: &Side, n: i64, buckets: &[i64]) -> Result<RowHashes, String> {
+        if buckets.is_empty() {
+            return Ok(RowHashes::new());
+        }
+        match self {
+            Conn::Pg(c) => {
+                let (key, row) = texts(side, true);
+                let sql = format!(
+                    "SELECT k, {h1}, {h2} FROM (\
+                       SELECT k, sha256(convert_to(k, 'UTF8')) AS kh, sha256(convert_to(r, 'UTF8')) AS rh \
+                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s) s2 WHERE {b} = ANY($1::int[])",
+                    b = pg_bucket_sql("kh", &n.to_string()),
+                    h1 = pg_half_sql("rh", 0),
+                    h2 = pg_half_sql("rh", 4),
+                    t = quote_path(&side.table),
+                );
+                let ids: Vec<i32> = buckets.iter().map(|b| *b as i32).collect();
+                let rows = c.query(&sql, &[&ids]).await.map_err(pg_err)?;
+                Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+            }
+            Conn::Lite(c) => {
+                let (key, row) = texts(side, false);
+                let list = buckets.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                let sql = format!(
+                    "SELECT k, drift_h1(r), drift_h2(r) FROM (SELECT {key} AS k, {row} AS r FROM {t}) \
+                     WHERE drift_bucket(k, {n}) IN ({list})",
+                    t = quote_path(&side.table),
+                );
+                Self::lite(c, move |c| {
+                    let mut stmt = c.prepare(&sql)?;
+                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+                    rows.collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// The keys and row hashes of the rows with these keys (these rows are shipped).
+    pub async fn rows_for_keys(&self, side: &Side, keys: &[String]) -> Result<RowHashes, String> {
+        if keys.is_empty() {
+            return Ok(RowHashes::new());
+        }
+        match self {
+            Conn::Pg(c) => {
+                let (key, row) = texts(side, true);
+                let sql = format!(
+                    "SELECT k, {h1}, {h2} FROM (SELECT k, sha256(convert_to(r, 'UTF8')) AS rh \
+                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s WHERE k = ANY($1::text[])) s2",
+                    h1 = pg_half_sql("rh", 0),
+                    h2 = pg_half_sql("rh", 4),
+                    t = quote_path(&side.table),
+                );
+                let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
+                Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+            }
+            Conn::Lite(c) => {
+                let (key, row) = texts(side, false);
+                let table = quote_path(&side.table);
+                let keys = keys.to_vec();
+                Self::lite(c, move |c| {
+                    let mut out = RowHashes::new();
+                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+                        let marks = vec!["?"; chunk.len()].join(",");
+                        let sql = format!(
+                            "SELECT k, drift_h1(r), drift_h2(r) FROM \
+                             (SELECT {key} AS k, {row} AS r FROM {table}) WHERE k IN ({marks})"
+                        );
+                        let mut stmt = c.prepare(&sql)?;
+                        let rows = stmt
+                            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                                Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+                            })?;
+                        for row in rows {
+                            let (k, h) = row?;
+                            out.insert(k, h);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
+    /// The source rows of `keys`, each as a JSON object of all its columns (to repair them).
+    pub async fn rows_json(
+        &self,
+        side: &Side,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Value>, String> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        match self {
+            Conn::Pg(c) => {
+                let (key, _) = texts(side, true);
+                let sql = format!(
+                    "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(t) AS j FROM {tbl} t) s \
+                     WHERE k = ANY($1::text[])",
+                    tbl = quote_path(&side.table),
+                );
+                let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let j: String = r.get(1);
+                        Ok((r.get(0), serde_json::from_str(&j).map_err(|e| e.to_string())?))
+                    })
+                    .collect()
+            }
+            Conn::Lite(c) => {
+                let (key, _) = texts(side, false);
+                let table = side.table.clone();
+                let keys = keys.to_vec();
+                Self::lite(c, move |c| {
+                    let cols: Vec<String> = {
+                        let mut stmt = c.prepare(&format!("PRAGMA table_info({})", quote_path(&table)))?;
+                        let rows = stmt.query_map([], |r| r.get(1))?;
+                        rows.collect::<rusqlite::Result<_>>()?
+                    };
+                    let obj = cols
+                        .iter()
+                        .map(|c| format!("'{}', {}", c.replace('\'', "''"), quote_path(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let mut out = BTreeMap::new();
+                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+                        let marks = vec!["?"; chunk.len()].join(",");
+                        let sql = format!(
+                            "SELECT k, j FROM (SELECT {key} AS k, json_object({obj}) AS j FROM {t}) \
+                             WHERE k IN ({marks})",
+                            t = quote_path(&table),
+                        );
+                        let mut stmt = c.prepare(&sql)?;
+                        let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                        })?;
+                        for row in rows {
+                            let (k, j) = row?;
+                            let v = serde_json::from_str(&j).unwrap_or(Value::String(j));
+                            out.insert(k, v);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
+    /// The table's column names.
+    pub async fn columns(&self, table: &str) -> Result<Vec<String>, String> {
+        match self {
+            Conn::Pg(c) => {
+                let rows = c
+                    .query(
+                        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        &[&quote_path(table)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            }
+            Conn::Lite(c) => {
+                let sql = format!("PRAGMA table_info({})", quote_path(table));
+                Self::lite(c, move |c| {
+                    let mut stmt = c.prepare(&sql)?;
+                    let rows = stmt.query_map([], |r| r.get(1))?;
+                    rows.collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// Postgres's current WAL position (for corrections ranked with CDC events).
+    pub async fn wal_lsn(&self) -> Result<u64, String> {
+        match self {
+            Conn::Pg(c) => {
+                let text: String = c
+                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                let (hi, lo) = text.split_once('/').ok_or_else(|| format!("bad LSN {text}"))?;
+                let hi = u64::from_str_radix(hi, 16).map_err(|e| e.to_string())?;
+                let lo = u64::from_str_radix(lo, 16).map_err(|e| e.to_string())?;
+                Ok(hi << 32 | lo)
+            }
+            Conn::Lite(_) => {
+                Err("a SQLite source has no WAL position; use sequence = \"none\"".into())
+            }
+        }
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(lite_err)?;
+    register_digests(&conn).map_err(lite_err)?;
+    Ok(conn)
+}
