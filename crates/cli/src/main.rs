@@ -57,6 +57,8 @@ enum Command {
     Source(commands::source::SourceArgs),
     /// The server's sinks (projections, webhooks): list, describe, pause, resume, rebuild.
     Sink(commands::sink::SinkArgs),
+    /// Compare a projection with its source of truth now; report (and with --repair, fix) drift.
+    Reconcile(commands::reconcile::ReconcileArgs),
     /// Create a service's outbox table in Postgres or SQLite.
     Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
@@ -166,6 +168,12 @@ fn run() -> anyhow::Result<()> {
         Command::Dlq(args) => commands::dlq::run(&cli.server, args),
         Command::Source(args) => commands::source::run(&cli.server, args),
         Command::Sink(args) => commands::sink::run(&cli.server, args),
+        Command::Reconcile(args) => {
+            if !commands::reconcile::run(&cli.server, args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Outbox(args) => commands::outbox::run(args),
         Command::Serve(a) => {
             Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {

@@ -1,5 +1,5 @@
 //! The server's configuration: a TOML file with a `[server]` and a `[broker]` table and
-//! `[[source]]` and `[[sink]]` entries, overridden by
+//! `[[source]]`, `[[sink]]` and `[[reconcile]]` entries, overridden by
 //! command-line flags and `DRIFTLESS_*` environment variables.
 //!
 //! Invariants: every table denies unknown keys, so a typo is a start-up error naming the key
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use driftless_broker::BrokerConfig;
 use driftless_connect::SourceConfig;
+use driftless_reconcile::ReconcileConfig;
 use driftless_sink::SinkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     /// `[[sink]]` entries: projections and webhooks kept in sync from topics.
     #[serde(rename = "sink", skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkConfig>,
+    /// `[[reconcile]]` entries: projections compared with their source of truth.
+    #[serde(rename = "reconcile", skip_serializing_if = "Vec::is_empty")]
+    pub reconciles: Vec<ReconcileConfig>,
 }
 
 /// The `[server]` table.
@@ -128,6 +132,17 @@ impl ServerConfig {
                 return Err(ServerError::InvalidConfig(format!(
                     "two [[sink]] entries are called `{}`; names must be unique",
                     sink.name
+                )));
+            }
+        }
+        let mut reconcile_names = std::collections::BTreeSet::new();
+        for r in &self.reconciles {
+            driftless_reconcile::runtime::validate(r, &self.sinks)
+                .map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+            if !reconcile_names.insert(&r.name) {
+                return Err(ServerError::InvalidConfig(format!(
+                    "two [[reconcile]] entries are called `{}`; names must be unique",
+                    r.name
                 )));
             }
         }

@@ -16,6 +16,9 @@ pub enum ServerError {
     /// A `[[source]]` could not be started.
     #[error("cannot start sources")]
     Source(#[source] driftless_connect::ConnectError),
+    /// A `[[reconcile]]` could not be started.
+    #[error("cannot start reconciliations")]
+    Reconcile(#[source] driftless_reconcile::ReconcileError),
     /// A `[[sink]]` could not be started.
     #[error("cannot start sinks")]
     Sink(#[source] driftless_sink::SinkError),

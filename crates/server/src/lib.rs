@@ -46,6 +46,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use driftless_broker::Broker;
 use driftless_connect::Sources;
+use driftless_reconcile::Reconcilers;
 use driftless_sink::Sinks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,6 +64,8 @@ pub(crate) struct AppState {
     pub sources: Arc<Sources>,
     /// The running sinks (none in [`router`]).
     pub sinks: Arc<Sinks>,
+    /// The configured reconciliations (none in [`router`]).
+    pub reconcilers: Arc<Reconcilers>,
     pub fetch_wait_ms_max: u64,
     pub stream_credit_max: u64,
     /// Open streams by (group, member), holding their credit.
@@ -89,20 +92,21 @@ impl AppState {
 /// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
 /// Sources and sinks are not started here; [`serve`] starts them.
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
-    build(broker, config, Arc::new(Sources::none()), Arc::new(Sinks::none())).0
+    let none = (Arc::new(Sources::none()), Arc::new(Sinks::none()), Arc::new(Reconcilers::none()));
+    build(broker, config, none).0
 }
 
 fn build(
     broker: Arc<Broker>,
     config: &ServerConfig,
-    sources: Arc<Sources>,
-    sinks: Arc<Sinks>,
+    (sources, sinks, reconcilers): (Arc<Sources>, Arc<Sinks>, Arc<Reconcilers>),
 ) -> (Router, Arc<AppState>) {
     let s = &config.server;
     let state = Arc::new(AppState {
         broker,
         sources,
         sinks,
+        reconcilers,
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
         streams: Mutex::new(HashMap::new()),
@@ -143,6 +147,9 @@ fn build(
         .route("/v1/sinks/{sink}/pause", post(routes::pause_sink))
         .route("/v1/sinks/{sink}/resume", post(routes::resume_sink))
         .route("/v1/sinks/{sink}/rebuild", post(routes::rebuild_sink))
+        .route("/v1/reconciliations", get(routes::list_reconciliations))
+        .route("/v1/reconciliations/{name}", get(routes::describe_reconciliation))
+        .route("/v1/reconciliations/{name}/run", post(routes::run_reconciliation))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
@@ -174,8 +181,19 @@ where
             return Err(ServerError::Sink(e));
         }
     };
-    let (app, state) = build(broker, config, Arc::clone(&sources), Arc::clone(&sinks));
+    let reconcilers =
+        match Reconcilers::start(config.reconciles.clone(), &config.sinks, Arc::clone(&broker)) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                sinks.shutdown().await;
+                sources.shutdown().await;
+                return Err(ServerError::Reconcile(e));
+            }
+        };
+    let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
+    let (app, state) = build(broker, config, parts);
     let result = serve_app((listener, app), &state, config, signal).await;
+    reconcilers.shutdown().await;
     // Sinks first: a sink's unacknowledged batch is simply delivered again after restart.
     sinks.shutdown().await;
     sources.shutdown().await;

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use driftless_broker::Broker;
 use driftless_connect::runtime::LATENCY_BUCKETS_MS;
 use driftless_connect::Sources;
+use driftless_reconcile::Reconcilers;
 use driftless_sink::Sinks;
 
 /// Events appended per topic since the server started (counter).
@@ -71,8 +72,24 @@ pub const SINK_STATE: &str = "driftless_sink_state";
 /// Age of the newest event a sink applied (its `time`).
 pub const PROJECTION_FRESHNESS_SECONDS: &str = "driftless_projection_freshness_seconds";
 
+/// Drifted rows found by a reconciliation's latest run, by kind (`missing`, `extra`, `stale`).
+pub const DRIFT_ROWS: &str = "driftless_drift_rows";
+/// Duration of a reconciliation's latest run.
+pub const RECONCILE_DURATION_SECONDS: &str = "driftless_reconcile_duration_seconds";
+/// Rows a reconciliation's latest run shipped out of the databases.
+pub const RECONCILE_ROWS_SHIPPED: &str = "driftless_reconcile_rows_shipped";
+/// Corrections a reconciliation's latest run appended.
+pub const DRIFT_REPAIRED_ROWS: &str = "driftless_drift_repaired_rows";
+/// Runs of a reconciliation since the server started.
+pub const RECONCILE_RUNS_TOTAL: &str = "driftless_reconcile_runs_total";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 30] = [
+    DRIFT_ROWS,
+    RECONCILE_DURATION_SECONDS,
+    RECONCILE_ROWS_SHIPPED,
+    DRIFT_REPAIRED_ROWS,
+    RECONCILE_RUNS_TOTAL,
     SINK_EVENTS_TOTAL,
     SINK_ROWS_TOTAL,
     SINK_BATCH_EVENTS,
@@ -135,10 +152,16 @@ fn escape(v: &str) -> String {
 
 /// Renders every metric. Reads partition figures and group state, so call it off the async
 /// executor (it may read one record per lagging partition to date its oldest event).
-pub fn render(broker: &Broker, sources: &Sources, sinks: &Sinks) -> String {
+pub fn render(
+    broker: &Broker,
+    sources: &Sources,
+    sinks: &Sinks,
+    reconcilers: &Reconcilers,
+) -> String {
     let mut f = Family { out: String::with_capacity(4096) };
     render_sources(&mut f, sources);
     render_sinks(&mut f, sinks);
+    render_reconcilers(&mut f, reconcilers);
     let topics = broker.list_topics();
 
     f.header(
@@ -336,6 +359,40 @@ fn render_sources(f: &mut Family, sources: &Sources) {
         f.sample(&sum, &[("source", &s.name)], sum_us as f64 / 1e6);
         let count = format!("{SOURCE_COMMIT_TO_DURABLE_SECONDS}_count");
         f.sample(&count, &[("source", &s.name)], total);
+    }
+}
+
+fn render_reconcilers(f: &mut Family, reconcilers: &Reconcilers) {
+    use std::sync::atomic::Ordering;
+    let statuses = reconcilers.statuses();
+    let last: Vec<_> = statuses.iter().map(|s| (s.config.name.clone(), s.last_report())).collect();
+    f.header(DRIFT_ROWS, "gauge", "Drifted rows the latest run found (after the re-check).");
+    for (name, r) in last.iter().filter_map(|(n, r)| r.as_ref().map(|r| (n, r))) {
+        for (kind, n) in [("missing", r.missing), ("extra", r.extra), ("stale", r.stale)] {
+            f.sample(DRIFT_ROWS, &[("reconcile", name), ("kind", kind)], n);
+        }
+    }
+    f.header(RECONCILE_DURATION_SECONDS, "gauge", "Duration of the latest run.");
+    for (name, r) in last.iter().filter_map(|(n, r)| r.as_ref().map(|r| (n, r))) {
+        let secs = r.duration_ms as f64 / 1000.0;
+        f.sample(RECONCILE_DURATION_SECONDS, &[("reconcile", name)], secs);
+    }
+    f.header(RECONCILE_ROWS_SHIPPED, "gauge", "Rows the latest run read out of both databases.");
+    for (name, r) in last.iter().filter_map(|(n, r)| r.as_ref().map(|r| (n, r))) {
+        f.sample(RECONCILE_ROWS_SHIPPED, &[("reconcile", name)], r.rows_shipped);
+    }
+    f.header(DRIFT_REPAIRED_ROWS, "gauge", "Corrections the latest run appended.");
+    for (name, r) in last.iter().filter_map(|(n, r)| r.as_ref().map(|r| (n, r))) {
+        f.sample(DRIFT_REPAIRED_ROWS, &[("reconcile", name)], r.repaired);
+    }
+    f.header(
+        RECONCILE_RUNS_TOTAL,
+        "counter",
+        "Runs (failed ones included) since the server started.",
+    );
+    for s in &statuses {
+        let n = s.runs_total.load(Ordering::Relaxed);
+        f.sample(RECONCILE_RUNS_TOTAL, &[("reconcile", &s.config.name)], n);
     }
 }
 

@@ -45,6 +45,8 @@ pub fn openapi() -> Value {
     let dlq_id = path_param("id", "Dead-letter id, `topic:partition:offset`");
     let source = path_param("source", "Source name, as in the server's `[[source]]` table");
     let sink = path_param("sink", "Sink name, as in the server's `[[sink]]` table");
+    let reconcile =
+        path_param("name", "Reconciliation name, as in the server's `[[reconcile]]` table");
     json!({
       "openapi": "3.1.0",
       "info": {
@@ -183,6 +185,17 @@ pub fn openapi() -> Value {
           "parameters": [sink.clone()],
           "post": {"summary": "Replay the sink's topics into shadow tables and swap them in atomically (progress in the sink's `rebuild` field)", "responses": errors(json!({"202": ok("sink, rebuild started", schema("Sink"))}), &["404", "409"])}
         },
+        "/v1/reconciliations": {
+          "get": {"summary": "Every configured reconciliation with its latest run", "responses": errors(json!({"200": ok("reconciliations", json!({"type": "array", "items": schema("Reconciliation")}))}), &[])}
+        },
+        "/v1/reconciliations/{name}": {
+          "parameters": [reconcile.clone()],
+          "get": {"summary": "One reconciliation with its history of runs", "responses": errors(json!({"200": ok("reconciliation", schema("Reconciliation"))}), &["404"])}
+        },
+        "/v1/reconciliations/{name}/run": {
+          "parameters": [reconcile],
+          "post": {"summary": "Run now (body optional: {\"repair\": true|false}, default the configured policy); answers when the run is done", "responses": errors(json!({"200": ok("the run's report", schema("ReconcileRun"))}), &["400", "404", "409", "502"])}
+        },
         "/v1/sinks/{sink}/resume": {
           "parameters": [sink],
           "post": {"summary": "Resume a paused sink", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
@@ -258,6 +271,20 @@ pub fn openapi() -> Value {
               "phase": {"enum": ["replaying", "swapping", "done", "failed"]},
               "events_replayed": {"type": "integer"}, "started_ms": {"type": "integer"},
               "finished_ms": {"type": "integer"}, "error": {"type": ["string", "null"]}}}}},
+          "ReconcileRun": {"type": "object", "properties": {
+            "name": {"type": "string"}, "repair": {"type": "boolean"}, "started_ms": {"type": "integer"},
+            "duration_ms": {"type": "integer"}, "detect_ms": {"type": "integer"},
+            "rows_source": {"type": "integer"}, "rows_projection": {"type": "integer"},
+            "buckets": {"type": "integer"}, "buckets_differing": {"type": "integer"},
+            "rows_shipped": {"type": "integer"}, "settled_in_flight": {"type": "integer"},
+            "missing": {"type": "integer"}, "extra": {"type": "integer"}, "stale": {"type": "integer"},
+            "keys": {"type": "object", "description": "up to keys_reported_max keys per kind (missing, extra, stale)"},
+            "repaired": {"type": "integer"}, "not_compared": {"type": "array", "items": {"type": "string"}}}},
+          "Reconciliation": {"type": "object", "properties": {
+            "name": {"type": "string"}, "sink": {"type": "string"}, "state": {"enum": ["idle", "running"]},
+            "policy": {"enum": ["report", "repair"]}, "interval_ms": {"type": "integer"},
+            "runs_total": {"type": "integer"}, "last_run": {"type": ["object", "null"]},
+            "history": {"type": "array", "items": {"type": "object"}}}},
           "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
             "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}

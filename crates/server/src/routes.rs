@@ -17,6 +17,8 @@ use driftless_broker::{
     TopicDescription, TopicSpec,
 };
 use driftless_connect::runtime::{SourceReport, UnknownSource};
+use driftless_reconcile::runtime::{ReconcileReport, RunNowError};
+use driftless_reconcile::{ReconcileError, RunReport};
 use driftless_sink::runtime::{RebuildRefused, SinkReport, UnknownSink};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,7 +81,10 @@ pub async fn readyz(State(state): Shared) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
     let (sources, sinks) = (Arc::clone(&state.sources), Arc::clone(&state.sinks));
-    let text = blocking(&state, move |b| Ok(crate::metrics::render(b, &sources, &sinks))).await?;
+    let reconcilers = Arc::clone(&state.reconcilers);
+    let text =
+        blocking(&state, move |b| Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers)))
+            .await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -448,6 +453,73 @@ pub async fn rebuild_sink(
             StatusCode::CONFLICT,
             "rebuild-refused",
             "Rebuild refused",
+            e.to_string(),
+        )),
+    }
+}
+
+/// `GET /v1/reconciliations`: every reconciliation with its latest run.
+pub async fn list_reconciliations(State(state): Shared) -> Json<Vec<ReconcileReport>> {
+    Json(state.reconcilers.statuses().iter().map(|r| r.report(false)).collect())
+}
+
+fn unknown_reconciliation(name: &str) -> Problem {
+    Problem::not_found(
+        "unknown-reconciliation",
+        "Unknown reconciliation",
+        format!("no reconciliation is called `{name}`; GET /v1/reconciliations lists them"),
+    )
+}
+
+/// `GET /v1/reconciliations/{name}`: one reconciliation with its history of runs.
+pub async fn describe_reconciliation(
+    State(state): Shared,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ReconcileReport>, Problem> {
+    state
+        .reconcilers
+        .get(&name)
+        .map(|r| Json(r.report(true)))
+        .ok_or_else(|| unknown_reconciliation(&name))
+}
+
+/// Body of `POST /v1/reconciliations/{name}/run`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Repair what is found (default: the reconciliation's policy).
+    #[serde(default)]
+    repair: Option<bool>,
+}
+
+/// `POST /v1/reconciliations/{name}/run`: runs it now and answers with the run's report.
+pub async fn run_reconciliation(
+    State(state): Shared,
+    ApiPath(name): ApiPath<String>,
+    Body(body): Body,
+) -> Result<Json<RunReport>, Problem> {
+    // The body is optional: empty or `null` means "as configured".
+    let repair = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        crate::extract::parse_json::<Option<RunRequest>>(&body)?.and_then(|r| r.repair)
+    };
+    match state.reconcilers.run_now(&name, repair).await {
+        Ok(report) => Ok(Json(report)),
+        Err(RunNowError::Unknown(_)) => Err(unknown_reconciliation(&name)),
+        Err(RunNowError::Failed(e @ ReconcileError::Busy(_))) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "reconciliation-busy",
+            "Reconciliation busy",
+            e.to_string(),
+        )),
+        Err(RunNowError::Failed(e @ ReconcileError::Config { .. })) => {
+            Err(Problem::bad_request(e.to_string()))
+        }
+        Err(RunNowError::Failed(e)) => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "reconciliation-failed",
+            "Reconciliation failed",
             e.to_string(),
         )),
     }

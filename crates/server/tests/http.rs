@@ -459,6 +459,9 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/sinks/{sink}/pause", "post"),
         ("/v1/sinks/{sink}/resume", "post"),
         ("/v1/sinks/{sink}/rebuild", "post"),
+        ("/v1/reconciliations", "get"),
+        ("/v1/reconciliations/{name}", "get"),
+        ("/v1/reconciliations/{name}/run", "post"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
@@ -477,7 +480,8 @@ fn metrics_and_openapi_describe_the_server() {
             .replace("{member}", &member)
             .replace("{id}", "m:0:0")
             .replace("{source}", "s")
-            .replace("{sink}", "s");
+            .replace("{sink}", "s")
+            .replace("{name}", "r");
         if concrete.ends_with("/stream") {
             continue; // would stay open
         }

@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod group;
 pub mod outbox;
 pub mod produce;
+pub mod reconcile;
 pub mod sink;
 pub mod source;
 pub mod topic;

@@ -1,0 +1,143 @@
+//! `driftless reconcile NAME [--repair] [--json] [--history]`: runs a reconciliation now and
+//! reports the drift it found; `driftless reconcile --list` lists the configured ones.
+//!
+//! Invariants: without `--json` the report is a short human account on stdout (counts, time,
+//! rows shipped, then the drifted keys per kind, at most [`KEYS_PRINTED_MAX`] each); with
+//! `--json` it is the server's report as one JSON line. The command exits 0 whether or not drift
+//! was found (drift is a finding, not a failure); `--fail-on-drift` makes drift exit 1.
+
+use std::io::{self, Write};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::client::{segment, Client};
+use crate::commands::{print_line, print_lines, print_pretty};
+
+/// Drifted keys printed per kind in the human report.
+pub const KEYS_PRINTED_MAX: usize = 20;
+
+/// `driftless reconcile ...`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The reconciliation's name (its `name` in the server's `[[reconcile]]` table).
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// Repair what is found: correction events go through the log to every projection.
+    #[arg(long, conflicts_with = "report_only")]
+    repair: bool,
+    /// Only report, even when the configured policy is `repair`.
+    #[arg(long)]
+    report_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print the reconciliation's history of runs instead of running it.
+    #[arg(long)]
+    history: bool,
+    /// List the configured reconciliations.
+    #[arg(long)]
+    list: bool,
+    /// Exit with status 1 when drift is found.
+    #[arg(long)]
+    fail_on_drift: bool,
+}
+
+/// Runs `driftless reconcile ...`; `Ok(false)` when `--fail-on-drift` and drift was found.
+pub fn run(server: &str, args: ReconcileArgs) -> anyhow::Result<bool> {
+    let client = Client::new(server)?;
+    let mut out = io::stdout().lock();
+    if args.list {
+        let all: Vec<Value> = client.get("/v1/reconciliations")?;
+        print_lines(&mut out, &all)?;
+        return Ok(true);
+    }
+    let name = args.name.unwrap_or_default();
+    let path = format!("/v1/reconciliations/{}", segment(&name));
+    if args.history {
+        let r: Value = client.get(&path)?;
+        print_pretty(&mut out, &r)?;
+        return Ok(true);
+    }
+    let body = match (args.repair, args.report_only) {
+        (true, _) => json!({"repair": true}),
+        (_, true) => json!({"repair": false}),
+        _ => json!({}),
+    };
+    let report: Value = client.post_json(&format!("{path}/run"), &body)?;
+    if args.json {
+        print_line(&mut out, &report)?;
+    } else {
+        write!(out, "{}", human(&report)).context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+    }
+    let drift =
+        ["missing", "extra", "stale"].iter().map(|k| report[*k].as_u64().unwrap_or(0)).sum::<u64>();
+    Ok(!(args.fail_on_drift && drift > 0))
+}
+
+/// The report as a short account for a terminal.
+pub fn human(r: &Value) -> String {
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    let mut s = format!(
+        "{}: {} missing, {} extra, {} stale — {} source rows vs {} projection rows, {} of {} buckets differed, {} rows shipped, {} ms\n",
+        r["name"].as_str().unwrap_or("?"),
+        n("missing"),
+        n("extra"),
+        n("stale"),
+        n("rows_source"),
+        n("rows_projection"),
+        n("buckets_differing"),
+        n("buckets"),
+        n("rows_shipped"),
+        n("duration_ms"),
+    );
+    if n("settled_in_flight") > 0 {
+        s.push_str(&format!(
+            "  {} differences were changes in flight and settled\n",
+            n("settled_in_flight")
+        ));
+    }
+    for kind in ["missing", "extra", "stale"] {
+        let keys: Vec<&str> = r["keys"][kind]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if keys.is_empty() {
+            continue;
+        }
+        let shown: Vec<&str> = keys.iter().take(KEYS_PRINTED_MAX).copied().collect();
+        let more = if n(kind) as usize > shown.len() {
+            format!(" … and {} more", n(kind) as usize - shown.len())
+        } else {
+            String::new()
+        };
+        s.push_str(&format!("  {kind}: {}{more}\n", shown.join(", ")));
+    }
+    if r["repair"].as_bool() == Some(true) {
+        s.push_str(&format!("  repaired: {} correction events appended\n", n("repaired")));
+    }
+    if let Some(cols) = r["not_compared"].as_array().filter(|c| !c.is_empty()) {
+        let cols: Vec<&str> = cols.iter().filter_map(Value::as_str).collect();
+        s.push_str(&format!("  not compared (computed by the mapping): {}\n", cols.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_human_report_gives_counts_keys_and_repairs() {
+        let r = json!({"name": "contacts", "missing": 2, "extra": 0, "stale": 1, "rows_source": 10,
+            "rows_projection": 9, "buckets": 16, "buckets_differing": 3, "rows_shipped": 12,
+            "duration_ms": 40, "settled_in_flight": 1, "repair": true, "repaired": 3,
+            "keys": {"missing": ["a", "b"], "stale": ["c"]}, "not_compared": ["line"]});
+        let text = human(&r);
+        assert!(text.starts_with("contacts: 2 missing, 0 extra, 1 stale"), "{text}");
+        assert!(text.contains("  missing: a, b\n") && text.contains("  stale: c\n"), "{text}");
+        assert!(text.contains("repaired: 3") && text.contains("settled") && text.contains("line"));
+    }
+}
