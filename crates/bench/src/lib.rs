@@ -3,7 +3,8 @@
 //! Each benchmark measures one Driftless figure and, in the same run and on the same hardware, the
 //! reference it should be judged against, so that its report carries ratios that still mean
 //! something on a noisy machine: [`log_bench`] (raw disk as reference), [`e2e_bench`] (Postgres
-//! CDC → log → sink → Postgres projection, with plain batched upserts as reference) and, with the
+//! CDC → log → sink → Postgres projection, with plain batched upserts as reference),
+//! [`reconcile_bench`] (drift detection, with reading both tables whole as reference) and, with the
 //! `broker` feature, `broker_bench` (NATS JetStream as reference, which pulls in async-nats).
 //!
 //! Invariants:
@@ -23,6 +24,7 @@ pub mod e2e_bench;
 mod error;
 pub mod histogram;
 pub mod log_bench;
+pub mod reconcile_bench;
 
 pub use error::BenchError;
 pub use histogram::Histogram;

@@ -8,6 +8,7 @@
 
 mod bench_broker;
 mod bench_e2e;
+mod bench_reconcile;
 mod client;
 mod commands;
 
@@ -98,6 +99,9 @@ enum Bench {
     /// End to end: Postgres CDC → log → sink → a projection in a second Postgres database
     /// (commit → visible latency, sustained rate), against plain batched upserts.
     E2e(bench_e2e::E2eArgs),
+    /// Reconciliation: time to find a few drifted rows in a large projection and rows shipped,
+    /// against reading both tables whole.
+    Reconcile(bench_reconcile::ReconcileBenchArgs),
 }
 
 /// Flags of `driftless bench log`; see `driftless_bench::log_bench` for what is measured.
@@ -161,6 +165,9 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
         Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
         Command::Bench(BenchCommand { bench: Bench::E2e(args) }) => bench_e2e::run(args),
+        Command::Bench(BenchCommand { bench: Bench::Reconcile(args) }) => {
+            bench_reconcile::run(args)
+        }
         Command::Produce(args) => commands::produce::run(&cli.server, args),
         Command::Consume(args) => commands::consume::run(&cli.server, args),
         Command::Topic(args) => commands::topic::run(&cli.server, args),

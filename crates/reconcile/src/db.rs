@@ -46,6 +46,10 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+// Postgres: every hashing subquery ends in `OFFSET 0`, which keeps the planner from pulling it
+// up into its parent — pulled up, each `get_byte(sha256(…))` would hash the row again (eleven
+// hashes per row instead of two; five times slower on a million rows).
+
 /// The text of a row's key (`key`) and of the whole row (`row`), as SQL.
 fn texts(side: &Side, pg: bool) -> (String, String) {
     let text = |e: &str| if pg { format!("({e})::text") } else { format!("CAST(({e}) AS TEXT)") };
@@ -153,7 +157,7 @@ impl Conn {
                     "SELECT b, count(*)::bigint, sum(h1)::bigint, sum(h2)::bigint FROM (\
                        SELECT {b} AS b, {h1} AS h1, {h2} AS h2 FROM (\
                          SELECT sha256(convert_to(k, 'UTF8')) AS kh, sha256(convert_to(r, 'UTF8')) AS rh \
-                         FROM (SELECT {key} AS k, {row} AS r FROM {t}) s) s2) s3 GROUP BY b",
+                         FROM (SELECT {key} AS k, {row} AS r FROM {t}) s OFFSET 0) s2) s3 GROUP BY b",
                     b = pg_bucket_sql("kh", &n.to_string()),
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
@@ -201,7 +205,7 @@ impl Conn {
                 let sql = format!(
                     "SELECT k, {h1}, {h2} FROM (\
                        SELECT k, sha256(convert_to(k, 'UTF8')) AS kh, sha256(convert_to(r, 'UTF8')) AS rh \
-                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s) s2 WHERE {b} = ANY($1::int[])",
+                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s OFFSET 0) s2 WHERE {b} = ANY($1::int[])",
                     b = pg_bucket_sql("kh", &n.to_string()),
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
@@ -239,7 +243,7 @@ impl Conn {
                 let (key, row) = texts(side, true);
                 let sql = format!(
                     "SELECT k, {h1}, {h2} FROM (SELECT k, sha256(convert_to(r, 'UTF8')) AS rh \
-                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s WHERE k = ANY($1::text[])) s2",
+                       FROM (SELECT {key} AS k, {row} AS r FROM {t}) s WHERE k = ANY($1::text[]) OFFSET 0) s2",
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
                     t = quote_path(&side.table),
