@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, and nothing if it is all there:
-# nats-server (JetStream) and PostgreSQL 15. The tests start their own throwaway servers on
-# loopback; no system service is started here.
+# nats-server (JetStream), PostgreSQL 15, and Chromium with ChromeDriver (the dashboard's browser
+# test drives /usr/bin/chromium through /usr/bin/chromedriver). The tests start their own
+# throwaway servers on loopback; no system service is started here.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,12 @@ if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; t
 fi
 if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
   need+=(postgresql-15)
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  need+=(chromium)
+fi
+if [ ! -x /usr/bin/chromedriver ]; then
+  need+=(chromium-driver)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""

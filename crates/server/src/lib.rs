@@ -28,6 +28,7 @@
 
 mod cloudevents;
 mod config;
+mod dashboard;
 mod error;
 mod extract;
 pub mod metrics;
@@ -114,6 +115,8 @@ fn build(
     });
     let member = "/v1/groups/{group}/members/{member}";
     let app = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/ui/{asset}", get(dashboard::asset))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -1,0 +1,743 @@
+// Driftless dashboard: polls the server's JSON API every 2 s and renders it. No framework, no
+// build step, nothing loaded from elsewhere.
+//
+// Rules this file keeps:
+// - every string from the API reaches the DOM through textContent or setAttribute, never
+//   through HTML parsing (the server's dashboard test rejects every API that parses HTML);
+// - rows are updated in place, keyed by name, so a focused button or an open dialog survives a
+//   refresh;
+// - history is bounded: the plots keep the last 5 minutes of polls, nothing more;
+// - a failed poll keeps the last figures on screen, dimmed, under an error banner.
+"use strict";
+
+const POLL_MS = 2000;
+const WINDOW_MS = 5 * 60 * 1000;
+const REQUEST_TIMEOUT_MS = 5000;
+const GROUPS_MAX = 200; // groups described per poll; more are counted, not shown
+const SERIES_MAX = 8; // lines per plot (the largest series); the palette has 8 colours
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const ui = {
+  history: [], // [{t, rates: Map(topic → events/s), lags: Map(group → events)}], oldest first
+  ends: new Map(), // topic → {t, end}: the previous poll's summed end offsets
+  lastSuccess: 0,
+};
+
+// ---- DOM helpers -----------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+/** An element with attributes (`text` sets textContent) and children (strings become text). */
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") node.textContent = String(v);
+    else if (k === "testid") node.dataset.testid = v;
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) {
+    if (c !== null && c !== undefined) node.append(c);
+  }
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  return node;
+}
+
+/** Sets an element's text only when it changed (keeps selections and screen readers calm). */
+function setText(node, text) {
+  const s = String(text);
+  if (node.textContent !== s) node.textContent = s;
+}
+
+/**
+ * Makes `parent`'s children match `items`, in order, reusing the child whose data-key matches
+ * the item's key: `create(item)` builds a new child, `update(child, item)` refreshes one.
+ */
+function syncChildren(parent, items, keyOf, create, update) {
+  const old = new Map();
+  for (const child of parent.children) old.set(child.dataset.key, child);
+  let cursor = parent.firstElementChild;
+  for (const item of items) {
+    const key = keyOf(item);
+    let node = old.get(key);
+    if (node) old.delete(key);
+    else {
+      node = create(item);
+      node.dataset.key = key;
+    }
+    if (node === cursor) cursor = cursor.nextElementSibling;
+    else parent.insertBefore(node, cursor);
+    update(node, item);
+  }
+  for (const node of old.values()) node.remove();
+}
+
+/** A table row whose cells are reachable by name: `row.cells_[name]`. */
+function row(testid, className, names, numeric) {
+  const tr = el("tr", { testid, class: className });
+  tr.cells_ = {};
+  for (const name of names) {
+    const td = el("td", { class: numeric.includes(name) ? "num" : null });
+    tr.cells_[name] = td;
+    tr.append(td);
+  }
+  return tr;
+}
+
+function stateBadge(state) {
+  const s = String(state || "unknown");
+  return el("span", { class: `state state-${s.replace(/[^a-z-]/g, "")}`, text: s });
+}
+
+/** Rebuilds a cell from `build()` (nodes; nulls are skipped) only when `inputs` changed. */
+function fill(td, inputs, build) {
+  const signature = JSON.stringify(inputs);
+  if (td.dataset.sig === signature) return;
+  td.dataset.sig = signature;
+  td.replaceChildren(...build().filter((n) => n !== null && n !== undefined));
+}
+
+// ---- formatting ----------------------------------------------------------------------------
+
+const ints = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+
+function fmtInt(n) {
+  return ints.format(Number(n) || 0);
+}
+
+function fmtRate(r) {
+  if (r === undefined) return "—";
+  if (r >= 100) return ints.format(r);
+  return r.toFixed(r >= 10 ? 1 : 2).replace(/\.?0+$/, "") || "0";
+}
+
+function fmtBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(n) || 0;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+function fmtDuration(ms) {
+  const s = Math.max(0, Number(ms) || 0) / 1000;
+  if (s < 10) return `${s.toFixed(1).replace(/\.0$/, "")} s`;
+  if (s < 120) return `${Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 120) return `${m} min ${Math.round(s - m * 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function fmtClock(ms) {
+  const d = new Date(ms);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()]
+    .map((n) => String(n).padStart(2, "0"))
+    .join(":");
+}
+
+function fmtAgo(ms) {
+  return ms > 0 ? `${fmtDuration(Date.now() - ms)} ago` : "never";
+}
+
+// ---- the API -------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(method, path, status, detail) {
+    super(`${method} ${path} answered ${status}${detail ? `: ${detail}` : ""}`);
+    this.status = status;
+  }
+}
+
+class Unreachable extends Error {}
+
+const seg = encodeURIComponent;
+
+/** A request to the API; resolves to the parsed JSON (or null for 204), rejects otherwise. */
+async function api(method, path) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      cache: "no-store",
+      headers: { accept: "application/json" },
+      signal: abort.signal,
+    });
+  } catch (e) {
+    const why = abort.signal.aborted ? `no answer within ${REQUEST_TIMEOUT_MS} ms` : e.message;
+    throw new Unreachable(why);
+  } finally {
+    clearTimeout(timer);
+  }
+  const text = await response.text();
+  if (!response.ok) {
+    let detail = text.slice(0, 300);
+    try {
+      detail = JSON.parse(text).detail || detail;
+    } catch (_) {
+      // not a problem document: keep the text
+    }
+    throw new ApiError(method, path, response.status, detail);
+  }
+  return text ? JSON.parse(text) : null;
+}
+
+const get = (path) => api("GET", path);
+
+/** A group's description, or null when it vanished between the list and this request. */
+async function describeGroup(name) {
+  try {
+    return await get(`/v1/groups/${seg(name)}`);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return null;
+    throw e;
+  }
+}
+
+/**
+ * The reconciliations: none when the server has no such endpoint (404); an error of that
+ * endpoint alone is shown in its panel rather than failing the whole refresh.
+ */
+async function reconciliations() {
+  try {
+    const list = await get("/v1/reconciliations");
+    return { list: Array.isArray(list) ? list : [], error: null };
+  } catch (e) {
+    if (e instanceof ApiError) return { list: [], error: e.status === 404 ? null : e.message };
+    throw e;
+  }
+}
+
+// ---- polling -------------------------------------------------------------------------------
+
+let timer = null;
+let polling = false;
+let pollAgain = false;
+
+/** One refresh of every panel; then the next in POLL_MS (or at once if asked for meanwhile). */
+async function poll() {
+  if (polling) {
+    pollAgain = true;
+    return;
+  }
+  polling = true;
+  clearTimeout(timer);
+  try {
+    const [topics, groupNames, sources, sinks, recs] = await Promise.all([
+      get("/v1/topics"),
+      get("/v1/groups"),
+      get("/v1/sources"),
+      get("/v1/sinks"),
+      reconciliations(),
+    ]);
+    const t = Date.now();
+    const described = await Promise.all(groupNames.slice(0, GROUPS_MAX).map(describeGroup));
+    const groups = described.filter(Boolean);
+    const queues = await Promise.all(groups.filter((g) => g.dead_letters > 0).map(deadLetters));
+    record(t, topics, groups);
+    renderTopics(topics);
+    renderGroups(groups, groupNames.length, sinks);
+    renderDlq(queues.filter((q) => q.letters.length > 0));
+    renderSources(sources);
+    renderReconciliations(recs);
+    renderCharts(t);
+    succeeded(t);
+  } catch (e) {
+    failed(e);
+  } finally {
+    polling = false;
+    timer = setTimeout(poll, pollAgain ? 0 : POLL_MS);
+    pollAgain = false;
+  }
+}
+
+/** A group's dead letters (none when the group vanished meanwhile). */
+async function deadLetters(g) {
+  try {
+    return { group: g.group, letters: await get(`/v1/groups/${seg(g.group)}/dlq`) };
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return { group: g.group, letters: [] };
+    throw e;
+  }
+}
+
+function succeeded(t) {
+  ui.lastSuccess = t;
+  setText($("updated"), `updated ${fmtClock(t)}`);
+  $("error-banner").hidden = true;
+  $("main").classList.remove("stale");
+  $("main").removeAttribute("aria-busy");
+}
+
+function failed(e) {
+  const banner = $("error-banner");
+  const what =
+    e instanceof Unreachable
+      ? `The Driftless server is unreachable (${e.message}).`
+      : `The server answered with an error: ${e.message}.`;
+  const since = ui.lastSuccess ? ` The figures below are from ${fmtClock(ui.lastSuccess)}.` : "";
+  setText(banner, `${what} Retrying every 2 s.${since}`);
+  banner.hidden = false;
+  $("main").classList.add("stale");
+  $("main").setAttribute("aria-busy", "true");
+}
+
+/** Adds one poll to the bounded history: each topic's rate since the previous poll. */
+function record(t, topics, groups) {
+  const rates = new Map();
+  const seen = new Set();
+  for (const topic of topics) {
+    const end = topic.partitions.reduce((sum, p) => sum + p.end_offset, 0);
+    const prev = ui.ends.get(topic.name);
+    // A topic deleted and created again restarts at 0: no rate for that interval.
+    if (prev && t > prev.t && end >= prev.end) {
+      rates.set(topic.name, ((end - prev.end) * 1000) / (t - prev.t));
+    }
+    ui.ends.set(topic.name, { t, end });
+    seen.add(topic.name);
+  }
+  for (const name of [...ui.ends.keys()]) if (!seen.has(name)) ui.ends.delete(name);
+  const lags = new Map();
+  for (const g of groups) lags.set(g.group, g.partitions.reduce((s, p) => s + p.lag_events, 0));
+  ui.history.push({ t, rates, lags });
+  while (ui.history.length && ui.history[0].t < t - WINDOW_MS) ui.history.shift();
+}
+
+function currentRate(topic) {
+  const last = ui.history[ui.history.length - 1];
+  return last ? last.rates.get(topic) : undefined;
+}
+
+// ---- panels --------------------------------------------------------------------------------
+
+function renderTopics(topics) {
+  $("topics-empty").hidden = topics.length > 0;
+  syncChildren(
+    $("topics"),
+    topics,
+    (t) => t.name,
+    (t) => {
+      const numeric = ["parts", "events", "rate", "size"];
+      const tr = row(`topic-row-${t.name}`, null, ["name", ...numeric], numeric);
+      tr.cells_.name.append(el("span", { class: "mono", text: t.name }));
+      tr.cells_.events.dataset.testid = `topic-events-${t.name}`;
+      tr.cells_.rate.dataset.testid = `topic-rate-${t.name}`;
+      return tr;
+    },
+    (tr, t) => {
+      const c = tr.cells_;
+      setText(c.parts, t.partitions.length);
+      setText(c.events, fmtInt(t.partitions.reduce((s, p) => s + p.end_offset, 0)));
+      setText(c.rate, fmtRate(currentRate(t.name)));
+      setText(c.size, fmtBytes(t.partitions.reduce((s, p) => s + p.size_bytes, 0)));
+    },
+  );
+}
+
+/** The projection cell of a sink's group: the sink, its state and how fresh its tables are. */
+function projection(td, sink) {
+  const newest =
+    sink && sink.newest_event_ms > 0
+      ? `newest applied event ${fmtAgo(sink.newest_event_ms)}`
+      : "nothing applied yet";
+  fill(td, sink ? [sink, newest] : null, () => {
+    if (!sink) return [];
+    const rb = sink.rebuild;
+    const rebuilding = rb && rb.phase !== "done";
+    const replayed =
+      rebuilding ? `rebuild ${rb.phase}, ${fmtInt(rb.events_replayed)} replayed` : "";
+    return [
+      el("span", { class: "mono", text: sink.name }),
+      " ",
+      stateBadge(sink.state),
+      el("span", { class: "sub", text: newest }),
+      rebuilding ? el("span", { class: "sub", text: replayed }) : null,
+      sink.error ? el("span", { class: "error-text", text: sink.error }) : null,
+      rb && rb.error ? el("span", { class: "error-text", text: `rebuild: ${rb.error}` }) : null,
+    ];
+  });
+}
+
+function renderGroups(groups, total, sinks) {
+  const note = $("groups-empty");
+  if (total > groups.length) setText(note, `Showing ${groups.length} of ${total} groups.`);
+  else setText(note, "No consumer groups yet.");
+  note.hidden = groups.length > 0 && total <= groups.length;
+  const items = [];
+  for (const g of groups) {
+    items.push({ kind: "group", key: `g\u0000${g.group}`, g });
+    for (const p of g.partitions) {
+      const key = `p\u0000${g.group}\u0000${p.topic}\u0000${p.partition}`;
+      items.push({ kind: "partition", key, g, p });
+    }
+  }
+  const names = ["name", "member", "lag", "lagTime", "inflight", "dead", "projection"];
+  const numeric = ["lag", "lagTime", "inflight", "dead"];
+  syncChildren(
+    $("groups"),
+    items,
+    (i) => i.key,
+    (i) => {
+      if (i.kind === "group") {
+        const tr = row(`group-row-${i.g.group}`, "group-row", names, numeric);
+        tr.cells_.name.append(el("span", { class: "mono", text: i.g.group }));
+        tr.cells_.lag.dataset.testid = `group-lag-${i.g.group}`;
+        tr.cells_.dead.dataset.testid = `group-dead-${i.g.group}`;
+        tr.cells_.projection.dataset.testid = `group-sink-${i.g.group}`;
+        return tr;
+      }
+      const id = `group-partition-${i.g.group}-${i.p.topic}-${i.p.partition}`;
+      const tr = row(id, "partition-row", names, numeric);
+      tr.cells_.name.append(el("span", { class: "mono", text: `${i.p.topic} / ${i.p.partition}` }));
+      return tr;
+    },
+    (tr, i) => {
+      const c = tr.cells_;
+      if (i.kind === "group") {
+        const ps = i.g.partitions;
+        setText(c.member, `${i.g.members.length} member${i.g.members.length === 1 ? "" : "s"}`);
+        setText(c.lag, fmtInt(ps.reduce((s, p) => s + p.lag_events, 0)));
+        setText(c.lagTime, fmtDuration(Math.max(0, ...ps.map((p) => p.lag_ms))));
+        setText(c.inflight, fmtInt(ps.reduce((s, p) => s + p.inflight, 0)));
+        setText(c.dead, fmtInt(i.g.dead_letters));
+        projection(c.projection, sinks.find((s) => s.group === i.g.group));
+        return;
+      }
+      const p = i.p;
+      const member = p.member || "unassigned";
+      if (c.member.title !== member) {
+        c.member.title = member;
+        c.member.replaceChildren(el("span", { class: "mono ellipsis", text: member }));
+      }
+      setText(c.lag, fmtInt(p.lag_events));
+      setText(c.lagTime, fmtDuration(p.lag_ms));
+      const keys = p.parked_keys === 1 ? "key" : "keys";
+      const parked = p.parked_keys > 0 ? ` (${fmtInt(p.parked_keys)} ${keys} parked)` : "";
+      setText(c.inflight, `${fmtInt(p.inflight)}${parked}`);
+      setText(c.dead, "");
+      setText(c.projection, `committed ${fmtInt(p.committed)} of ${fmtInt(p.end_offset)}`);
+    },
+  );
+}
+
+function renderDlq(queues) {
+  $("dlq-empty").hidden = queues.length > 0;
+  syncChildren(
+    $("dlq"),
+    queues,
+    (q) => q.group,
+    (q) => {
+      const body = el("tbody");
+      const heads = ["Dead letter", "Event", "Attempts", "Last error", "Dead", "State", "Actions"];
+      const head = el("tr", {}, ...heads.map((h) => el("th", { scope: "col", text: h })));
+      const attrs = { class: "dlq-group", testid: `dlq-group-${q.group}` };
+      attrs["aria-label"] = `Dead letters of group ${q.group}`;
+      const section = el(
+        "section",
+        attrs,
+        el("h3", {}, "Group ", el("span", { class: "mono", text: q.group })),
+        el("table", {}, el("thead", {}, head), body),
+      );
+      section.body_ = body;
+      return section;
+    },
+    (section, q) => renderDlqRows(section.body_, q.group, q.letters),
+  );
+}
+
+function renderDlqRows(body, group, letters) {
+  const names = ["id", "event", "attempts", "error", "since", "state", "actions"];
+  syncChildren(
+    body,
+    letters,
+    (d) => d.id,
+    (d) => {
+      const key = `${group}/${d.id}`;
+      const tr = row(`dlq-row-${key}`, null, names, ["attempts"]);
+      tr.cells_.id.append(el("span", { class: "mono", text: d.id }));
+      tr.cells_.state.dataset.testid = `dlq-state-${key}`;
+      const buttons = [["inspect", "Inspect"], ["retry", "Retry"], ["discard", "Discard"]];
+      for (const [what, label] of buttons) {
+        const b = el("button", { type: "button", testid: `dlq-${what}-${key}`, text: label });
+        if (what === "discard") b.className = "danger";
+        b.setAttribute("aria-label", `${label} dead letter ${d.id} of group ${group}`);
+        b.addEventListener("click", () => act(what, group, d.id, b));
+        tr.cells_.actions.append(b);
+        if (what === "retry") tr.retry_ = b;
+      }
+      return tr;
+    },
+    (tr, d) => {
+      const c = tr.cells_;
+      const ev = d.event || {};
+      fill(c.event, [ev.type, ev.subject], () => [
+        el("span", { class: "mono", text: ev.type || "" }),
+        ev.subject ? el("span", { class: "sub", text: `subject ${ev.subject}` }) : null,
+      ]);
+      setText(c.attempts, d.attempts);
+      setText(c.error, d.errors.length ? d.errors[d.errors.length - 1] : "");
+      setText(c.since, fmtAgo(d.dead_at_ms));
+      c.since.title = new Date(d.dead_at_ms).toLocaleString();
+      fill(c.state, d.state, () => [stateBadge(d.state)]);
+      tr.retry_.disabled = d.state === "retrying" || tr.retry_.dataset.busy === "1";
+    },
+  );
+}
+
+function renderSources(sources) {
+  $("sources-empty").hidden = sources.length > 0;
+  const names = ["name", "state", "events", "slot", "backlog", "snapshot"];
+  syncChildren(
+    $("sources"),
+    sources,
+    (s) => s.name,
+    (s) => {
+      const tr = row(`source-row-${s.name}`, null, names, ["events", "slot", "backlog"]);
+      tr.cells_.name.append(
+        el("span", { class: "mono", text: s.name }),
+        el("span", { class: "sub", text: s.kind }),
+      );
+      return tr;
+    },
+    (tr, s) => {
+      const c = tr.cells_;
+      fill(c.state, [s.state, s.error], () => [
+        stateBadge(s.state),
+        s.error ? el("span", { class: "error-text", text: s.error }) : null,
+      ]);
+      const last = s.last_event_ms > 0 ? `last ${fmtAgo(s.last_event_ms)}` : "none yet";
+      fill(c.events, [s.events_total, last], () => [
+        fmtInt(s.events_total),
+        el("span", { class: "sub", text: last }),
+      ]);
+      setText(c.slot, s.slot_lag_bytes >= 0 ? fmtBytes(s.slot_lag_bytes) : "—");
+      const backlog = s.outbox_backlog_rows;
+      setText(c.backlog, backlog >= 0 ? `${fmtInt(backlog)} rows` : "—");
+      const total = s.snapshot_rows_total;
+      const done = Math.min(s.snapshot_rows_done, total);
+      fill(c.snapshot, [total, done, s.state], () => {
+        if (total === 0) return [s.state === "snapshotting" ? "estimating…" : "—"];
+        const pct = Math.floor((done * 100) / total);
+        const bar = el("progress", { max: total, value: done });
+        bar.setAttribute("aria-label", `snapshot of ${s.name}`);
+        const rows = el("span", { class: "sub", text: `${fmtInt(done)} of ${fmtInt(total)} rows` });
+        return [bar, ` ${pct}%`, rows];
+      });
+    },
+  );
+}
+
+/**
+ * Reconciliations as planned: `{name, sink, state, last_run: {started_ms, finished_ms, missing,
+ * extra, stale, repaired, policy} | null}`. Also read: `duration_ms` instead of `finished_ms`, the
+ * policy beside the run (or `repair: true`), and `error` for a run that failed.
+ */
+function renderReconciliations({ list: recs, error }) {
+  const note = $("reconciliations-empty");
+  setText(note, error ? `Reconciliations unavailable: ${error}` : "No reconciliations configured.");
+  note.hidden = recs.length > 0;
+  const names = ["name", "state", "run", "missing", "extra", "stale", "repaired"];
+  syncChildren(
+    $("reconciliations"),
+    recs,
+    (r) => r.name,
+    (r) => {
+      const tr = row(`reconciliation-row-${r.name}`, null, names, names.slice(3));
+      tr.cells_.name.append(
+        el("span", { class: "mono", text: r.name }),
+        el("span", { class: "sub", text: `sink ${r.sink}` }),
+      );
+      return tr;
+    },
+    (tr, r) => {
+      const c = tr.cells_;
+      const run = r.last_run || null;
+      const failure = run && run.error;
+      fill(c.state, [r.state, failure], () => [
+        stateBadge(r.state),
+        failure ? el("span", { class: "error-text", text: failure }) : null,
+      ]);
+      if (run) {
+        const started = run.started_ms ?? run.at_ms;
+        const took = run.finished_ms >= 0 ? run.finished_ms - run.started_ms : run.duration_ms;
+        const policy = run.policy ?? r.policy ?? (run.repair ? "repair" : "report");
+        const parts = [fmtClock(started)];
+        if (took >= 0) parts.push(`took ${fmtDuration(took)}`);
+        setText(c.run, [...parts, policy].join(", "));
+      } else {
+        setText(c.run, "not run yet");
+      }
+      for (const k of names.slice(3)) {
+        setText(c[k], run && run[k] !== undefined ? fmtInt(run[k]) : "—");
+      }
+    },
+  );
+}
+
+// ---- plots ---------------------------------------------------------------------------------
+
+/** The smallest 1, 2 or 5 × 10^k at or above `v` (at least 1). */
+function niceCeil(v) {
+  if (!(v > 1)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+/** Series from the history: one per key of `pick(tick)`, the largest SERIES_MAX by last value. */
+function seriesOf(pick) {
+  const points = new Map();
+  for (const tick of ui.history) {
+    for (const [name, v] of pick(tick)) {
+      if (!points.has(name)) points.set(name, []);
+      points.get(name).push([tick.t, v]);
+    }
+  }
+  const all = [...points].map(([name, pts]) => ({ name, pts, last: pts[pts.length - 1][1] }));
+  all.sort((a, b) => b.last - a.last || a.name.localeCompare(b.name));
+  return all.slice(0, SERIES_MAX).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** A line plot of `series` over the last 5 minutes, sized to its container, and its legend. */
+function drawChart(container, now, series, unit, label) {
+  const W = Math.max(320, Math.floor(container.clientWidth) || 600);
+  const H = 180;
+  const left = 52;
+  const right = 8;
+  const top = 8;
+  const bottom = 22;
+  const max = niceCeil(Math.max(0, ...series.flatMap((s) => s.pts.map((p) => p[1]))));
+  const x = (t) => left + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (W - left - right);
+  const y = (v) => top + (1 - v / max) * (H - top - bottom);
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  root.setAttribute("aria-label", label);
+  for (const v of [0, max / 2, max]) {
+    root.append(svg("line", { class: "axis", x1: left, x2: W - right, y1: y(v), y2: y(v) }));
+    const tick = svg("text", { class: "tick", x: left - 6, y: y(v) + 4, "text-anchor": "end" });
+    tick.textContent = fmtRate(v);
+    root.append(tick);
+  }
+  for (const [t, text, anchor] of [
+    [now - WINDOW_MS, "−5 min", "start"],
+    [now - WINDOW_MS / 2, "−2.5 min", "middle"],
+    [now, "now", "end"],
+  ]) {
+    const tick = svg("text", { class: "tick", x: x(t), y: H - 6, "text-anchor": anchor });
+    tick.textContent = text;
+    root.append(tick);
+  }
+  series.forEach((s, i) => {
+    const pts = s.pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+    root.append(svg("polyline", { class: `series-${i}`, points: pts }));
+    const [t, v] = s.pts[s.pts.length - 1];
+    root.append(svg("circle", { class: `series-${i}`, cx: x(t), cy: y(v), r: 3 }));
+  });
+  const legend = el("ul", { class: "legend" });
+  series.forEach((s, i) => {
+    legend.append(
+      el(
+        "li",
+        {},
+        el("span", { class: `swatch series-${i}`, "aria-hidden": "true" }),
+        el("span", { class: "mono", text: s.name }),
+        ` ${fmtRate(s.last)} ${unit}`,
+      ),
+    );
+  });
+  if (series.length === 0) legend.append(el("li", { class: "empty", text: "No data yet." }));
+  container.replaceChildren(root, legend);
+}
+
+function renderCharts(now) {
+  const rates = seriesOf((tick) => tick.rates);
+  const lags = seriesOf((tick) => tick.lags);
+  drawChart($("chart-throughput"), now, rates, "events/s", "Events per second per topic, 5 min");
+  drawChart($("chart-lag"), now, lags, "behind", "Consumer lag in events per group, 5 min");
+}
+
+// ---- dead-letter actions -------------------------------------------------------------------
+
+let sayTimer = null;
+
+/** Reports the outcome of an action in the status line, for 15 s. */
+function say(text, isError) {
+  const status = $("action-status");
+  setText(status, text);
+  status.classList.toggle("error", Boolean(isError));
+  clearTimeout(sayTimer);
+  sayTimer = setTimeout(() => setText(status, ""), 15000);
+}
+
+async function act(what, group, id, button) {
+  const path = `/v1/groups/${seg(group)}/dlq/${seg(id)}`;
+  if (what === "inspect") {
+    await inspect(group, id, path);
+    return;
+  }
+  const question = `Discard dead letter ${id} of group ${group} for good?`;
+  if (what === "discard" && !window.confirm(question)) return;
+  if (button) {
+    button.disabled = true;
+    button.dataset.busy = "1";
+  }
+  try {
+    if (what === "retry") {
+      await api("POST", `${path}/retry`);
+      say(`Dead letter ${id} of group ${group} is being delivered again.`);
+    } else {
+      await api("DELETE", path);
+      say(`Dead letter ${id} of group ${group} discarded.`);
+    }
+    const dialog = $("dlq-dialog");
+    if (dialog.open && dialog.dataset.key === `${group}/${id}`) dialog.close();
+  } catch (e) {
+    say(`Could not ${what} dead letter ${id} of group ${group}: ${e.message}`, true);
+  } finally {
+    if (button) {
+      delete button.dataset.busy;
+      button.disabled = false;
+    }
+  }
+  poll(); // show the effect now rather than at the next tick
+}
+
+async function inspect(group, id, path) {
+  let d;
+  try {
+    d = await get(path);
+  } catch (e) {
+    say(`Could not load dead letter ${id} of group ${group}: ${e.message}`, true);
+    return;
+  }
+  const dialog = $("dlq-dialog");
+  dialog.dataset.key = `${group}/${id}`;
+  setText($("dlq-dialog-title"), `Dead letter ${d.id}`);
+  const facts = [
+    ["Group", d.group],
+    ["Topic", `${d.topic}, partition ${d.partition}, offset ${d.offset}`],
+    ["Attempts", d.attempts],
+    ["Dead since", new Date(d.dead_at_ms).toLocaleString()],
+    ["State", d.state],
+  ];
+  const pairs = facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]);
+  $("dlq-dialog-facts").replaceChildren(...pairs);
+  $("dlq-dialog-errors").replaceChildren(...d.errors.map((e) => el("li", { text: e })));
+  setText($("dlq-dialog-event"), JSON.stringify(d.event, null, 2));
+  $("dlq-dialog-retry").onclick = () => act("retry", group, id, $("dlq-dialog-retry"));
+  $("dlq-dialog-discard").onclick = () => act("discard", group, id, $("dlq-dialog-discard"));
+  if (!dialog.open) dialog.showModal();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("dlq-dialog-close").addEventListener("click", () => $("dlq-dialog").close());
+  poll();
+});

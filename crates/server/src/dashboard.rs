@@ -1,0 +1,96 @@
+//! The dashboard: a single page at `GET /` with its stylesheet and script at `GET /ui/{asset}`
+//! (`dashboard.css`, `dashboard.js`), hand-written HTML, CSS and JavaScript from
+//! `crates/server/assets/`. The page polls the public JSON API (`/v1/topics`, `/v1/groups`,
+//! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations` and the dead-letter routes) every 2 s and
+//! draws topics with their produce rates, consumer lag, sink freshness, sources, dead letters
+//! (inspect, retry, discard) and reconciliation runs; the server keeps no state for it.
+//!
+//! Invariants:
+//! - the assets are compiled into the binary (`include_str!`), so the page works offline and
+//!   from any working directory, and nothing is fetched from another origin: the
+//!   `content-security-policy` header allows only this server (`default-src 'self'`);
+//! - every answer has its exact content type, `cache-control: no-cache` (the browser revalidates,
+//!   so a page never runs against a server of another version) and
+//!   `x-content-type-options: nosniff`;
+//! - the script puts API strings into the DOM with `textContent` and attributes only, never as
+//!   HTML (the server's dashboard test rejects `innerHTML` and the other HTML-parsing calls);
+//! - the dashboard is not part of the `/v1` API: it is absent from the OpenAPI document and adds
+//!   no route under `/v1`.
+//!
+//! Stable `data-testid` attributes for tests: `panel-{throughput,lag,sources,topics,groups,dlq,
+//! reconciliations}`, `chart-throughput`, `chart-lag`, `updated`, `error-banner`,
+//! `action-status`, `topic-row-<topic>`, `topic-rate-<topic>`, `topic-events-<topic>`,
+//! `group-row-<group>`, `group-lag-<group>`, `group-dead-<group>`, `group-sink-<group>`,
+//! `group-partition-<group>-<topic>-<partition>`, `source-row-<source>`,
+//! `reconciliation-row-<name>`, `dlq-group-<group>`, and per dead letter (its id is
+//! `topic:partition:offset`, unique only within its group, hence the group in the name)
+//! `dlq-row-<group>/<id>`, `dlq-state-<group>/<id>`, `dlq-inspect-<group>/<id>`,
+//! `dlq-retry-<group>/<id>`, `dlq-discard-<group>/<id>`; the inspect dialog is `dlq-detail`
+//! with `dlq-detail-errors`, `dlq-detail-event`, `dlq-detail-retry`, `dlq-detail-discard`,
+//! `dlq-detail-close`; an empty panel shows `<panel>-empty`.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::extract::ApiPath;
+use crate::problem::Problem;
+
+/// The page.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// What the browser may load: only this server's own files and API (the favicon is an empty
+/// `data:` URL, so the browser does not ask for `/favicon.ico`).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
+     object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// A file under `/ui/`.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// Every file under `/ui/`; the page refers to each of them.
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "dashboard.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../assets/dashboard.css"),
+    },
+    Asset {
+        name: "dashboard.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/dashboard.js"),
+    },
+];
+
+fn respond(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`: the dashboard page.
+pub async fn index() -> Response {
+    respond("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /ui/{asset}`: one of the page's files, or a 404 problem.
+pub async fn asset(ApiPath(name): ApiPath<String>) -> Response {
+    match ASSETS.iter().find(|a| a.name == name) {
+        Some(a) => respond(a.content_type, a.body),
+        None => Problem::not_found(
+            "no-such-asset",
+            "No such dashboard file",
+            format!("the dashboard has no file {name:?}; see /"),
+        )
+        .into_response(),
+    }
+}
