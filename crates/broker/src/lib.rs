@@ -638,6 +638,7 @@ impl Broker {
         let mut out =
             Fetched { deliveries: Vec::new(), generation: g.generation, next_due_ms: None };
         let mut dead_now = Vec::new();
+        let mut values: Vec<Bytes> = Vec::new();
         // Fairness: start at a different partition each fetch, and give every partition an equal
         // share first; a second pass lets busy partitions use what idle ones left.
         let assigned = g.assigned_to(member);
@@ -726,14 +727,14 @@ impl Broker {
                     p.state = PendingState::Inflight { member: member.to_string(), deadline_ms };
                     out.next_due_ms =
                         Some(out.next_due_ms.map_or(deadline_ms, |d| d.min(deadline_ms)));
-                    let event = serde_json::from_slice(&p.value).unwrap_or(serde_json::Value::Null);
+                    values.push(p.value.clone());
                     out.deliveries.push(Delivery {
                         delivery_id: format!("{}:{}:{}:{}", tp.0, tp.1, offset, p.attempts),
                         topic: tp.0.clone(),
                         partition: tp.1,
                         offset,
                         attempt: p.attempts,
-                        event,
+                        event: serde_json::Value::Null, // parsed below, outside the lock
                         dead_letter_id: p.dead_letter_id.clone(),
                     });
                     budget -= 1;
@@ -743,6 +744,12 @@ impl Broker {
         }
         for (tp, offset) in dead_now {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
+        }
+        drop(g);
+        // Parsing is most of a fetch's work: done without the group's lock, other members and
+        // acknowledgements of this group are not held up by it.
+        for (d, v) in out.deliveries.iter_mut().zip(values) {
+            d.event = serde_json::from_slice(&v).unwrap_or(serde_json::Value::Null);
         }
         Ok(out)
     }

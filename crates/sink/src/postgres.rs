@@ -224,9 +224,11 @@ impl PgSink {
     fn group_sql(&self, g: &Group<'_>) -> String {
         let t = quote_path(g.table);
         let vc = q(&self.version_column);
+        // `OFFSET 0` keeps the subquery from being pulled up, where `(x.r).col` would run
+        // `jsonb_populate_record` once per column instead of once per row.
         let rows = format!(
             "SELECT jsonb_populate_record(NULL::{t}, e->'r') AS r, e->>'k' AS k, e->>'v' AS v \
-             FROM jsonb_array_elements($1::text::jsonb) e"
+             FROM jsonb_array_elements($1::text::jsonb) e OFFSET 0"
         );
         match g.op {
             OpKind::Upsert => {

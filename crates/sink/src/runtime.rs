@@ -437,6 +437,67 @@ fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
     Item { topic: d.topic.clone(), partition: d.partition, offset: d.offset, event_time_ms, ops }
 }
 
+/// A table sink's overlap of work: while a batch is applied, the previous batch's
+/// acknowledgement (its commit is done) and the next batch's fetch run on the blocking pool. The
+/// next batch cannot hold a key of the current one: the broker hands out one event per key until
+/// it is acknowledged. At most one acknowledgement and one prefetch are outstanding.
+#[derive(Default)]
+struct Pipeline {
+    ack: Option<tokio::task::JoinHandle<std::result::Result<Vec<String>, BrokerError>>>,
+    prefetch: Option<tokio::task::JoinHandle<std::result::Result<Fetched, BrokerError>>>,
+}
+
+impl Pipeline {
+    /// Waits for the outstanding acknowledgement.
+    async fn settle_ack(&mut self, sink: &str) -> Result<()> {
+        if let Some(h) = self.ack.take() {
+            match h.await {
+                Ok(r) => {
+                    r.map(|_| ()).map_err(|error| SinkError::Broker { sink: sink.into(), error })?
+                }
+                Err(e) => {
+                    return Err(SinkError::Unavailable {
+                        sink: sink.into(),
+                        reason: format!("acknowledgement failed: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_ack(&mut self, broker: &Arc<Broker>, group: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let (b, g) = (Arc::clone(broker), group.to_string());
+        self.ack = Some(tokio::task::spawn_blocking(move || b.ack(&g, &ids)));
+    }
+
+    fn start_prefetch(&mut self, broker: &Arc<Broker>, session: &Session<'_>, max: usize) {
+        let (b, g, m) = (Arc::clone(broker), session.group.clone(), session.member.clone());
+        self.prefetch = Some(tokio::task::spawn_blocking(move || b.fetch(&g, &m, max)));
+    }
+
+    /// The prefetched batch, if one was fetched (a failed prefetch is simply fetched again).
+    async fn take_prefetch(&mut self) -> Option<Fetched> {
+        match self.prefetch.take()?.await {
+            Ok(Ok(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Settles the acknowledgement and hands a prefetched batch back to the group.
+    async fn drain(&mut self, broker: &Arc<Broker>, session: &Session<'_>) -> Result<()> {
+        self.settle_ack(&session.config.name).await?;
+        if let Some(f) = self.take_prefetch().await {
+            let ids = f.deliveries.into_iter().map(|d| d.delivery_id).collect();
+            session.release(broker, ids).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs a sink's apply loop until shutdown or, with `until_caught_up`, until its group has
 /// consumed everything of its topics (a rebuild's replay).
 pub(crate) async fn run_sink(
@@ -451,7 +512,14 @@ pub(crate) async fn run_sink(
     let mut session = Session::join(config, &broker).await?;
     ctx.status.set_state(SinkState::Running, None);
     let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+    let mut pipeline = Pipeline::default();
     let result = loop {
+        if *ctx.paused.borrow() || ctx.is_shutting_down() {
+            // Nothing outstanding while paused or stopping.
+            if let Err(e) = pipeline.drain(&broker, &session).await {
+                break Err(e);
+            }
+        }
         if !ctx.wait_while_paused().await {
             break Ok(());
         }
@@ -475,11 +543,17 @@ pub(crate) async fn run_sink(
         }
         // Listen before fetching, so a produce between the fetch and the wait is not missed.
         let listener = broker.listen();
-        let fetched = match session.fetch(&broker, max).await {
-            Ok(f) => f,
-            Err(e) => break Err(e),
+        let fetched = match pipeline.take_prefetch().await {
+            Some(f) => f,
+            None => match session.fetch(&broker, max).await {
+                Ok(f) => f,
+                Err(e) => break Err(e),
+            },
         };
         if fetched.deliveries.is_empty() {
+            if let Err(e) = pipeline.settle_ack(&config.name).await {
+                break Err(e);
+            }
             if until_caught_up && group_caught_up(&broker, &session.group) {
                 break Ok(());
             }
@@ -500,7 +574,25 @@ pub(crate) async fn run_sink(
                 deliver_webhook(config, mapper, ctx, &session, hook, breaker, fetched.deliveries)
                     .await
             }
-            _ => apply_tables(config, mapper, ctx, &session, &mut target, fetched.deliveries).await,
+            _ => {
+                pipeline.start_prefetch(&broker, &session, max);
+                match apply_tables(config, mapper, ctx, &session, &mut target, fetched.deliveries)
+                    .await
+                {
+                    Ok(Some(acks)) => match pipeline.settle_ack(&config.name).await {
+                        Ok(()) => {
+                            pipeline.start_ack(&broker, &session.group, acks);
+                            Ok(true)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Ok(None) => pipeline.drain(&broker, &session).await.map(|()| false),
+                    Err(e) => {
+                        let _ = pipeline.drain(&broker, &session).await;
+                        Err(e)
+                    }
+                }
+            }
         };
         match outcome {
             Ok(true) => {
@@ -520,12 +612,14 @@ pub(crate) async fn run_sink(
             Err(e) => break Err(e),
         }
     };
+    let drained = pipeline.drain(&broker, &session).await;
     session.leave(&broker).await;
-    result
+    result.and(drained)
 }
 
-/// Applies a batch to a table target. `Ok(true)`: every delivery was acknowledged or rejected;
-/// `Ok(false)`: the target is unavailable and the deliveries were released.
+/// Applies a batch to a table target. `Ok(Some(ids))`: applied and committed — `ids` are to be
+/// acknowledged (every other delivery was acknowledged or rejected here); `Ok(None)`: the target
+/// is unavailable and the deliveries were released.
 async fn apply_tables(
     config: &SinkConfig,
     mapper: &Mapper,
@@ -533,7 +627,7 @@ async fn apply_tables(
     session: &Session<'_>,
     target: &mut Target,
     deliveries: Vec<Delivery>,
-) -> Result<bool> {
+) -> Result<Option<Vec<String>>> {
     let broker = &ctx.broker;
     let mut items: Vec<(String, Item)> = Vec::new();
     for d in &deliveries {
@@ -556,17 +650,16 @@ async fn apply_tables(
             failpoint("sink.after_apply");
             let newest = refs.iter().map(|it| it.event_time_ms).max().unwrap_or(0);
             let rows = refs.iter().map(|it| it.ops.len()).sum();
-            session.ack(broker, all_ids()).await?;
             ctx.status.events_skipped_total.fetch_add(skipped as u64, Ordering::Relaxed);
             ctx.status.batch(items.len() - skipped, rows, newest);
-            Ok(true)
+            Ok(Some(all_ids()))
         }
         Err(ApplyError::Unavailable(reason)) => {
             tracing::warn!(sink = %config.name, %reason, "target unavailable; retrying");
             ctx.status
                 .set_state(SinkState::Retrying, Some(format!("target unavailable: {reason}")));
             session.release(broker, all_ids()).await?;
-            Ok(false)
+            Ok(None)
         }
         Err(ApplyError::Schema { table, reason }) => {
             session.release(broker, all_ids()).await?;
@@ -589,7 +682,7 @@ async fn apply_tables(
                         session.ack(broker, done).await?;
                         let rest = items[i..].iter().map(|(id, _)| id.clone()).collect();
                         session.release(broker, rest).await?;
-                        return Ok(false);
+                        return Ok(None);
                     }
                     Err(ApplyError::Schema { table, reason }) => {
                         session.ack(broker, done).await?;
@@ -599,8 +692,7 @@ async fn apply_tables(
                     }
                 }
             }
-            session.ack(broker, done).await?;
-            Ok(true)
+            Ok(Some(done))
         }
     }
 }

@@ -45,7 +45,11 @@ async fn receive(
         .collect();
     let id = headers.get("webhook-id").cloned().unwrap_or_default();
     let mut got = r.got.lock().unwrap();
-    let seen_before = got.iter().filter(|g| g.headers.get("webhook-id") == Some(&id)).count();
+    // Per endpoint: both sinks receive the same events.
+    let seen_before = got
+        .iter()
+        .filter(|g| g.headers.get("webhook-id") == Some(&id) && g.path == uri.path())
+        .count();
     got.push(Received { path: uri.path().to_string(), headers, body: body.to_vec() });
     match id.as_str() {
         "flaky" if seen_before == 0 => StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +130,7 @@ async fn webhooks_are_signed_retried_with_the_same_id_and_4xx_goes_to_the_dlq() 
     assert_eq!(on("/structured", "ok").len(), 1);
     assert!(on("/structured", "other").is_empty(), "the mapping's types filter it out");
     assert_eq!(on("/binary", "other").len(), 1, "no mapping: every event goes");
+    assert_eq!(on("/binary", "flaky").len(), 2, "each endpoint's 503 is retried");
     let body: Value = serde_json::from_slice(&on("/structured", "ok")[0].body).unwrap();
     assert_eq!(body["id"], "ok");
     assert_eq!(body["type"], "customer.created");
