@@ -11,6 +11,7 @@ mod bench_e2e;
 mod bench_reconcile;
 mod client;
 mod commands;
+mod demo;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "driftless", version, about, propagate_version = true)]
 struct Cli {
     /// Which logs to write to stderr, as a tracing filter (`warn`, `info`,
-    /// `driftless_log=debug,info`, ...). Defaults to `info`.
+    /// `driftless_log=debug,info`, ...). Defaults to `info` (`error` for `demo`).
     #[arg(long, global = true, env = "RUST_LOG", value_name = "FILTER")]
     log_level: Option<String>,
 
@@ -64,6 +65,9 @@ enum Command {
     Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// The whole idea in one command: four services kept in sync from one, with a poison event,
+    /// an outage and a hand edit along the way; exits 0 only if every projection matches.
+    Demo(demo::DemoArgs),
 }
 
 /// Flags of `driftless serve`; each overrides the same setting of the config file.
@@ -160,7 +164,10 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref())?;
+    // The demo tells its own story on stdout; the components' warnings (the poison event's
+    // retries, the outage) are part of it and would only interleave.
+    let default = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
+    init_logging(cli.log_level.as_deref().or(Some(default)))?;
     match cli.command {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
         Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
@@ -175,6 +182,12 @@ fn run() -> anyhow::Result<()> {
         Command::Dlq(args) => commands::dlq::run(&cli.server, args),
         Command::Source(args) => commands::source::run(&cli.server, args),
         Command::Sink(args) => commands::sink::run(&cli.server, args),
+        Command::Demo(args) => {
+            if !demo::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Reconcile(args) => {
             if !commands::reconcile::run(&cli.server, args)? {
                 std::process::exit(1);
