@@ -300,6 +300,18 @@ impl SourceConfig {
                 positive("heartbeat_interval_ms", c.heartbeat_interval_ms)?;
                 positive("batch_events_max", c.batch_events_max as u64)?;
                 positive("buffer_bytes_max", c.buffer_bytes_max as u64)?;
+                if c.on_slot_lost == OnSlotLost::Resnapshot && c.snapshot == SnapshotMode::Never {
+                    // Recreating a lost slot without re-reading the tables would silently skip
+                    // every change made while it was gone.
+                    return Err(bad(
+                        "on_slot_lost",
+                        "\"resnapshot\" re-reads the tables through a snapshot, which \
+                         snapshot = \"never\" turns off: the changes made while the slot was \
+                         lost would be missing. Set snapshot = \"initial\", or on_slot_lost = \
+                         \"fail\""
+                            .into(),
+                    ));
+                }
                 for t in c.tables.iter().chain(c.routes.keys()).chain(c.key_columns.keys()) {
                     if t.split('.').count() != 2 {
                         return Err(bad("tables", format!("`{t}` must be written schema.table")));
@@ -349,5 +361,30 @@ impl PgCdcConfig {
             buffer_bytes_max: default_buffer_bytes_max(),
             outbox: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `on_slot_lost = "resnapshot"` with `snapshot = "never"` recreated a lost slot
+    /// without reading anything again, losing the changes made meanwhile with only a warning.
+    #[test]
+    fn resnapshot_without_snapshots_is_refused() {
+        let mut cdc = PgCdcConfig::new("postgres://u@127.0.0.1/app");
+        cdc.on_slot_lost = OnSlotLost::Resnapshot;
+        cdc.snapshot = SnapshotMode::Never;
+        let config = SourceConfig {
+            name: "app".into(),
+            kind: SourceKind::PostgresCdc(cdc.clone()),
+            partitions: 1,
+            paused: false,
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("on_slot_lost") && err.contains("snapshot"), "{err}");
+        cdc.snapshot = SnapshotMode::Initial;
+        let ok = SourceConfig { kind: SourceKind::PostgresCdc(cdc), ..config };
+        assert!(ok.validate().is_ok());
     }
 }

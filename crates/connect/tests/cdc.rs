@@ -310,6 +310,7 @@ async fn a_lost_slot_stops_the_source_unless_told_to_resnapshot() {
     drop(sources);
     let mut cdc = f.cdc(&["public.s"]);
     cdc.on_slot_lost = OnSlotLost::Resnapshot;
+    cdc.snapshot = SnapshotMode::Initial; // "resnapshot" needs snapshots (validation refuses otherwise)
     let sources = f.start(cdc);
     wait_state(&sources, SourceState::Running).await;
     assert!(f.slot_confirmed_lsn().await.is_some());
