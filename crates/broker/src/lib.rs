@@ -265,10 +265,19 @@ impl Broker {
             }
         }
         let mut persisted_dead: BTreeMap<String, BTreeMap<String, DeadLetter>> = BTreeMap::new();
-        for (_, (offset, value)) in dlq_kv.load()? {
+        let mut legacy = Vec::new();
+        for (key, (offset, value)) in dlq_kv.load()? {
             let Some(v) = value else { continue };
             let dead: DeadLetter = state::decode(state::DLQ, offset, &v)?;
+            if !key.contains(&0) {
+                // Written before dead letters were keyed by group: move it under its group's key.
+                legacy.push((key, dead.clone()));
+            }
             persisted_dead.entry(dead.group.clone()).or_default().insert(dead.id.clone(), dead);
+        }
+        for (key, dead) in legacy {
+            dlq_kv.put(&state::dlq_key(&dead.group, &dead.id), &state::encode(&dead))?;
+            dlq_kv.delete(&key)?;
         }
         Ok(Self {
             log,
@@ -780,7 +789,7 @@ impl Broker {
             dead_at_ms: self.clock.now_ms(),
             state: DeadLetterState::Dead,
         };
-        self.dlq_kv.put(id.as_bytes(), &state::encode(&dead))?;
+        self.dlq_kv.put(&state::dlq_key(group, &id), &state::encode(&dead))?;
         tracing::warn!(group, topic = %tp.0, partition = tp.1, offset, attempts = dead.attempts,
             "event moved to the dead-letter queue");
         g.dead.insert(id, dead);
@@ -854,7 +863,7 @@ impl Broker {
         }
         for dead in finished_dead {
             g.dead.remove(&dead);
-            self.dlq_kv.delete(dead.as_bytes())?;
+            self.dlq_kv.delete(&state::dlq_key(group, &dead))?;
         }
         // Persist outside the state lock, so other members keep fetching during the fsync; the
         // ordering lock, taken before the state is released, keeps writes in computed order.
@@ -1091,7 +1100,7 @@ impl Broker {
         let mut dead =
             g.dead.get(id).cloned().ok_or_else(|| BrokerError::UnknownDeadLetter(id.into()))?;
         dead.state = DeadLetterState::Retrying;
-        self.dlq_kv.put(id.as_bytes(), &state::encode(&dead))?;
+        self.dlq_kv.put(&state::dlq_key(group, id), &state::encode(&dead))?;
         g.dead.insert(id.to_string(), dead.clone());
         if g.cursors.contains_key(&(dead.topic.clone(), dead.partition)) {
             requeue(&mut g, &dead);
@@ -1111,7 +1120,7 @@ impl Broker {
         for c in g.cursors.values_mut() {
             c.pending.retain(|_, p| p.dead_letter_id.as_deref() != Some(id));
         }
-        self.dlq_kv.delete(id.as_bytes())?;
+        self.dlq_kv.delete(&state::dlq_key(group, id))?;
         Ok(())
     }
 }

@@ -109,6 +109,12 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The `__dlq` key of a group's dead letter. Dead-letter ids (`topic:partition:offset`) are
+/// unique only within a group: two groups refusing the same event must not share a record.
+pub(crate) fn dlq_key(group: &str, id: &str) -> Vec<u8> {
+    format!("{group}\0{id}").into_bytes()
+}
+
 pub(crate) fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     format!("{group}\0{topic}\0{partition}").into_bytes()
 }

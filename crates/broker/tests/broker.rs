@@ -440,3 +440,38 @@ fn the_dedup_window_rebuilt_on_open_respects_dedup_ids_max() {
         "the oldest are dropped"
     );
 }
+
+/// Regression: dead letters were stored under `topic:partition:offset` alone, so two groups
+/// refusing the same event shared one record — after a restart one group's dead letter was gone
+/// (its offset already committed past it), and discarding it in one group erased it in the other.
+#[test]
+fn two_groups_dead_lettering_the_same_event_keep_both_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let b = open(dir.path(), &clock);
+        b.create_topic("t", spec(1)).unwrap();
+        b.produce("t", vec![event("poison", "k")]).unwrap();
+        for group in ["crm", "billing"] {
+            let m = b.join(group, &["t".to_string()], None).unwrap().member_id;
+            for _ in 0..3 {
+                let f = b.fetch(group, &m, 10).unwrap();
+                assert_eq!(f.deliveries.len(), 1, "{group}");
+                b.nack(group, &f.deliveries[0].delivery_id, "refused").unwrap();
+                clock.advance_ms(2_000);
+            }
+            assert_eq!(b.dead_letters(group).unwrap().len(), 1, "{group}");
+        }
+    }
+    let b = open(dir.path(), &clock);
+    for group in ["crm", "billing"] {
+        let dead = b.dead_letters(group).unwrap();
+        assert_eq!(dead.len(), 1, "{group} lost its dead letter across the restart");
+        assert_eq!(dead[0].group, group);
+    }
+    b.discard_dead_letter("crm", "t:0:0").unwrap();
+    drop(b);
+    let b = open(dir.path(), &clock);
+    assert!(b.dead_letters("crm").unwrap().is_empty(), "discarded in crm");
+    assert_eq!(b.dead_letters("billing").unwrap().len(), 1, "still dead in billing");
+}
