@@ -47,6 +47,16 @@ pub enum BrokerError {
     /// No such consumer group.
     #[error("consumer group {0} does not exist")]
     UnknownGroup(String),
+    /// The group still has members, so it cannot be deleted.
+    #[error(
+        "consumer group {group} has {members} member(s); stop its consumers (or the sink) first"
+    )]
+    GroupInUse {
+        /// Group name.
+        group: String,
+        /// Members in it.
+        members: usize,
+    },
     /// No such member (it left, or timed out and was removed).
     #[error("member {member} is not in group {group}: it left or missed its session timeout; join again")]
     UnknownMember {

@@ -1079,6 +1079,51 @@ impl Broker {
         names.into_iter().collect()
     }
 
+    /// Deletes a group with no members: its committed offsets and dead letters are removed
+    /// (durably) and it no longer shows in lists or metrics. A group with members is refused.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        let mut groups = lock(&self.groups);
+        let handle = match groups.get(group) {
+            Some(h) => Arc::clone(h),
+            None => {
+                drop(groups);
+                let gh = self.group(group, false)?; // loads a persisted group, or UnknownGroup
+                drop(gh);
+                groups = lock(&self.groups);
+                groups
+                    .get(group)
+                    .cloned()
+                    .ok_or_else(|| BrokerError::UnknownGroup(group.to_string()))?
+            }
+        };
+        let mut g = lock(&handle.state);
+        self.expire_members(&mut g);
+        if !g.members.is_empty() {
+            return Err(BrokerError::GroupInUse { group: group.into(), members: g.members.len() });
+        }
+        let mut offsets: BTreeSet<Vec<u8>> =
+            g.cursors.keys().map(|(t, p)| state::offset_key(group, t, *p)).collect();
+        offsets.extend(
+            lock(&self.persisted_offsets)
+                .keys()
+                .filter(|(g, _, _)| g == group)
+                .map(|(g, t, p)| state::offset_key(g, t, *p)),
+        );
+        let dead: Vec<Vec<u8>> = g.dead.keys().map(|id| state::dlq_key(group, id)).collect();
+        let _order = lock(&handle.commits);
+        self.offsets_kv.delete_many(&offsets.into_iter().collect::<Vec<_>>())?;
+        self.dlq_kv.delete_many(&dead)?;
+        g.cursors.clear();
+        g.dead.clear();
+        groups.remove(group);
+        lock(&self.persisted_offsets).retain(|(g, _, _), _| g != group);
+        lock(&self.persisted_dead).remove(group);
+        drop(g);
+        drop(groups);
+        self.notify();
+        Ok(())
+    }
+
     /// The group's dead letters.
     pub fn dead_letters(&self, group: &str) -> Result<Vec<DeadLetter>> {
         let gh = self.group(group, false)?;

@@ -86,6 +86,16 @@ impl KvTopic {
         Ok(())
     }
 
+    /// Tombstones for `keys`, in one durable append.
+    pub fn delete_many(&self, keys: &[Vec<u8>]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<_> = keys.iter().map(|k| NewRecord::tombstone(k)).collect();
+        self.partition.append(&records)?;
+        Ok(())
+    }
+
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         self.partition.append(&[NewRecord::tombstone(key)])?;
         Ok(())

@@ -475,3 +475,31 @@ fn two_groups_dead_lettering_the_same_event_keep_both_across_restart() {
     assert!(b.dead_letters("crm").unwrap().is_empty(), "discarded in crm");
     assert_eq!(b.dead_letters("billing").unwrap().len(), 1, "still dead in billing");
 }
+
+#[test]
+fn a_group_without_members_is_deleted_with_its_offsets_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let b = open(dir.path(), &clock);
+        b.create_topic("t", spec(2)).unwrap();
+        b.produce("t", vec![event("a", "k1"), event("b", "k2")]).unwrap();
+        let m = b.join("old", &["t".to_string()], None).unwrap().member_id;
+        drain(&b, "old", &m);
+        assert!(
+            matches!(b.delete_group("old"), Err(BrokerError::GroupInUse { members: 1, .. })),
+            "a group with a member is refused"
+        );
+        b.leave("old", &m).unwrap();
+        b.delete_group("old").unwrap();
+        assert!(!b.list_groups().contains(&"old".to_string()));
+        assert!(matches!(b.describe_group("old"), Err(BrokerError::UnknownGroup(_))));
+        // Deleting twice: nothing left to delete.
+        assert!(matches!(b.delete_group("old"), Err(BrokerError::UnknownGroup(_))));
+    }
+    let b = open(dir.path(), &clock);
+    assert!(!b.list_groups().contains(&"old".to_string()), "the deletion survives a restart");
+    // A new group of that name starts from the beginning again.
+    let m = b.join("old", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(drain(&b, "old", &m).len(), 2);
+}

@@ -125,7 +125,7 @@ fn build(
         .route("/v1/topics/{topic}", get(routes::describe_topic).delete(routes::delete_topic))
         .route("/v1/topics/{topic}/events", post(routes::produce))
         .route("/v1/groups", get(routes::list_groups))
-        .route("/v1/groups/{group}", get(routes::describe_group))
+        .route("/v1/groups/{group}", get(routes::describe_group).delete(routes::delete_group))
         .route("/v1/groups/{group}/members", post(routes::join))
         .route(member, axum::routing::delete(routes::leave))
         .route(&format!("{member}/heartbeat"), post(routes::heartbeat))

@@ -93,7 +93,8 @@ pub fn openapi() -> Value {
         "/v1/groups": {"get": {"summary": "List consumer groups", "responses": errors(json!({"200": ok("group names", json!({"type": "array", "items": {"type": "string"}}))}), &[])}},
         "/v1/groups/{group}": {
           "parameters": [group],
-          "get": {"summary": "Describe a group: members, partitions, lag, dead letters", "responses": errors(json!({"200": ok("group", schema("GroupDescription"))}), &["404"])}
+          "get": {"summary": "Describe a group: members, partitions, lag, dead letters", "responses": errors(json!({"200": ok("group", schema("GroupDescription"))}), &["404"])},
+          "delete": {"summary": "Delete a group that has no members, with its committed offsets and dead letters", "responses": errors(json!({"204": {"description": "deleted"}}), &["404", "409"])}
         },
         "/v1/groups/{group}/members": {
           "parameters": [group],

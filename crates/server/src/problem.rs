@@ -190,6 +190,9 @@ impl Problem {
             BrokerError::UnknownGroup(g) => {
                 p(S::NOT_FOUND, "unknown-group", "Unknown consumer group").with_group(g)
             }
+            BrokerError::GroupInUse { group, .. } => {
+                p(S::CONFLICT, "group-in-use", "Consumer group in use").with_group(group)
+            }
             BrokerError::UnknownMember { group, member } => {
                 let mut prob =
                     p(S::NOT_FOUND, "unknown-member", "Unknown group member").with_group(group);

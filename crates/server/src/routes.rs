@@ -203,6 +203,15 @@ pub async fn describe_group(
     blocking(&state, move |b| b.describe_group(&group)).await.map(Json)
 }
 
+/// `DELETE /v1/groups/{group}`: a group without members, with its offsets and dead letters.
+pub async fn delete_group(
+    State(state): Shared,
+    ApiPath(group): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    blocking(&state, move |b| b.delete_group(&group)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /v1/groups/{group}/members`.
 pub async fn join(
     State(state): Shared,

@@ -437,6 +437,7 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/topics/{topic}/events", "post"),
         ("/v1/groups", "get"),
         ("/v1/groups/{group}", "get"),
+        ("/v1/groups/{group}", "delete"),
         ("/v1/groups/{group}/members", "post"),
         ("/v1/groups/{group}/members/{member}", "delete"),
         ("/v1/groups/{group}/members/{member}/heartbeat", "post"),

@@ -204,6 +204,11 @@ pub(crate) async fn run(
         status.set_state(SinkState::Running, None);
     }
     result?;
+    // The replay's group has done its work: remove it, so its lag does not haunt the metrics.
+    let (b, sg) = (Arc::clone(&broker), shadow_group.clone());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.delete_group(&sg)).await {
+        tracing::warn!(sink = %name, error = %e, "could not delete the rebuild's group");
+    }
     status.set_rebuild(
         RebuildPhase::Done,
         replay_status.events_applied_total.load(Ordering::Relaxed),

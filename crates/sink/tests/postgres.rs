@@ -364,6 +364,11 @@ async fn a_rebuild_equals_a_clean_pass_while_readers_keep_the_old_table_until_th
         .get(0);
     assert_eq!(leftovers, None, "no shadow, old table or shadow-named index is left behind");
     assert_eq!(sinks.statuses()[0].state().0, SinkState::Running);
+    assert!(
+        !b.list_groups().iter().any(|g| g.ends_with("-rebuild")),
+        "the replay's group is deleted: {:?}",
+        b.list_groups()
+    );
 
     // The live sink keeps applying to the swapped-in table.
     b.produce(

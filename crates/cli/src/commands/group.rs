@@ -33,6 +33,11 @@ enum GroupCommand {
     },
     /// Move a group's position on a topic (replay or skip).
     Seek(SeekArgs),
+    /// Delete a group that has no members, with its committed offsets and dead letters.
+    Delete {
+        /// Group name.
+        group: String,
+    },
 }
 
 /// Flags of `driftless group seek`.
@@ -211,6 +216,11 @@ pub fn run(server: &str, args: GroupArgs) -> anyhow::Result<()> {
         GroupCommand::Describe { group } => {
             let description: Value = client.get(&format!("/v1/groups/{}", segment(&group)))?;
             print_pretty(&mut out, &description)
+        }
+        GroupCommand::Delete { group } => {
+            client.delete(&format!("/v1/groups/{}", segment(&group)))?;
+            let _ = writeln!(io::stderr(), "deleted group {group:?}");
+            Ok(())
         }
         GroupCommand::Seek(seek) => {
             let body = SeekBody {
