@@ -189,7 +189,9 @@ async fn run_async(params: &ReconcileBenchParams) -> Result<ReconcileBenchReport
     );
 
     let started = Instant::now();
-    let report = driftless_reconcile::run::run(&plan, &broker, Duration::ZERO, 1_000, None)
+    let limits =
+        driftless_reconcile::run::Limits { keys_reported_max: 1_000, drifted_keys_max: 100_000 };
+    let report = driftless_reconcile::run::run(&plan, &broker, Duration::ZERO, limits, None)
         .await
         .map_err(|e| err("run")(e.to_string()))?;
     let run_ms = started.elapsed().as_millis() as u64;

@@ -44,9 +44,13 @@ pub struct ReconcileConfig {
     /// differing keys are checked again after this and after the sink caught up.
     #[serde(default = "default_lag_window_ms")]
     pub lag_window_ms: u64,
-    /// Keys listed per kind in a report (counts are always exact).
+    /// Keys listed per kind in a report (counts are exact up to `drifted_keys_max`).
     #[serde(default = "default_keys_reported_max")]
     pub keys_reported_max: usize,
+    /// Drifted keys one run holds in memory, re-checks and repairs; beyond it the report is
+    /// marked `truncated` and the next run continues.
+    #[serde(default = "default_drifted_keys_max")]
+    pub drifted_keys_max: usize,
     /// How repairs are emitted (required for `policy = "repair"` or `--repair`).
     #[serde(default)]
     pub correction: Option<CorrectionConfig>,
@@ -57,6 +61,9 @@ fn default_lag_window_ms() -> u64 {
 }
 fn default_keys_reported_max() -> usize {
     1_000
+}
+fn default_drifted_keys_max() -> usize {
+    100_000
 }
 
 /// Report only, or repair too.

@@ -33,6 +33,9 @@ use crate::error::{ReconcileError, Result};
 
 /// Longest wait for the sink to consume what the log held, before the re-check.
 pub const CATCH_UP_WAIT_MS_MAX: u64 = 60_000;
+/// Differing buckets descended into per query: bounds the rows one query returns (about 16 per
+/// bucket and side).
+pub const BUCKETS_PER_QUERY: usize = 4_096;
 
 /// What kind of drift a key shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -81,6 +84,9 @@ pub struct RunReport {
     pub keys: BTreeMap<DriftKind, Vec<String>>,
     /// Corrections appended.
     pub repaired: usize,
+    /// More keys drifted than `drifted_keys_max`: the counts are lower bounds, and only that
+    /// many were re-checked (and repaired); the next run goes on.
+    pub truncated: bool,
     /// Projection columns the mapping computes and the run did not compare.
     pub not_compared: Vec<String>,
 }
@@ -164,12 +170,21 @@ async fn wait_for_sink(broker: &Arc<Broker>, plan: &Plan) {
     tracing::warn!(reconcile = %plan.name, "the sink did not catch up within the wait; re-checking anyway");
 }
 
+/// A run's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Keys listed per kind in the report.
+    pub keys_reported_max: usize,
+    /// Drifted keys held (re-checked, repaired) per run.
+    pub drifted_keys_max: usize,
+}
+
 /// Runs one reconciliation of `plan`.
 pub async fn run(
     plan: &Plan,
     broker: &Arc<Broker>,
     lag_window: Duration,
-    keys_reported_max: usize,
+    limits: Limits,
     repair: Option<&CorrectionConfig>,
 ) -> Result<RunReport> {
     let started = Instant::now();
@@ -207,9 +222,20 @@ pub async fn run(
         .filter(|b| ds.get(b) != dp.get(b))
         .collect();
     report.buckets_differing = differing.len();
-    let (s, p) = sides.rows_in(plan, n, &differing).await?;
-    report.rows_shipped += s.len() + p.len();
-    let mut candidates = classify(&s, &p);
+    let mut candidates = BTreeMap::new();
+    for chunk in differing.chunks(BUCKETS_PER_QUERY) {
+        let (s, p) = sides.rows_in(plan, n, chunk).await?;
+        report.rows_shipped += s.len() + p.len();
+        candidates.extend(classify(&s, &p));
+        if candidates.len() >= limits.drifted_keys_max {
+            // A projection wildly off (empty, or another table's): keep memory bounded.
+            report.truncated = true;
+            while candidates.len() > limits.drifted_keys_max {
+                candidates.pop_last();
+            }
+            break;
+        }
+    }
     report.detect_ms = started.elapsed().as_millis() as u64;
 
     if !candidates.is_empty() {
@@ -242,7 +268,7 @@ pub async fn run(
             DriftKind::Stale => report.stale += 1,
         }
         let list = report.keys.entry(*kind).or_default();
-        if list.len() < keys_reported_max {
+        if list.len() < limits.keys_reported_max {
             list.push(k.clone());
         }
     }

@@ -265,7 +265,10 @@ async fn run_entry(
             &plan,
             broker,
             Duration::from_millis(e.config.lag_window_ms),
-            e.config.keys_reported_max,
+            crate::run::Limits {
+                keys_reported_max: e.config.keys_reported_max,
+                drifted_keys_max: e.config.drifted_keys_max,
+            },
             correction,
         )
         .await

@@ -280,7 +280,8 @@ pub fn openapi() -> Value {
             "rows_shipped": {"type": "integer"}, "settled_in_flight": {"type": "integer"},
             "missing": {"type": "integer"}, "extra": {"type": "integer"}, "stale": {"type": "integer"},
             "keys": {"type": "object", "description": "up to keys_reported_max keys per kind (missing, extra, stale)"},
-            "repaired": {"type": "integer"}, "not_compared": {"type": "array", "items": {"type": "string"}}}},
+            "repaired": {"type": "integer"}, "truncated": {"type": "boolean", "description": "more keys drifted than drifted_keys_max: counts are lower bounds"},
+            "not_compared": {"type": "array", "items": {"type": "string"}}}},
           "Reconciliation": {"type": "object", "properties": {
             "name": {"type": "string"}, "sink": {"type": "string"}, "state": {"enum": ["idle", "running"]},
             "policy": {"enum": ["report", "repair"]}, "interval_ms": {"type": "integer"},

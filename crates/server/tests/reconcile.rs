@@ -124,3 +124,43 @@ fn drift_is_found_repaired_through_the_log_and_gone_on_the_next_run() {
         server.post("/v1/reconciliations/crm-contacts/run", &json!({"repiar": true})).problem(400);
     assert!(bad["detail"].as_str().unwrap().contains("repiar"), "{bad}");
 }
+
+#[test]
+fn a_projection_far_off_is_reported_truncated_within_the_key_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj) = (dir.path().join("customers.db"), dir.path().join("crm.db"));
+    exec(&source, "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT)");
+    for i in 0..50 {
+        exec(&source, &format!("INSERT INTO customers VALUES ('c{i:02}', 'x')"));
+    }
+    exec(&proj, "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT)");
+    let text = format!(
+        r#"
+        [[sink]]
+        name = "crm"
+        topics = ["customers"]
+        paused = true
+        target = {{ kind = "sqlite", path = "{proj}" }}
+        [[sink.mapping]]
+        table = "contacts"
+        key = ["id"]
+        columns = {{ id = ".subject", city = ".data.city" }}
+
+        [[reconcile]]
+        name = "crm-contacts"
+        sink = "crm"
+        source = {{ kind = "sqlite", path = "{source}", table = "customers" }}
+        lag_window_ms = 0
+        drifted_keys_max = 10
+        "#,
+        proj = proj.display(),
+        source = source.display()
+    );
+    let config = driftless_server::ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+    let server = support::start(config);
+    server.create_topic("customers", 1);
+    let r = server.post("/v1/reconciliations/crm-contacts/run", &json!({})).json();
+    assert_eq!(r["truncated"], json!(true), "{r}");
+    assert_eq!(r["missing"], json!(10), "{r}");
+    assert_eq!(r["rows_source"], json!(50));
+}
