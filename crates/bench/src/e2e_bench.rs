@@ -113,6 +113,8 @@ pub struct E2eBenchParams {
     pub payload_bytes: usize,
     /// Partitions of the topic (the source's `partitions`).
     pub partitions: u32,
+    /// The sink's `workers` (members applying in parallel, one connection each).
+    pub sink_workers: usize,
     /// Longest wait for rows to become visible, per phase, seconds.
     pub timeout_s: u64,
     /// Parent of the broker's temporary data directory (the disk whose fsyncs are measured).
@@ -131,6 +133,7 @@ impl Default for E2eBenchParams {
             latency_writers: 4,
             payload_bytes: 100,
             partitions: 4,
+            sink_workers: 1,
             timeout_s: 300,
             dir: PathBuf::from(crate::log_bench::DEFAULT_DIR),
         }
@@ -652,11 +655,11 @@ async fn run(
 
 fn sink_toml(params: &E2eBenchParams, url: &str, table: &str) -> String {
     format!(
-        "name = \"{SINK}\"\ntopics = [\"{TOPIC}\"]\nbatch_events_max = {}\n\
+        "name = \"{SINK}\"\ntopics = [\"{TOPIC}\"]\nbatch_events_max = {}\nworkers = {}\n\
          target = {{ kind = \"postgres\", url = \"{url}\" }}\n\
          [[mapping]]\ntypes = [\"public.items.insert\", \"public.items.update\"]\n\
          table = \"{table}\"\nkey = [\"id\"]\nrow = \".data.after\"\n",
-        params.batch_events
+        params.batch_events, params.sink_workers
     )
 }
 

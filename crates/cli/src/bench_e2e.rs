@@ -37,6 +37,9 @@ pub struct E2eArgs {
     /// Bytes of each row's payload text.
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     payload_bytes: usize,
+    /// The sink's `workers`: group members applying in parallel, one connection each.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    sink_workers: usize,
     /// Partitions of the topic the source writes.
     #[arg(long, default_value_t = 4, value_name = "N")]
     partitions: u32,
@@ -61,6 +64,7 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         latency_writers: args.latency_writers,
         payload_bytes: args.payload_bytes,
         partitions: args.partitions,
+        sink_workers: args.sink_workers,
         timeout_s: args.timeout_s,
         dir: args.dir,
     };

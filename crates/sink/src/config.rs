@@ -37,6 +37,11 @@ pub struct SinkConfig {
     /// Events fetched and applied in one transaction.
     #[serde(default = "default_batch_events_max")]
     pub batch_events_max: usize,
+    /// Members of the sink's group applying in parallel, each with its own target connection;
+    /// the topics' partitions are split among them (per-key order holds: a key lives in one
+    /// partition). Table targets only (a webhook already sends concurrently).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Start paused (resume through the API or CLI).
     #[serde(default)]
     pub paused: bool,
@@ -45,6 +50,12 @@ pub struct SinkConfig {
 fn default_batch_events_max() -> usize {
     500
 }
+fn default_workers() -> usize {
+    1
+}
+
+/// Most `workers` per sink.
+pub const WORKERS_MAX: usize = 16;
 
 /// Where a sink writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +239,15 @@ impl SinkConfig {
             ));
         }
         let table_target = !matches!(self.target, TargetConfig::Webhook(_));
+        if self.workers == 0 || self.workers > WORKERS_MAX || (!table_target && self.workers != 1) {
+            return Err(self.invalid(
+                "workers",
+                format!(
+                    "must be 1 to {WORKERS_MAX} for a table target, and 1 for a webhook \
+                     (use requests_inflight_max)"
+                ),
+            ));
+        }
         if table_target && self.mappings.is_empty() {
             return Err(self.invalid(
                 "mapping",

@@ -165,7 +165,7 @@ pub(crate) async fn run(
     paused.send_replace(true);
     let result = async {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(PAUSE_WAIT_MS_MAX);
-        while !matches!(status.state().0, SinkState::Paused | SinkState::Retrying) {
+        while !status.all_paused() {
             if tokio::time::Instant::now() > deadline {
                 return Err(unavailable(&name, "the live sink did not pause within 60 s"));
             }

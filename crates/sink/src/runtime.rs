@@ -90,6 +90,10 @@ pub struct SinkStatus {
     pub last_applied_ms: AtomicI64,
     /// Restarts and target outages since start.
     pub restarts_total: AtomicU64,
+    /// Members applying in parallel (the config's `workers`).
+    pub workers: usize,
+    /// Workers waiting in pause right now.
+    paused_workers: std::sync::atomic::AtomicUsize,
     /// The latest rebuild, if any.
     rebuild: Mutex<Option<RebuildReport>>,
 }
@@ -147,6 +151,8 @@ impl SinkStatus {
             newest_event_ms: AtomicI64::new(0),
             last_applied_ms: AtomicI64::new(0),
             restarts_total: AtomicU64::new(0),
+            workers: config.workers.max(1),
+            paused_workers: std::sync::atomic::AtomicUsize::new(0),
             rebuild: Mutex::new(None),
         }
     }
@@ -164,6 +170,11 @@ impl SinkStatus {
         if matches!(phase, RebuildPhase::Done | RebuildPhase::Failed) {
             crate::rebuild::finish(report);
         }
+    }
+
+    /// Whether every worker is paused (between batches, nothing outstanding).
+    pub fn all_paused(&self) -> bool {
+        self.paused_workers.load(Ordering::SeqCst) >= self.workers
     }
 
     /// The latest rebuild's report.
@@ -236,19 +247,22 @@ impl SinkContext {
             other => other,
         };
         self.status.set_state(SinkState::Paused, None);
-        loop {
+        self.status.paused_workers.fetch_add(1, Ordering::SeqCst);
+        let resumed = loop {
             if self.is_shutting_down() {
-                return false;
+                break false;
             }
             if !*self.paused.borrow_and_update() {
                 self.status.set_state(before, None);
-                return true;
+                break true;
             }
             tokio::select! {
                 _ = self.paused.changed() => {}
                 _ = self.shutdown.changed() => {}
             }
-        }
+        };
+        self.status.paused_workers.fetch_sub(1, Ordering::SeqCst);
+        resumed
     }
 
     /// Sleeps up to `d`; `false` (early) on shutdown.
@@ -830,13 +844,16 @@ impl Sinks {
         for (config, mapper) in configs.into_iter().zip(mappers) {
             let status = Arc::new(SinkStatus::new(&config));
             let (paused, paused_rx) = watch::channel(config.paused);
-            let ctx = SinkContext {
-                broker: Arc::clone(&broker),
-                status: Arc::clone(&status),
-                paused: paused_rx,
-                shutdown: shutdown.subscribe(),
-            };
-            tasks.push(tokio::spawn(supervise(config.clone(), mapper, ctx)));
+            let mapper = Arc::new(mapper);
+            for _ in 0..config.workers.max(1) {
+                let ctx = SinkContext {
+                    broker: Arc::clone(&broker),
+                    status: Arc::clone(&status),
+                    paused: paused_rx.clone(),
+                    shutdown: shutdown.subscribe(),
+                };
+                tasks.push(tokio::spawn(supervise(config.clone(), Arc::clone(&mapper), ctx)));
+            }
             entries.push(Entry { config, status, paused });
         }
         Ok(Self { entries, broker: Some(broker), shutdown, tasks: Mutex::new(tasks) })
@@ -928,7 +945,7 @@ impl Sinks {
     }
 }
 
-async fn supervise(config: SinkConfig, mapper: Mapper, mut ctx: SinkContext) {
+async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext) {
     let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
     loop {
         if !ctx.wait_while_paused().await {

@@ -389,3 +389,46 @@ async fn a_rebuild_equals_a_clean_pass_while_readers_keep_the_old_table_until_th
     assert!(sinks.rebuild("nope").is_err());
     sinks.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_workers_split_the_partitions_and_keep_the_projection_exact() {
+    let pg = PgServer::start().unwrap();
+    pg.create_database("proj").unwrap();
+    let client = connect(&pg, "proj").await;
+    client.batch_execute(TABLE_DDL).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), BrokerConfig::default(), "customers", 4);
+    let (events, model) = history(3_000, 100);
+    b.produce("customers", events).unwrap();
+    let toml = sink_toml(&pg.url("proj"))
+        .replace("topics = [\"customers\"]", "topics = [\"customers\"]\n        workers = 3");
+    let sinks = start(&toml, &b);
+    wait_until("three members", Duration::from_secs(30), || async {
+        b.describe_group("sink-contacts").is_ok_and(|g| g.members.len() == 3)
+    })
+    .await;
+    wait_until("the projection", Duration::from_secs(60), || async {
+        caught_up(&b, "sink-contacts")
+    })
+    .await;
+    assert_eq!(rows(&client).await, model, "per-key order held across the workers");
+    let members = b.describe_group("sink-contacts").unwrap().members;
+    let assigned: usize = members.iter().map(|m| m.assignments.len()).sum();
+    assert_eq!(assigned, 4, "every partition has one owner: {members:?}");
+    assert!(members.iter().all(|m| !m.assignments.is_empty()), "each worker owns a partition");
+
+    // A rebuild pauses every worker before the swap.
+    let status = sinks.rebuild("contacts").unwrap();
+    wait_until("the rebuild", Duration::from_secs(60), || async {
+        let phase = status.rebuild().unwrap().phase;
+        assert_ne!(phase, driftless_sink::rebuild::RebuildPhase::Failed, "{:?}", status.rebuild());
+        phase == driftless_sink::rebuild::RebuildPhase::Done
+    })
+    .await;
+    assert_eq!(rows(&client).await, model);
+    wait_until("the workers to resume", Duration::from_secs(30), || async {
+        status.state().0 == SinkState::Running
+    })
+    .await;
+    sinks.shutdown().await;
+}
