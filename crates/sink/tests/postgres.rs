@@ -432,3 +432,66 @@ async fn parallel_workers_split_the_partitions_and_keep_the_projection_exact() {
     .await;
     sinks.shutdown().await;
 }
+
+/// Columns of many types, written by typed `unnest` arrays (or, for an array column, through
+/// JSON): every value lands as the type's input function reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_every_common_type_land_in_their_columns() {
+    let pg = PgServer::start().unwrap();
+    pg.create_database("proj").unwrap();
+    let client = connect(&pg, "proj").await;
+    client
+        .batch_execute(
+            "CREATE TABLE typed (id uuid PRIMARY KEY, n numeric, b boolean, at timestamptz, \
+             doc jsonb, label text, tags text[], driftless_version text); \
+             CREATE TABLE untagged (id uuid PRIMARY KEY, n numeric, b boolean, at timestamptz, \
+             doc jsonb, label text, driftless_version text)",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), BrokerConfig::default(), "things", 1);
+    let data = json!({"id": "7b1c4f0e-2f7d-4a8e-9a57-0c4d2b8f1e11", "n": "12345678901234567890.5",
+        "b": true, "at": "2026-11-25T12:00:00Z", "doc": {"nested": [1, "two"]}, "label": "it's",
+        "tags": ["a", "b"]});
+    b.produce("things", vec![event("e1", "x", "thing.v1", data, Some("1"))]).unwrap();
+    let toml = format!(
+        r#"
+        [[sink]]
+        name = "typed"
+        topics = ["things"]
+        target = {{ kind = "postgres", url = "{}" }}
+        [[sink.mapping]]
+        table = "typed"
+        key = ["id"]
+        row = ".data"
+        [[sink.mapping]]
+        table = "untagged"
+        key = ["id"]
+        row = ".data | del(.tags)"
+        "#,
+        pg.url("proj")
+    );
+    let sinks = start(&toml, &b);
+    wait_until("the rows", Duration::from_secs(30), || async { caught_up(&b, "sink-typed") }).await;
+    for table in ["typed", "untagged"] {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT n::text, b, at = '2026-11-25T12:00:00Z', doc::text, label \
+                     FROM {table}"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "12345678901234567890.5", "{table}");
+        assert!(row.get::<_, bool>(1), "{table}");
+        assert!(row.get::<_, bool>(2), "{table}");
+        assert_eq!(row.get::<_, String>(3), r#"{"nested": [1, "two"]}"#, "{table}");
+        assert_eq!(row.get::<_, String>(4), "it's", "{table}");
+    }
+    let tags: Vec<String> = client.query_one("SELECT tags FROM typed", &[]).await.unwrap().get(0);
+    assert_eq!(tags, ["a", "b"]);
+    sinks.shutdown().await;
+}
