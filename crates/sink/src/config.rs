@@ -305,10 +305,17 @@ impl SinkConfig {
                 }
             }
             TargetConfig::Webhook(w) => {
-                if !w.url.starts_with("http://") {
+                let https_ok = cfg!(feature = "webhook-tls") && w.url.starts_with("https://");
+                if !w.url.starts_with("http://") && !https_ok {
                     return Err(self.invalid(
                         "target.url",
-                        "use an http:// URL (https needs a TLS-terminating proxy in this version)",
+                        if cfg!(feature = "webhook-tls") {
+                            "use an http:// or https:// URL"
+                        } else {
+                            "use an http:// URL: https needs a build with the `webhook-tls` \
+                             feature (cargo build --release --features webhook-tls) or a \
+                             TLS-terminating proxy"
+                        },
                     ));
                 }
                 if w.timeout_ms == 0 || w.requests_inflight_max == 0 || w.breaker_failures_max == 0
@@ -382,5 +389,22 @@ mod tests {
         assert!(parse(&bad_table).unwrap_err().contains("mapping[0].table"));
         let bad_batch = format!("batch_events_max = 0\n{BASE}");
         assert!(parse(&bad_batch).unwrap_err().contains("batch_events_max"));
+    }
+
+    #[test]
+    fn webhook_urls_need_http_or_the_tls_feature() {
+        let hook = |url: &str| {
+            format!(
+                "name = \"h\"\ntopics = [\"t\"]\ntarget = {{ kind = \"webhook\", url = \"{url}\" }}"
+            )
+        };
+        assert!(parse(&hook("http://127.0.0.1:9/x")).is_ok());
+        assert!(parse(&hook("ftp://x")).unwrap_err().contains("target.url"));
+        let https = parse(&hook("https://example.com/x"));
+        if cfg!(feature = "webhook-tls") {
+            assert!(https.is_ok());
+        } else {
+            assert!(https.unwrap_err().contains("webhook-tls"));
+        }
     }
 }
