@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use driftless_broker::Broker;
 use driftless_core::{pg_sequence, Event};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{CorrectionConfig, CorrectionData, CorrectionSequence, Plan};
@@ -38,7 +38,7 @@ pub const CATCH_UP_WAIT_MS_MAX: u64 = 60_000;
 pub const BUCKETS_PER_QUERY: usize = 4_096;
 
 /// What kind of drift a key shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftKind {
     /// In the source, not in the projection.
@@ -50,7 +50,8 @@ pub enum DriftKind {
 }
 
 /// The outcome of one run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunReport {
     /// The reconciliation.
     pub name: String,

@@ -4,7 +4,9 @@
 //! Invariants: a reconciliation's plan is derived from its sink's configuration once at start
 //! (a missing sink or a bad column list stops the server's start); two runs of one
 //! reconciliation never overlap (an on-demand request during a run is refused as busy); the
-//! history holds at most [`RUNS_KEPT`] runs.
+//! history holds at most [`RUNS_KEPT`] runs and survives restarts: after each run it is stored
+//! in the log's connector state (`reconcile:<name>`), with at most
+//! [`PERSISTED_KEYS_PER_KIND`] keys per kind and run and at most [`HISTORY_BYTES_MAX`] bytes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,63 @@ use crate::run::{run, RunReport};
 
 /// Runs kept per reconciliation.
 pub const RUNS_KEPT: usize = 20;
+/// Drifted keys per kind and run kept in the stored history (the live report has more).
+pub const PERSISTED_KEYS_PER_KIND: usize = 20;
+/// Largest stored history, in bytes (older runs are dropped to fit).
+pub const HISTORY_BYTES_MAX: usize = 256 << 10;
+
+/// A stored run: (report, error, start in Unix ms).
+type StoredRun = (Option<RunReport>, Option<String>, i64);
+
+fn state_name(name: &str) -> String {
+    format!("reconcile:{name}")
+}
+
+/// The stored history of `name`, newest first (empty when none or unreadable).
+fn load_history(broker: &Broker, name: &str) -> VecDeque<RunRecord> {
+    let Some(bytes) = broker.connector_state(&state_name(name)) else {
+        return VecDeque::new();
+    };
+    match serde_json::from_slice::<Vec<StoredRun>>(&bytes) {
+        Ok(runs) => runs
+            .into_iter()
+            .take(RUNS_KEPT)
+            .map(|(report, error, at_ms)| RunRecord { report, error, at_ms })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(reconcile = name, error = %e, "stored history unreadable; starting empty");
+            VecDeque::new()
+        }
+    }
+}
+
+/// Stores `runs` (trimmed to the limits) for `name`.
+async fn store_history(broker: &Arc<Broker>, name: &str, runs: &VecDeque<RunRecord>) {
+    let mut stored: Vec<StoredRun> = runs
+        .iter()
+        .map(|r| {
+            let report = r.report.clone().map(|mut rep| {
+                for keys in rep.keys.values_mut() {
+                    keys.truncate(PERSISTED_KEYS_PER_KIND);
+                }
+                rep
+            });
+            (report, r.error.clone(), r.at_ms)
+        })
+        .collect();
+    let bytes = loop {
+        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+        if bytes.len() <= HISTORY_BYTES_MAX || stored.len() <= 1 {
+            break bytes;
+        }
+        stored.pop();
+    };
+    let (b, key) = (Arc::clone(broker), state_name(name));
+    let put = tokio::task::spawn_blocking(move || b.put_connector_state(&key, &bytes)).await;
+    if !matches!(put, Ok(Ok(()))) {
+        tracing::warn!(reconcile = name, "could not store the history of runs");
+    }
+}
 
 /// A finished run, or why it failed.
 #[derive(Debug, Clone, Serialize)]
@@ -127,11 +186,12 @@ impl Reconcilers {
             let plan = validate(&c, sinks)?;
             let sink = sinks.iter().find(|s| s.name == c.sink);
             let row_mapping = sink.is_some_and(|s| s.mappings.iter().any(|m| m.row.is_some()));
+            let history = load_history(&broker, &c.name);
             entries.push(Arc::new(ReconcileStatus {
                 config: c,
                 plan: Mutex::new(plan),
                 row_mapping,
-                runs: Mutex::new(VecDeque::new()),
+                runs: Mutex::new(history),
                 running: tokio::sync::Mutex::new(()),
                 runs_total: AtomicU64::new(0),
             }));
@@ -279,9 +339,13 @@ async fn run_entry(
         Ok(r) => RunRecord { report: Some(r.clone()), error: None, at_ms },
         Err(err) => RunRecord { report: None, error: Some(err.to_string()), at_ms },
     };
-    let mut runs = e.runs.lock().unwrap_or_else(|p| p.into_inner());
-    runs.push_front(record);
-    runs.truncate(RUNS_KEPT);
+    let snapshot = {
+        let mut runs = e.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.push_front(record);
+        runs.truncate(RUNS_KEPT);
+        runs.clone()
+    };
+    store_history(broker, &e.config.name, &snapshot).await;
     outcome
 }
 

@@ -1,0 +1,59 @@
+//! The history of runs survives a restart: it is stored in the log (connector state), bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use driftless_broker::{Broker, BrokerConfig};
+use driftless_reconcile::{ReconcileConfig, Reconcilers};
+use driftless_sink::SinkConfig;
+
+fn exec(path: &std::path::Path, sql: &str) {
+    rusqlite::Connection::open(path).unwrap().execute_batch(sql).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_of_runs_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj) = (dir.path().join("s.db"), dir.path().join("p.db"));
+    exec(
+        &source,
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT); \
+                   INSERT INTO customers VALUES ('a', 'x'), ('b', 'y'), ('c', 'z')",
+    );
+    exec(
+        &proj,
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT); \
+                 INSERT INTO contacts VALUES ('a', 'x', '1'), ('b', 'y', '1')",
+    );
+    let sink: SinkConfig = toml::from_str(&format!(
+        "name = \"crm\"\ntopics = [\"customers\"]\n\
+         target = {{ kind = \"sqlite\", path = \"{}\" }}\n\
+         [[mapping]]\ntable = \"contacts\"\nkey = [\"id\"]\n\
+         columns = {{ id = \".subject\", city = \".data.city\" }}\n",
+        proj.display()
+    ))
+    .unwrap();
+    let config: ReconcileConfig = toml::from_str(&format!(
+        "name = \"crm\"\nsink = \"crm\"\nlag_window_ms = 0\n\
+         source = {{ kind = \"sqlite\", path = \"{}\", table = \"customers\" }}\n",
+        source.display()
+    ))
+    .unwrap();
+    let log = dir.path().join("log");
+    {
+        let broker = Arc::new(Broker::open(&log, BrokerConfig::default()).unwrap());
+        let r =
+            Reconcilers::start(vec![config.clone()], &[sink.clone()], Arc::clone(&broker)).unwrap();
+        let report = r.run_now("crm", None).await.unwrap();
+        assert_eq!(report.missing, 1);
+        r.shutdown().await;
+    }
+    let broker = Arc::new(Broker::open(&log, BrokerConfig::default()).unwrap());
+    let r = Reconcilers::start(vec![config], &[sink], broker).unwrap();
+    let status = r.get("crm").unwrap().report(true);
+    let last = status.last_run.expect("the run before the restart is remembered");
+    let report = last.report.expect("with its report");
+    assert_eq!(report.missing, 1);
+    assert_eq!(report.keys[&driftless_reconcile::DriftKind::Missing], ["c"]);
+    assert_eq!(status.runs_total, 0, "runs_total counts since this start");
+}
