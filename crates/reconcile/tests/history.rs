@@ -42,8 +42,12 @@ async fn the_history_of_runs_survives_a_restart() {
     let log = dir.path().join("log");
     {
         let broker = Arc::new(Broker::open(&log, BrokerConfig::default()).unwrap());
-        let r =
-            Reconcilers::start(vec![config.clone()], &[sink.clone()], Arc::clone(&broker)).unwrap();
+        let r = Reconcilers::start(
+            vec![config.clone()],
+            std::slice::from_ref(&sink),
+            Arc::clone(&broker),
+        )
+        .unwrap();
         let report = r.run_now("crm", None).await.unwrap();
         assert_eq!(report.missing, 1);
         r.shutdown().await;
