@@ -330,7 +330,14 @@ async fn repair_keys(
             correction.source.clone(),
             ty.clone(),
         );
-        e.subject = Some(subject_of(key, parts));
+        // The subject places the correction in its key's partition: from the row's own typed
+        // values when we have the row (a CDC subject keeps numbers as numbers), else the text.
+        let typed: Option<Vec<Value>> =
+            row.and_then(|r| plan.source.key.iter().map(|k| r.get(k).cloned()).collect());
+        e.subject = Some(match typed {
+            Some(values) if values.len() > 1 => Value::Array(values).to_string(),
+            _ => subject_of(key, parts),
+        });
         let key_obj: serde_json::Map<String, Value> = plan
             .key_names
             .iter()

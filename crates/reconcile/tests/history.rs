@@ -61,3 +61,49 @@ async fn the_history_of_runs_survives_a_restart() {
     assert_eq!(report.keys[&driftless_reconcile::DriftKind::Missing], ["c"]);
     assert_eq!(status.runs_total, 0, "runs_total counts since this start");
 }
+
+/// A composite key's correction is placed by the row's typed values, as a CDC event's subject
+/// would be (`["t1",42]`, not `["t1","42"]`), so it lands in the key's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_key_corrections_keep_typed_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj) = (dir.path().join("s.db"), dir.path().join("p.db"));
+    exec(
+        &source,
+        "CREATE TABLE items (tenant TEXT, n INTEGER, city TEXT, PRIMARY KEY (tenant, n)); \
+                   INSERT INTO items VALUES ('t1', 42, 'x')",
+    );
+    exec(
+        &proj,
+        "CREATE TABLE items (tenant TEXT, n INTEGER, city TEXT, driftless_version TEXT, \
+                 PRIMARY KEY (tenant, n))",
+    );
+    let sink: SinkConfig = toml::from_str(&format!(
+        "name = \"crm\"\ntopics = [\"items\"]\n\
+         target = {{ kind = \"sqlite\", path = \"{}\" }}\n\
+         [[mapping]]\ntable = \"items\"\nkey = [\"tenant\", \"n\"]\n\
+         columns = {{ tenant = \".data.tenant\", n = \".data.n\", city = \".data.city\" }}\n",
+        proj.display()
+    ))
+    .unwrap();
+    let config: ReconcileConfig = toml::from_str(&format!(
+        "name = \"items\"\nsink = \"crm\"\nlag_window_ms = 0\n\
+         source = {{ kind = \"sqlite\", path = \"{}\", table = \"items\" }}\n\
+         [correction]\nupsert_type = \"item.snapshot\"\ndelete_type = \"item.deleted\"\n",
+        source.display()
+    ))
+    .unwrap();
+    let broker = Arc::new(Broker::open(&dir.path().join("log"), BrokerConfig::default()).unwrap());
+    broker.create_topic("items", driftless_broker::TopicSpec::default()).unwrap();
+    let r =
+        Reconcilers::start(vec![config], std::slice::from_ref(&sink), Arc::clone(&broker)).unwrap();
+    let report = r.run_now("items", Some(true)).await.unwrap();
+    assert_eq!((report.missing, report.repaired), (1, 1));
+    let m = broker.join("reader", &["items".to_string()], None).unwrap().member_id;
+    let got = broker.fetch("reader", &m, 10).unwrap();
+    assert_eq!(got.deliveries.len(), 1);
+    let e = &got.deliveries[0].event;
+    assert_eq!(e["subject"], r#"["t1",42]"#);
+    assert_eq!(e["correction"], true);
+    assert_eq!(e["data"]["n"], 42);
+}
