@@ -23,7 +23,7 @@ use crate::mapping::Mapper;
 
 /// How long a writer waits for another connection's lock before the batch counts as
 /// unavailable and is retried.
-pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+pub const BUSY_TIMEOUT_MS: u64 = 2_000;
 
 const META_DDL: &str = "
 CREATE TABLE IF NOT EXISTS driftless_sink_positions (
