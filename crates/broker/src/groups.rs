@@ -143,6 +143,15 @@ impl Group {
             .collect()
     }
 
+    /// The pending event `d` names, if it is in flight under that very attempt: a late answer
+    /// for an expired or superseded attempt must not touch the current delivery.
+    pub fn inflight_mut(&mut self, d: &DeliveryId) -> Option<&mut Pending> {
+        self.cursors
+            .get_mut(&(d.topic.clone(), d.partition))
+            .and_then(|c| c.pending.get_mut(&d.offset))
+            .filter(|p| matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt)
+    }
+
     pub fn inflight_of(&self, member: &str) -> usize {
         self.cursors
             .values()

@@ -886,15 +886,10 @@ impl Broker {
         let (tp, offset) = ((d.topic.clone(), d.partition), d.offset);
         let now = self.clock.now_ms();
         let to_dlq = {
+            // Only the current attempt may be rejected: a late rejection from a member whose
+            // visibility timeout expired must not back off another member's delivery.
             let p = g
-                .cursors
-                .get_mut(&tp)
-                .and_then(|c| c.pending.get_mut(&offset))
-                // Only the current attempt may be rejected: a late rejection from a member whose
-                // visibility timeout expired must not back off another member's delivery.
-                .filter(|p| {
-                    matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
-                })
+                .inflight_mut(&d)
                 .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
             let error: String = error.chars().take(1000).collect();
             p.errors.push(format!("attempt {}: {error}", p.attempts));
@@ -930,14 +925,7 @@ impl Broker {
         let mut g = lock(&gh.state);
         let mut unknown = Vec::new();
         for id in delivery_ids {
-            let p = parse_delivery_id(id).and_then(|d| {
-                g.cursors
-                    .get_mut(&(d.topic, d.partition))
-                    .and_then(|c| c.pending.get_mut(&d.offset))
-                    .filter(|p| {
-                        matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
-                    })
-            });
+            let p = parse_delivery_id(id).and_then(|d| g.inflight_mut(&d));
             match p {
                 Some(p) => {
                     p.state = PendingState::Ready;
@@ -961,12 +949,7 @@ impl Broker {
         let (tp, offset) = ((d.topic.clone(), d.partition), d.offset);
         {
             let p = g
-                .cursors
-                .get_mut(&tp)
-                .and_then(|c| c.pending.get_mut(&offset))
-                .filter(|p| {
-                    matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt
-                })
+                .inflight_mut(&d)
                 .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
             let error: String = error.chars().take(1000).collect();
             p.errors.push(format!("attempt {}: {error} (not retried)", p.attempts));
