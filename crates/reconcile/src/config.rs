@@ -91,6 +91,13 @@ pub enum SourceTable {
         #[serde(default)]
         key: Vec<String>,
     },
+    /// A topic holding each key's latest event (typically compacted): its events are folded
+    /// through the sink's own mapping, in the log's order, and compared in-process.
+    Topic {
+        /// The topic (default: the sink's first topic).
+        #[serde(default)]
+        topic: Option<String>,
+    },
     /// A SQLite table.
     Sqlite {
         /// The database file.
@@ -162,6 +169,8 @@ pub enum Db {
     Postgres(String),
     /// SQLite file.
     Sqlite(PathBuf),
+    /// A topic of the log, folded through the sink's mapping.
+    Topic(String),
 }
 
 /// One side of a comparison: a table, its key expressions and compared expressions (in the
@@ -199,6 +208,8 @@ pub struct Plan {
     pub key_names: Vec<String>,
     /// The sink's version column (never compared: it records delivery, not content).
     pub version_column: String,
+    /// The sink's mappings (a topic source is folded through them).
+    pub mappings: Vec<driftless_sink::MappingConfig>,
 }
 
 /// A plain jq path (`.a.b.c`): its last name.
@@ -311,10 +322,26 @@ impl Plan {
         for (col, expr) in &config.columns {
             compared.entry(col.clone()).or_insert_with(|| expr.clone());
         }
+        let no_key = Vec::new();
+        let first_topic = sink.topics.first().cloned().unwrap_or_default();
         let (source_db, source_table, source_key) = match &config.source {
-            SourceTable::Postgres { url, table, key } => (Db::Postgres(url.clone()), table, key),
-            SourceTable::Sqlite { path, table, key } => (Db::Sqlite(path.clone()), table, key),
+            SourceTable::Postgres { url, table, key } => {
+                (Db::Postgres(url.clone()), table.clone(), key)
+            }
+            SourceTable::Sqlite { path, table, key } => {
+                (Db::Sqlite(path.clone()), table.clone(), key)
+            }
+            SourceTable::Topic { topic } => {
+                let t = topic.clone().unwrap_or(first_topic);
+                (Db::Topic(t.clone()), t, &no_key)
+            }
         };
+        if matches!(source_db, Db::Topic(_)) {
+            // The mapping runs in-process: computed columns can be compared too.
+            for c in std::mem::take(&mut not_compared) {
+                compared.insert(c.clone(), c);
+            }
+        }
         let source_key = if source_key.is_empty() { key_names.clone() } else { source_key.clone() };
         if key_names.is_empty() || source_key.len() != key_names.len() {
             return Err(invalid(
@@ -340,7 +367,7 @@ impl Plan {
             not_compared,
             source: Side {
                 db: source_db,
-                table: source_table.clone(),
+                table: source_table,
                 key: source_key,
                 columns: compared.values().cloned().collect(),
             },
@@ -353,6 +380,7 @@ impl Plan {
             compared: names,
             key_names,
             version_column,
+            mappings: sink.mappings.clone(),
         })
     }
 }

@@ -35,6 +35,8 @@ pub enum Conn {
     Pg(Client),
     /// SQLite, on the blocking pool.
     Lite(Arc<Mutex<rusqlite::Connection>>),
+    /// A topic, folded through the sink's mapping (see [`crate::topic`]).
+    Folded(Arc<crate::topic::Folded>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Conn {
         f.write_str(match self {
             Conn::Pg(_) => "Conn::Pg",
             Conn::Lite(_) => "Conn::Lite",
+            Conn::Folded(_) => "Conn::Folded",
         })
     }
 }
@@ -119,6 +122,7 @@ impl Conn {
                     .map_err(|e| e.to_string())??;
                 Ok(Conn::Lite(Arc::new(Mutex::new(conn))))
             }
+            Db::Topic(t) => Err(format!("topic `{t}` is folded by the run, not opened")),
         }
     }
 
@@ -141,6 +145,7 @@ impl Conn {
         match self {
             Conn::Pg(c) => c.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0)).map_err(pg_err),
             Conn::Lite(c) => Self::lite(c, move |c| c.query_row(&sql, [], |r| r.get(0))).await,
+            Conn::Folded(f) => Ok(f.len() as i64),
         }
     }
 
@@ -151,6 +156,7 @@ impl Conn {
         n: i64,
     ) -> Result<BTreeMap<i64, BucketDigest>, String> {
         match self {
+            Conn::Folded(f) => Ok(f.buckets(n)),
             Conn::Pg(c) => {
                 let (key, row) = texts(side, true);
                 let sql = format!(
@@ -200,6 +206,7 @@ impl Conn {
             return Ok(RowHashes::new());
         }
         match self {
+            Conn::Folded(f) => Ok(f.rows_in(n, buckets)),
             Conn::Pg(c) => {
                 let (key, row) = texts(side, true);
                 let sql = format!(
@@ -239,6 +246,7 @@ impl Conn {
             return Ok(RowHashes::new());
         }
         match self {
+            Conn::Folded(f) => Ok(f.rows_for_keys(keys)),
             Conn::Pg(c) => {
                 let (key, row) = texts(side, true);
                 let sql = format!(
@@ -290,6 +298,7 @@ impl Conn {
             return Ok(BTreeMap::new());
         }
         match self {
+            Conn::Folded(_) => Err("a topic source re-emits its events, not rows".into()),
             Conn::Pg(c) => {
                 let (key, _) = texts(side, true);
                 let sql = format!(
@@ -348,6 +357,7 @@ impl Conn {
     /// The table's column names.
     pub async fn columns(&self, table: &str) -> Result<Vec<String>, String> {
         match self {
+            Conn::Folded(_) => Err(format!("`{table}` is a topic: it has no columns")),
             Conn::Pg(c) => {
                 let rows = c
                     .query(
@@ -385,8 +395,8 @@ impl Conn {
                 let lo = u64::from_str_radix(lo, 16).map_err(|e| e.to_string())?;
                 Ok(hi << 32 | lo)
             }
-            Conn::Lite(_) => {
-                Err("a SQLite source has no WAL position; use sequence = \"none\"".into())
+            Conn::Lite(_) | Conn::Folded(_) => {
+                Err("only a Postgres source has a WAL position; use sequence = \"none\"".into())
             }
         }
     }

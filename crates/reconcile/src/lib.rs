@@ -21,6 +21,7 @@ pub mod digest;
 mod error;
 pub mod run;
 pub mod runtime;
+pub mod topic;
 
 pub use config::{Plan, ReconcileConfig};
 pub use error::{ReconcileError, Result};

@@ -26,7 +26,7 @@ use driftless_core::{pg_sequence, Event};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{CorrectionConfig, CorrectionData, CorrectionSequence, Plan};
+use crate::config::{CorrectionConfig, CorrectionData, CorrectionSequence, Db, Plan};
 use crate::db::{Conn, RowHashes};
 use crate::digest::{bucket_count, UNIT_SEPARATOR};
 use crate::error::{ReconcileError, Result};
@@ -196,8 +196,13 @@ pub async fn run(
         not_compared: plan.not_compared.clone(),
         ..RunReport::default()
     };
-    let (source, projection) =
-        tokio::join!(Conn::open(&plan.source.db), Conn::open(&plan.projection.db));
+    let source = async {
+        match &plan.source.db {
+            Db::Topic(topic) => fold_topic(plan, broker, topic).await,
+            db => Conn::open(db).await,
+        }
+    };
+    let (source, projection) = tokio::join!(source, Conn::open(&plan.projection.db));
     let sides = Sides {
         source: source.map_err(Sides::db_err(plan, "source"))?,
         projection: projection.map_err(Sides::db_err(plan, "projection"))?,
@@ -292,6 +297,59 @@ fn subject_of(key_text: &str, parts: usize) -> String {
     Value::Array(values).to_string()
 }
 
+/// Folds `topic` through the sink's mapping into the projection table's expected rows.
+async fn fold_topic(plan: &Plan, broker: &Arc<Broker>, topic: &str) -> Result<Conn, String> {
+    let mapper = driftless_sink::mapping::Mapper::compile(&plan.name, &plan.mappings)
+        .map_err(|e| e.to_string())?;
+    let (b, topic, table) = (Arc::clone(broker), topic.to_string(), plan.projection.table.clone());
+    let compared = plan.compared.clone();
+    let sqlite = matches!(plan.projection.db, Db::Sqlite(_));
+    let folded = tokio::task::spawn_blocking(move || {
+        crate::topic::fold(&b, &topic, &mapper, &table, &compared, sqlite, crate::topic::KEYS_MAX)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(Conn::Folded(Arc::new(folded)))
+}
+
+/// Corrections for a topic source: each drifted key's latest event again, flagged, ranked just
+/// after the original (`sequence` = its version + `~`: above it, below any later change of the
+/// key); extra keys get delete events.
+fn topic_corrections(
+    plan: &Plan,
+    folded: &crate::topic::Folded,
+    correction: &CorrectionConfig,
+    drifted: &BTreeMap<String, DriftKind>,
+    started_ms: i64,
+) -> Vec<Event> {
+    let parts = plan.key_names.len();
+    drifted
+        .iter()
+        .map(|(key, kind)| {
+            let id = format!("reconcile:{}:{started_ms}:{key}", plan.name);
+            match folded.latest(key).filter(|_| *kind != DriftKind::Extra) {
+                Some((event, version)) => {
+                    let mut v = event.clone();
+                    v["id"] = json!(id);
+                    v["correction"] = json!(true);
+                    v["sequence"] = json!(format!("{version}~"));
+                    Event::from_value(v).unwrap_or_else(|_| {
+                        Event::new(id, &correction.source, &correction.upsert_type)
+                    })
+                }
+                None => {
+                    let mut e =
+                        Event::new(id, correction.source.clone(), correction.delete_type.clone());
+                    e.subject = Some(subject_of(key, parts));
+                    e.data = Some(json!({}));
+                    e.extensions.insert("correction".into(), Value::Bool(true));
+                    e
+                }
+            }
+        })
+        .collect()
+}
+
 async fn repair_keys(
     plan: &Plan,
     broker: &Arc<Broker>,
@@ -302,6 +360,10 @@ async fn repair_keys(
 ) -> Result<usize> {
     let topic =
         correction.topic.clone().or_else(|| plan.topics.first().cloned()).unwrap_or_default();
+    if let Conn::Folded(folded) = &sides.source {
+        let events = topic_corrections(plan, folded, correction, drifted, report.started_ms);
+        return append(plan, broker, &topic, events).await;
+    }
     // The WAL position before the rows are read: every change the read may miss commits after
     // it, so its CDC sequence ranks above the correction's.
     let lsn = match correction.sequence {
@@ -359,10 +421,20 @@ async fn repair_keys(
         }
         events.push(e);
     }
+    append(plan, broker, &topic, events).await
+}
+
+/// Appends corrections to `topic`; returns how many.
+async fn append(
+    plan: &Plan,
+    broker: &Arc<Broker>,
+    topic: &str,
+    events: Vec<Event>,
+) -> Result<usize> {
     let count = events.len();
     let max = broker.config().produce_events_max.max(1);
     for chunk in events.chunks(max) {
-        let (b, t, chunk) = (Arc::clone(broker), topic.clone(), chunk.to_vec());
+        let (b, t, chunk) = (Arc::clone(broker), topic.to_string(), chunk.to_vec());
         tokio::task::spawn_blocking(move || b.produce(&t, chunk))
             .await
             .map_err(|e| ReconcileError::Database {
