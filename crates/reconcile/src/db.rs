@@ -381,6 +381,59 @@ impl Conn {
         }
     }
 
+    /// The version column of the rows with these keys (a projection's): what each row's last
+    /// applied event was, so a correction can rank just above it.
+    pub async fn versions(
+        &self,
+        side: &Side,
+        version_column: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, String>, String> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let vc = format!("\"{}\"", version_column.replace('"', "\"\""));
+        match self {
+            Conn::Folded(_) => Ok(BTreeMap::new()),
+            Conn::Pg(c) => {
+                let (key, _) = texts(side, true);
+                let sql = format!(
+                    "SELECT k, v FROM (SELECT {key} AS k, {vc}::text AS v FROM {t}) s \
+                     WHERE k = ANY($1::text[]) AND v IS NOT NULL",
+                    t = quote_path(&side.table),
+                );
+                let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+            Conn::Lite(c) => {
+                let (key, _) = texts(side, false);
+                let table = quote_path(&side.table);
+                let keys = keys.to_vec();
+                Self::lite(c, move |c| {
+                    let mut out = BTreeMap::new();
+                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+                        let marks = vec!["?"; chunk.len()].join(",");
+                        let sql = format!(
+                            "SELECT k, v FROM (SELECT {key} AS k, CAST({vc} AS TEXT) AS v \
+                             FROM {table}) WHERE k IN ({marks}) AND v IS NOT NULL"
+                        );
+                        let mut stmt = c.prepare(&sql)?;
+                        let rows = stmt
+                            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                            })?;
+                        for row in rows {
+                            let (k, v) = row?;
+                            out.insert(k, v);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
     /// Postgres's current WAL position (for corrections ranked with CDC events).
     pub async fn wal_lsn(&self) -> Result<u64, String> {
         match self {

@@ -380,6 +380,19 @@ async fn repair_keys(
         .await
         .map_err(Sides::db_err(plan, "source"))?;
     report.rows_shipped += rows.len();
+    // Without a source position, rank each correction just above the projection's row (its
+    // version + `~`): above the stale state it replaces, below any later change of the key
+    // still in flight. Keys without a row fall back to the correction's own offset.
+    let projection_versions = if lsn.is_none() {
+        let keys: Vec<String> = drifted.keys().cloned().collect();
+        sides
+            .projection
+            .versions(&plan.projection, &plan.version_column, &keys)
+            .await
+            .map_err(Sides::db_err(plan, "projection"))?
+    } else {
+        BTreeMap::new()
+    };
     let parts = plan.key_names.len();
     let mut events = Vec::new();
     for (i, (key, kind)) in drifted.iter().enumerate() {
@@ -418,6 +431,8 @@ async fn repair_keys(
         e.extensions.insert("correction".into(), Value::Bool(true));
         if let Some(lsn) = lsn {
             e.extensions.insert("sequence".into(), json!(pg_sequence(lsn, i as u32)));
+        } else if let Some(v) = projection_versions.get(key).filter(|v| !v.is_empty()) {
+            e.extensions.insert("sequence".into(), json!(format!("{v}~")));
         }
         events.push(e);
     }

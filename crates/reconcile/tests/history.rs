@@ -107,3 +107,47 @@ async fn composite_key_corrections_keep_typed_subjects() {
     assert_eq!(e["correction"], true);
     assert_eq!(e["data"]["n"], 42);
 }
+
+/// Regression: a table source's correction ranked by its own new offset, so a real change
+/// appended between the source read and the correction could be overwritten by the older state.
+/// It now ranks just above the projection row it replaces (its version + `~`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_ranks_just_above_the_row_it_replaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj) = (dir.path().join("s.db"), dir.path().join("p.db"));
+    exec(
+        &source,
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT); \
+                   INSERT INTO customers VALUES ('a', 'right')",
+    );
+    exec(
+        &proj,
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT); \
+                 INSERT INTO contacts VALUES ('a', 'wrong', '00000000000000000005')",
+    );
+    let sink: SinkConfig = toml::from_str(&format!(
+        "name = \"crm\"\ntopics = [\"customers\"]\n\
+         target = {{ kind = \"sqlite\", path = \"{}\" }}\n\
+         [[mapping]]\ntable = \"contacts\"\nkey = [\"id\"]\n\
+         columns = {{ id = \".subject\", city = \".data.city\" }}\n",
+        proj.display()
+    ))
+    .unwrap();
+    let config: ReconcileConfig = toml::from_str(&format!(
+        "name = \"crm\"\nsink = \"crm\"\nlag_window_ms = 0\n\
+         source = {{ kind = \"sqlite\", path = \"{}\", table = \"customers\" }}\n\
+         [correction]\nupsert_type = \"c.snapshot\"\ndelete_type = \"c.deleted\"\n",
+        source.display()
+    ))
+    .unwrap();
+    let broker = Arc::new(Broker::open(&dir.path().join("log"), BrokerConfig::default()).unwrap());
+    broker.create_topic("customers", driftless_broker::TopicSpec::default()).unwrap();
+    let r =
+        Reconcilers::start(vec![config], std::slice::from_ref(&sink), Arc::clone(&broker)).unwrap();
+    let report = r.run_now("crm", Some(true)).await.unwrap();
+    assert_eq!((report.stale, report.repaired), (1, 1));
+    let m = broker.join("reader", &["customers".to_string()], None).unwrap().member_id;
+    let e = &broker.fetch("reader", &m, 10).unwrap().deliveries[0].event;
+    assert_eq!(e["sequence"], "00000000000000000005~");
+    assert!(e["sequence"].as_str().unwrap() < "00000000000000000006", "below any later event");
+}
