@@ -64,6 +64,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use driftless_core::sql::{quote_ident, quote_table};
 use driftless_core::{is_rfc3339, Event, TopicName, EXTENSION_NAME_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -459,24 +460,13 @@ pub(crate) async fn relay_loop<S: OutboxStore>(
     }
 }
 
+/// Wall time in Unix ms, from the project's one clock.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Postgres
-
-/// Quotes a Postgres table name, `table` or `schema.table`, each part as an identifier.
-pub fn quote_pg_table(table: &str) -> String {
-    table.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
-}
-
-fn quote_ident(part: &str) -> String {
-    format!("\"{}\"", part.replace('"', "\"\""))
-}
 
 /// The SQL that creates the Postgres outbox table `table` (`table` or `schema.table`).
 pub fn init_sql_postgres(table: &str) -> String {
@@ -489,7 +479,7 @@ pub fn init_sql_postgres(table: &str) -> String {
          NULL UNIQUE,\n    aggregatetype text NOT NULL,\n    aggregateid text NOT NULL,\n    type \
          text NOT NULL,\n    payload jsonb,\n    headers jsonb,\n    created_at timestamptz NOT \
          NULL DEFAULT now()\n);\n",
-        quote_pg_table(table)
+        quote_table(table)
     )
 }
 
@@ -560,7 +550,7 @@ impl PgStore {
     pub async fn open(source_name: &str, url: &str, table: &str) -> Result<Self> {
         check_pg_table(source_name, table)?;
         let client = pg_connect(source_name, url).await?;
-        let quoted = quote_pg_table(table);
+        let quoted = quote_table(table);
         let missing = |reason: String| ConnectError::Table {
             source_name: source_name.into(),
             table: table.into(),
@@ -879,8 +869,6 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted() {
-        assert_eq!(quote_pg_table("app.outbox"), "\"app\".\"outbox\"");
-        assert_eq!(quote_pg_table("we\"ird"), "\"we\"\"ird\"");
         let sql = init_sql_postgres("app.outbox");
         assert!(sql.starts_with("CREATE SCHEMA IF NOT EXISTS \"app\";"), "{sql}");
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"app\".\"outbox\""), "{sql}");

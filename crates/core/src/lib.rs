@@ -16,6 +16,7 @@
 mod clock;
 mod event;
 mod partitioning;
+pub mod sql;
 mod topic;
 
 pub use clock::{Clock, ManualClock, SystemClock};

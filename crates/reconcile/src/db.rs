@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use driftless_core::sql::quote_table;
 use rusqlite::functions::FunctionFlags;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
@@ -24,10 +25,6 @@ pub type RowHashes = BTreeMap<String, (i64, i64)>;
 
 /// Most keys per `IN (…)` list sent to SQLite.
 const KEYS_PER_QUERY_MAX: usize = 500;
-
-fn quote_path(path: &str) -> String {
-    path.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
-}
 
 /// A connection to one side.
 pub enum Conn {
@@ -141,7 +138,7 @@ impl Conn {
 
     /// Rows in the side's table.
     pub async fn count(&self, side: &Side) -> Result<i64, String> {
-        let sql = format!("SELECT count(*) FROM {}", quote_path(&side.table));
+        let sql = format!("SELECT count(*) FROM {}", quote_table(&side.table));
         match self {
             Conn::Pg(c) => c.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0)).map_err(pg_err),
             Conn::Lite(c) => Self::lite(c, move |c| c.query_row(&sql, [], |r| r.get(0))).await,
@@ -167,7 +164,7 @@ impl Conn {
                     b = pg_bucket_sql("kh", &n.to_string()),
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[]).await.map_err(pg_err)?;
                 Ok(rows
@@ -183,7 +180,7 @@ impl Conn {
                 let sql = format!(
                     "SELECT drift_bucket(k, {n}) AS b, count(*), sum(drift_h1(r)), sum(drift_h2(r)) \
                      FROM (SELECT {key} AS k, {row} AS r FROM {t}) GROUP BY b",
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 Self::lite(c, move |c| {
                     let mut stmt = c.prepare(&sql)?;
@@ -216,7 +213,7 @@ impl Conn {
                     b = pg_bucket_sql("kh", &n.to_string()),
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 let ids: Vec<i32> = buckets.iter().map(|b| *b as i32).collect();
                 let rows = c.query(&sql, &[&ids]).await.map_err(pg_err)?;
@@ -228,7 +225,7 @@ impl Conn {
                 let sql = format!(
                     "SELECT k, drift_h1(r), drift_h2(r) FROM (SELECT {key} AS k, {row} AS r FROM {t}) \
                      WHERE drift_bucket(k, {n}) IN ({list})",
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 Self::lite(c, move |c| {
                     let mut stmt = c.prepare(&sql)?;
@@ -254,14 +251,14 @@ impl Conn {
                        FROM (SELECT {key} AS k, {row} AS r FROM {t}) s WHERE k = ANY($1::text[]) OFFSET 0) s2",
                     h1 = pg_half_sql("rh", 0),
                     h2 = pg_half_sql("rh", 4),
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
                 Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
             }
             Conn::Lite(c) => {
                 let (key, row) = texts(side, false);
-                let table = quote_path(&side.table);
+                let table = quote_table(&side.table);
                 let keys = keys.to_vec();
                 Self::lite(c, move |c| {
                     let mut out = RowHashes::new();
@@ -304,7 +301,7 @@ impl Conn {
                 let sql = format!(
                     "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(t) AS j FROM {tbl} t) s \
                      WHERE k = ANY($1::text[])",
-                    tbl = quote_path(&side.table),
+                    tbl = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
                 rows.iter()
@@ -320,13 +317,13 @@ impl Conn {
                 let keys = keys.to_vec();
                 Self::lite(c, move |c| {
                     let cols: Vec<String> = {
-                        let mut stmt = c.prepare(&format!("PRAGMA table_info({})", quote_path(&table)))?;
+                        let mut stmt = c.prepare(&format!("PRAGMA table_info({})", quote_table(&table)))?;
                         let rows = stmt.query_map([], |r| r.get(1))?;
                         rows.collect::<rusqlite::Result<_>>()?
                     };
                     let obj = cols
                         .iter()
-                        .map(|c| format!("'{}', {}", c.replace('\'', "''"), quote_path(c)))
+                        .map(|c| format!("'{}', {}", c.replace('\'', "''"), quote_table(c)))
                         .collect::<Vec<_>>()
                         .join(", ");
                     let mut out = BTreeMap::new();
@@ -335,7 +332,7 @@ impl Conn {
                         let sql = format!(
                             "SELECT k, j FROM (SELECT {key} AS k, json_object({obj}) AS j FROM {t}) \
                              WHERE k IN ({marks})",
-                            t = quote_path(&table),
+                            t = quote_table(&table),
                         );
                         let mut stmt = c.prepare(&sql)?;
                         let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
@@ -363,14 +360,14 @@ impl Conn {
                     .query(
                         "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
                          AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                        &[&quote_path(table)],
+                        &[&quote_table(table)],
                     )
                     .await
                     .map_err(pg_err)?;
                 Ok(rows.iter().map(|r| r.get(0)).collect())
             }
             Conn::Lite(c) => {
-                let sql = format!("PRAGMA table_info({})", quote_path(table));
+                let sql = format!("PRAGMA table_info({})", quote_table(table));
                 Self::lite(c, move |c| {
                     let mut stmt = c.prepare(&sql)?;
                     let rows = stmt.query_map([], |r| r.get(1))?;
@@ -400,14 +397,14 @@ impl Conn {
                 let sql = format!(
                     "SELECT k, v FROM (SELECT {key} AS k, {vc}::text AS v FROM {t}) s \
                      WHERE k = ANY($1::text[]) AND v IS NOT NULL",
-                    t = quote_path(&side.table),
+                    t = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
                 Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             }
             Conn::Lite(c) => {
                 let (key, _) = texts(side, false);
-                let table = quote_path(&side.table);
+                let table = quote_table(&side.table);
                 let keys = keys.to_vec();
                 Self::lite(c, move |c| {
                     let mut out = BTreeMap::new();

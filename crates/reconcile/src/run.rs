@@ -92,11 +92,9 @@ pub struct RunReport {
     pub not_compared: Vec<String>,
 }
 
+/// Wall time in Unix ms, from the project's one clock.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 fn classify(source: &RowHashes, projection: &RowHashes) -> BTreeMap<String, DriftKind> {

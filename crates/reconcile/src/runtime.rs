@@ -294,10 +294,7 @@ async fn run_entry(
     repair: bool,
 ) -> Result<RunReport> {
     let _guard = e.running.try_lock().map_err(|_| ReconcileError::Busy(e.config.name.clone()))?;
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let at_ms = driftless_core::Clock::now_ms(&driftless_core::SystemClock);
     let outcome = async {
         let mut plan = e.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if e.row_mapping && plan.compared.is_empty() {

@@ -56,10 +56,10 @@ pub struct Group<'a> {
 
 /// Keeps the newest operation per (table, key) and groups the survivors into statements.
 pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
-    let mut newest: BTreeMap<(&str, String), &RowOp> = BTreeMap::new();
+    let mut newest: BTreeMap<(&str, &str), &RowOp> = BTreeMap::new();
     for it in items {
         for op in &it.ops {
-            let slot = newest.entry((op.table.as_str(), op.key_text())).or_insert(op);
+            let slot = newest.entry((op.table.as_str(), op.key_text.as_str())).or_insert(op);
             if op.version.as_bytes() >= slot.version.as_bytes() {
                 *slot = op;
             }
@@ -133,13 +133,13 @@ mod tests {
     use serde_json::json;
 
     fn op(table: &str, key: &str, version: &str, op: OpKind) -> RowOp {
-        RowOp {
-            table: table.into(),
+        RowOp::new(
+            table.into(),
             op,
-            key: vec![("id".into(), json!(key))],
-            columns: BTreeMap::from([("id".to_string(), json!(key))]),
-            version: version.into(),
-        }
+            vec![("id".into(), json!(key))],
+            BTreeMap::from([("id".to_string(), json!(key))]),
+            version.into(),
+        )
     }
 
     fn item(offset: u64, ops: Vec<RowOp>) -> Item {

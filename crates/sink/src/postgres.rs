@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use driftless_core::sql::{quote_ident, quote_table};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -45,15 +46,6 @@ CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
     PRIMARY KEY (tbl, key)
 );
 "#;
-
-/// Double-quotes an identifier path (`schema.table` → `"schema"."table"`).
-pub(crate) fn quote_path(path: &str) -> String {
-    path.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
-}
-
-fn q(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 /// A connected Postgres target.
 pub struct PgSink {
@@ -178,7 +170,7 @@ impl PgSink {
                     "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
                      FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
                      AND a.attnum > 0 AND NOT a.attisdropped",
-                    &[&quote_path(&table)],
+                    &[&quote_table(&table)],
                 )
                 .await
                 .map_err(|e| unavailable(classify(&e)))?;
@@ -221,7 +213,7 @@ impl PgSink {
                      (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a \
                       WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = \
                      (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k)",
-                    &[&quote_path(&table), &key],
+                    &[&quote_table(&table), &key],
                 )
                 .await
                 .map_err(|e| unavailable(classify(&e)))?;
@@ -257,21 +249,21 @@ impl PgSink {
     }
 
     fn group_sql(&self, g: &Group<'_>) -> String {
-        let t = quote_path(g.table);
-        let vc = q(&self.version_column);
+        let t = quote_table(g.table);
+        let vc = quote_ident(&self.version_column);
         if let Some(types) = self.plain_types(g) {
-            let cols: Vec<String> = g.columns.iter().map(|c| q(c)).collect();
+            let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
             let arrays: Vec<String> =
                 (0..g.columns.len() + 2).map(|i| format!("${}::text[]", i + 2)).collect();
             let names: Vec<String> = (0..g.columns.len()).map(|i| format!("c{i}")).collect();
             let vals: Vec<String> =
                 types.iter().enumerate().map(|(i, ty)| format!("x.c{i}::{ty}")).collect();
-            let keys: Vec<String> = g.key.iter().map(|c| q(c)).collect();
+            let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
             let sets: Vec<String> = g
                 .columns
                 .iter()
                 .filter(|c| !g.key.contains(c))
-                .map(|c| format!("{} = EXCLUDED.{}", q(c), q(c)))
+                .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
                 .chain([format!("{vc} = EXCLUDED.{vc}")])
                 .collect();
             return format!(
@@ -297,15 +289,15 @@ impl PgSink {
         );
         match g.op {
             OpKind::Upsert => {
-                let cols: Vec<String> = g.columns.iter().map(|c| q(c)).collect();
+                let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
                 let vals: Vec<String> =
-                    g.columns.iter().map(|c| format!("(x.r).{}", q(c))).collect();
-                let keys: Vec<String> = g.key.iter().map(|c| q(c)).collect();
+                    g.columns.iter().map(|c| format!("(x.r).{}", quote_ident(c))).collect();
+                let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
                 let sets: Vec<String> = g
                     .columns
                     .iter()
                     .filter(|c| !g.key.contains(c))
-                    .map(|c| format!("{} = EXCLUDED.{}", q(c), q(c)))
+                    .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
                     .chain([format!("{vc} = EXCLUDED.{vc}")])
                     .collect();
                 format!(
@@ -321,8 +313,11 @@ impl PgSink {
                 )
             }
             OpKind::Delete => {
-                let on: Vec<String> =
-                    g.key.iter().map(|c| format!("{t}.{} = (x.r).{}", q(c), q(c))).collect();
+                let on: Vec<String> = g
+                    .key
+                    .iter()
+                    .map(|c| format!("{t}.{} = (x.r).{}", quote_ident(c), quote_ident(c)))
+                    .collect();
                 format!(
                     "WITH x AS ({rows}), d AS (DELETE FROM {t} USING x WHERE {on} AND \
                        ({t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < x.v COLLATE \"C\")) \
@@ -346,7 +341,7 @@ impl PgSink {
             let rows = match self.plain_types(g) {
                 Some(types) => {
                     let mut arrays = vec![
-                        g.ops.iter().map(|op| Some(op.key_text())).collect(),
+                        g.ops.iter().map(|op| Some(op.key_text.clone())).collect(),
                         g.ops.iter().map(|op| Some(op.version.clone())).collect(),
                     ];
                     for (c, ty) in g.columns.iter().zip(&types) {
@@ -363,7 +358,7 @@ impl PgSink {
                     let rows: Vec<Value> = g
                         .ops
                         .iter()
-                        .map(|op| json!({"r": op.columns, "k": op.key_text(), "v": op.version}))
+                        .map(|op| json!({"r": op.columns, "k": op.key_text, "v": op.version}))
                         .collect();
                     Rows::Json(Value::Array(rows).to_string())
                 }
@@ -442,8 +437,8 @@ impl PgSink {
             sql.push_str(&format!(
                 "DROP TABLE IF EXISTS {s}; CREATE TABLE {s} (LIKE {t} INCLUDING ALL); \
                  DELETE FROM driftless_sink_tombstones WHERE tbl = '{lit}';",
-                s = quote_path(&shadow),
-                t = quote_path(t),
+                s = quote_table(&shadow),
+                t = quote_table(t),
                 lit = shadow.replace('\'', "''"),
             ));
         }
@@ -484,14 +479,14 @@ impl PgSink {
                    END LOOP; END $$; \
                  DELETE FROM driftless_sink_tombstones WHERE tbl = '{t_lit}'; \
                  UPDATE driftless_sink_tombstones SET tbl = '{t_lit}' WHERE tbl = '{sh_lit}';",
-                live = quote_path(t),
-                old = q(&format!("{}__old", bare(t))),
-                old_path = quote_path(&format!("{t}__old")),
-                sh = quote_path(&shadow),
-                name = q(bare(t)),
+                live = quote_table(t),
+                old = quote_ident(&format!("{}__old", bare(t))),
+                old_path = quote_table(&format!("{t}__old")),
+                sh = quote_table(&shadow),
+                name = quote_ident(bare(t)),
                 t_lit = lit(t),
                 sh_lit = lit(&shadow),
-                live_lit = lit(&quote_path(t)),
+                live_lit = lit(&quote_table(t)),
                 // The shadow's indexes were named after it; they take the table's names back.
                 sh_bare = lit(&format!("{}{suffix}", bare(t))),
                 bare_lit = lit(bare(t)),

@@ -77,11 +77,9 @@ pub(crate) fn shadow_config(config: &SinkConfig) -> SinkConfig {
     shadow
 }
 
+/// Wall time in Unix ms, from the project's one clock.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 /// The tables a sink writes.

@@ -127,11 +127,9 @@ pub struct SinkReport {
     pub rebuild: Option<RebuildReport>,
 }
 
+/// Wall time in Unix ms, from the project's one clock.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 impl SinkStatus {

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use driftless_core::sql::quote_ident;
 use rusqlite::types::Value as Sql;
 use rusqlite::{params_from_iter, Connection, ErrorCode};
 use serde_json::Value;
@@ -34,10 +35,6 @@ CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
     tbl TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL, deleted_at_ms INTEGER NOT NULL,
     PRIMARY KEY (tbl, key));
 ";
-
-fn q(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 fn classify(e: &rusqlite::Error) -> ApplyError {
     match e {
@@ -146,7 +143,7 @@ impl SqliteSink {
                     let mut pk = Vec::new();
                     {
                         let mut stmt = conn
-                            .prepare(&format!("PRAGMA table_info({})", q(&table)))
+                            .prepare(&format!("PRAGMA table_info({})", quote_ident(&table)))
                             .map_err(|e| classify(&e))?;
                         let mut rows = stmt.query([]).map_err(|e| classify(&e))?;
                         while let Some(r) = rows.next().map_err(|e| classify(&e))? {
@@ -186,7 +183,7 @@ impl SqliteSink {
                     let mut unique = sorted(pk) == sorted(key.clone());
                     if !unique {
                         let mut stmt = conn
-                            .prepare(&format!("PRAGMA index_list({})", q(&table)))
+                            .prepare(&format!("PRAGMA index_list({})", quote_ident(&table)))
                             .map_err(|e| classify(&e))?;
                         let indexes: Vec<(String, i64)> = stmt
                             .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
@@ -194,7 +191,7 @@ impl SqliteSink {
                             .map_err(|e| classify(&e))?;
                         for (name, is_unique) in indexes.into_iter().filter(|(_, u)| *u == 1) {
                             let mut stmt = conn
-                                .prepare(&format!("PRAGMA index_info({})", q(&name)))
+                                .prepare(&format!("PRAGMA index_info({})", quote_ident(&name)))
                                 .map_err(|e| classify(&e))?;
                             let cols: Vec<String> = stmt
                                 .query_map([], |r| r.get(2))
@@ -220,19 +217,19 @@ impl SqliteSink {
     }
 
     fn group_sql(&self, g: &Group<'_>) -> String {
-        let t = q(g.table);
-        let vc = q(&self.version_column);
+        let t = quote_ident(g.table);
+        let vc = quote_ident(&self.version_column);
         match g.op {
             OpKind::Upsert => {
-                let cols: Vec<String> = g.columns.iter().map(|c| q(c)).collect();
+                let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
                 let n = g.columns.len();
                 let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
-                let keys: Vec<String> = g.key.iter().map(|c| q(c)).collect();
+                let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
                 let sets: Vec<String> = g
                     .columns
                     .iter()
                     .filter(|c| !g.key.contains(c))
-                    .map(|c| format!("{} = excluded.{}", q(c), q(c)))
+                    .map(|c| format!("{} = excluded.{}", quote_ident(c), quote_ident(c)))
                     .chain([format!("{vc} = excluded.{vc}")])
                     .collect();
                 // ?(n+1) version, ?(n+2) table, ?(n+3) key text.
@@ -256,7 +253,7 @@ impl SqliteSink {
                     .key
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", q(c), i + 1))
+                    .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
                     .collect();
                 format!(
                     "DELETE FROM {t} WHERE {on} AND ({vc} IS NULL OR {vc} < ?{v})",
@@ -282,9 +279,9 @@ impl SqliteSink {
                 p.push(Sql::Text(op.version.clone()));
                 if g.op == OpKind::Upsert {
                     p.push(Sql::Text(g.table.to_string()));
-                    p.push(Sql::Text(op.key_text()));
+                    p.push(Sql::Text(op.key_text.clone()));
                 } else {
-                    tombstones.push((op.key_text(), op.version.clone()));
+                    tombstones.push((op.key_text.clone(), op.version.clone()));
                 }
                 params.push(p);
             }
@@ -293,10 +290,7 @@ impl SqliteSink {
         let pos = positions(items);
         let sink = self.sink.clone();
         self.with(move |conn, _| {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now_ms = driftless_core::Clock::now_ms(&driftless_core::SystemClock);
             let tx = conn.transaction().map_err(|e| classify(&e))?;
             for Statement { sql, table, params, tombstones } in &work {
                 let mut stmt = tx.prepare_cached(sql).map_err(|e| classify(&e))?;
@@ -345,7 +339,7 @@ fn rename_in_ddl(sql: &str, from: &str, to: &str) -> String {
         [format!("\"{from}\""), format!("`{from}`"), format!("[{from}]"), from.to_string()]
     {
         if let Some(i) = sql.find(&candidate) {
-            return format!("{}{}{}", &sql[..i], q(to), &sql[i + candidate.len()..]);
+            return format!("{}{}{}", &sql[..i], quote_ident(to), &sql[i + candidate.len()..]);
         }
     }
     sql.to_string()
@@ -367,7 +361,7 @@ impl SqliteSink {
             let tx = conn.transaction().map_err(|e| classify(&e))?;
             for t in &tables {
                 let shadow = format!("{t}{suffix}");
-                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", q(&shadow)))
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&shadow)))
                     .map_err(|e| classify(&e))?;
                 let ddl: Vec<(String, String, String)> = {
                     let mut stmt = tx
@@ -427,9 +421,9 @@ impl SqliteSink {
                 tx.execute_batch(&format!(
                     "ALTER TABLE {live} RENAME TO {old}; ALTER TABLE {sh} RENAME TO {live}; \
                      DROP TABLE {old};",
-                    live = q(t),
-                    old = q(&old),
-                    sh = q(&shadow),
+                    live = quote_ident(t),
+                    old = quote_ident(&old),
+                    sh = quote_ident(&shadow),
                 ))
                 .map_err(|e| classify(&e))?;
                 tx.execute("DELETE FROM driftless_sink_tombstones WHERE tbl = ?1", [t])

@@ -140,10 +140,7 @@ impl Webhook {
 
     /// Sends one event (blocking; run it on the blocking pool).
     pub fn send(&self, event: &Value) -> Outcome {
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now_s = driftless_core::Clock::now_ms(&driftless_core::SystemClock) / 1000;
         let (headers, body) = self.request(event, now_s);
         let mut req = self.agent.post(&self.config.url);
         for (k, v) in &headers {

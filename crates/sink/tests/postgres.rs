@@ -17,6 +17,15 @@ use tokio_postgres::{Client, NoTls};
 const TABLE_DDL: &str = "CREATE TABLE contacts (id text PRIMARY KEY, city text, n int, \
                          driftless_version text)";
 
+/// A throwaway PostgreSQL with database `proj` holding the tables of `ddl`, and a client to it.
+async fn projection(ddl: &str) -> (PgServer, Client) {
+    let pg = PgServer::start().unwrap();
+    pg.create_database("proj").unwrap();
+    let client = connect(&pg, "proj").await;
+    client.batch_execute(ddl).await.unwrap();
+    (pg, client)
+}
+
 async fn connect(pg: &PgServer, db: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(&pg.url(db), NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -84,10 +93,7 @@ fn history(events: usize, keys: usize) -> (Vec<driftless_core::Event>, Rows) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_duplicates_leave_the_projection_as_one_clean_pass() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (pg, client) = projection(TABLE_DDL).await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "customers", 4);
     let (events, model) = history(600, 50);
@@ -123,10 +129,7 @@ async fn redelivered_duplicates_leave_the_projection_as_one_clean_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_event_is_refused_by_the_sequence_guard() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (pg, client) = projection(TABLE_DDL).await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "customers", 1);
     let up = |id: &str, key: &str, city: &str, seq: &str| {
@@ -170,10 +173,7 @@ async fn a_stale_event_is_refused_by_the_sequence_guard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_goes_to_the_dlq_while_other_keys_keep_updating() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (pg, client) = projection(TABLE_DDL).await;
     let dir = tempfile::tempdir().unwrap();
     // One partition: the poison key shares it with every other key.
     let b = broker(dir.path(), quick_retries(), "customers", 1);
@@ -216,10 +216,7 @@ async fn a_poison_event_goes_to_the_dlq_while_other_keys_keep_updating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_down_for_30_s_catches_up_with_nothing_lost() {
-    let mut pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (mut pg, client) = projection(TABLE_DDL).await;
     drop(client);
     let dir = tempfile::tempdir().unwrap();
     // Default delivery settings: an outage must not push events towards the dead-letter queue.
@@ -258,15 +255,10 @@ async fn the_target_down_for_30_s_catches_up_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_mismatch_names_the_table_and_column_and_resumes_once_fixed() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client
-        .batch_execute(
-            "CREATE TABLE contacts (id text PRIMARY KEY, city text, driftless_version text)",
-        )
-        .await
-        .unwrap();
+    let (pg, client) = projection(
+        "CREATE TABLE contacts (id text PRIMARY KEY, city text, driftless_version text)",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "customers", 1);
     b.produce(
@@ -293,10 +285,7 @@ async fn a_schema_mismatch_names_the_table_and_column_and_resumes_once_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_equals_a_clean_pass_while_readers_keep_the_old_table_until_the_swap() {
     use driftless_sink::rebuild::RebuildPhase;
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (pg, client) = projection(TABLE_DDL).await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "customers", 4);
     let (events, _) = history(30_000, 2_000);
@@ -392,10 +381,7 @@ async fn a_rebuild_equals_a_clean_pass_while_readers_keep_the_old_table_until_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_workers_split_the_partitions_and_keep_the_projection_exact() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client.batch_execute(TABLE_DDL).await.unwrap();
+    let (pg, client) = projection(TABLE_DDL).await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "customers", 4);
     let (events, model) = history(3_000, 100);
@@ -437,18 +423,13 @@ async fn parallel_workers_split_the_partitions_and_keep_the_projection_exact() {
 /// JSON): every value lands as the type's input function reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_every_common_type_land_in_their_columns() {
-    let pg = PgServer::start().unwrap();
-    pg.create_database("proj").unwrap();
-    let client = connect(&pg, "proj").await;
-    client
-        .batch_execute(
-            "CREATE TABLE typed (id uuid PRIMARY KEY, n numeric, b boolean, at timestamptz, \
+    let (pg, client) = projection(
+        "CREATE TABLE typed (id uuid PRIMARY KEY, n numeric, b boolean, at timestamptz, \
              doc jsonb, label text, tags text[], driftless_version text); \
              CREATE TABLE untagged (id uuid PRIMARY KEY, n numeric, b boolean, at timestamptz, \
              doc jsonb, label text, driftless_version text)",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), BrokerConfig::default(), "things", 1);
     let data = json!({"id": "7b1c4f0e-2f7d-4a8e-9a57-0c4d2b8f1e11", "n": "12345678901234567890.5",

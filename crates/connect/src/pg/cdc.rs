@@ -419,11 +419,9 @@ fn encode_state(state: &CdcState) -> Vec<u8> {
     serde_json::to_vec(state).unwrap_or_default()
 }
 
+/// Wall time in Unix ms, from the project's one clock.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 /// Creates the publication, or brings its table list in line with the configuration.

@@ -89,23 +89,7 @@ pub(crate) fn pg_error(
     move |error| ConnectError::Postgres { source_name: source_name.to_string(), what, error }
 }
 
-/// Quotes an identifier for SQL (`"a""b"`).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes `schema.table` (split on the first dot) for SQL.
-pub fn quote_table(qualified: &str) -> String {
-    match qualified.split_once('.') {
-        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
-        None => quote_ident(qualified),
-    }
-}
-
-/// Quotes a string literal for SQL (`'it''s'`).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
+pub use driftless_core::sql::{quote_ident, quote_literal, quote_table};
 
 /// Formats an LSN the way Postgres does (`16/B374D848`).
 pub fn format_lsn(lsn: u64) -> String {
