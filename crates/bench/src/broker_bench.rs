@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{BenchError, Histogram};
@@ -153,13 +153,63 @@ impl BrokerBenchParams {
     }
 }
 
-fn payload(epoch: Instant, pad: &str) -> Value {
-    json!({ "sent_us": epoch.elapsed().as_micros() as u64, "pad": pad })
+/// The payload both sides carry. The clients encode and decode typed structs, not
+/// `serde_json::Value` trees, so the client's own JSON work stays small next to the servers'.
+#[derive(Serialize)]
+struct Payload<'a> {
+    sent_us: u64,
+    pad: &'a str,
 }
 
-fn latency_us(epoch: Instant, data: &Value) -> Option<u64> {
-    let sent = data.get("sent_us")?.as_u64()?;
-    Some((epoch.elapsed().as_micros() as u64).saturating_sub(sent))
+fn payload(epoch: Instant, pad: &str) -> Payload<'_> {
+    Payload { sent_us: epoch.elapsed().as_micros() as u64, pad }
+}
+
+/// What a consumer reads of a payload; the padding is skipped unread.
+#[derive(Deserialize)]
+struct SentAt {
+    sent_us: u64,
+}
+
+fn latency_us(epoch: Instant, sent: Option<&SentAt>) -> Option<u64> {
+    Some((epoch.elapsed().as_micros() as u64).saturating_sub(sent?.sent_us))
+}
+
+/// One CloudEvent of a produce request.
+#[derive(Serialize)]
+struct OutEvent<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'static str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    subject: String,
+    data: Payload<'a>,
+}
+
+/// What a consumer reads of a fetch answer.
+#[derive(Deserialize)]
+struct FetchAnswer<'a> {
+    #[serde(borrow)]
+    deliveries: Vec<InDelivery<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InDelivery<'a> {
+    #[serde(borrow)]
+    delivery_id: std::borrow::Cow<'a, str>,
+    event: InEvent,
+}
+
+#[derive(Deserialize)]
+struct InEvent {
+    #[serde(default)]
+    data: Option<SentAt>,
+}
+
+#[derive(Serialize)]
+struct AckBody<'a> {
+    delivery_ids: Vec<&'a str>,
 }
 
 /// Runs both sides and reports them side by side.
@@ -263,31 +313,34 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                         return Err(http_error("consume", "timed out"));
                     }
                     let mut r = agent.get(&url).call().map_err(|e| http_error("fetch", e))?;
-                    let v: Value = r
+                    let body = r
                         .body_mut()
                         .with_config()
                         .limit(256 << 20)
-                        .read_json()
+                        .read_to_vec()
                         .map_err(|e| http_error("fetch", e))?;
-                    let Some(deliveries) = v["deliveries"].as_array() else {
-                        return Err(http_error("fetch", v.to_string()));
-                    };
+                    let answer: FetchAnswer<'_> = serde_json::from_slice(&body).map_err(|e| {
+                        http_error("fetch", format!("{e}: {}", String::from_utf8_lossy(&body)))
+                    })?;
+                    let deliveries = answer.deliveries;
                     if deliveries.is_empty() {
                         continue;
                     }
                     let mut ids = Vec::with_capacity(deliveries.len());
                     let mut h = Histogram::new();
-                    for d in deliveries {
-                        if let Some(us) = latency_us(epoch, &d["event"]["data"]) {
+                    for d in &deliveries {
+                        if let Some(us) = latency_us(epoch, d.event.data.as_ref()) {
                             h.record(us);
                         }
-                        ids.push(d["delivery_id"].clone());
+                        ids.push(d.delivery_id.as_ref());
                     }
                     lock(e2e).merge(&h);
-                    agent
+                    let mut r = agent
                         .post(&format!("{base}/v1/groups/bench/ack"))
-                        .send_json(json!({ "delivery_ids": ids }))
+                        .send_json(AckBody { delivery_ids: ids })
                         .map_err(|e| http_error("ack", e))?;
+                    // Read the answer to the end so the agent keeps the connection for reuse.
+                    r.body_mut().read_to_vec().map_err(|e| http_error("ack", e))?;
                     consumed.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
                 }
                 Ok(())
@@ -302,19 +355,19 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                 let mut sent = 0u64;
                 while sent < mine {
                     let n = (mine - sent).min(params.batch as u64);
-                    let batch: Vec<Value> = (0..n)
-                        .map(|i| {
-                            json!({
-                                "specversion": "1.0", "id": format!("w{w}-{}", sent + i),
-                                "source": "/bench", "type": "bench.v1",
-                                "subject": format!("key-{}", (w as u64 * mine + sent + i) % params.keys),
-                                "data": payload(epoch, pad),
-                            })
+                    let batch: Vec<OutEvent<'_>> = (0..n)
+                        .map(|i| OutEvent {
+                            specversion: "1.0",
+                            id: format!("w{w}-{}", sent + i),
+                            source: "/bench",
+                            ty: "bench.v1",
+                            subject: format!("key-{}", (w as u64 * mine + sent + i) % params.keys),
+                            data: payload(epoch, pad),
                         })
                         .collect();
                     let body = serde_json::to_vec(&batch).map_err(|e| http_error("encode", e))?;
                     let t = Instant::now();
-                    let r = agent
+                    let mut r = agent
                         .post(&url)
                         .header("content-type", "application/cloudevents-batch+json")
                         .send(&body[..])
@@ -322,6 +375,12 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                     if r.status() != 200 {
                         return Err(http_error("produce", r.status()));
                     }
+                    // Read the answer to the end so the agent keeps the connection for reuse.
+                    r.body_mut()
+                        .with_config()
+                        .limit(64 << 20)
+                        .read_to_vec()
+                        .map_err(|e| http_error("produce", e))?;
                     lock(produce).record(t.elapsed().as_micros() as u64);
                     sent += n;
                 }
@@ -398,10 +457,9 @@ fn run_jetstream(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                         continue;
                     };
                     let msg = msg.map_err(|e| http_error("consume", e))?;
-                    if let Ok(v) = serde_json::from_slice::<Value>(&msg.payload) {
-                        if let Some(us) = latency_us(epoch, &v) {
-                            h.record(us);
-                        }
+                    let sent = serde_json::from_slice::<SentAt>(&msg.payload).ok();
+                    if let Some(us) = latency_us(epoch, sent.as_ref()) {
+                        h.record(us);
                     }
                     msg.ack().await.map_err(|e| http_error("ack", e))?;
                     consumed.fetch_add(1, Ordering::Relaxed);
