@@ -6,6 +6,11 @@
 //! line), while diagnostics and logs go to stderr; a failure exits non-zero with the error and its
 //! chain of causes.
 
+/// See the `mimalloc` feature in Cargo.toml for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench_broker;
 mod bench_e2e;
 mod bench_reconcile;
