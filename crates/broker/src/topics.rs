@@ -198,35 +198,37 @@ impl TopicState {
             by_partition[p as usize].push(i);
             bodies[i] = serde_json::to_vec(&events[i]).unwrap_or_default();
         }
-        let append = &|p: usize, idx: &[usize]| -> Result<Placed> {
-            let records: Vec<NewRecord<'_>> = idx
-                .iter()
-                .map(|&i| NewRecord::keyed(events[i].placement_key().as_bytes(), &bodies[i]))
-                .collect();
-            let a = self.topic.partition(p as u32)?.append(&records)?;
-            Ok(idx.iter().enumerate().map(|(k, &i)| (i, a.base_offset + k as u64)).collect())
-        };
-        let busy: Vec<usize> =
-            (0..by_partition.len()).filter(|&p| !by_partition[p].is_empty()).collect();
-        let outcomes: Vec<(usize, Result<Placed>)> = if busy.len() <= 1 {
-            busy.iter().map(|&p| (p, append(p, &by_partition[p]))).collect()
-        } else {
-            // Partitions sync independently: append to them in parallel so one request pays
-            // one fsync latency, not one per partition.
-            let by_partition = &by_partition;
-            std::thread::scope(|s| {
-                let handles: Vec<_> = busy
+        // Write every partition's batch first, then wait for each to be durable: the waits
+        // overlap the other partitions' group fsyncs (and other requests'), so one request pays
+        // about one fsync latency, not one per partition, without a thread per partition.
+        let written: Vec<(usize, Result<driftless_log::Appended>)> = (0..by_partition.len())
+            .filter(|&p| !by_partition[p].is_empty())
+            .map(|p| {
+                let records: Vec<NewRecord<'_>> = by_partition[p]
                     .iter()
-                    .map(|&p| (p, s.spawn(move || append(p, &by_partition[p]))))
+                    .map(|&i| NewRecord::keyed(events[i].placement_key().as_bytes(), &bodies[i]))
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|(p, h)| {
-                        (p, h.join().unwrap_or_else(|_| unreachable!("append does not panic")))
-                    })
-                    .collect()
+                let appended = self
+                    .topic
+                    .partition(p as u32)
+                    .and_then(|partition| partition.append_unsynced(&records));
+                (p, appended.map_err(BrokerError::from))
             })
-        };
+            .collect();
+        let outcomes: Vec<(usize, Result<Placed>)> = written
+            .into_iter()
+            .map(|(p, appended)| {
+                let placed = appended.and_then(|a| {
+                    self.topic.partition(p as u32)?.wait_appended(&a)?;
+                    Ok(by_partition[p]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &i)| (i, a.base_offset + k as u64))
+                        .collect())
+                });
+                (p, placed)
+            })
+            .collect();
         let now = clock.now_ms();
         let mut first_error = None;
         {

@@ -9,10 +9,14 @@
 //! 3. outside the writer lock, in `always` mode, wait for durability: the first waiter whose
 //!    records are not yet durable becomes the sync leader, fdatasyncs the active segment once for
 //!    every batch written so far (group commit), advances the durable offset and wakes the others.
+//!    `append` is steps 1-2 (`append_unsynced`) then step 3 (`wait_appended`); a caller writing
+//!    several partitions (the broker's produce) runs the two halves itself, so its waits overlap
+//!    the other partitions' fsyncs without a thread per partition.
 //!
 //! Invariants:
 //! - an append returns `Ok` only after its bytes are durable (`always`), and readers never see a
-//!   record that is not durable in `always` mode;
+//!   record that is not durable in `always` mode (so a batch from `append_unsynced` stays hidden
+//!   until some fsync covers it);
 //! - after any failed write or fsync the partition is poisoned: every later append and every
 //!   waiter whose records were not yet durable gets [`LogError::Poisoned`]; the fsync is never
 //!   retried;
@@ -388,6 +392,17 @@ impl Partition {
     /// fsyncs. All records of a batch get the same timestamp and consecutive offsets. A batch is
     /// atomic across crashes: recovery keeps all of it or none.
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended> {
+        let appended = self.append_unsynced(records)?;
+        self.wait_appended(&appended)?;
+        Ok(appended)
+    }
+
+    /// Writes `records` as one batch like [`append`](Self::append), but in `always` mode returns
+    /// before they are durable: they stay invisible to readers until an fsync covers them.
+    /// Follow with [`wait_appended`](Self::wait_appended) before acknowledging anything. This
+    /// lets one caller write to several partitions and then wait for all of them, without a
+    /// thread per partition.
+    pub fn append_unsynced(&self, records: &[NewRecord<'_>]) -> Result<Appended> {
         if records.is_empty() {
             return Err(LogError::EmptyBatch);
         }
@@ -431,12 +446,21 @@ impl Partition {
         self.counters.appends.fetch_add(1, Ordering::Relaxed);
         self.counters.records_appended.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.counters.bytes_appended.fetch_add(total as u64, Ordering::Relaxed);
-
         match self.config.durability {
-            Durability::Always => self.wait_durable(appended.last_offset + 1)?,
+            Durability::Always => {}
             Durability::IntervalMs(_) | Durability::Never => self.publish(appended.last_offset + 1),
         }
         Ok(appended)
+    }
+
+    /// Returns once the batch `appended` (from [`append_unsynced`](Self::append_unsynced)) is as
+    /// durable as the partition promises: fsynced in `always` mode (leading a group fsync if no
+    /// other appender is), at once otherwise.
+    pub fn wait_appended(&self, appended: &Appended) -> Result<()> {
+        match self.config.durability {
+            Durability::Always => self.wait_durable(appended.last_offset + 1),
+            Durability::IntervalMs(_) | Durability::Never => Ok(()),
+        }
     }
 
     fn write_batch(

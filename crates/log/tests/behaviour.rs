@@ -105,6 +105,45 @@ fn concurrent_appenders_share_fsyncs_and_every_append_is_durable_when_acknowledg
 }
 
 #[test]
+fn an_unsynced_append_is_invisible_until_waited_and_then_survives_a_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    {
+        let log =
+            Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+        let a = open_topic(&log, "a", TopicConfig::default());
+        let b = open_topic(&log, "b", TopicConfig::default());
+        let before = fs.sync_data_calls();
+        // One caller writes two partitions, then waits for both (as the broker's produce does).
+        let wa =
+            a.append_unsynced(&[NewRecord::unkeyed(b"a0"), NewRecord::unkeyed(b"a1")]).unwrap();
+        let wb = b.append_unsynced(&[NewRecord::unkeyed(b"b0")]).unwrap();
+        assert_eq!((wa.base_offset, wa.last_offset, wb.last_offset), (0, 1, 0));
+        assert_eq!(fs.sync_data_calls(), before, "writing must not fsync");
+        assert!(read_all(&a).is_empty(), "readers must not see records that are not durable");
+        a.wait_appended(&wa).unwrap();
+        b.wait_appended(&wb).unwrap();
+        assert_eq!(fs.sync_data_calls() - before, 2, "one fsync per partition");
+        assert_eq!(read_all(&a).len(), 2);
+        assert_eq!(read_all(&b).len(), 1);
+        // Written but never waited for: may be lost, must never be half there.
+        b.append_unsynced(&[NewRecord::unkeyed(b"b1"), NewRecord::unkeyed(b"b2")]).unwrap();
+        fs.freeze();
+    }
+    fs.power_loss(7).unwrap();
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let (a, b) = (
+        open_topic(&log, "a", TopicConfig::default()),
+        open_topic(&log, "b", TopicConfig::default()),
+    );
+    assert_eq!(read_all(&a).len(), 2, "waited-for records survive");
+    let b_after = read_all(&b);
+    assert!(b_after.len() == 1 || b_after.len() == 3, "a batch is all or nothing: {b_after:?}");
+    assert_eq!(b_after[0].2.as_deref(), Some(&b"b0"[..]));
+}
+
+#[test]
 fn limits_reject_oversized_records_and_batches_and_empty_appends() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
