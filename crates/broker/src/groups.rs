@@ -162,8 +162,12 @@ impl Group {
 }
 
 /// An event handed to a consumer, to be acknowledged or rejected by its `delivery_id`.
+///
+/// `E` is the event's form: a parsed `serde_json::Value` for in-process consumers, the stored
+/// JSON text (`Box<RawValue>`, from [`Broker::fetch_raw`](crate::Broker::fetch_raw)) for the
+/// HTTP API, which only copies it into its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
+pub struct Delivery<E = serde_json::Value> {
     /// `topic:partition:offset:attempt` (safe in a URL path segment).
     pub delivery_id: String,
     /// Topic.
@@ -175,7 +179,7 @@ pub struct Delivery {
     /// 1 for the first delivery, then 2, 3, …
     pub attempt: u32,
     /// The CloudEvent.
-    pub event: serde_json::Value,
+    pub event: E,
     /// Set when this delivery retries a dead letter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_id: Option<String>,

@@ -108,11 +108,11 @@ pub struct Membership {
     pub assignments: Vec<(String, u32)>,
 }
 
-/// The result of a fetch.
+/// The result of a fetch; `E` is the events' form (see [`Delivery`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fetched {
+pub struct Fetched<E = serde_json::Value> {
     /// Deliveries, in per-partition offset order.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<Delivery<E>>,
     /// The group's generation; a change means the assignment changed.
     pub generation: u64,
     /// When a backed-off or in-flight event of this member becomes deliverable, if sooner than
@@ -625,8 +625,40 @@ impl Broker {
         Ok(Self::membership(&g, member))
     }
 
-    /// Hands up to `max` deliverable events of the member's partitions to it.
+    /// Hands up to `max` deliverable events of the member's partitions to it, parsed.
     pub fn fetch(&self, group: &str, member: &str, max: usize) -> Result<Fetched> {
+        self.fetch_as(group, member, max, |bytes| {
+            serde_json::from_slice(bytes).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
+                serde_json::Value::Null
+            })
+        })
+    }
+
+    /// Like [`fetch`](Self::fetch), but each event stays the JSON text it was stored as (checked
+    /// to be one JSON value, not parsed into a tree): for callers that only pass events on, like
+    /// the HTTP API, this saves parsing and re-serialising every event.
+    pub fn fetch_raw(
+        &self,
+        group: &str,
+        member: &str,
+        max: usize,
+    ) -> Result<Fetched<Box<serde_json::value::RawValue>>> {
+        self.fetch_as(group, member, max, |bytes| {
+            serde_json::from_slice(bytes).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
+                serde_json::value::RawValue::NULL.to_owned()
+            })
+        })
+    }
+
+    fn fetch_as<E>(
+        &self,
+        group: &str,
+        member: &str,
+        max: usize,
+        decode: impl Fn(&[u8]) -> E,
+    ) -> Result<Fetched<E>> {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
@@ -644,7 +676,7 @@ impl Broker {
         }
         let mut budget =
             max.min(self.config.inflight_per_member_max.saturating_sub(g.inflight_of(member)));
-        let mut out =
+        let mut out: Fetched<()> =
             Fetched { deliveries: Vec::new(), generation: g.generation, next_due_ms: None };
         let mut dead_now = Vec::new();
         let mut values: Vec<Bytes> = Vec::new();
@@ -743,7 +775,7 @@ impl Broker {
                         partition: tp.1,
                         offset,
                         attempt: p.attempts,
-                        event: serde_json::Value::Null, // parsed below, outside the lock
+                        event: (), // decoded below, outside the lock
                         dead_letter_id: p.dead_letter_id.clone(),
                     });
                     budget -= 1;
@@ -755,12 +787,23 @@ impl Broker {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
         drop(g);
-        // Parsing is most of a fetch's work: done without the group's lock, other members and
+        // Decoding is most of a fetch's work: done without the group's lock, other members and
         // acknowledgements of this group are not held up by it.
-        for (d, v) in out.deliveries.iter_mut().zip(values) {
-            d.event = serde_json::from_slice(&v).unwrap_or(serde_json::Value::Null);
-        }
-        Ok(out)
+        let deliveries = out
+            .deliveries
+            .into_iter()
+            .zip(values)
+            .map(|(d, v)| Delivery {
+                delivery_id: d.delivery_id,
+                topic: d.topic,
+                partition: d.partition,
+                offset: d.offset,
+                attempt: d.attempt,
+                event: decode(&v),
+                dead_letter_id: d.dead_letter_id,
+            })
+            .collect();
+        Ok(Fetched { deliveries, generation: out.generation, next_due_ms: out.next_due_ms })
     }
 
     /// Moves a pending event to the group's dead-letter queue and persists it.

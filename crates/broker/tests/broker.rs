@@ -86,6 +86,34 @@ fn a_retried_produce_returns_the_original_position_and_appends_nothing() {
 }
 
 #[test]
+fn a_raw_fetch_hands_out_the_stored_json_text_of_the_same_events_as_a_parsed_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("t", spec(2)).unwrap();
+    let mut e = event("a", "k1");
+    e.data = Some(serde_json::json!({ "text": "quote \" and é", "n": [1, 2.5, null] }));
+    e.extensions.insert("sequence".into(), serde_json::json!("0001"));
+    b.produce("t", vec![e.clone(), event("b", "k2")]).unwrap();
+    let parsed_member = b.join("parsed", &["t".to_string()], None).unwrap().member_id;
+    let raw_member = b.join("raw", &["t".to_string()], None).unwrap().member_id;
+    let parsed = b.fetch("parsed", &parsed_member, 10).unwrap();
+    let raw = b.fetch_raw("raw", &raw_member, 10).unwrap();
+    assert_eq!(raw.deliveries.len(), 2);
+    for (p, r) in parsed.deliveries.iter().zip(&raw.deliveries) {
+        assert_eq!((&p.delivery_id, p.offset, p.attempt), (&r.delivery_id, r.offset, r.attempt));
+        let reparsed: serde_json::Value = serde_json::from_str(r.event.get()).unwrap();
+        assert_eq!(reparsed, p.event);
+    }
+    let first: Event = serde_json::from_str(raw.deliveries[0].event.get()).unwrap();
+    assert_eq!(first, e, "the raw text is the event as produced");
+    // Raw deliveries are acknowledged like parsed ones.
+    let ids: Vec<String> = raw.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
+    assert!(b.ack("raw", &ids).unwrap().is_empty());
+    assert!(b.fetch_raw("raw", &raw_member, 10).unwrap().deliveries.is_empty());
+}
+
+#[test]
 fn the_dedup_window_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));

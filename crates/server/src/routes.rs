@@ -21,6 +21,7 @@ use driftless_reconcile::runtime::{ReconcileReport, RunNowError};
 use driftless_reconcile::{ReconcileError, RunReport};
 use driftless_sink::runtime::{RebuildRefused, SinkReport, UnknownSink};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -261,7 +262,7 @@ pub async fn fetch(
     State(state): Shared,
     ApiPath((group, member)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<FetchQuery>,
-) -> ApiResult<Json<Fetched>> {
+) -> ApiResult<Json<Fetched<Box<RawValue>>>> {
     let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
     let deadline = Instant::now() + wait;
     let mut stopping = state.shutdown.subscribe();
@@ -269,7 +270,7 @@ pub async fn fetch(
         // Listen before fetching: activity after the fetch's snapshot still wakes us.
         let listener = state.broker.listen();
         let (g, m) = (group.clone(), member.clone());
-        let fetched = blocking(&state, move |b| b.fetch(&g, &m, q.max)).await?;
+        let fetched = blocking(&state, move |b| b.fetch_raw(&g, &m, q.max)).await?;
         let now = Instant::now();
         if !fetched.deliveries.is_empty() || now >= deadline || state.shutting_down() {
             return Ok(Json(fetched));

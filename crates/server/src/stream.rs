@@ -180,7 +180,7 @@ async fn pump(reg: Registration, tx: mpsc::Sender<SseEvent>) {
         let listener = state.broker.listen();
         let (g, m) = (group.clone(), member.clone());
         let want = available.min(FETCH_CHUNK) as usize;
-        let fetched = match blocking(state, move |b| b.fetch(&g, &m, want)).await {
+        let fetched = match blocking(state, move |b| b.fetch_raw(&g, &m, want)).await {
             Ok(f) => f,
             Err(p) => {
                 send_problem(&tx, &p).await;
