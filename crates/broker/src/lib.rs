@@ -730,7 +730,10 @@ impl Broker {
                     }
                     cursor.next_read = batch.next_offset;
                 }
-                let mut seen: BTreeSet<Bytes> = BTreeSet::new();
+                // Keys with an earlier event not yet done; hashed, as the set is rebuilt on every
+                // fetch over the partition's whole pending window.
+                let mut seen: std::collections::HashSet<Bytes, foldhash::fast::RandomState> =
+                    std::collections::HashSet::default();
                 for (&offset, p) in cursor.pending.iter_mut() {
                     if budget == 0 || share == 0 {
                         break;
