@@ -306,14 +306,39 @@ impl Broker {
         &self.config
     }
 
-    /// A listener that fires on the next produce, acknowledgement, rejection or membership
-    /// change. Create it, re-check, then await it (or `wait_timeout` it).
-    pub fn listen(&self) -> EventListener {
-        self.activity.listen()
+    /// A listener that fires on the next event that may let `group` fetch something new: a
+    /// produce to a topic it consumes, an acknowledgement, rejection, seek or dead-letter retry
+    /// in it, a membership change in it, or a topic deletion. Activity in other groups and
+    /// produces to other topics do not wake it. For a group that does not exist (yet), it fires
+    /// when any group is created or deleted. Create it, re-check, then await it (or
+    /// `wait_timeout` it).
+    pub fn listen(&self, group: &str) -> EventListener {
+        match lock(&self.groups).get(group) {
+            Some(gh) => gh.activity.listen(),
+            None => self.activity.listen(),
+        }
     }
 
+    /// Wakes listeners of no particular group (groups being created or deleted).
     fn notify(&self) {
         self.activity.notify(usize::MAX);
+    }
+
+    /// Wakes the listeners of every group that has consumed `topic`.
+    fn notify_topic(&self, topic: &str) {
+        for gh in lock(&self.groups).values() {
+            if lock(&gh.topics).contains(topic) {
+                gh.notify();
+            }
+        }
+    }
+
+    /// Wakes every listener.
+    fn notify_all(&self) {
+        for gh in lock(&self.groups).values() {
+            gh.notify();
+        }
+        self.notify();
     }
 
     fn topic_state(&self, name: &str) -> Result<Arc<TopicState>> {
@@ -384,7 +409,7 @@ impl Broker {
             }
             g.rebalance();
         }
-        self.notify();
+        self.notify_all();
         Ok(())
     }
 
@@ -402,7 +427,7 @@ impl Broker {
         }
         let state = self.topic_state(topic)?;
         let produced = state.produce(&events, &*self.clock, self.config.dedup_ids_max)?;
-        self.notify();
+        self.notify_topic(topic);
         Ok(produced)
     }
 
@@ -499,8 +524,17 @@ impl Broker {
                 self.ensure_cursors(name, &mut group, &topic)?;
             }
         }
-        let g = Arc::new(GroupHandle { state: Mutex::new(group), commits: Mutex::new(()) });
+        let topics = group.cursors.keys().map(|(t, _)| t.clone()).collect();
+        let g = Arc::new(GroupHandle {
+            state: Mutex::new(group),
+            commits: Mutex::new(()),
+            activity: Notify::new(),
+            topics: Mutex::new(topics),
+        });
         groups.insert(name.to_string(), Arc::clone(&g));
+        drop(groups);
+        // Listeners of a group that did not exist wait on the broker-wide event.
+        self.notify();
         Ok(g)
     }
 
@@ -583,6 +617,7 @@ impl Broker {
         for t in topics {
             self.ensure_cursors(group, &mut g, t)?;
         }
+        lock(&gh.topics).extend(topics.iter().cloned());
         let member_id = format!("m-{:016x}", rand::rng().random::<u64>());
         let member = Member {
             topics: topics.iter().cloned().collect::<BTreeSet<_>>(),
@@ -593,7 +628,7 @@ impl Broker {
         g.rebalance();
         let m = Self::membership(&g, &member_id);
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(m)
     }
 
@@ -606,7 +641,7 @@ impl Broker {
         }
         g.rebalance();
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(())
     }
 
@@ -615,7 +650,7 @@ impl Broker {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
-            self.notify();
+            gh.notify();
         }
         let now = self.clock.now_ms();
         let Some(m) = g.members.get_mut(member) else {
@@ -662,7 +697,7 @@ impl Broker {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
-            self.notify();
+            gh.notify();
         }
         let now = self.clock.now_ms();
         match g.members.get_mut(member) {
@@ -918,7 +953,7 @@ impl Broker {
         drop(g);
         self.offsets_kv.put_many(&writes)?;
         drop(order);
-        self.notify();
+        gh.notify();
         Ok(unknown)
     }
 
@@ -958,7 +993,7 @@ impl Broker {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(())
     }
 
@@ -981,7 +1016,7 @@ impl Broker {
             }
         }
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(unknown)
     }
 
@@ -1002,7 +1037,7 @@ impl Broker {
         }
         self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(())
     }
 
@@ -1045,6 +1080,7 @@ impl Broker {
         let gh = self.group(group, true)?;
         let mut g = lock(&gh.state);
         self.ensure_cursors(group, &mut g, topic)?;
+        lock(&gh.topics).insert(topic.to_string());
         let writes: Vec<_> = targets
             .iter()
             .map(|(p, offset)| (state::offset_key(group, topic, *p), state::encode(offset)))
@@ -1056,7 +1092,7 @@ impl Broker {
             g.cursors.insert((topic.to_string(), *p), Cursor::new(*offset));
         }
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(targets)
     }
 
@@ -1149,6 +1185,7 @@ impl Broker {
         lock(&self.persisted_dead).remove(group);
         drop(g);
         drop(groups);
+        handle.notify();
         self.notify();
         Ok(())
     }
@@ -1180,7 +1217,7 @@ impl Broker {
             requeue(&mut g, &dead);
         }
         drop(g);
-        self.notify();
+        gh.notify();
         Ok(dead)
     }
 
@@ -1209,6 +1246,17 @@ impl Broker {
 struct GroupHandle {
     state: Mutex<Group>,
     commits: Mutex<()>,
+    /// Fires on anything that may make this group's fetches return something new.
+    activity: Notify,
+    /// Topics this group has had cursors for since it was loaded: produces to them wake it.
+    /// Only grows (a stale entry costs a spurious wake-up, a missing one a missed wake-up).
+    topics: Mutex<BTreeSet<String>>,
+}
+
+impl GroupHandle {
+    fn notify(&self) {
+        self.activity.notify(usize::MAX);
+    }
 }
 
 /// Puts a dead letter being retried back into its cursor's pending window.

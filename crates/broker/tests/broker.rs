@@ -114,6 +114,39 @@ fn a_raw_fetch_hands_out_the_stored_json_text_of_the_same_events_as_a_parsed_fet
 }
 
 #[test]
+fn a_groups_listener_wakes_for_its_own_topics_and_group_but_not_for_others() {
+    use driftless_log::Listener;
+    use std::time::Duration;
+    let quiet = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock);
+    b.create_topic("x", spec(1)).unwrap();
+    b.create_topic("y", spec(1)).unwrap();
+    let a = b.join("a", &["x".to_string()], None).unwrap().member_id;
+    let other = b.join("other", &["y".to_string()], None).unwrap().member_id;
+    // A produce to a topic group `a` does not consume, and activity in another group, leave it asleep.
+    let l = b.listen("a");
+    b.produce("y", vec![event("y1", "k")]).unwrap();
+    let f = b.fetch("other", &other, 10).unwrap();
+    b.ack("other", &[f.deliveries[0].delivery_id.clone()]).unwrap();
+    assert!(l.wait_timeout(quiet).is_none(), "woken by another topic or group");
+    // A produce to its own topic wakes it.
+    let l = b.listen("a");
+    b.produce("x", vec![event("x1", "k")]).unwrap();
+    assert!(l.wait_timeout(Duration::from_secs(10)).is_some(), "a produce to x must wake group a");
+    // So does an acknowledgement in it (it may unblock the key's next event).
+    let f = b.fetch("a", &a, 10).unwrap();
+    let l = b.listen("a");
+    b.ack("a", &[f.deliveries[0].delivery_id.clone()]).unwrap();
+    assert!(l.wait_timeout(Duration::from_secs(10)).is_some(), "an ack in group a must wake it");
+    // A listener on a group that does not exist yet wakes when groups are created.
+    let l = b.listen("later");
+    b.join("later", &["y".to_string()], None).unwrap();
+    assert!(l.wait_timeout(Duration::from_secs(10)).is_some(), "creating a group must wake");
+}
+
+#[test]
 fn the_dedup_window_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));

@@ -268,7 +268,7 @@ pub async fn fetch(
     let mut stopping = state.shutdown.subscribe();
     loop {
         // Listen before fetching: activity after the fetch's snapshot still wakes us.
-        let listener = state.broker.listen();
+        let listener = state.broker.listen(&group);
         let (g, m) = (group.clone(), member.clone());
         let fetched = blocking(&state, move |b| b.fetch_raw(&g, &m, q.max)).await?;
         let now = Instant::now();

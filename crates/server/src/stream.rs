@@ -177,7 +177,7 @@ async fn pump(reg: Registration, tx: mpsc::Sender<SseEvent>) {
             }
             continue;
         }
-        let listener = state.broker.listen();
+        let listener = state.broker.listen(group);
         let (g, m) = (group.clone(), member.clone());
         let want = available.min(FETCH_CHUNK) as usize;
         let fetched = match blocking(state, move |b| b.fetch_raw(&g, &m, want)).await {

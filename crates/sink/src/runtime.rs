@@ -554,7 +554,7 @@ pub(crate) async fn run_sink(
             }
         }
         // Listen before fetching, so a produce between the fetch and the wait is not missed.
-        let listener = broker.listen();
+        let listener = broker.listen(&session.group);
         let fetched = match pipeline.take_prefetch().await {
             Some(f) => f,
             None => match session.fetch(&broker, max).await {
