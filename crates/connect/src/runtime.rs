@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use driftless_broker::Broker;
+use driftless_control::{Backoff, Control, Tasks};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -196,8 +197,7 @@ pub struct SourceContext {
     pub status: Arc<SourceStatus>,
     /// Where tests make the source fail on purpose (unarmed unless a test arms them).
     pub failpoints: Failpoints,
-    paused: watch::Receiver<bool>,
-    shutdown: watch::Receiver<bool>,
+    control: Control,
 }
 
 impl SourceContext {
@@ -208,57 +208,42 @@ impl SourceContext {
         paused: watch::Receiver<bool>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { emitter, status, failpoints: Failpoints::default(), paused, shutdown }
+        Self {
+            emitter,
+            status,
+            failpoints: Failpoints::default(),
+            control: Control::new(paused, shutdown),
+        }
     }
 
     /// Whether the server is shutting down (the source should return `Ok(())` promptly).
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.control.is_shutting_down()
     }
 
-    /// Waits while the source is paused. Returns `false` if the server is shutting down.
+    /// Waits while the source is paused, showing `paused` meanwhile. Returns `false` if the
+    /// server is shutting down.
     pub async fn wait_while_paused(&mut self) -> bool {
-        if !*self.paused.borrow() {
+        if !self.control.is_paused() {
             return !self.is_shutting_down();
         }
         let (before, _) = self.status.state();
         self.status.set_state(SourceState::Paused, None);
-        loop {
-            if self.is_shutting_down() {
-                return false;
-            }
-            if !*self.paused.borrow_and_update() {
-                self.status.set_state(before, None);
-                return true;
-            }
-            tokio::select! {
-                _ = self.paused.changed() => {}
-                _ = self.shutdown.changed() => {}
-            }
+        let resumed = self.control.wait_resumed().await;
+        if resumed {
+            self.status.set_state(before, None);
         }
+        resumed
     }
 
     /// Sleeps up to `d`, returning early (with `false`) on shutdown.
     pub async fn sleep(&mut self, d: Duration) -> bool {
-        if self.is_shutting_down() {
-            return false;
-        }
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            // A dropped sender means no shutdown can come: sleep the full time.
-            _ = async { if shutdown.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await
-            } } => false,
-        }
+        self.control.sleep(d).await
     }
 
     /// Resolves when the server starts shutting down.
     pub async fn shutdown_signal(&mut self) {
-        if self.shutdown.wait_for(|s| *s).await.is_err() {
-            // The sender is gone, so no shutdown can come.
-            std::future::pending::<()>().await;
-        }
+        self.control.shutdown_signal().await;
     }
 }
 
@@ -273,8 +258,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Sources {
     entries: Vec<Entry>,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 /// No source has that name.
@@ -296,24 +280,27 @@ impl Sources {
                 });
             }
         }
-        let (shutdown, _) = watch::channel(false);
+        let tasks = Tasks::default();
         let mut entries = Vec::new();
-        let mut tasks = Vec::new();
         for config in configs {
             let status = Arc::new(SourceStatus::new(config.name.clone(), config.kind_name()));
             let (paused, paused_rx) = watch::channel(config.paused);
             let emitter = Emitter::new(Arc::clone(&broker), config.name.clone(), config.partitions);
-            let ctx =
-                SourceContext::new(emitter, Arc::clone(&status), paused_rx, shutdown.subscribe());
-            tasks.push(tokio::spawn(supervise(config.clone(), ctx)));
+            let ctx = SourceContext::new(
+                emitter,
+                Arc::clone(&status),
+                paused_rx,
+                tasks.shutdown_receiver(),
+            );
+            tasks.spawn(supervise(config.clone(), ctx));
             entries.push(Entry { config, status, paused });
         }
-        Ok(Self { entries, shutdown, tasks: Mutex::new(tasks) })
+        Ok(Self { entries, tasks })
     }
 
     /// No sources.
     pub fn none() -> Self {
-        Self { entries: Vec::new(), shutdown: watch::channel(false).0, tasks: Mutex::new(vec![]) }
+        Self { entries: Vec::new(), tasks: Tasks::default() }
     }
 
     /// Every source's status.
@@ -343,12 +330,7 @@ impl Sources {
     /// Asks every source to stop and waits for them (each finishes or abandons its batch; what
     /// was not made durable is simply read again after restart).
     pub async fn shutdown(&self) {
-        self.shutdown.send_replace(true);
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            let _ = t.await;
-        }
+        self.tasks.shutdown().await;
     }
 }
 
@@ -361,7 +343,7 @@ async fn run_source(config: &SourceConfig, ctx: &mut SourceContext) -> Result<()
 }
 
 async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
-    let mut backoff_ms = RESTART_BACKOFF_MS_MIN;
+    let mut backoff = Backoff::new(RESTART_BACKOFF_MS_MIN, RESTART_BACKOFF_MS_MAX);
     loop {
         if !ctx.wait_while_paused().await {
             break;
@@ -375,13 +357,11 @@ async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
                 ctx.status.set_state(SourceState::Retrying, Some(e.to_string()));
                 ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(60) {
-                    backoff_ms = RESTART_BACKOFF_MS_MIN;
+                    backoff.reset();
                 }
-                let jitter = rand_jitter(backoff_ms / 2);
-                if !ctx.sleep(Duration::from_millis(backoff_ms + jitter)).await {
+                if !ctx.sleep(backoff.next_delay()).await {
                     break;
                 }
-                backoff_ms = (backoff_ms * 2).min(RESTART_BACKOFF_MS_MAX);
             }
             Err(e) => {
                 tracing::error!(source = %config.name, error = %e, "source stopped");
@@ -391,17 +371,4 @@ async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
         }
     }
     ctx.status.set_state(SourceState::Stopped, None);
-}
-
-/// A pseudo-random value in `0..=max` (spreads restarts of many sources; not for security).
-fn rand_jitter(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    if max == 0 {
-        0
-    } else {
-        nanos % (max + 1)
-    }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftless_broker::{Broker, SeekTarget};
+use driftless_control::Control;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -144,8 +145,7 @@ pub(crate) async fn run(
     let mut ctx = SinkContext {
         broker: Arc::clone(&broker),
         status: Arc::clone(&replay_status),
-        paused: paused_rx,
-        shutdown,
+        control: Control::new(paused_rx, shutdown),
     };
     let progress = |phase| {
         status.set_rebuild(phase, replay_status.events_applied_total.load(Ordering::Relaxed), None)
@@ -153,7 +153,7 @@ pub(crate) async fn run(
 
     // Replay while the live sink keeps applying.
     run_sink(&shadow, &mapper, &mut ctx, true).await?;
-    if *ctx.shutdown.borrow() {
+    if ctx.is_shutting_down() {
         return Err(unavailable(&name, "the server is shutting down"));
     }
     progress(RebuildPhase::Swapping);

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerError, Delivery, Fetched};
+use driftless_control::{Backoff, Control, Tasks};
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -226,18 +227,18 @@ impl SinkStatus {
 pub(crate) struct SinkContext {
     pub broker: Arc<Broker>,
     pub status: Arc<SinkStatus>,
-    pub paused: watch::Receiver<bool>,
-    pub shutdown: watch::Receiver<bool>,
+    pub control: Control,
 }
 
 impl SinkContext {
-    fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+    pub fn is_shutting_down(&self) -> bool {
+        self.control.is_shutting_down()
     }
 
-    /// Waits while paused; `false` on shutdown.
+    /// Waits while paused, counted in `paused_workers` and shown as `paused`; `false` on
+    /// shutdown.
     async fn wait_while_paused(&mut self) -> bool {
-        if !*self.paused.borrow() {
+        if !self.control.is_paused() {
             return !self.is_shutting_down();
         }
         let before = match self.status.state().0 {
@@ -246,35 +247,17 @@ impl SinkContext {
         };
         self.status.set_state(SinkState::Paused, None);
         self.status.paused_workers.fetch_add(1, Ordering::SeqCst);
-        let resumed = loop {
-            if self.is_shutting_down() {
-                break false;
-            }
-            if !*self.paused.borrow_and_update() {
-                self.status.set_state(before, None);
-                break true;
-            }
-            tokio::select! {
-                _ = self.paused.changed() => {}
-                _ = self.shutdown.changed() => {}
-            }
-        };
+        let resumed = self.control.wait_resumed().await;
+        if resumed {
+            self.status.set_state(before, None);
+        }
         self.status.paused_workers.fetch_sub(1, Ordering::SeqCst);
         resumed
     }
 
     /// Sleeps up to `d`; `false` (early) on shutdown.
     async fn sleep(&mut self, d: Duration) -> bool {
-        if self.is_shutting_down() {
-            return false;
-        }
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = async { if shutdown.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await
-            } } => false,
-        }
+        self.control.sleep(d).await
     }
 }
 
@@ -290,10 +273,6 @@ async fn blocking<T: Send + 'static>(
             reason: format!("broker call failed: {e}"),
         }),
     }
-}
-
-fn jittered(ms: u64) -> Duration {
-    Duration::from_millis(ms - rand::rng().random_range(0..=ms / 2))
 }
 
 /// A sink's target.
@@ -523,10 +502,10 @@ pub(crate) async fn run_sink(
     target.check(mapper).await?;
     let mut session = Session::join(config, &broker).await?;
     ctx.status.set_state(SinkState::Running, None);
-    let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+    let mut backoff = Backoff::new(RETRY_BACKOFF_MS_MIN, RETRY_BACKOFF_MS_MAX);
     let mut pipeline = Pipeline::default();
     let result = loop {
-        if *ctx.paused.borrow() || ctx.is_shutting_down() {
+        if ctx.control.is_paused() || ctx.is_shutting_down() {
             // Nothing outstanding while paused or stopping.
             if let Err(e) = pipeline.drain(&broker, &session).await {
                 break Err(e);
@@ -573,11 +552,10 @@ pub(crate) async fn run_sink(
             if let Some(due) = fetched.next_due_ms {
                 wait = wait.min(Duration::from_millis((due - now_ms()).max(1) as u64));
             }
-            let mut shutdown = ctx.shutdown.clone();
             tokio::select! {
                 _ = listener => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
+                () = ctx.control.shutdown_signal() => {}
             }
             continue;
         }
@@ -608,7 +586,7 @@ pub(crate) async fn run_sink(
         };
         match outcome {
             Ok(true) => {
-                backoff_ms = RETRY_BACKOFF_MS_MIN;
+                backoff.reset();
                 if ctx.status.state().0 == SinkState::Retrying {
                     ctx.status.set_state(SinkState::Running, None);
                 }
@@ -616,10 +594,9 @@ pub(crate) async fn run_sink(
             Ok(false) => {
                 // The target is unavailable: wait, then try again (the deliveries were released).
                 ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
-                if !ctx.sleep(jittered(backoff_ms)).await {
+                if !ctx.sleep(backoff.next_delay()).await {
                     break Ok(());
                 }
-                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
             }
             Err(e) => break Err(e),
         }
@@ -796,8 +773,7 @@ struct Entry {
 pub struct Sinks {
     entries: Vec<Entry>,
     broker: Option<Arc<Broker>>,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 /// Why a rebuild cannot start.
@@ -836,9 +812,8 @@ impl Sinks {
             }
             mappers.push(Mapper::compile(&c.name, &c.mappings)?);
         }
-        let (shutdown, _) = watch::channel(false);
+        let tasks = Tasks::default();
         let mut entries = Vec::new();
-        let mut tasks = Vec::new();
         for (config, mapper) in configs.into_iter().zip(mappers) {
             let status = Arc::new(SinkStatus::new(&config));
             let (paused, paused_rx) = watch::channel(config.paused);
@@ -847,24 +822,18 @@ impl Sinks {
                 let ctx = SinkContext {
                     broker: Arc::clone(&broker),
                     status: Arc::clone(&status),
-                    paused: paused_rx.clone(),
-                    shutdown: shutdown.subscribe(),
+                    control: Control::new(paused_rx.clone(), tasks.shutdown_receiver()),
                 };
-                tasks.push(tokio::spawn(supervise(config.clone(), Arc::clone(&mapper), ctx)));
+                tasks.spawn(supervise(config.clone(), Arc::clone(&mapper), ctx));
             }
             entries.push(Entry { config, status, paused });
         }
-        Ok(Self { entries, broker: Some(broker), shutdown, tasks: Mutex::new(tasks) })
+        Ok(Self { entries, broker: Some(broker), tasks })
     }
 
     /// No sinks.
     pub fn none() -> Self {
-        Self {
-            entries: Vec::new(),
-            broker: None,
-            shutdown: watch::channel(false).0,
-            tasks: Mutex::new(vec![]),
-        }
+        Self { entries: Vec::new(), broker: None, tasks: Tasks::default() }
     }
 
     /// Every sink's status.
@@ -914,8 +883,8 @@ impl Sinks {
         };
         e.status.set_rebuild(RebuildPhase::Replaying, 0, None);
         let (config, status, paused) = (e.config.clone(), Arc::clone(&e.status), e.paused.clone());
-        let shutdown = self.shutdown.subscribe();
-        let task = tokio::spawn(async move {
+        let shutdown = self.tasks.shutdown_receiver();
+        self.tasks.spawn(async move {
             tracing::info!(sink = %config.name, "rebuild started");
             let r =
                 crate::rebuild::run(config.clone(), broker, Arc::clone(&status), paused, shutdown)
@@ -928,23 +897,17 @@ impl Sinks {
                 tracing::info!(sink = %config.name, "rebuild swapped in");
             }
         });
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         Ok(Arc::clone(&e.status))
     }
 
     /// Asks every sink to stop after its current batch and waits for them.
     pub async fn shutdown(&self) {
-        self.shutdown.send_replace(true);
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            let _ = t.await;
-        }
+        self.tasks.shutdown().await;
     }
 }
 
 async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext) {
-    let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
+    let mut backoff = Backoff::new(RETRY_BACKOFF_MS_MIN, RETRY_BACKOFF_MS_MAX);
     loop {
         if !ctx.wait_while_paused().await {
             break;
@@ -958,12 +921,11 @@ async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext
                 ctx.status.set_state(SinkState::Retrying, Some(e.to_string()));
                 ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(60) {
-                    backoff_ms = RETRY_BACKOFF_MS_MIN;
+                    backoff.reset();
                 }
-                if !ctx.sleep(jittered(backoff_ms)).await {
+                if !ctx.sleep(backoff.next_delay()).await {
                     break;
                 }
-                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
             }
             Err(e) => {
                 tracing::error!(sink = %config.name, error = %e, "sink stopped");
