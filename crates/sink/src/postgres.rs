@@ -248,38 +248,44 @@ impl PgSink {
         g.columns.iter().map(|c| types.get(*c).filter(|t| !t.ends_with(']')).cloned()).collect()
     }
 
-    fn group_sql(&self, g: &Group<'_>) -> String {
+    /// The guarded upsert of group `g`: rows from `from` (aliased `x`, with the key text `x.k`
+    /// and version `x.v`), column values `vals` in `g.columns` order. A row is skipped when a
+    /// tombstone at least as new exists, and an existing row is replaced only by a newer version.
+    fn upsert_sql(&self, g: &Group<'_>, vals: &[String], from: &str) -> String {
         let t = quote_table(g.table);
         let vc = quote_ident(&self.version_column);
+        let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
+        let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
+        let sets: Vec<String> = g
+            .columns
+            .iter()
+            .filter(|c| !g.key.contains(c))
+            .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
+            .chain([format!("{vc} = EXCLUDED.{vc}")])
+            .collect();
+        format!(
+            "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v FROM {from} \
+             WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
+               WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
+             ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+             WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
+            cols = cols.join(", "),
+            vals = vals.join(", "),
+            keys = keys.join(", "),
+            sets = sets.join(", "),
+        )
+    }
+
+    fn group_sql(&self, g: &Group<'_>) -> String {
+        let t = quote_table(g.table);
         if let Some(types) = self.plain_types(g) {
-            let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
             let arrays: Vec<String> =
                 (0..g.columns.len() + 2).map(|i| format!("${}::text[]", i + 2)).collect();
             let names: Vec<String> = (0..g.columns.len()).map(|i| format!("c{i}")).collect();
             let vals: Vec<String> =
                 types.iter().enumerate().map(|(i, ty)| format!("x.c{i}::{ty}")).collect();
-            let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
-            let sets: Vec<String> = g
-                .columns
-                .iter()
-                .filter(|c| !g.key.contains(c))
-                .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
-                .chain([format!("{vc} = EXCLUDED.{vc}")])
-                .collect();
-            return format!(
-                "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v \
-                 FROM unnest({arrays}) AS x(k, v, {names}) \
-                 WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
-                   WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
-                 ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-                 WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
-                cols = cols.join(", "),
-                vals = vals.join(", "),
-                arrays = arrays.join(", "),
-                names = names.join(", "),
-                keys = keys.join(", "),
-                sets = sets.join(", "),
-            );
+            let from = format!("unnest({}) AS x(k, v, {})", arrays.join(", "), names.join(", "));
+            return self.upsert_sql(g, &vals, &from);
         }
         // `OFFSET 0` keeps the subquery from being pulled up, where `(x.r).col` would run
         // `jsonb_populate_record` once per column instead of once per row.
@@ -287,30 +293,12 @@ impl PgSink {
             "SELECT jsonb_populate_record(NULL::{t}, e->'r') AS r, e->>'k' AS k, e->>'v' AS v \
              FROM jsonb_array_elements($2::text::jsonb) e OFFSET 0"
         );
+        let vc = quote_ident(&self.version_column);
         match g.op {
             OpKind::Upsert => {
-                let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
                 let vals: Vec<String> =
                     g.columns.iter().map(|c| format!("(x.r).{}", quote_ident(c))).collect();
-                let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
-                let sets: Vec<String> = g
-                    .columns
-                    .iter()
-                    .filter(|c| !g.key.contains(c))
-                    .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
-                    .chain([format!("{vc} = EXCLUDED.{vc}")])
-                    .collect();
-                format!(
-                    "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v FROM ({rows}) x \
-                     WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
-                       WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
-                     ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-                     WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
-                    cols = cols.join(", "),
-                    vals = vals.join(", "),
-                    keys = keys.join(", "),
-                    sets = sets.join(", "),
-                )
+                self.upsert_sql(g, &vals, &format!("({rows}) x"))
             }
             OpKind::Delete => {
                 let on: Vec<String> = g
