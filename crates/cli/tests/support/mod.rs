@@ -125,6 +125,9 @@ fn spawn(mut cmd: Command) -> Child {
     cmd.env_remove("DRIFTLESS_CONFIG")
         .env_remove("DRIFTLESS_SERVER")
         .env("RUST_LOG", "warn")
+        // mimalloc (the binary's allocator) keeps freed pages for a second before returning
+        // them; tests that read the server's RSS should see live memory, not that cache.
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
