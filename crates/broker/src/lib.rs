@@ -662,12 +662,7 @@ impl Broker {
 
     /// Hands up to `max` deliverable events of the member's partitions to it, parsed.
     pub fn fetch(&self, group: &str, member: &str, max: usize) -> Result<Fetched> {
-        self.fetch_as(group, member, max, |bytes| {
-            serde_json::from_slice(bytes).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
-                serde_json::Value::Null
-            })
-        })
+        self.fetch_as(group, member, max, |bytes| decode_stored(bytes, || serde_json::Value::Null))
     }
 
     /// Like [`fetch`](Self::fetch), but each event stays the JSON text it was stored as (checked
@@ -680,10 +675,7 @@ impl Broker {
         max: usize,
     ) -> Result<Fetched<Box<serde_json::value::RawValue>>> {
         self.fetch_as(group, member, max, |bytes| {
-            serde_json::from_slice(bytes).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
-                serde_json::value::RawValue::NULL.to_owned()
-            })
+            decode_stored(bytes, || serde_json::value::RawValue::NULL.to_owned())
         })
     }
 
@@ -1257,6 +1249,15 @@ impl GroupHandle {
     fn notify(&self) {
         self.activity.notify(usize::MAX);
     }
+}
+
+/// A stored event as `T`; `null()` (logged) if it is not valid JSON, which the log's CRC makes
+/// all but impossible.
+fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8], null: impl FnOnce() -> T) -> T {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
+        null()
+    })
 }
 
 /// Puts a dead letter being retried back into its cursor's pending window.

@@ -13,6 +13,7 @@
 
 use std::fmt::Write as _;
 
+use crate::routes::now_ms;
 use driftless_broker::Broker;
 use driftless_connect::runtime::LATENCY_BUCKETS_MS;
 use driftless_connect::Sources;
@@ -468,11 +469,6 @@ fn render_sinks(f: &mut Family, sinks: &Sinks) {
         f.sample(&format!("{SINK_BATCH_EVENTS}_sum"), &[("sink", &s.name)], applied);
         f.sample(&format!("{SINK_BATCH_EVENTS}_count"), &[("sink", &s.name)], total);
     }
-}
-
-/// Wall time in Unix ms, from the project's one clock.
-fn now_ms() -> i64 {
-    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 #[cfg(test)]

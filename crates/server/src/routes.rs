@@ -6,7 +6,7 @@
 //! `min(wait_ms, fetch_wait_ms_max)` in total.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -45,9 +45,9 @@ where
     }
 }
 
-/// Milliseconds since the Unix epoch, the broker's clock domain.
+/// Milliseconds since the Unix epoch, the broker's clock domain (the project's one clock).
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
 /// The instant at which the broker's epoch-ms deadline `due_ms` has passed (plus 1 ms so a
