@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use driftless_core::{partition_for_key, Clock, Event};
+use driftless_core::{partition_for_key, Clock, RawEvent};
 use driftless_log::{Durability, NewRecord, Topic};
 use serde::{Deserialize, Serialize};
 
@@ -148,10 +148,10 @@ impl TopicState {
         }
     }
 
-    /// Appends `events` (already validated), skipping ids seen inside the dedup window.
+    /// Appends `events` (validated by construction), skipping ids seen inside the dedup window.
     pub fn produce(
         &self,
-        events: &[Event],
+        events: &[RawEvent],
         clock: &dyn Clock,
         ids_max: usize,
     ) -> Result<Vec<Produced>> {
@@ -165,15 +165,15 @@ impl TopicState {
             self.expire(&mut d, clock.now_ms(), ids_max);
             let mut first_in_request: IdMap<&str, usize> = IdMap::default();
             for (i, e) in events.iter().enumerate() {
-                if let Some(&first) = first_in_request.get(e.id.as_str()) {
+                if let Some(&first) = first_in_request.get(e.id()) {
                     repeats.push((i, first));
                     continue;
                 }
                 loop {
-                    match d.ids.get(&e.id) {
+                    match d.ids.get(e.id()) {
                         Some(Mark::Done { partition, offset }) => {
                             results[i] = Some(Produced {
-                                id: e.id.clone(),
+                                id: e.id().to_string(),
                                 partition: *partition,
                                 offset: *offset,
                                 duplicate: true,
@@ -185,8 +185,8 @@ impl TopicState {
                             d = self.dedup_changed.wait(d).unwrap_or_else(|e| e.into_inner());
                         }
                         None => {
-                            d.ids.insert(e.id.clone(), Mark::Pending);
-                            first_in_request.insert(e.id.as_str(), i);
+                            d.ids.insert(e.id().to_string(), Mark::Pending);
+                            first_in_request.insert(e.id(), i);
                             mine.push(i);
                             break;
                         }
@@ -196,11 +196,9 @@ impl TopicState {
         }
         // Group by partition, keeping request order inside each partition (per-key order).
         let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
-        let mut bodies: Vec<Vec<u8>> = vec![Vec::new(); events.len()];
         for &i in &mine {
             let p = partition_for_key(events[i].placement_key().as_bytes(), partitions);
             by_partition[p as usize].push(i);
-            bodies[i] = serde_json::to_vec(&events[i]).unwrap_or_default();
         }
         // Write every partition's batch first, then wait for each to be durable: the waits
         // overlap the other partitions' group fsyncs (and other requests'), so one request pays
@@ -210,7 +208,10 @@ impl TopicState {
             .map(|p| {
                 let records: Vec<NewRecord<'_>> = by_partition[p]
                     .iter()
-                    .map(|&i| NewRecord::keyed(events[i].placement_key().as_bytes(), &bodies[i]))
+                    .map(|&i| {
+                        let e = &events[i];
+                        NewRecord::keyed(e.placement_key().as_bytes(), e.json().get().as_bytes())
+                    })
                     .collect();
                 let appended = self
                     .topic
@@ -241,8 +242,15 @@ impl TopicState {
                 match outcome {
                     Ok(placed) => {
                         for (i, offset) in placed {
-                            let id = events[i].id.clone();
-                            d.ids.insert(id.clone(), Mark::Done { partition: p as u32, offset });
+                            let id = events[i].id().to_string();
+                            let done = Mark::Done { partition: p as u32, offset };
+                            // The id went in as `Pending` above: update it in place.
+                            match d.ids.get_mut(id.as_str()) {
+                                Some(mark) => *mark = done,
+                                None => {
+                                    d.ids.insert(id.clone(), done);
+                                }
+                            }
                             d.order.push_back((now, id.clone()));
                             results[i] = Some(Produced {
                                 id,
@@ -254,7 +262,7 @@ impl TopicState {
                     }
                     Err(e) => {
                         for &i in &by_partition[p] {
-                            d.ids.remove(&events[i].id);
+                            d.ids.remove(events[i].id());
                         }
                         first_error.get_or_insert(e);
                     }

@@ -74,7 +74,7 @@ pub fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn invalid(attribute: &str, reason: impl Into<String>) -> InvalidEvent {
+pub(crate) fn invalid(attribute: &str, reason: impl Into<String>) -> InvalidEvent {
     InvalidEvent { attribute: attribute.to_string(), reason: reason.into() }
 }
 
@@ -148,48 +148,19 @@ impl Event {
 
     /// Checks the invariants listed in the module docs.
     pub fn validate(&self) -> Result<(), InvalidEvent> {
-        if self.specversion != SPEC_VERSION {
-            return Err(invalid(
-                "specversion",
-                format!("must be \"1.0\", got {:?}", self.specversion),
-            ));
-        }
-        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
-            if value.is_empty() {
-                return Err(invalid(name, "must not be empty"));
-            }
-        }
-        if let Some(time) = &self.time {
-            if !is_rfc3339(time) {
-                return Err(invalid(
-                    "time",
-                    format!("must be an RFC 3339 timestamp, got {time:?}"),
-                ));
-            }
-        }
-        if self.data.is_some() && self.data_base64.is_some() {
-            return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
-        }
-        for (name, value) in &self.extensions {
-            let name_ok = !name.is_empty()
-                && name.len() <= EXTENSION_NAME_BYTES_MAX
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-            if !name_ok {
-                return Err(invalid(
-                    name,
-                    "extension names are 1 to 20 lowercase letters or digits",
-                ));
-            }
-            if !(value.is_string() || value.is_number() || value.is_boolean()) {
-                return Err(invalid(name, "extension values are strings, numbers or booleans"));
-            }
-        }
-        if let Some(v) = self.extensions.get("partitionkey") {
-            if !v.is_string() {
-                return Err(invalid("partitionkey", "must be a string"));
-            }
-        }
-        Ok(())
+        let head = Head {
+            specversion: &self.specversion,
+            id: &self.id,
+            source: &self.source,
+            ty: &self.ty,
+            time: self.time.as_deref(),
+            has_data: self.data.is_some(),
+            has_data_base64: self.data_base64.is_some(),
+        };
+        check_head(
+            &head,
+            self.extensions.iter().map(|(name, value)| (name.as_str(), ExtensionKind::of(value))),
+        )
     }
 
     /// The bytes that choose this event's partition: `partitionkey`, else `subject`, else `id`.
@@ -204,6 +175,76 @@ impl Event {
     pub fn extension_str(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).and_then(Value::as_str)
     }
+}
+
+/// The attributes validation looks at, borrowed from an [`Event`] or from raw JSON text, so
+/// both forms are checked by the one [`check_head`].
+pub(crate) struct Head<'a> {
+    pub(crate) specversion: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) ty: &'a str,
+    pub(crate) time: Option<&'a str>,
+    pub(crate) has_data: bool,
+    pub(crate) has_data_base64: bool,
+}
+
+/// An extension value's JSON type, as far as validation cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExtensionKind {
+    String,
+    /// A number or a boolean.
+    Scalar,
+    /// Null, an array or an object: not allowed.
+    Other,
+}
+
+impl ExtensionKind {
+    fn of(v: &Value) -> Self {
+        match v {
+            Value::String(_) => Self::String,
+            Value::Number(_) | Value::Bool(_) => Self::Scalar,
+            Value::Null | Value::Array(_) | Value::Object(_) => Self::Other,
+        }
+    }
+}
+
+/// The invariants of the module docs, over a borrowed view of an event.
+pub(crate) fn check_head<'a>(
+    head: &Head<'_>,
+    extensions: impl Iterator<Item = (&'a str, ExtensionKind)>,
+) -> Result<(), InvalidEvent> {
+    if head.specversion != SPEC_VERSION {
+        return Err(invalid("specversion", format!("must be \"1.0\", got {:?}", head.specversion)));
+    }
+    for (name, value) in [("id", head.id), ("source", head.source), ("type", head.ty)] {
+        if value.is_empty() {
+            return Err(invalid(name, "must not be empty"));
+        }
+    }
+    if let Some(time) = head.time {
+        if !is_rfc3339(time) {
+            return Err(invalid("time", format!("must be an RFC 3339 timestamp, got {time:?}")));
+        }
+    }
+    if head.has_data && head.has_data_base64 {
+        return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
+    }
+    for (name, kind) in extensions {
+        let name_ok = !name.is_empty()
+            && name.len() <= EXTENSION_NAME_BYTES_MAX
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !name_ok {
+            return Err(invalid(name, "extension names are 1 to 20 lowercase letters or digits"));
+        }
+        if kind == ExtensionKind::Other {
+            return Err(invalid(name, "extension values are strings, numbers or booleans"));
+        }
+        if name == "partitionkey" && kind != ExtensionKind::String {
+            return Err(invalid("partitionkey", "must be a string"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `s` has the shape of an RFC 3339 timestamp (`2024-05-01T12:30:00Z`,

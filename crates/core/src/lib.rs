@@ -16,6 +16,7 @@
 mod clock;
 mod event;
 mod partitioning;
+mod raw_event;
 pub mod sql;
 mod topic;
 
@@ -24,4 +25,5 @@ pub use event::{
     is_rfc3339, json_kind, pg_sequence, Event, InvalidEvent, EXTENSION_NAME_BYTES_MAX, SPEC_VERSION,
 };
 pub use partitioning::{murmur2, partition_for_key};
+pub use raw_event::RawEvent;
 pub use topic::{InvalidTopicName, TopicName, TOPIC_NAME_BYTES_MAX};

@@ -7,14 +7,19 @@
 //!   (percent-decoded), the body is `data` (parsed when the content type is JSON, else base64 in
 //!   `data_base64`) and `datacontenttype` is the `Content-Type`.
 //!
-//! Invariants: every event is validated with [`Event::from_value`], so a failure names the
-//! attribute (`field`) and the event's index in the request (`event_index`); the count is
-//! checked against `produce_events_max` before any event is parsed; parsing has no side effect,
-//! so an invalid request appends nothing.
+//! Structured and batch events stay the JSON text they arrived as ([`RawEvent`]): each is checked
+//! without building a tree, and stored as sent. Binary-mode events are built as an [`Event`].
+//!
+//! Invariants: every event is validated ([`RawEvent::parse`], or [`Event::from_value`] in binary
+//! mode, which apply the same rules), so a failure names the attribute (`field`) and the event's
+//! index in the request (`event_index`); the count is checked against `produce_events_max`
+//! before any event is validated; parsing has no side effect, so an invalid request appends
+//! nothing.
 
 use axum::http::{header, HeaderMap, StatusCode};
 use driftless_broker::BrokerError;
-use driftless_core::{Event, InvalidEvent};
+use driftless_core::{Event, InvalidEvent, RawEvent};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::problem::Problem;
@@ -29,7 +34,7 @@ pub fn parse_request(
     headers: &HeaderMap,
     body: &[u8],
     events_max: usize,
-) -> Result<Vec<Event>, Problem> {
+) -> Result<Vec<RawEvent>, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| {
@@ -42,17 +47,22 @@ pub fn parse_request(
     let media = content_type.map(media_type).unwrap_or_default();
     match media.as_str() {
         STRUCTURED => {
-            let value: Value = serde_json::from_slice(body)
+            let raw: &RawValue = serde_json::from_slice(body)
                 .map_err(|e| Problem::malformed_json("the structured-mode event", &e))?;
-            Ok(vec![validate(0, value)?])
+            Ok(vec![validate(0, raw)?])
         }
         BATCH => {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| Problem::malformed_json("the event batch", &e))?;
-            let Value::Array(items) = value else {
-                return Err(Problem::bad_request(format!(
-                    "a {BATCH} body must be a JSON array of events"
-                )));
+            let items: Vec<&RawValue> = match serde_json::from_slice(body) {
+                Ok(items) => items,
+                // Valid JSON that is not an array gets its own message.
+                Err(e) => match serde_json::from_slice::<&RawValue>(body) {
+                    Ok(_) => {
+                        return Err(Problem::bad_request(format!(
+                            "a {BATCH} body must be a JSON array of events"
+                        )))
+                    }
+                    Err(_) => return Err(Problem::malformed_json("the event batch", &e)),
+                },
             };
             if items.len() > events_max {
                 return Err(
@@ -62,7 +72,10 @@ pub fn parse_request(
             items.into_iter().enumerate().map(|(i, v)| validate(i, v)).collect()
         }
         _ if headers.keys().any(|k| k.as_str().starts_with("ce-")) => {
-            Ok(vec![binary(headers, content_type, &media, body)?])
+            let event = binary(headers, content_type, &media, body)?;
+            let raw = RawEvent::from_event(&event)
+                .map_err(|source| BrokerError::InvalidEvent { index: 0, source })?;
+            Ok(vec![raw])
         }
         _ => Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -78,8 +91,8 @@ pub fn parse_request(
     }
 }
 
-fn validate(index: usize, value: Value) -> Result<Event, Problem> {
-    Event::from_value(value).map_err(|source| BrokerError::InvalidEvent { index, source }.into())
+fn validate(index: usize, raw: &RawValue) -> Result<RawEvent, Problem> {
+    RawEvent::parse(raw).map_err(|source| BrokerError::InvalidEvent { index, source }.into())
 }
 
 /// The media type without parameters, lowercased: `Application/JSON; charset=utf-8` →
@@ -136,7 +149,8 @@ fn binary(
             map.insert("data_base64".into(), Value::String(base64(body)));
         }
     }
-    validate(0, Value::Object(map))
+    Event::from_value(Value::Object(map))
+        .map_err(|source| BrokerError::InvalidEvent { index: 0, source }.into())
 }
 
 /// Decodes `%XX` escapes (CloudEvents HTTP binding, header values); `None` if malformed or
@@ -195,6 +209,10 @@ mod tests {
         h
     }
 
+    fn event(raw: RawEvent) -> Event {
+        serde_json::from_str(raw.json().get()).unwrap()
+    }
+
     #[test]
     fn base64_matches_rfc4648_vectors() {
         for (input, output) in [
@@ -229,7 +247,7 @@ mod tests {
             ("ce-subject", "k%201"),
             ("ce-traceparent", "00-abc-def-01"),
         ]);
-        let e = parse_request(&h, b"\x00\x01", 10).unwrap().remove(0);
+        let e = event(parse_request(&h, b"\x00\x01", 10).unwrap().remove(0));
         assert_eq!(e.subject.as_deref(), Some("k 1"));
         assert_eq!(e.data_base64.as_deref(), Some("AAE="));
         assert_eq!(e.datacontenttype.as_deref(), Some("application/octet-stream"));
@@ -242,7 +260,7 @@ mod tests {
             ("ce-source", "/s"),
             ("ce-type", "t"),
         ]);
-        let e = parse_request(&h, br#"{"a":1}"#, 10).unwrap().remove(0);
+        let e = event(parse_request(&h, br#"{"a":1}"#, 10).unwrap().remove(0));
         assert_eq!(e.data, Some(serde_json::json!({"a": 1})));
     }
 

@@ -174,7 +174,7 @@ pub async fn produce(
     let events_max = state.broker.config().produce_events_max;
     let events = crate::cloudevents::parse_request(&headers, &body, events_max)?;
     drop(body);
-    let results = blocking(&state, move |b| b.produce(&topic, events)).await?;
+    let results = blocking(&state, move |b| b.produce_raw(&topic, events)).await?;
     Ok(Json(ProduceResponse { results }))
 }
 

@@ -149,6 +149,47 @@ fn bad_input_is_answered_with_problems_and_appends_nothing() {
     s.get("/v1/groups/g/dlq/t:0:5").problem(404);
 }
 
+/// Structured events are checked as text and stored as sent (no parse into a tree and
+/// re-serialisation); the checks must still catch what the tree path caught, and a member that
+/// occurs twice, which readers deserialising stored text into structs would trip on.
+#[test]
+fn raw_produced_events_are_stored_as_sent_and_repeated_attributes_are_refused() {
+    let s = start(config(BrokerConfig::default()));
+    s.create_topic("raw", 2);
+    let path = "/v1/topics/raw/events";
+    let batch = [("content-type", "application/cloudevents-batch+json")];
+    let sent = r#"[
+        {"specversion": "1.0", "id": "r-1", "source": "/s", "type": "t",
+         "subject": "caf\u00e9", "sequence": 7, "data": {"n": [1, 2.5, null], "s": "a\"b"}},
+        {"id":"r-2","specversion":"1.0","type":"t","source":"/s","partitionkey":"k","data":null}
+    ]"#;
+    let r = s.post_raw(path, &batch, sent.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = s.join("g", &["raw"]);
+    let deliveries = s.fetch("g", &m, 10, 0);
+    assert_eq!(deliveries.len(), 2);
+    let expected: Vec<Value> = serde_json::from_str(sent).unwrap();
+    for want in &expected {
+        let got = deliveries.iter().find(|d| d["event"]["id"] == want["id"]).unwrap();
+        assert_eq!(&got["event"], want);
+    }
+    assert_eq!(
+        deliveries.iter().find(|d| event_id(d) == "r-1").unwrap()["event"]["subject"],
+        "café"
+    );
+
+    let p = s.post_raw(path, &batch, br#"{"not": "an array"}"#).problem(400);
+    assert!(p["detail"].as_str().unwrap().contains("must be a JSON array"), "{p}");
+    let twice = format!(
+        "[{},{}]",
+        event("r-3", "k"),
+        r#"{"specversion":"1.0","id":"r-4","id":"r-5","source":"/s","type":"t"}"#
+    );
+    let p = s.post_raw(path, &batch, twice.as_bytes()).problem(400);
+    assert_eq!((p["field"].as_str(), p["event_index"].as_u64()), (Some("id"), Some(1)), "{p}");
+    assert_eq!(s.end_offsets("raw").iter().sum::<u64>(), 2, "nothing of the refused batch");
+}
+
 #[test]
 fn long_poll_wakes_on_produce_then_ack_clears_lag() {
     let s = Arc::new(start(config(BrokerConfig::default())));
