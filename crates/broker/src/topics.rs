@@ -200,9 +200,9 @@ impl TopicState {
             let p = partition_for_key(events[i].placement_key().as_bytes(), partitions);
             by_partition[p as usize].push(i);
         }
-        // Write every partition's batch first, then wait for each to be durable: the waits
-        // overlap the other partitions' group fsyncs (and other requests'), so one request pays
-        // about one fsync latency, not one per partition, without a thread per partition.
+        // Write every partition's batch first, then wait for all of them at once: the log's
+        // helper threads overlap the partitions' fsyncs (and join other requests' group fsyncs),
+        // so one request pays about one fsync latency, not one per partition.
         let written: Vec<(usize, Result<driftless_log::Appended>)> = (0..by_partition.len())
             .filter(|&p| !by_partition[p].is_empty())
             .map(|p| {
@@ -220,11 +220,16 @@ impl TopicState {
                 (p, appended.map_err(BrokerError::from))
             })
             .collect();
+        let to_wait: Vec<(u32, driftless_log::Appended)> =
+            written.iter().filter_map(|(p, a)| Some((*p as u32, *a.as_ref().ok()?))).collect();
+        let mut waited = self.topic.wait_appended_all(&to_wait).into_iter();
         let outcomes: Vec<(usize, Result<Placed>)> = written
             .into_iter()
             .map(|(p, appended)| {
                 let placed = appended.and_then(|a| {
-                    self.topic.partition(p as u32)?.wait_appended(&a)?;
+                    waited
+                        .next()
+                        .unwrap_or_else(|| unreachable!("one outcome per batch waited on"))?;
                     Ok(by_partition[p]
                         .iter()
                         .enumerate()

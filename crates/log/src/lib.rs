@@ -25,7 +25,9 @@
 //! **When an append is acknowledged.** With the default `durability = "always"`,
 //! [`Partition::append`] returns only after `fdatasync` of the segment has returned success for
 //! bytes that include the whole batch. Concurrent appenders share one `fdatasync` (group commit).
-//! A segment is fdatasynced before the next one is created, and every file creation, rename and
+//! A caller that wrote several partitions can wait on all of them at once with
+//! [`Topic::wait_appended_all`], whose helper threads overlap the fsyncs. A segment is
+//! fdatasynced before the next one is created, and every file creation, rename and
 //! deletion is followed by an `fsync` of its directory. Readers see only durable records.
 //! `interval_ms` acknowledges after the write and syncs in the background; `never` does not sync
 //! (unsafe, for tests and benchmarks).
@@ -55,6 +57,7 @@ mod log;
 mod partition;
 mod record;
 mod segment;
+mod sync_pool;
 
 pub use config::{Cleanup, Durability, TopicConfig, PARTITIONS_MAX, SEGMENT_BYTES_MAX_LIMIT};
 pub use error::{LogError, Result};
@@ -65,3 +68,4 @@ pub use partition::{
     SYNC_BUCKET_BOUNDS_US,
 };
 pub use record::{NewRecord, Record, RECORD_HEADER_BYTES};
+pub use sync_pool::{SYNC_QUEUE_JOBS_MAX, SYNC_THREADS};

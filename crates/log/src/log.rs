@@ -25,7 +25,8 @@ use driftless_core::{Clock, SystemClock, TopicName};
 use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
 use crate::fs::{Fs, OpenMode, StdFs};
-use crate::partition::Partition;
+use crate::partition::{Appended, Partition};
+use crate::sync_pool::SyncPool;
 
 /// How to open a [`Log`].
 #[derive(Debug, Clone)]
@@ -59,6 +60,7 @@ pub struct Topic {
     name: TopicName,
     config: TopicConfig,
     partitions: Vec<Arc<Partition>>,
+    sync: Arc<SyncPool>,
 }
 
 impl Topic {
@@ -77,6 +79,31 @@ impl Topic {
         &self.partitions
     }
 
+    /// Waits until each batch in `batches` (partition id, result of
+    /// [`Partition::append_unsynced`]) is as durable as its partition promises, and returns
+    /// each one's outcome in order. In `always` mode the fsyncs of different partitions overlap
+    /// (helper threads wait on all but the first), so a request that wrote several partitions
+    /// waits about one fsync, not one per partition.
+    pub fn wait_appended_all(&self, batches: &[(u32, Appended)]) -> Vec<Result<()>> {
+        let found: Vec<Result<(&Arc<Partition>, Appended)>> =
+            batches.iter().map(|&(id, a)| self.partition(id).map(|p| (p, a))).collect();
+        if self.config.durability != crate::Durability::Always || batches.len() < 2 {
+            return found.into_iter().map(|b| b.and_then(|(p, a)| p.wait_appended(&a))).collect();
+        }
+        let ok: Vec<(&Arc<Partition>, Appended)> =
+            found.iter().filter_map(|b| b.as_ref().ok().copied()).collect();
+        let mut outcomes = self.sync.wait_all(&ok).into_iter();
+        found
+            .into_iter()
+            .map(|b| match b {
+                Ok(_) => outcomes.next().unwrap_or_else(|| {
+                    unreachable!("wait_all answers once per batch it was given")
+                }),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     /// Partition `id`, or an error naming the topic and its partition count.
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
         self.partitions.get(id as usize).ok_or_else(|| LogError::UnknownPartition {
@@ -93,6 +120,7 @@ struct Shared {
     fs: Arc<dyn Fs>,
     clock: Arc<dyn Clock>,
     topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    sync: Arc<SyncPool>,
 }
 
 /// The embedded log. Dropping it stops the background thread and flushes interval topics.
@@ -129,7 +157,9 @@ impl Log {
                 return Err(LogError::io("lock data directory", &lock_path, e))
             }
         }
-        let shared = Arc::new(Shared { dir, fs, clock, topics: RwLock::new(BTreeMap::new()) });
+        let sync = Arc::new(SyncPool::start(&dir)?);
+        let shared =
+            Arc::new(Shared { dir, fs, clock, topics: RwLock::new(BTreeMap::new()), sync });
         shared.load_topics()?;
         let (stop, stopped) = mpsc::sync_channel(1);
         let thread_shared = Arc::clone(&shared);
@@ -291,7 +321,7 @@ impl Shared {
                 .map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Topic { name: name.clone(), config, partitions })
+        Ok(Topic { name: name.clone(), config, partitions, sync: Arc::clone(&self.sync) })
     }
 
     fn load_topics(&self) -> Result<()> {

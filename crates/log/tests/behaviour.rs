@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftless_core::ManualClock;
-use driftless_log::fs::FaultFs;
+use driftless_log::fs::{FaultFs, FaultOp};
 use driftless_log::{Cleanup, Durability, Log, LogError, NewRecord, TopicConfig};
 use support::*;
 
@@ -141,6 +141,38 @@ fn an_unsynced_append_is_invisible_until_waited_and_then_survives_a_power_loss()
     let b_after = read_all(&b);
     assert!(b_after.len() == 1 || b_after.len() == 3, "a batch is all or nothing: {b_after:?}");
     assert_eq!(b_after[0].2.as_deref(), Some(&b"b0"[..]));
+}
+
+#[test]
+fn waiting_on_several_partitions_at_once_makes_each_durable_and_reports_each_failure_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let log = Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+    let config = TopicConfig { partitions: 4, ..TopicConfig::default() };
+    let topic = log.create_topic(&name("multi"), config).unwrap();
+    let mut batches: Vec<(u32, driftless_log::Appended)> = (0..4)
+        .map(|p| {
+            let body = format!("p{p}");
+            let a =
+                topic.partition(p).unwrap().append_unsynced(&[NewRecord::unkeyed(body.as_bytes())]);
+            (p, a.unwrap())
+        })
+        .collect();
+    batches.push((9, batches[0].1)); // no such partition
+                                     // Partition 2's fsync fails; the others' must still be reported durable, each on its own.
+    fs.fail(FaultOp::SyncData, "multi/2/", 0, true);
+    let before = fs.sync_data_calls();
+    let outcomes = topic.wait_appended_all(&batches);
+    assert_eq!(outcomes.len(), 5, "one outcome per batch, in order");
+    for p in [0, 1, 3] {
+        assert!(outcomes[p].is_ok(), "partition {p}: {:?}", outcomes[p]);
+        assert_eq!(read_all(topic.partition(p as u32).unwrap()).len(), 1, "durable and visible");
+    }
+    assert!(outcomes[2].is_err(), "the failed fsync is reported for its own batch");
+    assert!(read_all(topic.partition(2).unwrap()).is_empty(), "never served unless durable");
+    assert!(matches!(outcomes[4], Err(LogError::UnknownPartition { partition: 9, .. })));
+    assert!(fs.sync_data_calls() - before >= 4, "every partition's fsync was attempted");
 }
 
 #[test]
