@@ -13,6 +13,7 @@
 //! memory is bounded by the fixed-size histograms and the in-flight batch; the run stops by itself
 //! after all events are consumed or `timeout_s` passes (then it fails rather than report).
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -325,16 +326,20 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
             handles.push(s.spawn(move || -> Result<(), BenchError> {
                 let url =
                     format!("{base}/v1/groups/bench/members/{member}/events?max=1000&wait_ms=100");
+                let mut body = Vec::with_capacity(1 << 20);
                 while consumed.load(Ordering::Relaxed) < params.events {
                     if Instant::now() > deadline {
                         return Err(http_error("consume", "timed out"));
                     }
                     let mut r = agent.get(&url).call().map_err(|e| http_error("fetch", e))?;
-                    let body = r
-                        .body_mut()
+                    // One buffer per consumer, reused: a fresh one per answer grew and
+                    // page-faulted its way up to ~100 KB every fetch.
+                    body.clear();
+                    r.body_mut()
                         .with_config()
                         .limit(256 << 20)
-                        .read_to_vec()
+                        .reader()
+                        .read_to_end(&mut body)
                         .map_err(|e| http_error("fetch", e))?;
                     let answer: FetchAnswer<'_> = serde_json::from_slice(&body).map_err(|e| {
                         http_error("fetch", format!("{e}: {}", String::from_utf8_lossy(&body)))
@@ -384,7 +389,8 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
                         .collect();
                     // Sized once: growing from empty re-copied each request's body ~9 times.
                     let mut body = Vec::with_capacity(batch.len() * (params.event_bytes + 160));
-                    serde_json::to_writer(&mut body, &batch).map_err(|e| http_error("encode", e))?;
+                    serde_json::to_writer(&mut body, &batch)
+                        .map_err(|e| http_error("encode", e))?;
                     let t = Instant::now();
                     let mut r = agent
                         .post(&url)
