@@ -230,6 +230,7 @@ pub(crate) fn check_head<'a>(
     if head.has_data && head.has_data_base64 {
         return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
     }
+    let mut partitionkey = None;
     for (name, kind) in extensions {
         let name_ok = !name.is_empty()
             && name.len() <= EXTENSION_NAME_BYTES_MAX
@@ -237,15 +238,37 @@ pub(crate) fn check_head<'a>(
         if !name_ok {
             return Err(invalid(name, "extension names are 1 to 20 lowercase letters or digits"));
         }
+        if NAMED_ATTRIBUTES.contains(&name) {
+            // Only a hand-built `Event` can have one; serialised, it would repeat the member.
+            return Err(invalid(name, "is a named attribute, not an extension"));
+        }
         if kind == ExtensionKind::Other {
             return Err(invalid(name, "extension values are strings, numbers or booleans"));
         }
-        if name == "partitionkey" && kind != ExtensionKind::String {
-            return Err(invalid("partitionkey", "must be a string"));
+        if name == "partitionkey" {
+            partitionkey = Some(kind);
         }
+    }
+    if partitionkey.is_some_and(|kind| kind != ExtensionKind::String) {
+        return Err(invalid("partitionkey", "must be a string"));
     }
     Ok(())
 }
+
+/// The attributes [`Event`] names as fields (`data_base64` included); an extension may not reuse
+/// one of these names.
+const NAMED_ATTRIBUTES: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
 
 /// Whether `s` has the shape of an RFC 3339 timestamp (`2024-05-01T12:30:00Z`,
 /// `2024-05-01T12:30:00.123+02:00`), with fields in range.

@@ -8,9 +8,12 @@
 //!
 //! Invariants: a `RawEvent` is always a valid CloudEvent (it is built only by [`RawEvent::parse`]
 //! or [`RawEvent::from_event`], which both validate); its text is one JSON object that
-//! deserialises to an [`Event`] equal to what [`Event::from_json`] builds from the same text; it
-//! has no repeated member (refused, naming it: readers that deserialise stored text into structs
-//! would fail on one, and which occurrence counts differs between JSON parsers).
+//! deserialises to an [`Event`] equal to what [`Event::from_json`] builds from the same text
+//! (every part of it is checked as that parse checks it: escapes, number range, nesting depth);
+//! it has no repeated member (refused, naming it: readers that deserialise stored text into
+//! structs would fail on one, and which occurrence counts differs between JSON parsers), and no
+//! extension shares a name with a named attribute. Inside `data` the text is kept as sent: a
+//! repeated key there reaches every reader, and `serde_json` readers keep its last value.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -40,8 +43,9 @@ impl RawEvent {
         if !text.starts_with('{') {
             return Err(invalid("json", "an event must be a JSON object"));
         }
-        let fields: Fields<'_> = serde_json::from_str(text)
-            .map_err(|e| invalid("json", format!("not a valid event object: {e}")))?;
+        let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
+            invalid("json", format!("not a valid event (line and column within the event): {e}"))
+        })?;
         let (id, placement_key) = fields.check()?;
         Ok(Self { id, placement_key, json: json.to_owned() })
     }
@@ -137,6 +141,55 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
+/// The `data` member, checked as thoroughly as parsing it into a `serde_json::Value` would check
+/// it (string escapes, number range, nesting depth): skipping it as raw text checks less, and a
+/// stored event that readers cannot parse would be a poison event. Nothing is kept but whether it
+/// is `null`.
+struct Data {
+    is_null: bool,
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Data;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Data, E> {
+                Ok(Data { is_null: false })
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Data, E> {
+                Ok(Data { is_null: false })
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Data, E> {
+                Ok(Data { is_null: false })
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Data, E> {
+                Ok(Data { is_null: false })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Data, E> {
+                Ok(Data { is_null: false })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Data, E> {
+                Ok(Data { is_null: true })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
+                while seq.next_element::<Data>()?.is_some() {}
+                Ok(Data { is_null: false })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+                while map.next_key::<Data>()?.is_some() {
+                    map.next_value::<Data>()?;
+                }
+                Ok(Data { is_null: false })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The members of an event object, unvalidated.
 #[derive(Default)]
 struct Fields<'a> {
@@ -180,11 +233,11 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                         "dataschema" => &mut f.dataschema,
                         "data_base64" => &mut f.data_base64,
                         "data" => {
-                            let data: &'de RawValue = map.next_value()?;
+                            let data: Data = map.next_value()?;
                             if std::mem::replace(&mut f.seen_data, true) {
                                 f.repeated.get_or_insert_with(|| name.to_string());
                             }
-                            f.has_data = data.get() != "null";
+                            f.has_data = !data.is_null;
                             continue;
                         }
                         _ => {
@@ -248,9 +301,13 @@ impl Fields<'_> {
             has_data: self.has_data,
             has_data_base64: data_base64.is_some(),
         };
+        // In name order, as `Event::validate` walks its sorted map: both name the same one of
+        // several bad extensions.
+        let mut extensions: Vec<&(Text<'_>, Attr<'_>)> = self.extensions.iter().collect();
+        extensions.sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0));
         check_head(
             &head,
-            self.extensions.iter().map(|(name, value)| {
+            extensions.into_iter().map(|(name, value)| {
                 let kind = match value {
                     Attr::Str(_) => ExtensionKind::String,
                     Attr::Scalar => ExtensionKind::Scalar,
@@ -315,12 +372,36 @@ mod tests {
             r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":""}"#,
             r#"[1,2]"#,
             r#""text""#,
+            // Several bad extensions: both paths name the first in name order.
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","p":1,"partitionkey":2,"Bad":1}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","partitionkey":2,"zz":null}"#,
         ];
         for text in cases {
             let parsed = Event::from_json(text.as_bytes()).unwrap_err();
             let err = raw(text).unwrap_err();
             assert_eq!(err.attribute, parsed.attribute, "{text}: {err} vs {parsed}");
         }
+    }
+
+    /// Regression: `data` was skipped as raw text, which does not check escapes, number range or
+    /// depth, so events that no reader could parse back were accepted and stored.
+    #[test]
+    fn data_that_a_full_parse_refuses_is_refused() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for data in [r#""\ud800""#, "1e400", deep.as_str(), r#"{"a":"\x"}"#] {
+            let text = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{data}}}"#
+            );
+            let json: Box<RawValue> = match serde_json::from_str(&text) {
+                Ok(json) => json,
+                Err(_) => continue, // not even a raw value: refused before an event is read
+            };
+            assert!(Event::from_json(text.as_bytes()).is_err(), "the parsed path refuses {data}");
+            let err = RawEvent::parse(&json).unwrap_err();
+            assert_eq!(err.attribute, "json", "{data}: {err}");
+        }
+        let fine = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":["\u00e9",1.5e300,null,{}]}}"#;
+        assert!(raw(fine).is_ok());
     }
 
     #[test]
@@ -344,6 +425,10 @@ mod tests {
         let r = RawEvent::from_event(&e).unwrap();
         assert_eq!((r.id(), r.placement_key()), ("e-1", "k"));
         assert_eq!(serde_json::from_str::<Event>(r.json().get()).unwrap(), e);
+        // An extension named like a named attribute would serialise as a repeated member.
+        let mut shadow = e.clone();
+        shadow.extensions.insert("id".into(), serde_json::json!("other"));
+        assert_eq!(RawEvent::from_event(&shadow).unwrap_err().attribute, "id");
         e.id.clear();
         assert_eq!(RawEvent::from_event(&e).unwrap_err().attribute, "id");
     }

@@ -10,7 +10,8 @@
 //!
 //! Invariant: a topic directory without `topic.json` is an interrupted creation and is removed on
 //! open; a topic directory named `*.deleting` is an interrupted deletion and is finished on open.
-//! A background thread flushes `interval_ms` topics and runs retention and compaction.
+//! A background thread flushes `interval_ms` topics and runs retention and compaction; a few
+//! helper threads (`sync_pool.rs`) let [`Topic::wait_appended_all`] overlap partitions' fsyncs.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -123,7 +124,8 @@ struct Shared {
     sync: Arc<SyncPool>,
 }
 
-/// The embedded log. Dropping it stops the background thread and flushes interval topics.
+/// The embedded log. Dropping it stops the background thread and flushes interval topics; the
+/// fsync helper threads exit once the last [`Topic`] handle is gone too.
 #[derive(Debug)]
 pub struct Log {
     shared: Arc<Shared>,

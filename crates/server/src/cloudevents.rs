@@ -54,14 +54,16 @@ pub fn parse_request(
         BATCH => {
             let items: Vec<&RawValue> = match serde_json::from_slice(body) {
                 Ok(items) => items,
-                // Valid JSON that is not an array gets its own message.
-                Err(e) => match serde_json::from_slice::<&RawValue>(body) {
+                // Valid JSON that is not an array gets its own message; otherwise the syntax
+                // error of a plain parse, which points at the fault (the array parse would
+                // complain about the type first).
+                Err(_) => match serde_json::from_slice::<&RawValue>(body) {
                     Ok(_) => {
                         return Err(Problem::bad_request(format!(
                             "a {BATCH} body must be a JSON array of events"
                         )))
                     }
-                    Err(_) => return Err(Problem::malformed_json("the event batch", &e)),
+                    Err(e) => return Err(Problem::malformed_json("the event batch", &e)),
                 },
             };
             if items.len() > events_max {
@@ -281,6 +283,16 @@ mod tests {
         let h = headers(&[("content-type", BATCH)]);
         let p = parse_request(&h, b"[1,2,3]", 2).unwrap_err();
         assert_eq!(p.status, 413);
+    }
+
+    #[test]
+    fn a_malformed_batch_that_is_not_an_array_names_the_syntax_error() {
+        let h = headers(&[("content-type", BATCH)]);
+        let p = parse_request(&h, br#"{"a":1"#, 10).unwrap_err();
+        assert_eq!(p.status, 400);
+        assert!(p.detail.contains("EOF while parsing an object"), "{}", p.detail);
+        let p = parse_request(&h, br#"{"a":1}"#, 10).unwrap_err();
+        assert!(p.detail.contains("must be a JSON array"), "{}", p.detail);
     }
 
     #[test]
