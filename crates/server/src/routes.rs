@@ -1,9 +1,11 @@
 //! Request handlers of the JSON API (all but streaming, which is in `stream.rs`).
 //!
 //! Invariants: every broker call goes through [`blocking`], which runs it on the blocking pool
-//! and turns its error into a problem; a long-poll creates its broker listener before each
-//! fetch, so activity between the fetch and the wait is never missed, and it waits at most
-//! `min(wait_ms, fetch_wait_ms_max)` in total.
+//! and turns its error into a problem; every handler reads the request body to its end, even
+//! one it ignores (`_ignored: Body`): hyper closes a keep-alive connection whose request body
+//! was left unread when the answer went out, and a client reusing it sees "peer disconnected";
+//! a long-poll creates its broker listener before each fetch, so activity between the fetch and
+//! the wait is never missed, and it waits at most `min(wait_ms, fetch_wait_ms_max)` in total.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,6 +239,7 @@ pub async fn leave(
 pub async fn heartbeat(
     State(state): Shared,
     ApiPath((group, member)): ApiPath<(String, String)>,
+    _ignored: Body,
 ) -> ApiResult<Json<Membership>> {
     blocking(&state, move |b| b.heartbeat(&group, &member)).await.map(Json)
 }
@@ -398,6 +401,7 @@ pub async fn dead_letter(
 pub async fn retry_dead_letter(
     State(state): Shared,
     ApiPath((group, id)): ApiPath<(String, String)>,
+    _ignored: Body,
 ) -> ApiResult<Json<DeadLetter>> {
     blocking(&state, move |b| b.retry_dead_letter(&group, &id)).await.map(Json)
 }
@@ -438,6 +442,7 @@ pub async fn describe_sink(
 pub async fn pause_sink(
     State(state): Shared,
     ApiPath(sink): ApiPath<String>,
+    _ignored: Body,
 ) -> Result<Json<SinkReport>, Problem> {
     state.sinks.set_paused(&sink, true).map(|s| Json(s.report())).map_err(unknown_sink)
 }
@@ -446,6 +451,7 @@ pub async fn pause_sink(
 pub async fn resume_sink(
     State(state): Shared,
     ApiPath(sink): ApiPath<String>,
+    _ignored: Body,
 ) -> Result<Json<SinkReport>, Problem> {
     state.sinks.set_paused(&sink, false).map(|s| Json(s.report())).map_err(unknown_sink)
 }
@@ -455,6 +461,7 @@ pub async fn resume_sink(
 pub async fn rebuild_sink(
     State(state): Shared,
     ApiPath(sink): ApiPath<String>,
+    _ignored: Body,
 ) -> Result<(StatusCode, Json<SinkReport>), Problem> {
     match state.sinks.rebuild(&sink) {
         Ok(s) => Ok((StatusCode::ACCEPTED, Json(s.report()))),
@@ -562,6 +569,7 @@ pub async fn describe_source(
 pub async fn pause_source(
     State(state): Shared,
     ApiPath(source): ApiPath<String>,
+    _ignored: Body,
 ) -> Result<Json<SourceReport>, Problem> {
     state.sources.set_paused(&source, true).map(|s| Json(s.report())).map_err(unknown_source)
 }
@@ -570,6 +578,7 @@ pub async fn pause_source(
 pub async fn resume_source(
     State(state): Shared,
     ApiPath(source): ApiPath<String>,
+    _ignored: Body,
 ) -> Result<Json<SourceReport>, Problem> {
     state.sources.set_paused(&source, false).map(|s| Json(s.report())).map_err(unknown_source)
 }

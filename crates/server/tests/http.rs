@@ -190,6 +190,35 @@ fn raw_produced_events_are_stored_as_sent_and_repeated_attributes_are_refused() 
     assert_eq!(s.end_offsets("raw").iter().sum::<u64>(), 2, "nothing of the refused batch");
 }
 
+/// Regression (flaky `a_configured_sink_projects_reports_pauses_and_resumes`: "peer
+/// disconnected"): endpoints that take no body answered before reading one, and hyper then closed
+/// the keep-alive connection, so the client's next request on it failed.
+#[test]
+fn a_post_whose_body_the_endpoint_ignores_keeps_the_connection_usable() {
+    let s = start(config(BrokerConfig::default()));
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for round in 0..3 {
+        // Headers first, the body a moment later, as a busy client's writes can arrive.
+        let head = "POST /v1/sinks/nope/pause HTTP/1.1\r\nhost: x\r\n\
+                    content-type: application/json\r\ncontent-length: 4\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"null").unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "round {round}: the server closed the connection");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 404"), "round {round}: {text}");
+        assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    }
+}
+
 #[test]
 fn long_poll_wakes_on_produce_then_ack_clears_lag() {
     let s = Arc::new(start(config(BrokerConfig::default())));
