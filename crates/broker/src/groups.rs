@@ -164,8 +164,8 @@ impl Group {
 /// An event handed to a consumer, to be acknowledged or rejected by its `delivery_id`.
 ///
 /// `E` is the event's form: a parsed `serde_json::Value` for in-process consumers, the stored
-/// JSON text (`Box<RawValue>`, from [`Broker::fetch_raw`](crate::Broker::fetch_raw)) for the
-/// HTTP API, which only copies it into its answer.
+/// JSON text (`Bytes`, from [`Broker::fetch_raw`](crate::Broker::fetch_raw)) for the HTTP API,
+/// which writes it into its answers as is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery<E = serde_json::Value> {
     /// `topic:partition:offset:attempt` (safe in a URL path segment).

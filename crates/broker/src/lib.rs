@@ -680,18 +680,13 @@ impl Broker {
         self.fetch_as(group, member, max, |bytes| decode_stored(bytes, || serde_json::Value::Null))
     }
 
-    /// Like [`fetch`](Self::fetch), but each event stays the JSON text it was stored as (checked
-    /// to be one JSON value, not parsed into a tree): for callers that only pass events on, like
-    /// the HTTP API, this saves parsing and re-serialising every event.
-    pub fn fetch_raw(
-        &self,
-        group: &str,
-        member: &str,
-        max: usize,
-    ) -> Result<Fetched<Box<serde_json::value::RawValue>>> {
-        self.fetch_as(group, member, max, |bytes| {
-            decode_stored(bytes, || serde_json::value::RawValue::NULL.to_owned())
-        })
+    /// Like [`fetch`](Self::fetch), but each event is the JSON text it was stored as, shared with
+    /// the pending window (no copy, no parse): for callers that only pass events on, like the
+    /// HTTP API, which writes the text into its answers as is. Every write path stores an event
+    /// as checked or serialised JSON ([`Broker::produce_raw`] and [`Broker::produce`]) and the
+    /// log's CRC guards it since, so it is not checked again here.
+    pub fn fetch_raw(&self, group: &str, member: &str, max: usize) -> Result<Fetched<Bytes>> {
+        self.fetch_as(group, member, max, Bytes::clone)
     }
 
     fn fetch_as<E>(
@@ -699,7 +694,7 @@ impl Broker {
         group: &str,
         member: &str,
         max: usize,
-        decode: impl Fn(&[u8]) -> E,
+        decode: impl Fn(&Bytes) -> E,
     ) -> Result<Fetched<E>> {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);

@@ -102,10 +102,10 @@ fn a_raw_fetch_hands_out_the_stored_json_text_of_the_same_events_as_a_parsed_fet
     assert_eq!(raw.deliveries.len(), 2);
     for (p, r) in parsed.deliveries.iter().zip(&raw.deliveries) {
         assert_eq!((&p.delivery_id, p.offset, p.attempt), (&r.delivery_id, r.offset, r.attempt));
-        let reparsed: serde_json::Value = serde_json::from_str(r.event.get()).unwrap();
+        let reparsed: serde_json::Value = serde_json::from_slice(&r.event).unwrap();
         assert_eq!(reparsed, p.event);
     }
-    let first: Event = serde_json::from_str(raw.deliveries[0].event.get()).unwrap();
+    let first: Event = serde_json::from_slice(&raw.deliveries[0].event).unwrap();
     assert_eq!(first, e, "the raw text is the event as produced");
     // Raw deliveries are acknowledged like parsed ones.
     let ids: Vec<String> = raw.deliveries.iter().map(|d| d.delivery_id.clone()).collect();

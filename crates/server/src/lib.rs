@@ -36,6 +36,7 @@ mod openapi;
 mod problem;
 mod routes;
 mod stream;
+mod wire;
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};

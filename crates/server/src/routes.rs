@@ -15,15 +15,14 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use driftless_broker::{
-    Broker, DeadLetter, Fetched, GroupDescription, Membership, Produced, SeekTarget,
-    TopicDescription, TopicSpec,
+    Broker, DeadLetter, GroupDescription, Membership, Produced, SeekTarget, TopicDescription,
+    TopicSpec,
 };
 use driftless_connect::runtime::{SourceReport, UnknownSource};
 use driftless_reconcile::runtime::{ReconcileReport, RunNowError};
 use driftless_reconcile::{ReconcileError, RunReport};
 use driftless_sink::runtime::{RebuildRefused, SinkReport, UnknownSink};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -265,7 +264,7 @@ pub async fn fetch(
     State(state): Shared,
     ApiPath((group, member)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<FetchQuery>,
-) -> ApiResult<Json<Fetched<Box<RawValue>>>> {
+) -> ApiResult<Response> {
     let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
     let deadline = Instant::now() + wait;
     let mut stopping = state.shutdown.subscribe();
@@ -276,7 +275,8 @@ pub async fn fetch(
         let fetched = blocking(&state, move |b| b.fetch_raw(&g, &m, q.max)).await?;
         let now = Instant::now();
         if !fetched.deliveries.is_empty() || now >= deadline || state.shutting_down() {
-            return Ok(Json(fetched));
+            let body = crate::wire::fetched(&fetched);
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         let mut wake = deadline.min(now + state.keepalive());
         if let Some(due) = fetched.next_due_ms {

@@ -202,8 +202,8 @@ async fn pump(reg: Registration, tx: mpsc::Sender<SseEvent>) {
         }
         reg.credit.spend(fetched.deliveries.len() as u64);
         for d in &fetched.deliveries {
-            let event = match SseEvent::default().event("delivery").json_data(d) {
-                Ok(e) => e,
+            let event = match crate::wire::delivery_sse(d) {
+                Ok(json) => SseEvent::default().event("delivery").data(json),
                 Err(e) => {
                     send_problem(&tx, &Problem::internal(format!("cannot encode delivery: {e}")))
                         .await;
