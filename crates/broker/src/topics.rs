@@ -194,6 +194,8 @@ impl TopicState {
                 }
             }
         }
+        // From here until the marks are settled below, an unwinding panic takes them back.
+        let mut guard = PendingGuard { state: self, events, mine: &mine, settled: false };
         // Group by partition, keeping request order inside each partition (per-key order).
         let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
         for &i in &mine {
@@ -274,8 +276,10 @@ impl TopicState {
                 }
             }
             drop(d);
+            guard.settled = true;
             self.dedup_changed.notify_all();
         }
+        drop(guard);
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -286,6 +290,34 @@ impl TopicState {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| unreachable!("every event has a result")))
             .collect())
+    }
+}
+
+/// Takes back a produce request's `Pending` dedup marks if it unwinds before settling them
+/// (marking them done or removing them): a mark left behind would make every later send of that
+/// id wait for an outcome that never comes.
+struct PendingGuard<'a> {
+    state: &'a TopicState,
+    events: &'a [RawEvent],
+    /// Indexes into `events` of the ids this request marked.
+    mine: &'a [usize],
+    settled: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut d = lock(&self.state.dedup); // recovers from the poison the panic may have left
+        for &i in self.mine {
+            let id = self.events[i].id();
+            if matches!(d.ids.get(id), Some(Mark::Pending)) {
+                d.ids.remove(id);
+            }
+        }
+        drop(d);
+        self.state.dedup_changed.notify_all();
     }
 }
 
@@ -323,4 +355,35 @@ pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig>
         .validate()
         .map_err(|e| BrokerError::InvalidSetting { field: "topic", reason: e.to_string() })?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use driftless_core::{Event, SystemClock, TopicName};
+    use driftless_log::{Log, LogOptions};
+
+    use super::*;
+
+    /// A produce that panics after marking its ids pending must not leave the marks: every later
+    /// send of those ids would wait on them forever.
+    #[test]
+    fn a_produce_that_unwinds_takes_back_its_pending_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(LogOptions::new(dir.path())).unwrap();
+        let spec = TopicSpec::default();
+        let topic = log.create_topic(&TopicName::new("t").unwrap(), log_config(&spec).unwrap());
+        let state = TopicState::open(topic.unwrap(), spec, 0, 1000).unwrap();
+        let events = [RawEvent::from_event(&Event::new("a", "/s", "t")).unwrap()];
+        lock(&state.dedup).ids.insert("a".to_string(), Mark::Pending);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard =
+                PendingGuard { state: &state, events: &events, mine: &[0], settled: false };
+            panic!("between marking and settling");
+        }));
+        assert!(unwound.is_err());
+        assert!(!lock(&state.dedup).ids.contains_key("a"), "the pending mark was taken back");
+        let produced = state.produce(&events, &SystemClock, 1000).unwrap();
+        assert_eq!((produced[0].offset, produced[0].duplicate), (0, false));
+    }
 }
