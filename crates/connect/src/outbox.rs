@@ -82,20 +82,6 @@ pub const RECOVERY_LOOKUP_IDS_MAX: usize = 500;
 /// How long connecting to Postgres may take when the URL sets no `connect_timeout`, in seconds.
 pub const PG_CONNECT_TIMEOUT_S: u64 = 10;
 
-/// CloudEvents context attributes: never taken from `headers`, whose members become extensions.
-const RESERVED_ATTRIBUTES: [&str; 10] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-];
-
 /// One outbox row as read from the database, before mapping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
@@ -176,7 +162,8 @@ pub fn row_to_event(
                 let name_ok = !name.is_empty()
                     && name.len() <= EXTENSION_NAME_BYTES_MAX
                     && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                    && !RESERVED_ATTRIBUTES.contains(&name.as_str());
+                    // Context attributes never come from `headers`, whose members are extensions.
+                    && !driftless_core::NAMED_ATTRIBUTES.contains(&name.as_str());
                 let value_ok = value.is_string() || value.is_number() || value.is_boolean();
                 if name_ok && value_ok {
                     event.extensions.insert(name, value);

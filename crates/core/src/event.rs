@@ -255,9 +255,9 @@ pub(crate) fn check_head<'a>(
     Ok(())
 }
 
-/// The attributes [`Event`] names as fields (`data_base64` included); an extension may not reuse
-/// one of these names.
-const NAMED_ATTRIBUTES: [&str; 10] = [
+/// The attributes [`Event`] names as fields (`data_base64` included): the CloudEvents context
+/// attributes and the data. An extension may not reuse one of these names.
+pub const NAMED_ATTRIBUTES: [&str; 10] = [
     "specversion",
     "id",
     "source",
