@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use driftless_core::sql::quote_ident;
+
 use crate::config::OpKind;
 use crate::mapping::RowOp;
 
@@ -52,6 +54,40 @@ pub struct Group<'a> {
     pub columns: Vec<&'a str>,
     /// The operations.
     pub ops: Vec<&'a RowOp>,
+}
+
+impl Group<'_> {
+    /// The quoted parts of this group's guarded upsert that every SQL dialect here writes the
+    /// same way: the written columns, the conflict key, and the `SET` list (every non-key column
+    /// and `version_column` taken from the `EXCLUDED` row), each joined with `, `.
+    pub fn upsert_parts(&self, version_column: &str) -> UpsertParts {
+        let vc = quote_ident(version_column);
+        let join = |names: &[&str]| names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>();
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .map(|c| quote_ident(c))
+            .chain([vc])
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        UpsertParts {
+            columns: join(&self.columns).join(", "),
+            key: join(&self.key).join(", "),
+            sets: sets.join(", "),
+        }
+    }
+}
+
+/// See [`Group::upsert_parts`].
+#[derive(Debug)]
+pub struct UpsertParts {
+    /// `"a", "b"`: the written columns, in order.
+    pub columns: String,
+    /// The conflict target's columns.
+    pub key: String,
+    /// `"b" = EXCLUDED."b", "version" = EXCLUDED."version"`.
+    pub sets: String,
 }
 
 /// Keeps the newest operation per (table, key) and groups the survivors into statements.

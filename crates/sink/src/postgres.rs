@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::batch::{collapse, positions, Group, Item};
+use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
 use crate::error::{ApplyError, Result, SinkError};
 use crate::mapping::Mapper;
@@ -254,25 +254,14 @@ impl PgSink {
     fn upsert_sql(&self, g: &Group<'_>, vals: &[String], from: &str) -> String {
         let t = quote_table(g.table);
         let vc = quote_ident(&self.version_column);
-        let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
-        let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
-        let sets: Vec<String> = g
-            .columns
-            .iter()
-            .filter(|c| !g.key.contains(c))
-            .map(|c| format!("{} = EXCLUDED.{}", quote_ident(c), quote_ident(c)))
-            .chain([format!("{vc} = EXCLUDED.{vc}")])
-            .collect();
+        let UpsertParts { columns: cols, key: keys, sets } = g.upsert_parts(&self.version_column);
         format!(
             "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v FROM {from} \
              WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
                WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
              ON CONFLICT ({keys}) DO UPDATE SET {sets} \
              WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
-            cols = cols.join(", "),
             vals = vals.join(", "),
-            keys = keys.join(", "),
-            sets = sets.join(", "),
         )
     }
 

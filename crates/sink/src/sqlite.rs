@@ -17,7 +17,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params_from_iter, Connection, ErrorCode};
 use serde_json::Value;
 
-use crate::batch::{collapse, positions, Group, Item};
+use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
 use crate::error::{ApplyError, Result, SinkError};
 use crate::mapping::Mapper;
@@ -221,17 +221,10 @@ impl SqliteSink {
         let vc = quote_ident(&self.version_column);
         match g.op {
             OpKind::Upsert => {
-                let cols: Vec<String> = g.columns.iter().map(|c| quote_ident(c)).collect();
+                let UpsertParts { columns: cols, key: keys, sets } =
+                    g.upsert_parts(&self.version_column);
                 let n = g.columns.len();
                 let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
-                let keys: Vec<String> = g.key.iter().map(|c| quote_ident(c)).collect();
-                let sets: Vec<String> = g
-                    .columns
-                    .iter()
-                    .filter(|c| !g.key.contains(c))
-                    .map(|c| format!("{} = excluded.{}", quote_ident(c), quote_ident(c)))
-                    .chain([format!("{vc} = excluded.{vc}")])
-                    .collect();
                 // ?(n+1) version, ?(n+2) table, ?(n+3) key text.
                 format!(
                     "INSERT INTO {t} ({cols}, {vc}) SELECT {params}, ?{v} WHERE NOT EXISTS \
@@ -239,10 +232,7 @@ impl SqliteSink {
                       AND version >= ?{v}) \
                      ON CONFLICT ({keys}) DO UPDATE SET {sets} \
                      WHERE {t}.{vc} IS NULL OR {t}.{vc} < excluded.{vc}",
-                    cols = cols.join(", "),
                     params = params.join(", "),
-                    keys = keys.join(", "),
-                    sets = sets.join(", "),
                     v = n + 1,
                     tb = n + 2,
                     k = n + 3,
