@@ -677,7 +677,23 @@ impl Broker {
 
     /// Hands up to `max` deliverable events of the member's partitions to it, parsed.
     pub fn fetch(&self, group: &str, member: &str, max: usize) -> Result<Fetched> {
-        self.fetch_as(group, member, max, |bytes| decode_stored(bytes, || serde_json::Value::Null))
+        let raw = self.fetch_raw(group, member, max)?;
+        // Parsing is most of a fetch's work; `fetch_raw` has released the group's lock, so other
+        // members and acknowledgements of this group are not held up by it.
+        let deliveries = raw
+            .deliveries
+            .into_iter()
+            .map(|d| Delivery {
+                event: decode_stored(&d.event, || serde_json::Value::Null),
+                delivery_id: d.delivery_id,
+                topic: d.topic,
+                partition: d.partition,
+                offset: d.offset,
+                attempt: d.attempt,
+                dead_letter_id: d.dead_letter_id,
+            })
+            .collect();
+        Ok(Fetched { deliveries, generation: raw.generation, next_due_ms: raw.next_due_ms })
     }
 
     /// Like [`fetch`](Self::fetch), but each event is the JSON text it was stored as, shared with
@@ -686,16 +702,6 @@ impl Broker {
     /// as checked or serialised JSON ([`Broker::produce_raw`] and [`Broker::produce`]) and the
     /// log's CRC guards it since, so it is not checked again here.
     pub fn fetch_raw(&self, group: &str, member: &str, max: usize) -> Result<Fetched<Bytes>> {
-        self.fetch_as(group, member, max, Bytes::clone)
-    }
-
-    fn fetch_as<E>(
-        &self,
-        group: &str,
-        member: &str,
-        max: usize,
-        decode: impl Fn(&Bytes) -> E,
-    ) -> Result<Fetched<E>> {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
         if self.expire_members(&mut g) {
@@ -713,15 +719,14 @@ impl Broker {
         }
         let mut budget =
             max.min(self.config.inflight_per_member_max.saturating_sub(g.inflight_of(member)));
-        // Sized up front: growing these by doubling copied and page-faulted a few percent of a
+        // Sized up front: growing it by doubling copied and page-faulted a few percent of a
         // busy fetch's CPU. `budget` is bounded by `max` and the in-flight limit.
-        let mut out: Fetched<()> = Fetched {
+        let mut out: Fetched<Bytes> = Fetched {
             deliveries: Vec::with_capacity(budget),
             generation: g.generation,
             next_due_ms: None,
         };
         let mut dead_now = Vec::new();
-        let mut values: Vec<Bytes> = Vec::with_capacity(budget);
         // Fairness: start at a different partition each fetch, and give every partition an equal
         // share first; a second pass lets busy partitions use what idle ones left.
         let assigned = g.assigned_to(member);
@@ -813,14 +818,13 @@ impl Broker {
                     p.state = PendingState::Inflight { member: member.to_string(), deadline_ms };
                     out.next_due_ms =
                         Some(out.next_due_ms.map_or(deadline_ms, |d| d.min(deadline_ms)));
-                    values.push(p.value.clone());
                     out.deliveries.push(Delivery {
                         delivery_id: format!("{}:{}:{}:{}", tp.0, tp.1, offset, p.attempts),
                         topic: tp.0.clone(),
                         partition: tp.1,
                         offset,
                         attempt: p.attempts,
-                        event: (), // decoded below, outside the lock
+                        event: p.value.clone(), // shares the pending window's bytes
                         dead_letter_id: p.dead_letter_id.clone(),
                     });
                     budget -= 1;
@@ -832,23 +836,7 @@ impl Broker {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
         drop(g);
-        // Decoding is most of a fetch's work: done without the group's lock, other members and
-        // acknowledgements of this group are not held up by it.
-        let deliveries = out
-            .deliveries
-            .into_iter()
-            .zip(values)
-            .map(|(d, v)| Delivery {
-                delivery_id: d.delivery_id,
-                topic: d.topic,
-                partition: d.partition,
-                offset: d.offset,
-                attempt: d.attempt,
-                event: decode(&v),
-                dead_letter_id: d.dead_letter_id,
-            })
-            .collect();
-        Ok(Fetched { deliveries, generation: out.generation, next_due_ms: out.next_due_ms })
+        Ok(out)
     }
 
     /// Moves a pending event to the group's dead-letter queue and persists it.
