@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -79,12 +79,17 @@ impl RawEvent {
 /// A string that borrows from the text unless it had escapes.
 struct Text<'a>(Cow<'a, str>);
 
-/// One member's value as validation sees it.
+/// One member's value as validation sees it. Deserialising one walks all of it, checked as
+/// thoroughly as parsing it into a `serde_json::Value` would check it (string escapes, number
+/// range, nesting depth): skipping a value as raw text checks less, and a stored event that
+/// readers cannot parse would be a poison event.
 enum Attr<'a> {
     Str(Text<'a>),
+    /// A number or a boolean.
     Scalar,
-    /// `null`, an array or an object.
-    Other,
+    Null,
+    /// An array or an object.
+    Compound,
 }
 
 impl<'de> Deserialize<'de> for Attr<'de> {
@@ -117,15 +122,15 @@ impl<'de> Deserialize<'de> for Attr<'de> {
                 Ok(Attr::Scalar)
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Attr::Other)
+                Ok(Attr::Null)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Attr::Other)
+                while seq.next_element::<Attr<'de>>()?.is_some() {}
+                Ok(Attr::Compound)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Attr::Other)
+                while map.next_entry::<Attr<'de>, Attr<'de>>()?.is_some() {}
+                Ok(Attr::Compound)
             }
         }
         d.deserialize_any(V)
@@ -136,57 +141,10 @@ impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Attr::deserialize(d)? {
             Attr::Str(t) => Ok(t),
-            Attr::Scalar | Attr::Other => Err(de::Error::custom("a member name is not a string")),
-        }
-    }
-}
-
-/// The `data` member, checked as thoroughly as parsing it into a `serde_json::Value` would check
-/// it (string escapes, number range, nesting depth): skipping it as raw text checks less, and a
-/// stored event that readers cannot parse would be a poison event. Nothing is kept but whether it
-/// is `null`.
-struct Data {
-    is_null: bool,
-}
-
-impl<'de> Deserialize<'de> for Data {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Data;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Data, E> {
-                Ok(Data { is_null: false })
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Data, E> {
-                Ok(Data { is_null: false })
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Data, E> {
-                Ok(Data { is_null: false })
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Data, E> {
-                Ok(Data { is_null: false })
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Data, E> {
-                Ok(Data { is_null: false })
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Data, E> {
-                Ok(Data { is_null: true })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
-                while seq.next_element::<Data>()?.is_some() {}
-                Ok(Data { is_null: false })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
-                while map.next_key::<Data>()?.is_some() {
-                    map.next_value::<Data>()?;
-                }
-                Ok(Data { is_null: false })
+            Attr::Scalar | Attr::Null | Attr::Compound => {
+                Err(de::Error::custom("a member name is not a string"))
             }
         }
-        d.deserialize_any(V)
     }
 }
 
@@ -233,11 +191,11 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                         "dataschema" => &mut f.dataschema,
                         "data_base64" => &mut f.data_base64,
                         "data" => {
-                            let data: Data = map.next_value()?;
+                            let data: Attr<'de> = map.next_value()?;
                             if std::mem::replace(&mut f.seen_data, true) {
                                 f.repeated.get_or_insert_with(|| name.to_string());
                             }
-                            f.has_data = !data.is_null;
+                            f.has_data = !matches!(data, Attr::Null);
                             continue;
                         }
                         _ => {
@@ -311,7 +269,7 @@ impl Fields<'_> {
                 let kind = match value {
                     Attr::Str(_) => ExtensionKind::String,
                     Attr::Scalar => ExtensionKind::Scalar,
-                    Attr::Other => ExtensionKind::Other,
+                    Attr::Null | Attr::Compound => ExtensionKind::Other,
                 };
                 (&*name.0, kind)
             }),
