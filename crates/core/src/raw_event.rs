@@ -53,9 +53,9 @@ impl RawEvent {
     /// Validates `event` and serialises it.
     pub fn from_event(event: &Event) -> Result<Self, InvalidEvent> {
         event.validate()?;
-        let text = serde_json::to_string(event)
-            .map_err(|e| invalid("json", format!("the event does not serialise: {e}")))?;
-        let json = RawValue::from_string(text)
+        // Serialised straight into a `RawValue`: `RawValue::from_string` would parse the text
+        // it was just given once more (this is the connectors' produce path).
+        let json = serde_json::value::to_raw_value(event)
             .map_err(|e| invalid("json", format!("the event does not serialise: {e}")))?;
         Ok(Self { id: event.id.clone(), placement_key: event.placement_key().to_string(), json })
     }
