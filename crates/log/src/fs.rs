@@ -160,12 +160,23 @@ struct Fault {
 }
 
 /// What a [`FaultFs`] knows about a file for power-loss simulation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Durable {
     /// Bytes covered by the last successful `fdatasync`.
     synced_len: u64,
     /// Whether the directory entry was made durable by an fsync of the directory.
     entry_durable: bool,
+    /// Writes since then, as (write number, position): an overwrite below `synced_len` (of a
+    /// preallocated region) is as unsynced as an append.
+    dirty: Vec<(u64, u64)>,
+    /// Numbers the writes, so a sync clears only the writes that finished before it began.
+    writes: u64,
+}
+
+impl Durable {
+    fn new(synced_len: u64, entry_durable: bool) -> Self {
+        Self { synced_len, entry_durable, dirty: Vec::new(), writes: 0 }
+    }
 }
 
 /// A filesystem that fails chosen operations and can simulate power loss, for tests of error
@@ -175,7 +186,9 @@ struct Durable {
 /// write-back. [`FaultFs::freeze`] makes every write and sync fail from then on (the machine is
 /// going down); [`FaultFs::power_loss`] then rewinds the files on disk to what a power cut could
 /// leave: files whose directory entry was never fsynced vanish, and every file keeps its synced
-/// bytes plus a random prefix of the unsynced ones (a torn last write).
+/// bytes plus a random prefix of the unsynced ones (a torn last write). Unsynced overwrites inside
+/// the synced length are rewound to zeros: the log overwrites synced bytes only where it
+/// preallocated zeros.
 #[derive(Debug, Default)]
 pub struct FaultFs {
     faults: Mutex<Vec<Fault>>,
@@ -240,15 +253,23 @@ impl FaultFs {
                 continue;
             }
             let len = std::fs::metadata(path)?.len();
-            if len > durable.synced_len {
-                let unsynced = len - durable.synced_len;
+            let synced = durable.synced_len.min(len);
+            let dirty_from = durable.dirty.iter().map(|&(_, pos)| pos).min().unwrap_or(u64::MAX);
+            let from = dirty_from.min(synced);
+            if len > from {
+                let unsynced = len - from;
                 let kept = next() % (unsynced + 1);
                 let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(durable.synced_len + kept)?;
+                let keep_to = from + kept;
+                if keep_to < synced {
+                    // Unsynced overwrites of preallocated zeros: the disk still has the zeros.
+                    file.write_all_at(&vec![0; (synced - keep_to) as usize], keep_to)?;
+                }
+                file.set_len(keep_to.max(synced))?;
                 if kept > 0 && next() % 2 == 0 {
                     // The last page of the torn write reached the disk as zeroes.
                     let zeroes = (next() % kept.min(4096)) + 1;
-                    let at = durable.synced_len + kept - zeroes;
+                    let at = keep_to - zeroes;
                     file.write_all_at(&vec![0; zeroes as usize], at)?;
                 }
             }
@@ -304,19 +325,33 @@ impl FsFile for FaultFile {
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.fs.check(FaultOp::Write, &self.path)?;
-        self.inner.write_all_at(buf, pos)
+        self.inner.write_all_at(buf, pos)?;
+        // Recorded once the write has landed: a sync that starts after this covers it; one that
+        // started before sees a lower write number and leaves it dirty.
+        let mut files = self.fs.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = files.get_mut(&self.path) {
+            d.writes += 1;
+            let n = d.writes;
+            d.dirty.push((n, pos));
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         self.fs.sync_data_calls.fetch_add(1, Ordering::SeqCst);
         self.fs.check(FaultOp::SyncData, &self.path)?;
         // Only bytes written before the call are known to be covered.
+        let writes_before = {
+            let files = self.fs.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.get(&self.path).map_or(0, |d| d.writes)
+        };
         let len = self.inner.size()?;
         self.inner.sync_data()?;
         let mut files = self.fs.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = files.get_mut(&self.path) {
             // Concurrent syncs may finish out of order; durability only grows.
             d.synced_len = d.synced_len.max(len);
+            d.dirty.retain(|&(n, _)| n > writes_before);
         }
         Ok(())
     }
@@ -344,10 +379,8 @@ impl Fs for Arc<FaultFs> {
         }
         let inner = StdFs.open(path, mode)?;
         let durable = match mode {
-            OpenMode::CreateNew => Durable { synced_len: 0, entry_durable: false },
-            OpenMode::Read | OpenMode::ReadWrite => {
-                Durable { synced_len: inner.size()?, entry_durable: true }
-            }
+            OpenMode::CreateNew => Durable::new(0, false),
+            OpenMode::Read | OpenMode::ReadWrite => Durable::new(inner.size()?, true),
         };
         self.track(path, durable);
         Ok(Arc::new(FaultFile { fs: Arc::clone(self), path: path.to_path_buf(), inner }))

@@ -65,7 +65,7 @@ pub use event_listener::Listener;
 pub use log::{Log, LogOptions, Topic};
 pub use partition::{
     Appended, CompactionOutcome, Partition, PartitionStats, ReadBatch, RetentionOutcome,
-    SYNC_BUCKET_BOUNDS_US,
+    PREALLOCATE_BYTES, SYNC_BUCKET_BOUNDS_US,
 };
 pub use record::{NewRecord, Record, RECORD_HEADER_BYTES};
 pub use sync_pool::{SYNC_QUEUE_JOBS_MAX, SYNC_THREADS};

