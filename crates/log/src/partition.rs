@@ -160,6 +160,10 @@ struct SyncState {
 /// does not change. Bounds how far a crashed active segment's file can run past its records.
 pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
+/// Preallocation ends on a page boundary, so the zeros past a segment's records never exceed this.
+const ZERO_TAIL_BYTES_MAX: u64 = PREALLOCATE_BYTES + PAGE_BYTES;
+const PAGE_BYTES: u64 = 4096;
+
 /// One partition of a topic. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Partition {
@@ -506,7 +510,7 @@ impl Partition {
         let end = start + total as u64;
         if end > w.allocated_len {
             // Whole pages, and no zeros past where this segment will be sealed anyway.
-            let to = (end + PREALLOCATE_BYTES).div_ceil(4096) * 4096;
+            let to = (end + PREALLOCATE_BYTES).div_ceil(PAGE_BYTES) * PAGE_BYTES;
             let to = to.min(self.config.segment_bytes_max).max(end);
             if to > end {
                 let zeros = vec![0u8; (to - end) as usize];
@@ -1282,7 +1286,7 @@ impl PartitionOpener<'_> {
         // the preallocated zeros (whole pages): only there may a tear be truncated.
         let window = match self.config.durability {
             Durability::Never => u64::MAX,
-            _ => self.config.unsynced_bytes_max.saturating_add(PREALLOCATE_BYTES + 4096),
+            _ => self.config.unsynced_bytes_max.saturating_add(ZERO_TAIL_BYTES_MAX),
         };
         let safe_from = len.saturating_sub(window);
         let mut entries = self.read_index(base, &idx_path)?;
@@ -1353,7 +1357,7 @@ impl PartitionOpener<'_> {
                     reason,
                 });
             }
-            let zero_tail = len - cut <= PREALLOCATE_BYTES + 4096
+            let zero_tail = len - cut <= ZERO_TAIL_BYTES_MAX
                 && read_up_to(&*file, cut, (len - cut) as usize)
                     .map_err(|e| LogError::io("read segment", &log_path, e))?
                     .iter()
