@@ -15,6 +15,13 @@
 //! (Tests simulate a crash between 2 and 3 with the failpoint
 //! [`crate::failpoint::AFTER_APPEND_BEFORE_ACK`].)
 //!
+//! The append of one batch runs while the next is decoded (decoding and appending cost about
+//! the same CPU, so doing them in turn left a core idle). At most one append is in flight, and
+//! it is settled — awaited, its position acknowledged — before the next batch's marks are
+//! stored or its append starts, before any position is acknowledged, and before the stream loop
+//! returns on any path: the cycle above is unchanged, only shifted. Memory is at most two
+//! batches (`batch_events_max` events, `buffer_bytes_max` bytes each).
+//!
 //! After a crash, streaming restarts at the slot's confirmed position (never later than the log)
 //! and Postgres re-sends the transactions after it. Event ids are `<source>:<commit LSN>:<n>`
 //! (n = the change's position in its transaction), so a re-sent change has the id it had; the
@@ -199,6 +206,26 @@ struct Batch {
     snapshot_progress: Option<SnapshotProgress>,
 }
 
+/// A batch being appended while the next one is decoded.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<()>>,
+    count: u64,
+    /// What `Batch::ack_lsn` and `Batch::commit_times_us` were for these events.
+    ack_lsn: Option<u64>,
+    commit_times_us: Vec<i64>,
+}
+
+/// Waits for the append in flight, if any; never completes when there is none (a `select!`
+/// branch).
+async fn append_done(
+    inflight: &mut Option<InFlight>,
+) -> std::result::Result<Result<()>, tokio::task::JoinError> {
+    match inflight {
+        Some(f) => (&mut f.task).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The snapshot as this run executes it.
 struct SnapshotRun {
     /// Distinguishes this run's watermarks from those of earlier runs still in the slot.
@@ -242,6 +269,8 @@ struct Cdc<'a> {
     last_activity_ms: Arc<AtomicI64>,
     last_state_write: Instant,
     snapshot: Option<SnapshotRun>,
+    /// The append started by the last flush, until it is settled.
+    inflight: Option<InFlight>,
 }
 
 /// Runs the CDC source until shutdown or a failure.
@@ -388,11 +417,19 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         last_activity_ms,
         last_state_write: Instant::now(),
         snapshot,
+        inflight: None,
     };
-    let result = match cdc.request_chunk(ctx).await {
+    let mut result = match cdc.request_chunk(ctx).await {
         Ok(()) => cdc.stream(&mut repl, ctx).await,
         Err(e) => Err(e),
     };
+    // No append may outlive this run (a restart must not race it): settle it on a clean stop,
+    // and still wait for it after a failure, without acknowledging anything.
+    if result.is_ok() {
+        result = cdc.settle(&repl, ctx).await;
+    } else if let Some(f) = cdc.inflight.take() {
+        let _ = f.task.await;
+    }
     repl.stop();
     if result.is_ok() {
         // A clean stop stores the acknowledged position, so the next start skips what the
@@ -683,8 +720,10 @@ impl Cdc<'_> {
             }
             // Otherwise flush when nothing more is immediately available: batches grow while
             // an append is in flight and shrink to one transaction when traffic is light.
+            // An append in flight is settled as soon as it completes, so its position is
+            // acknowledged without waiting for more traffic.
             let event = if batch.events.is_empty() && batch.ack_lsn.is_none() {
-                if !ctx.wait_while_paused().await {
+                if self.inflight.is_none() && !ctx.wait_while_paused().await {
                     return Ok(());
                 }
                 tokio::select! {
@@ -693,13 +732,23 @@ impl Cdc<'_> {
                         self.on_chunk(chunk)?;
                         continue;
                     }
+                    done = append_done(&mut self.inflight) => {
+                        self.finish(done, repl, ctx).await?;
+                        continue;
+                    }
                     () = ctx.shutdown_signal() => return Ok(()),
                 }
             } else {
+                let idle = self.inflight.is_none();
                 tokio::select! {
                     biased;
                     r = repl.recv() => r,
-                    () = std::future::ready(()) => {
+                    () = std::future::ready(()), if idle => {
+                        self.flush(&mut batch, repl, ctx).await?;
+                        continue;
+                    }
+                    done = append_done(&mut self.inflight) => {
+                        self.finish(done, repl, ctx).await?;
                         self.flush(&mut batch, repl, ctx).await?;
                         continue;
                     }
@@ -778,15 +827,19 @@ impl Cdc<'_> {
         }
     }
 
-    /// Appends the batch durably (after storing the marks), then acknowledges its position.
+    /// Settles the append in flight, then starts appending the batch (after storing the
+    /// marks); its position is acknowledged when it is settled. A batch without events, or
+    /// one that completes a snapshot chunk, is settled before this returns.
     async fn flush(
         &mut self,
         batch: &mut Batch,
         repl: &ReplicationClient,
         ctx: &mut SourceContext,
     ) -> Result<()> {
+        self.settle(repl, ctx).await?;
         let events = std::mem::take(&mut batch.events);
         let count = events.len() as u64;
+        batch.bytes = 0;
         if !events.is_empty() {
             let topics: BTreeSet<String> = events.iter().map(|(t, _)| t.clone()).collect();
             let marks = self.marks.get_or_insert_with(BTreeMap::new);
@@ -799,37 +852,20 @@ impl Cdc<'_> {
                 ctx.emitter.put_state(encode_state(&self.state)).await?;
                 self.last_state_write = Instant::now();
             }
-            ctx.emitter.emit(events).await?;
-            ctx.failpoints.after_append_before_ack(self.name)?;
-            let now = now_ms();
-            ctx.status.appended(count, now);
-            ctx.status.rows_total.fetch_add(count, Ordering::Relaxed);
-            for t in batch.commit_times_us.drain(..) {
-                let waited_us = (now * 1000 - t).max(0) as u64;
-                ctx.status.commit_to_durable.observe(Duration::from_micros(waited_us));
+            let emitter = ctx.emitter.clone();
+            self.inflight = Some(InFlight {
+                task: tokio::spawn(async move { emitter.emit(events).await }),
+                count,
+                ack_lsn: batch.ack_lsn.take(),
+                commit_times_us: std::mem::take(&mut batch.commit_times_us),
+            });
+            if batch.snapshot_progress.is_none() {
+                return Ok(());
             }
+            self.settle(repl, ctx).await?;
         }
-        batch.bytes = 0;
-        if let Some(lsn) = batch.ack_lsn.take() {
-            if lsn > self.state.confirmed_lsn {
-                repl.update_applied_lsn(Lsn(lsn));
-                self.state.confirmed_lsn = lsn;
-                if self.recovered.as_ref().is_some_and(|(_, max)| lsn > *max) {
-                    self.recovered = None;
-                }
-                if self.recovered.is_none() {
-                    self.marks = None;
-                }
-                if count == 0
-                    && batch.snapshot_progress.is_none()
-                    && self.last_state_write.elapsed().as_millis() as u64 >= STATE_REFRESH_MS
-                {
-                    self.state.pending = self.marks.clone();
-                    ctx.emitter.put_state(encode_state(&self.state)).await?;
-                    self.last_state_write = Instant::now();
-                }
-            }
-        }
+        self.acknowledge(batch.ack_lsn.take(), count, batch.snapshot_progress.is_some(), repl, ctx)
+            .await?;
         if let Some(progress) = batch.snapshot_progress.take() {
             // The chunk's events are durable (and its high watermark acknowledged): only now may
             // the stored plan move past it.
@@ -841,6 +877,72 @@ impl Cdc<'_> {
             ctx.emitter.put_state(encode_state(&self.state)).await?;
             self.last_state_write = Instant::now();
             self.request_chunk(ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the append in flight, if any, and acknowledges its position.
+    async fn settle(&mut self, repl: &ReplicationClient, ctx: &mut SourceContext) -> Result<()> {
+        if self.inflight.is_none() {
+            return Ok(());
+        }
+        let done = append_done(&mut self.inflight).await;
+        self.finish(done, repl, ctx).await
+    }
+
+    /// Completes the append in flight, whose task has ended with `done`: on success its events
+    /// are counted and its position acknowledged.
+    async fn finish(
+        &mut self,
+        done: std::result::Result<Result<()>, tokio::task::JoinError>,
+        repl: &ReplicationClient,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
+        let Some(f) = self.inflight.take() else { return Ok(()) };
+        done.map_err(|join| ConnectError::State {
+            source_name: self.name.into(),
+            reason: format!("a log append task ended abnormally: {join}"),
+        })??;
+        ctx.failpoints.after_append_before_ack(self.name)?;
+        let now = now_ms();
+        ctx.status.appended(f.count, now);
+        ctx.status.rows_total.fetch_add(f.count, Ordering::Relaxed);
+        for t in f.commit_times_us {
+            let waited_us = (now * 1000 - t).max(0) as u64;
+            ctx.status.commit_to_durable.observe(Duration::from_micros(waited_us));
+        }
+        self.acknowledge(f.ack_lsn, f.count, false, repl, ctx).await
+    }
+
+    /// Reports `lsn` (durable in the log) to Postgres as flushed; an idle source also refreshes
+    /// its stored position now and then.
+    async fn acknowledge(
+        &mut self,
+        lsn: Option<u64>,
+        count: u64,
+        snapshot_progress: bool,
+        repl: &ReplicationClient,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
+        if let Some(lsn) = lsn {
+            if lsn > self.state.confirmed_lsn {
+                repl.update_applied_lsn(Lsn(lsn));
+                self.state.confirmed_lsn = lsn;
+                if self.recovered.as_ref().is_some_and(|(_, max)| lsn > *max) {
+                    self.recovered = None;
+                }
+                if self.recovered.is_none() {
+                    self.marks = None;
+                }
+                if count == 0
+                    && !snapshot_progress
+                    && self.last_state_write.elapsed().as_millis() as u64 >= STATE_REFRESH_MS
+                {
+                    self.state.pending = self.marks.clone();
+                    ctx.emitter.put_state(encode_state(&self.state)).await?;
+                    self.last_state_write = Instant::now();
+                }
+            }
         }
         Ok(())
     }
