@@ -193,6 +193,7 @@ impl Durable {
 pub struct FaultFs {
     faults: Mutex<Vec<Fault>>,
     sync_data_calls: AtomicU64,
+    bytes_read: AtomicU64,
     files: Mutex<std::collections::HashMap<PathBuf, Durable>>,
     frozen: std::sync::atomic::AtomicBool,
 }
@@ -224,6 +225,12 @@ impl FaultFs {
     /// How many `fdatasync` calls reached this filesystem (failed ones included).
     pub fn sync_data_calls(&self) -> u64 {
         self.sync_data_calls.load(Ordering::SeqCst)
+    }
+
+    /// Bytes read from files so far (what `read_at` returned), for tests of how much a read
+    /// costs.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::SeqCst)
     }
 
     /// From now on every write, `fdatasync` and directory fsync fails with `EIO`.
@@ -320,7 +327,9 @@ struct FaultFile {
 
 impl FsFile for FaultFile {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, pos)
+        let n = self.inner.read_at(buf, pos)?;
+        self.fs.bytes_read.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {

@@ -163,6 +163,9 @@ pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 /// Preallocation ends on a page boundary, so the zeros past a segment's records never exceed this.
 const ZERO_TAIL_BYTES_MAX: u64 = PREALLOCATE_BYTES + PAGE_BYTES;
 const PAGE_BYTES: u64 = 4096;
+/// The first chunk a read takes from a segment; later chunks of the same read double in size
+/// (see `Scanner::with_growing_chunks`).
+const READ_FIRST_CHUNK_BYTES: usize = 64 << 10;
 
 /// One partition of a topic. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
@@ -746,7 +749,10 @@ impl Partition {
             let position = if from > seg.base_offset { seg.position_for_offset(from) } else { 0 };
             let mut scan = seg
                 .scanner(position, seg.len(), self.body_bytes_max)
-                .with_chunk_bytes(max_bytes.max(64 << 10));
+                // A fetch usually wants a few hundred records of a long segment: reading
+                // `max_bytes` (1 MiB for the broker) every time zeroed and copied mostly bytes
+                // it then dropped (~7% of the CPU of `driftless bench e2e`).
+                .with_growing_chunks(READ_FIRST_CHUNK_BYTES, max_bytes.max(READ_FIRST_CHUNK_BYTES));
             loop {
                 let step =
                     scan.next_step().map_err(|e| LogError::io("read segment", &seg.log_path, e))?;

@@ -204,6 +204,8 @@ pub(crate) struct Scanner<'a> {
     to: u64,
     body_bytes_max: usize,
     chunk_bytes: usize,
+    /// Each refill doubles `chunk_bytes` up to this (equal to it: fixed-size chunks).
+    chunk_bytes_max: usize,
     chunk: Bytes,
     chunk_pos: u64,
 }
@@ -216,6 +218,7 @@ impl<'a> Scanner<'a> {
             to,
             body_bytes_max,
             chunk_bytes: SCAN_CHUNK_BYTES,
+            chunk_bytes_max: SCAN_CHUNK_BYTES,
             chunk: Bytes::new(),
             chunk_pos: from,
         }
@@ -224,6 +227,16 @@ impl<'a> Scanner<'a> {
     /// Reads `chunk_bytes` at a time instead of [`SCAN_CHUNK_BYTES`] (short reads of a tail).
     pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> Self {
         self.chunk_bytes = chunk_bytes.clamp(4096, SCAN_CHUNK_BYTES);
+        self.chunk_bytes_max = self.chunk_bytes;
+        self
+    }
+
+    /// Reads `first_bytes` first, then twice as much at each refill up to `max_bytes`: a read
+    /// that wants a few records of a long segment reads little more than them, and a long scan
+    /// still reads in large chunks (at most twice what it used, plus one chunk).
+    pub fn with_growing_chunks(mut self, first_bytes: usize, max_bytes: usize) -> Self {
+        self.chunk_bytes_max = max_bytes.clamp(4096, SCAN_CHUNK_BYTES);
+        self.chunk_bytes = first_bytes.clamp(4096, self.chunk_bytes_max);
         self
     }
 
@@ -260,6 +273,7 @@ impl<'a> Scanner<'a> {
                     }
                     let want = (need.max(self.chunk_bytes) as u64).min(remaining) as usize;
                     let buf = read_up_to(self.file, self.pos, want)?;
+                    self.chunk_bytes = (self.chunk_bytes * 2).min(self.chunk_bytes_max);
                     let short = buf.len() < need;
                     self.chunk = Bytes::from(buf);
                     self.chunk_pos = self.pos;
