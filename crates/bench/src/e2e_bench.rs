@@ -27,7 +27,10 @@
 //!
 //! Per phase the report also carries the log's fsyncs per topic (data, `__offsets`,
 //! `__connectors`), the source's commit → durable figures and the sink's batch sizes, so a
-//! missed target says where the time went.
+//! missed target says where the time went. The sustained phase and both upsert measurements
+//! also carry the CPU seconds this process and PostgreSQL spent ([`CpuFigures`]): the pipeline
+//! and the database share the machine's cores, so its CPU per row, not only its wall time,
+//! says what rate this machine allows at best (`rows_per_sec_all_cores_busy`).
 //!
 //! Caveats, stated in the report: the test cluster runs with `fsync=off` (the broker's log does
 //! fsync: `durability = always`); `visible_at` is taken when the sink's statement writes the row,
@@ -246,6 +249,62 @@ pub struct LatencyReport {
     pub log: BTreeMap<String, SyncFigures>,
 }
 
+/// CPU spent during a phase, by this process and by PostgreSQL, against what the machine had.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CpuFigures {
+    /// CPU seconds of this process: source, log, broker and sink, plus the benchmark's own
+    /// writer and poller connections.
+    pub driftless_s: f64,
+    /// CPU seconds of every PostgreSQL process: the writers' backends, the walsender, the sink's
+    /// backend, background work.
+    pub postgres_s: f64,
+    /// `(driftless_s + postgres_s) / cpus`: the shortest the phase could have been with every
+    /// core busy all along — a floor on its wall time that no overlap of work can beat.
+    pub all_cores_busy_s: f64,
+    /// The share of the machine's CPU the phase used: `(driftless_s + postgres_s) / (cpus ×
+    /// wall seconds)`.
+    pub utilisation: f64,
+}
+
+/// Reads CPU time of this process and of the PostgreSQL cluster (see [`crate::cpu`]).
+#[derive(Debug, Clone, Copy)]
+struct CpuMeter {
+    postmaster: Option<u32>,
+    cpus: usize,
+}
+
+/// CPU seconds at one moment: this process, PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+struct CpuMark(f64, f64);
+
+impl CpuMeter {
+    fn new(pg: &PgServer) -> Self {
+        Self { postmaster: pg.pid(), cpus: cpus() }
+    }
+
+    fn mark(&self) -> CpuMark {
+        CpuMark(crate::cpu::own_cpu_s(), self.postmaster.map_or(0.0, crate::cpu::tree_cpu_s))
+    }
+
+    /// The CPU used since `start`, over `wall_s` seconds of wall time.
+    fn since(&self, start: CpuMark, wall_s: f64) -> CpuFigures {
+        let now = self.mark();
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        let (driftless_s, postgres_s) = (now.0 - start.0, now.1 - start.1);
+        let total = driftless_s + postgres_s;
+        CpuFigures {
+            driftless_s: round(driftless_s),
+            postgres_s: round(postgres_s),
+            all_cores_busy_s: round(total / self.cpus as f64),
+            utilisation: round(total / (self.cpus as f64 * wall_s.max(1e-9))),
+        }
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The sustained phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct SustainedReport {
@@ -266,6 +325,11 @@ pub struct SustainedReport {
     pub rows_per_sec: f64,
     /// The source's append rate: `rows / source_durable_s`.
     pub source_rows_per_sec: f64,
+    /// CPU used from the first insert until the last row was visible.
+    pub cpu: CpuFigures,
+    /// `rows / cpu.all_cores_busy_s`: the rate this phase's CPU cost per row allows on this
+    /// machine with every core busy all along — what perfect overlap would reach.
+    pub rows_per_sec_all_cores_busy: f64,
     /// Batches the sink applied.
     pub sink_batches: u64,
     /// Events per sink batch, mean.
@@ -287,6 +351,8 @@ pub struct UpsertReport {
     pub elapsed_s: f64,
     /// Rows per second.
     pub rows_per_sec: f64,
+    /// CPU used meanwhile.
+    pub cpu: CpuFigures,
 }
 
 /// The targets the figures are judged against.
@@ -496,6 +562,7 @@ struct Pipeline {
     sinks: Sinks,
     proj: Client,
     timeout: Duration,
+    cpu: CpuMeter,
 }
 
 impl Pipeline {
@@ -612,6 +679,7 @@ async fn run(
         sinks,
         proj,
         timeout: Duration::from_secs(params.timeout_s),
+        cpu: CpuMeter::new(pg),
     };
     let measured = measure(params, &pipeline, &app, &app_url).await;
     pipeline.sinks.shutdown().await;
@@ -619,8 +687,8 @@ async fn run(
     let (latency, sustained) = measured?;
 
     let payload = payload(params.payload_bytes);
-    let reference = raw_upserts(params, &pipeline.proj, &payload).await?;
-    let sink_apply_only = sink_apply(params, &proj_url, &payload).await?;
+    let reference = raw_upserts(params, &pipeline.proj, &payload, pipeline.cpu).await?;
+    let sink_apply_only = sink_apply(params, &proj_url, &payload, pipeline.cpu).await?;
     let sustained_vs_raw_upsert = sustained.rows_per_sec / reference.rows_per_sec.max(1e-9);
     let targets = Targets {
         commit_to_visible_p99_ms_max: LATENCY_P99_MS_MAX,
@@ -633,7 +701,7 @@ async fn run(
     Ok(E2eBenchReport {
         bench: "e2e",
         params: params.clone(),
-        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        cpus: cpus(),
         postgres_version,
         postgres_fsync: fsync != "off",
         log_durability: "always",
@@ -820,6 +888,7 @@ async fn sustained_phase(
         clients.push(connect(app_url).await?);
     }
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_start = pipeline.cpu.mark();
     let start_us = now_us();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -882,6 +951,8 @@ async fn sustained_phase(
         .map_err(pg_error("read the newest visible_at"))?
         .get(0);
     let visible_s = (newest - start_us).max(1) as f64 / 1e6;
+    // Up to now: the polls after the last row became visible cost next to nothing.
+    let cpu = pipeline.cpu.since(cpu_start, visible_s);
     let source_durable_s = source_done.unwrap_or_else(|| start.elapsed()).as_secs_f64();
     let (sink_batches, per_batch) = after.sink_batches_since(&before);
     Ok(SustainedReport {
@@ -893,6 +964,8 @@ async fn sustained_phase(
         visible_s,
         rows_per_sec: params.rows as f64 / visible_s,
         source_rows_per_sec: params.rows as f64 / source_durable_s,
+        rows_per_sec_all_cores_busy: params.rows as f64 / cpu.all_cores_busy_s.max(0.01),
+        cpu,
         sink_batches,
         sink_events_per_batch: (per_batch * 10.0).round() / 10.0,
         log: after.log_since(&before),
@@ -904,6 +977,7 @@ async fn raw_upserts(
     params: &E2eBenchParams,
     proj: &Client,
     payload: &str,
+    cpu: CpuMeter,
 ) -> Result<UpsertReport, BenchError> {
     let upsert = proj
         .prepare(
@@ -914,6 +988,7 @@ async fn raw_upserts(
         )
         .await
         .map_err(pg_error("prepare the reference upsert"))?;
+    let cpu_start = cpu.mark();
     let start = Instant::now();
     let mut id = 0i64;
     while (id as u64) < params.rows {
@@ -933,6 +1008,7 @@ async fn raw_upserts(
         batch_rows: params.batch_events,
         elapsed_s: elapsed,
         rows_per_sec: params.rows as f64 / elapsed,
+        cpu: cpu.since(cpu_start, elapsed),
     })
 }
 
@@ -943,6 +1019,7 @@ async fn sink_apply(
     params: &E2eBenchParams,
     proj_url: &str,
     payload: &str,
+    cpu: CpuMeter,
 ) -> Result<UpsertReport, BenchError> {
     let config: SinkConfig = toml::from_str(&sink_toml(params, proj_url, "items_direct"))
         .map_err(|e| fail(format!("sink config: {e}")))?;
@@ -950,6 +1027,7 @@ async fn sink_apply(
         .map_err(|e| fail(format!("compile the mapping: {e}")))?;
     let mut target = PgSink::new("direct", proj_url, "driftless_version");
     target.check(&mapper).await.map_err(|e| fail(format!("check items_direct: {e}")))?;
+    let cpu_start = cpu.mark();
     let start = Instant::now();
     let mut id = 0u64;
     while id < params.rows {
@@ -972,6 +1050,7 @@ async fn sink_apply(
         batch_rows: params.batch_events,
         elapsed_s: elapsed,
         rows_per_sec: params.rows as f64 / elapsed,
+        cpu: cpu.since(cpu_start, elapsed),
     })
 }
 

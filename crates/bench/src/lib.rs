@@ -19,6 +19,7 @@
 
 #[cfg(feature = "broker")]
 pub mod broker_bench;
+pub mod cpu;
 pub mod disk;
 pub mod e2e_bench;
 mod error;

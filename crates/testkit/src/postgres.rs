@@ -236,6 +236,13 @@ impl PgServer {
         format!("postgres://{SUPERUSER}@{}:{}/{db}", self.host(), self.port)
     }
 
+    /// The pid of the postmaster (the first line of `postmaster.pid`), whose descendants are
+    /// every server process; `None` while the server is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// The cluster's data directory (removed on drop).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -24,8 +24,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// The postmaster of `pg` and all its children (checkpointer, walwriter, backends, ...).
 fn postgres_processes(pg: &PgServer) -> BTreeSet<u32> {
-    let pid_file = fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap();
-    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let postmaster = pg.pid().expect("a running server has a postmaster pid");
     let mut pids: BTreeSet<u32> = fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
