@@ -363,25 +363,42 @@ impl PgSink {
             )
             .await?;
         let sink = self.sink.clone();
-        let client = self.client().await?;
-        // A transaction by statements, since `Client::transaction` needs `&mut Client` and the
-        // statements borrow the cache; the connection is ours alone.
-        let result: std::result::Result<(), tokio_postgres::Error> = async {
-            client.batch_execute("BEGIN").await?;
-            for (stmt, rows, table) in &work {
-                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![table];
+        let pos = Value::Array(pos).to_string();
+        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let mut params: Vec<Vec<Param<'_>>> = work
+            .iter()
+            .map(|(_, rows, table)| {
+                let mut p: Vec<Param<'_>> = vec![table];
                 match rows {
-                    Rows::Json(text) => params.push(text),
-                    Rows::Arrays(arrays) => params.extend(
-                        arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
-                    ),
+                    Rows::Json(text) => p.push(text),
+                    Rows::Arrays(arrays) => p.extend(arrays.iter().map(|a| a as Param<'_>)),
                 }
-                client.execute(stmt, &params).await?;
-            }
-            client.execute(&pos_stmt, &[&sink, &Value::Array(pos).to_string()]).await?;
-            client.batch_execute("COMMIT").await
-        }
-        .await;
+                p
+            })
+            .collect();
+        params.push(vec![&sink, &pos]);
+        let client = self.client().await?;
+        // The whole transaction in one round trip: tokio-postgres sends the requests of futures
+        // polled together without waiting for each answer (one `BEGIN`, the statements, the
+        // positions, `COMMIT`), and Postgres runs them in order. If a statement fails, the ones
+        // after it fail too ("current transaction is aborted") and `COMMIT` rolls back, so
+        // nothing is half-applied; the first error in order is the cause. (By statements, since
+        // `Client::transaction` needs `&mut Client` and the statements borrow the cache; the
+        // connection is ours alone.)
+        let begin = async { client.batch_execute("BEGIN").await.map(|()| 0) };
+        let statements = work
+            .iter()
+            .map(|(stmt, _, _)| stmt)
+            .chain(std::iter::once(&pos_stmt))
+            .zip(&params)
+            .map(|(stmt, p)| client.execute(stmt, p));
+        let commit = async { client.batch_execute("COMMIT").await.map(|()| 0) };
+        let (begun, applied, committed) =
+            tokio::join!(begin, futures_util::future::join_all(statements), commit);
+        let result = std::iter::once(begun)
+            .chain(applied)
+            .chain(std::iter::once(committed))
+            .try_for_each(|r| r.map(|_| ()));
         if let Err(e) = result {
             let err = classify(&e);
             if !client.is_closed() {
