@@ -46,7 +46,23 @@ pub fn own_cpu_s() -> f64 {
 /// CPU seconds of the process tree rooted at `root` so far: the root, the children it reaped and
 /// every live descendant.
 pub fn tree_cpu_s(root: u32) -> f64 {
-    let Some(root_stat) = stat(root) else { return 0.0 };
+    // A child reaped while the descendants are listed would be in neither sum (or in both): its
+    // whole life's CPU would then land in the next difference. Such a read is taken again.
+    let mut attempt = 0;
+    loop {
+        let Some(before) = stat(root) else { return 0.0 };
+        let ticks = tree_ticks(root, &before);
+        attempt += 1;
+        match stat(root) {
+            Some(after) if after.reaped_ticks != before.reaped_ticks && attempt < 5 => continue,
+            _ => return ticks as f64 / TICKS_PER_SEC,
+        }
+    }
+}
+
+/// The CPU ticks of `root` (whose stat is `root_stat`), its reaped children and its live
+/// descendants.
+fn tree_ticks(root: u32, root_stat: &Stat) -> u64 {
     let mut children: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
@@ -63,7 +79,7 @@ pub fn tree_cpu_s(root: u32) -> f64 {
             stack.push(pid);
         }
     }
-    ticks as f64 / TICKS_PER_SEC
+    ticks
 }
 
 #[cfg(test)]
