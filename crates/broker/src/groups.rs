@@ -13,7 +13,11 @@
 //! - an event leaves `pending` only by acknowledgement or by going to the dead-letter queue after
 //!   `max_attempts` deliveries (each expired visibility timeout counts as a failed attempt);
 //! - memory is bounded: at most `pending_per_partition_max` events per cursor and
-//!   `inflight_per_member_max` deliveries per member.
+//!   `inflight_per_member_max` deliveries per member;
+//! - a cursor's `inflight_count` is the number of its pending events in flight, kept by every
+//!   change (insert, remove, change of state: see [`Cursor::track`]), so a fetch need not scan
+//!   every pending window to enforce the in-flight limit (it did, and with full windows that was
+//!   a third of a fetch's CPU); debug builds check it against a scan at every fetch.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -26,6 +30,12 @@ pub(crate) enum PendingState {
     Ready,
     Inflight { member: String, deadline_ms: i64 },
     Backoff { until_ms: i64 },
+}
+
+impl PendingState {
+    pub fn is_inflight(&self) -> bool {
+        matches!(self, PendingState::Inflight { .. })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,11 +54,57 @@ pub(crate) struct Cursor {
     pub committed: u64,
     pub next_read: u64,
     pub pending: BTreeMap<u64, Pending>,
+    /// How many of `pending` are in flight (see the module's invariants).
+    pub inflight_count: usize,
 }
 
 impl Cursor {
     pub fn new(offset: u64) -> Self {
-        Self { committed: offset, next_read: offset, pending: BTreeMap::new() }
+        Self { committed: offset, next_read: offset, pending: BTreeMap::new(), inflight_count: 0 }
+    }
+
+    /// Keeps `inflight_count` true across one pending event's change: whether it was in flight
+    /// before (`false` for an event just added) and is after (`false` for one removed).
+    pub fn track(&mut self, was_inflight: bool, is_inflight: bool) {
+        match (was_inflight, is_inflight) {
+            (false, true) => self.inflight_count += 1,
+            (true, false) => {
+                assert!(self.inflight_count > 0, "in-flight count below zero");
+                self.inflight_count -= 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds (or replaces) a pending event.
+    pub fn insert(&mut self, offset: u64, p: Pending) {
+        let is = p.state.is_inflight();
+        if let Some(old) = self.pending.insert(offset, p) {
+            self.track(old.state.is_inflight(), false);
+        }
+        self.track(false, is);
+    }
+
+    /// Removes a pending event.
+    pub fn remove(&mut self, offset: u64) -> Option<Pending> {
+        let p = self.pending.remove(&offset)?;
+        self.track(p.state.is_inflight(), false);
+        Some(p)
+    }
+
+    /// Keeps the pending events `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Pending) -> bool) {
+        let mut dropped_inflight = 0;
+        self.pending.retain(|_, p| {
+            let kept = keep(p);
+            if !kept && p.state.is_inflight() {
+                dropped_inflight += 1;
+            }
+            kept
+        });
+        for _ in 0..dropped_inflight {
+            self.track(true, false);
+        }
     }
 
     /// The committed offset implied by what is pending; never below the current one.
@@ -123,13 +179,18 @@ impl Group {
         }
         for (tp, cursor) in self.cursors.iter_mut() {
             let owner = assignment.get(tp);
+            let mut returned = 0;
             for pending in cursor.pending.values_mut() {
                 if let PendingState::Inflight { member, .. } = &pending.state {
                     if owner != Some(member) {
                         pending.state = PendingState::Ready;
                         pending.attempts = pending.attempts.saturating_sub(1);
+                        returned += 1;
                     }
                 }
+            }
+            for _ in 0..returned {
+                cursor.track(true, false);
             }
         }
         self.assignment = assignment;
@@ -152,12 +213,33 @@ impl Group {
             .filter(|p| matches!(p.state, PendingState::Inflight { .. }) && p.attempts == d.attempt)
     }
 
+    /// Deliveries in flight to `member`: the in-flight events of the cursors assigned to it
+    /// (a rebalance returns every delivery of a partition that changes owner, so no other
+    /// cursor holds one of its deliveries).
     pub fn inflight_of(&self, member: &str) -> usize {
-        self.cursors
-            .values()
-            .flat_map(|c| c.pending.values())
-            .filter(|p| matches!(&p.state, PendingState::Inflight { member: m, .. } if m == member))
-            .count()
+        let counted = self
+            .assignment
+            .iter()
+            .filter(|(_, m)| m.as_str() == member)
+            .filter_map(|(tp, _)| self.cursors.get(tp))
+            .map(|c| c.inflight_count)
+            .sum();
+        debug_assert_eq!(
+            counted,
+            self.cursors
+                .values()
+                .flat_map(|c| c.pending.values())
+                .filter(
+                    |p| matches!(&p.state, PendingState::Inflight { member: m, .. } if m == member)
+                )
+                .count(),
+            "in-flight count of {member}"
+        );
+        debug_assert!(
+            self.cursors.values().all(|c| c.inflight_count == c.inflight()),
+            "every cursor's in-flight count matches its pending window"
+        );
+        counted
     }
 }
 

@@ -717,8 +717,13 @@ impl Broker {
                 })
             }
         }
-        let mut budget =
-            max.min(self.config.inflight_per_member_max.saturating_sub(g.inflight_of(member)));
+        // `new_room`: new deliveries the in-flight limit allows. A delivery whose visibility timeout
+        // expired is still counted in flight, and delivering it again takes no room: at the
+        // limit, a member whose deliveries all expired gets them back (it used to get nothing,
+        // ever, while it kept heartbeating).
+        let limit = self.config.inflight_per_member_max;
+        let mut new_room = limit.saturating_sub(g.inflight_of(member));
+        let mut budget = max.min(if new_room > 0 { new_room } else { limit });
         // Sized up front: growing it by doubling copied and page-faulted a few percent of a
         // busy fetch's CPU. `budget` is bounded by `max` and the in-flight limit.
         let mut out: Fetched<Bytes> = Fetched {
@@ -763,7 +768,7 @@ impl Broker {
                         // event may stay for long; a slice would pin the whole buffer (1 MiB).
                         let value = r.value.map(|v| Bytes::copy_from_slice(&v)).unwrap_or_default();
                         let key = r.key.map(|k| Bytes::copy_from_slice(&k)).unwrap_or_default();
-                        cursor.pending.insert(
+                        cursor.insert(
                             r.offset,
                             Pending {
                                 key,
@@ -781,12 +786,23 @@ impl Broker {
                 // fetch over the partition's whole pending window.
                 let mut seen: std::collections::HashSet<Bytes, foldhash::fast::RandomState> =
                     std::collections::HashSet::default();
+                // Changes of in-flight state, applied to the cursor's count after the loop.
+                let (mut started, mut ended) = (0usize, 0usize);
+                let (inflight_here, mut inflight_seen) = (cursor.inflight_count, 0usize);
                 for (&offset, p) in cursor.pending.iter_mut() {
                     if budget == 0 || share == 0 {
                         break;
                     }
+                    if new_room == 0 && inflight_seen >= inflight_here {
+                        break; // no room for new deliveries, and no expired one further on
+                    }
+                    let was_inflight = p.state.is_inflight();
+                    inflight_seen += usize::from(was_inflight);
                     if !seen.insert(p.key.clone()) {
                         continue; // an earlier event of this key is not done: keep key order
+                    }
+                    if new_room == 0 && !was_inflight {
+                        continue;
                     }
                     match &p.state {
                         PendingState::Ready => {}
@@ -795,6 +811,7 @@ impl Broker {
                             if p.attempts >= self.config.max_attempts {
                                 // Parked until the dead-lettering below removes it.
                                 p.state = PendingState::Backoff { until_ms: i64::MAX };
+                                ended += 1;
                                 dead_now.push((tp.clone(), offset));
                                 continue;
                             }
@@ -815,6 +832,10 @@ impl Broker {
                     }
                     p.attempts += 1;
                     let deadline_ms = now + self.config.visibility_timeout_ms as i64;
+                    if !was_inflight {
+                        started += 1; // (an expired delivery delivered again stays in flight)
+                        new_room -= 1;
+                    }
                     p.state = PendingState::Inflight { member: member.to_string(), deadline_ms };
                     out.next_due_ms =
                         Some(out.next_due_ms.map_or(deadline_ms, |d| d.min(deadline_ms)));
@@ -829,6 +850,12 @@ impl Broker {
                     });
                     budget -= 1;
                     share -= 1;
+                }
+                for _ in 0..started {
+                    cursor.track(false, true);
+                }
+                for _ in 0..ended {
+                    cursor.track(true, false);
                 }
             }
         }
@@ -849,7 +876,7 @@ impl Broker {
         offset: u64,
     ) -> Result<()> {
         let Some(cursor) = g.cursors.get_mut(tp) else { return Ok(()) };
-        let Some(p) = cursor.pending.remove(&offset) else { return Ok(()) };
+        let Some(p) = cursor.remove(offset) else { return Ok(()) };
         let id = p.dead_letter_id.clone().unwrap_or_else(|| format!("{}:{}:{offset}", tp.0, tp.1));
         let mut errors = g.dead.get(&id).map(|d| d.errors.clone()).unwrap_or_default();
         errors.extend(p.errors);
@@ -927,7 +954,7 @@ impl Broker {
                 .as_ref()
                 .and_then(|c| c.pending.get(&d.offset))
                 .is_some_and(|p| d.attempt <= p.attempts);
-            match cursor.filter(|_| delivered).and_then(|c| c.pending.remove(&d.offset)) {
+            match cursor.filter(|_| delivered).and_then(|c| c.remove(d.offset)) {
                 Some(p) => {
                     if let Some(dead) = p.dead_letter_id {
                         finished_dead.push(dead);
@@ -984,6 +1011,11 @@ impl Broker {
                 false
             }
         };
+        if !to_dlq {
+            if let Some(c) = g.cursors.get_mut(&tp) {
+                c.track(true, false); // `inflight_mut` found it in flight
+            }
+        }
         if to_dlq {
             self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         }
@@ -1001,13 +1033,22 @@ impl Broker {
         let mut g = lock(&gh.state);
         let mut unknown = Vec::new();
         for id in delivery_ids {
-            let p = parse_delivery_id(id).and_then(|d| g.inflight_mut(&d));
-            match p {
+            let Some(d) = parse_delivery_id(id) else {
+                unknown.push(id.clone());
+                continue;
+            };
+            match g.inflight_mut(&d) {
                 Some(p) => {
                     p.state = PendingState::Ready;
                     p.attempts = p.attempts.saturating_sub(1);
                 }
-                None => unknown.push(id.clone()),
+                None => {
+                    unknown.push(id.clone());
+                    continue;
+                }
+            }
+            if let Some(c) = g.cursors.get_mut(&(d.topic, d.partition)) {
+                c.track(true, false);
             }
         }
         drop(g);
@@ -1224,7 +1265,7 @@ impl Broker {
             return Err(BrokerError::UnknownDeadLetter(id.into()));
         }
         for c in g.cursors.values_mut() {
-            c.pending.retain(|_, p| p.dead_letter_id.as_deref() != Some(id));
+            c.retain(|p| p.dead_letter_id.as_deref() != Some(id));
         }
         self.dlq_kv.delete(&state::dlq_key(group, id))?;
         Ok(())
@@ -1274,7 +1315,7 @@ fn requeue(g: &mut Group, dead: &DeadLetter) {
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    cursor.pending.insert(
+    cursor.insert(
         dead.offset,
         Pending {
             key: Bytes::from(key),

@@ -564,3 +564,75 @@ fn a_group_without_members_is_deleted_with_its_offsets_and_dead_letters() {
     let m = b.join("old", &["t".to_string()], None).unwrap().member_id;
     assert_eq!(drain(&b, "old", &m).len(), 2);
 }
+
+#[test]
+fn the_in_flight_limit_holds_through_acks_releases_rejections_timeouts_and_rebalances() {
+    // The limit is enforced from a count kept per partition instead of a scan of every pending
+    // window at each fetch; each way a delivery stops being in flight must give its slot back.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = LogOptions { maintenance_interval_ms: None, ..LogOptions::new(dir.path()) };
+    let b = Broker::open_with(
+        options,
+        Arc::clone(&clock) as _,
+        BrokerConfig { inflight_per_member_max: 4, ..config() },
+    )
+    .unwrap();
+    b.create_topic("t", spec(2)).unwrap();
+    let events: Vec<Event> = (0..40).map(|i| event(&format!("e{i}"), &format!("k{i}"))).collect();
+    b.produce("t", events).unwrap();
+    let topics = ["t".to_string()];
+    let a = b.join("g", &topics, None).unwrap().member_id;
+    let ids = |f: &driftless_broker::Fetched| -> Vec<String> {
+        f.deliveries.iter().map(|d| d.delivery_id.clone()).collect()
+    };
+
+    let first = b.fetch("g", &a, 100).unwrap();
+    assert_eq!(first.deliveries.len(), 4, "the limit, not the 100 asked for");
+    assert!(b.fetch("g", &a, 100).unwrap().deliveries.is_empty(), "at the limit");
+    let held = ids(&first);
+    b.ack("g", &held[..2]).unwrap();
+    assert_eq!(b.fetch("g", &a, 100).unwrap().deliveries.len(), 2, "acks free their slots");
+    b.release("g", &held[2..3]).unwrap();
+    assert_eq!(b.fetch("g", &a, 100).unwrap().deliveries.len(), 1, "a release frees its slot");
+    b.nack("g", &held[3], "boom").unwrap();
+    assert_eq!(b.fetch("g", &a, 100).unwrap().deliveries.len(), 1, "a rejection frees its slot");
+
+    // Everything in flight expires: the same deliveries come back (attempt 2), no more.
+    clock.advance_ms(5_001);
+    let again = b.fetch("g", &a, 100).unwrap();
+    assert_eq!(again.deliveries.len(), 4);
+    assert!(
+        b.fetch("g", &a, 100).unwrap().deliveries.is_empty(),
+        "expired ones are in flight again"
+    );
+
+    // A second member takes one partition: that partition's deliveries leave `a`'s count.
+    let m2 = b.join("g", &topics, None).unwrap().member_id;
+    let owned_by_a = b.heartbeat("g", &a).unwrap().assignments;
+    assert_eq!(owned_by_a.len(), 1);
+    let kept = again.deliveries.iter().filter(|d| (d.topic.clone(), d.partition) == owned_by_a[0]);
+    let free = 4 - kept.count();
+    assert_eq!(b.fetch("g", &a, 100).unwrap().deliveries.len(), free, "returned slots reused");
+    assert!(!b.fetch("g", &m2, 100).unwrap().deliveries.is_empty());
+}
+
+#[test]
+fn a_member_at_its_in_flight_limit_gets_its_expired_deliveries_back() {
+    // Regression: expired deliveries still counted in flight, so a member that had fetched its
+    // whole limit and lost the answers got nothing ever again while it kept heartbeating.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = LogOptions { maintenance_interval_ms: None, ..LogOptions::new(dir.path()) };
+    let config = BrokerConfig { inflight_per_member_max: 2, ..config() };
+    let b = Broker::open_with(options, Arc::clone(&clock) as _, config).unwrap();
+    b.create_topic("t", spec(1)).unwrap();
+    b.produce("t", vec![event("a", "k1"), event("b", "k2"), event("c", "k3")]).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    assert_eq!(b.fetch("g", &m, 10).unwrap().deliveries.len(), 2); // answers lost
+    clock.advance_ms(5_001);
+    let back = b.fetch("g", &m, 10).unwrap();
+    let ids: Vec<&str> = back.deliveries.iter().map(|d| d.event["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b"], "the expired deliveries, not the third event");
+    assert!(back.deliveries.iter().all(|d| d.attempt == 2));
+}
