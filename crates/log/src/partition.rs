@@ -751,7 +751,7 @@ impl Partition {
                 .scanner(position, seg.len(), self.body_bytes_max)
                 // A fetch usually wants a few hundred records of a long segment: reading
                 // `max_bytes` (1 MiB for the broker) every time zeroed and copied mostly bytes
-                // it then dropped (~7% of the CPU of `driftless bench e2e`).
+                // it then dropped.
                 .with_growing_chunks(READ_FIRST_CHUNK_BYTES, max_bytes.max(READ_FIRST_CHUNK_BYTES));
             loop {
                 let step =

@@ -146,8 +146,7 @@ fn an_unsynced_append_is_invisible_until_waited_and_then_survives_a_power_loss()
 #[test]
 fn a_short_read_of_a_long_segment_reads_little_more_than_it_returns() {
     // Regression: every read took 1 MiB (the broker's byte limit) from the segment, to hand out
-    // the few hundred records a fetch wanted; zeroing and copying the rest was ~7% of the CPU of
-    // `driftless bench e2e`.
+    // the few hundred records a fetch wanted, zeroing and copying the rest.
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let fs = FaultFs::new();
