@@ -13,13 +13,21 @@
 //!   event (it goes the retry/dead-letter way), never a guess;
 //! - key values are non-null scalars, and versions are strings that order correctly as bytes
 //!   (non-negative integers are zero-padded to 20 digits), because the targets compare them as
-//!   text.
+//!   text;
+//! - an event mapped from its JSON text ([`Mapper::map_json`], the sink's path) gives exactly
+//!   what the same event parsed into a `Value` gives ([`Mapper::map`]). From text, a plain path
+//!   reads only what it names: the top-level members are split once, values left as text, and
+//!   only the object a path descends into and the value it ends at are parsed (a repeated member
+//!   counts by its last occurrence, as in a parsed `Value`). Parsing whole events into `Value`
+//!   trees was the largest part of a table sink's CPU.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
 use jaq_json::Val;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{MappingConfig, OpKind};
@@ -38,18 +46,168 @@ struct Jq {
     path: Option<Vec<String>>,
 }
 
-/// An event being mapped: its JSON, and its jaq value once an expression needed it.
+/// An event being mapped: parsed, or its JSON text with its top-level members once split; and
+/// its jaq value once an expression needed it.
 struct Input<'a> {
-    event: &'a Value,
+    event: Source<'a>,
     val: Option<Val>,
 }
 
-impl Input<'_> {
+enum Source<'a> {
+    Value(&'a Value),
+    Text { text: &'a str, top: Option<Members<'a>> },
+}
+
+/// An object's members, values as text, in order.
+type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+impl<'a> Input<'a> {
+    fn value(event: &'a Value) -> Self {
+        Self { event: Source::Value(event), val: None }
+    }
+
+    fn text(text: &'a str) -> Self {
+        Self { event: Source::Text { text, top: None }, val: None }
+    }
+
     fn val(&mut self) -> std::result::Result<&Val, String> {
         if self.val.is_none() {
-            self.val = Some(to_val(self.event)?);
+            self.val = Some(match &self.event {
+                Source::Value(v) => to_val(v)?,
+                Source::Text { text, .. } => serde_json::from_str::<Val>(text)
+                    .map_err(|e| format!("event is not JSON: {e}"))?,
+            });
         }
         self.val.as_ref().ok_or_else(|| "event conversion failed".to_string())
+    }
+
+    /// The value at a plain path, with jq's semantics: a missing field (or a field of null) is
+    /// null; indexing anything else than an object is an error. `source` names the expression.
+    fn path<S: AsRef<str>>(
+        &mut self,
+        names: &[S],
+        source: &str,
+    ) -> std::result::Result<Value, String> {
+        let cannot = |kind: &str, name: &str| {
+            format!("`{source}` failed: cannot index {kind} with \"{name}\"")
+        };
+        match &mut self.event {
+            Source::Value(event) => {
+                let mut at: &Value = event;
+                for name in names {
+                    let name = name.as_ref();
+                    at = match at {
+                        Value::Object(m) => m.get(name).unwrap_or(&Value::Null),
+                        Value::Null => &Value::Null,
+                        other => return Err(cannot(driftless_core::json_kind(other), name)),
+                    };
+                }
+                Ok(at.clone())
+            }
+            Source::Text { text, top } => {
+                let Some((first, rest)) = names.split_first() else {
+                    return serde_json::from_str(text)
+                        .map_err(|e| format!("event is not JSON: {e}"));
+                };
+                if top.is_none() {
+                    *top = Some(members(text)?);
+                }
+                let mut at = top.as_ref().and_then(|m| last_member(m, first.as_ref()));
+                for name in rest {
+                    let name = name.as_ref();
+                    let Some(raw) = at else { return Ok(Value::Null) };
+                    let t = raw.get();
+                    at = match t.as_bytes().first() {
+                        Some(b'{') => last_member(&members(t)?, name),
+                        Some(b'n') => None,
+                        _ => return Err(cannot(text_kind(t), name)),
+                    };
+                }
+                match at {
+                    None => Ok(Value::Null),
+                    Some(raw) => serde_json::from_str(raw.get())
+                        .map_err(|e| format!("event is not JSON: {e}")),
+                }
+            }
+        }
+    }
+
+    /// A top-level attribute (`type`, `subject`, `sequence`), parsed; `None` when absent.
+    fn attr(&mut self, name: &str) -> std::result::Result<Option<Value>, String> {
+        match &self.event {
+            Source::Value(event) => Ok(event.get(name).cloned()),
+            Source::Text { .. } => {
+                let v = self.path(&[name], name)?;
+                Ok((!v.is_null()).then_some(v))
+            }
+        }
+    }
+}
+
+/// The members of the JSON object `text`, values left as text.
+fn members(text: &str) -> std::result::Result<Members<'_>, String> {
+    /// A member name, borrowed unless it had escapes.
+    struct Key<'a>(Cow<'a, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    struct Object<'a>(Members<'a>);
+    impl<'de> serde::Deserialize<'de> for Object<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Object<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> std::result::Result<Object<'de>, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                        out.push((k.0, v));
+                    }
+                    Ok(Object(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Object<'_>>(text)
+        .map(|o| o.0)
+        .map_err(|e| format!("event is not JSON: {e}"))
+}
+
+/// The last member called `name` (as a parsed object keeps it).
+fn last_member<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawValue> {
+    members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+/// The kind of the JSON value `text` starts, as [`driftless_core::json_kind`] names it.
+fn text_kind(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'{') => "an object",
+        Some(b'n') => "null",
+        _ => "a number",
     }
 }
 
@@ -93,23 +251,7 @@ impl Jq {
     /// Runs the expression on `input`; it must yield exactly one value.
     fn one(&self, input: &mut Input<'_>) -> std::result::Result<Value, String> {
         if let Some(path) = &self.path {
-            // jq's semantics: a missing field (or a field of null) is null; indexing anything
-            // else than an object is an error.
-            let mut at = input.event;
-            for name in path {
-                at = match at {
-                    Value::Object(m) => m.get(name).unwrap_or(&Value::Null),
-                    Value::Null => &Value::Null,
-                    other => {
-                        return Err(format!(
-                            "`{}` failed: cannot index {} with \"{name}\"",
-                            self.source,
-                            driftless_core::json_kind(other)
-                        ))
-                    }
-                };
-            }
-            return Ok(at.clone());
+            return input.path(path, &self.source);
         }
         let input = input.val()?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
@@ -171,6 +313,15 @@ impl RowOp {
         let key_text = Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string();
         Self { table, op, key, columns, version, key_text }
     }
+}
+
+/// What [`Mapper::map_json`] makes of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// The row operations (none when no mapping takes the event).
+    pub ops: Vec<RowOp>,
+    /// The event's `time` attribute, if it has one.
+    pub time: Option<String>,
 }
 
 #[derive(Debug)]
@@ -276,24 +427,22 @@ impl Mapper {
         if self.mappings.is_empty() {
             return Ok(true);
         }
-        let mut input = Input { event, val: None };
+        let mut input = Input::value(event);
         for m in &self.mappings {
-            if self.takes(m, event, &mut input)? {
+            if self.takes(m, &mut input)? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    fn takes(
-        &self,
-        m: &Compiled,
-        event: &Value,
-        input: &mut Input<'_>,
-    ) -> std::result::Result<bool, String> {
-        let ty = event.get("type").and_then(Value::as_str).unwrap_or("");
-        if !m.types.is_empty() && !m.types.iter().any(|p| type_matches(p, ty)) {
-            return Ok(false);
+    fn takes(&self, m: &Compiled, input: &mut Input<'_>) -> std::result::Result<bool, String> {
+        if !m.types.is_empty() {
+            let ty = input.attr("type")?;
+            let ty = ty.as_ref().and_then(Value::as_str).unwrap_or("");
+            if !m.types.iter().any(|p| type_matches(p, ty)) {
+                return Ok(false);
+            }
         }
         match &m.filter {
             None => Ok(true),
@@ -314,16 +463,36 @@ impl Mapper {
     /// The row operations for one event (none when no mapping takes it). `offset` is the
     /// event's position in its partition, the version of last resort.
     pub fn map(&self, event: &Value, offset: u64) -> std::result::Result<Vec<RowOp>, String> {
-        let mut input = Input { event, val: None };
+        self.map_input(&mut Input::value(event), offset)
+    }
+
+    /// [`Mapper::map`] for an event given as its JSON text (as the log stores it), reading only
+    /// what the mappings name (see the module's invariants); with the event's `time`, read from
+    /// the same split of its members.
+    pub fn map_json(&self, event: &str, offset: u64) -> std::result::Result<Mapped, String> {
+        let mut input = Input::text(event);
+        let ops = self.map_input(&mut input, offset)?;
+        let time = match input.attr("time")? {
+            Some(Value::String(t)) => Some(t),
+            _ => None,
+        };
+        Ok(Mapped { ops, time })
+    }
+
+    fn map_input(
+        &self,
+        input: &mut Input<'_>,
+        offset: u64,
+    ) -> std::result::Result<Vec<RowOp>, String> {
         let mut ops = Vec::new();
         for m in &self.mappings {
-            if !self.takes(m, event, &mut input)? {
+            if !self.takes(m, input)? {
                 continue;
             }
             let at = |what: &str, e: String| format!("mapping[{}].{what}: {e}", m.index);
             let mut columns = BTreeMap::new();
             if let Some(row) = &m.row {
-                match row.one(&mut input).map_err(|e| at("row", e))? {
+                match row.one(input).map_err(|e| at("row", e))? {
                     Value::Object(obj) => {
                         for (c, v) in obj {
                             if !crate::config::is_identifier(&c) {
@@ -347,10 +516,8 @@ impl Mapper {
                 }
             }
             for (c, jq) in &m.columns {
-                columns.insert(
-                    c.clone(),
-                    jq.one(&mut input).map_err(|e| at(&format!("columns.{c}"), e))?,
-                );
+                columns
+                    .insert(c.clone(), jq.one(input).map_err(|e| at(&format!("columns.{c}"), e))?);
             }
             let mut key = Vec::new();
             for k in &m.key {
@@ -358,7 +525,7 @@ impl Mapper {
                     Some(v) => v.clone(),
                     // A delete mapping may name only the key: take it from the subject.
                     None if m.columns.is_empty() && m.row.is_none() => {
-                        event.get("subject").cloned().unwrap_or(Value::Null)
+                        input.attr("subject")?.unwrap_or(Value::Null)
                     }
                     None => Value::Null,
                 };
@@ -382,7 +549,7 @@ impl Mapper {
             }
             let version = match &m.version {
                 Some(jq) => {
-                    let v = jq.one(&mut input).map_err(|e| at("version", e))?;
+                    let v = jq.one(input).map_err(|e| at("version", e))?;
                     version_text(&v).ok_or_else(|| {
                         at(
                             "version",
@@ -390,8 +557,9 @@ impl Mapper {
                         )
                     })?
                 }
-                None => event
-                    .get("sequence")
+                None => input
+                    .attr("sequence")?
+                    .as_ref()
                     .and_then(version_text)
                     .unwrap_or_else(|| format!("{offset:020}")),
             };
@@ -507,14 +675,68 @@ mod tests {
             assert!(fast.path.is_some(), "{src} is a plain path");
             let mut slow = Jq::compile(src).unwrap();
             slow.path = None;
-            let (mut a, mut b) =
-                (Input { event: &event, val: None }, Input { event: &event, val: None });
-            assert_eq!(fast.one(&mut a).unwrap(), slow.one(&mut b).unwrap(), "{src}");
+            let text = event.to_string();
+            let (mut a, mut b, mut c) =
+                (Input::value(&event), Input::value(&event), Input::text(&text));
+            let jaq = slow.one(&mut b).unwrap();
+            assert_eq!(fast.one(&mut a).unwrap(), jaq, "{src}");
+            assert_eq!(fast.one(&mut c).unwrap(), jaq, "{src} from text");
         }
         let bad = Jq::compile(".text.x").unwrap();
-        assert!(bad.one(&mut Input { event: &event, val: None }).is_err());
+        assert!(bad.one(&mut Input::value(&event)).is_err());
+        let text = event.to_string();
+        let err = bad.one(&mut Input::text(&text)).unwrap_err();
+        assert!(err.contains("cannot index a string with \"x\""), "{err}");
         assert!(Jq::compile(".a[0]").unwrap().path.is_none());
         assert!(Jq::compile(".data | .x").unwrap().path.is_none());
+    }
+
+    #[test]
+    fn an_event_mapped_from_its_text_gives_what_its_parsed_value_gives() {
+        let m = mapping(
+            r#"
+            [[mapping]]
+            types = ["row.*"]
+            table = "t"
+            key = ["id"]
+            row = ".data.after"
+            [[mapping]]
+            types = ["cols.*"]
+            table = "u"
+            key = ["id"]
+            columns = { id = ".data.id", deep = ".data.a.b.c", whole = ".data", n = ".data.n + 1" }
+            version = ".data.v"
+            [[mapping]]
+            types = ["gone"]
+            table = "t"
+            key = ["id"]
+            op = "delete"
+            "#,
+        );
+        let cases = [
+            r#"{"type":"row.insert","sequence":"0009","data":{"after":{"id":1,"name":"a"}}}"#,
+            // Escaped member names, and a repeated member (the last one counts, as in a Value).
+            r#"{"type":"row.x","data":{"after":{"id":"k","x":[1,{"y":null}]},"after":{"id":2}}}"#,
+            r#"{"type":"row.x","data":{"after":{"id":1},"after":{"id":3,"z":"last"}}}"#,
+            r#"{"type":"cols.x","data":{"id":5,"a":{"b":{"c":"deep"}},"n":41,"v":7}}"#,
+            r#"{"type":"cols.x","data":{"id":5,"a":null,"n":1,"v":"v1"}}"#,
+            r#"{"type":"gone","subject":"s1","data":null}"#,
+            r#"{"type":"other","data":{"after":{"id":1}}}"#,
+            // Errors must match too: indexing a string, a missing key, a non-object row.
+            r#"{"type":"cols.x","data":{"id":5,"a":"text","n":1,"v":1}}"#,
+            r#"{"type":"row.x","data":{"after":{"name":"no id"}}}"#,
+            r#"{"type":"row.x","data":{"after":[1,2]}}"#,
+        ];
+        for text in cases {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(m.map_json(text, 7).map(|m| m.ops), m.map(&value, 7), "{text}");
+        }
+        assert!(m.map_json(cases[0], 7).unwrap().ops[0].columns.contains_key("name"));
+        assert_eq!(m.map_json(cases[2], 7).unwrap().ops[0].columns["z"], json!("last"));
+        assert!(m.map_json(cases[7], 7).unwrap_err().contains("cannot index a string"));
+        let timed = r#"{"type":"row.x","time":"2026-01-01T00:00:00Z","data":{"after":{"id":1}}}"#;
+        assert_eq!(m.map_json(timed, 0).unwrap().time.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(m.map_json(cases[0], 0).unwrap().time, None);
     }
 
     #[test]

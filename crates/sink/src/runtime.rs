@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use driftless_broker::{Broker, BrokerError, Delivery, Fetched};
 use driftless_control::{Backoff, Control, Tasks};
 use rand::Rng;
@@ -330,15 +331,17 @@ impl Session<'_> {
         Ok(Session { config, group, member: m.member_id })
     }
 
-    async fn fetch(&mut self, broker: &Arc<Broker>, max: usize) -> Result<Fetched> {
+    /// Fetches deliveries as the stored JSON text: table sinks map it without parsing whole
+    /// events (`Mapper::map_json`), webhooks parse it.
+    async fn fetch(&mut self, broker: &Arc<Broker>, max: usize) -> Result<Fetched<Bytes>> {
         let (b, g, m) = (Arc::clone(broker), self.group.clone(), self.member.clone());
-        match blocking(&self.config.name, move || b.fetch(&g, &m, max)).await {
+        match blocking(&self.config.name, move || b.fetch_raw(&g, &m, max)).await {
             Err(SinkError::Broker { error: BrokerError::UnknownMember { .. }, .. }) => {
                 // The session expired (a long outage): join again; the group rebalanced.
                 let again = Session::join(self.config, broker).await?;
                 self.member = again.member;
                 let (b, g, m) = (Arc::clone(broker), self.group.clone(), self.member.clone());
-                blocking(&self.config.name, move || b.fetch(&g, &m, max)).await
+                blocking(&self.config.name, move || b.fetch_raw(&g, &m, max)).await
             }
             other => other,
         }
@@ -422,10 +425,10 @@ pub(crate) fn group_caught_up(broker: &Broker, group: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
-    let event_time_ms =
-        d.event.get("time").and_then(|t| t.as_str()).and_then(rfc3339_ms).unwrap_or(0);
-    Item { topic: d.topic.clone(), partition: d.partition, offset: d.offset, event_time_ms, ops }
+fn item_of(d: &Delivery<Bytes>, mapped: crate::mapping::Mapped) -> Item {
+    let event_time_ms = mapped.time.as_deref().and_then(rfc3339_ms).unwrap_or(0);
+    let (topic, partition, offset) = (d.topic.clone(), d.partition, d.offset);
+    Item { topic, partition, offset, event_time_ms, ops: mapped.ops }
 }
 
 /// A table sink's overlap of work: while a batch is applied, the previous batch's
@@ -435,7 +438,7 @@ fn item_of(d: &Delivery, ops: Vec<crate::mapping::RowOp>) -> Item {
 #[derive(Default)]
 struct Pipeline {
     ack: Option<tokio::task::JoinHandle<std::result::Result<Vec<String>, BrokerError>>>,
-    prefetch: Option<tokio::task::JoinHandle<std::result::Result<Fetched, BrokerError>>>,
+    prefetch: Option<tokio::task::JoinHandle<std::result::Result<Fetched<Bytes>, BrokerError>>>,
 }
 
 impl Pipeline {
@@ -467,11 +470,11 @@ impl Pipeline {
 
     fn start_prefetch(&mut self, broker: &Arc<Broker>, session: &Session<'_>, max: usize) {
         let (b, g, m) = (Arc::clone(broker), session.group.clone(), session.member.clone());
-        self.prefetch = Some(tokio::task::spawn_blocking(move || b.fetch(&g, &m, max)));
+        self.prefetch = Some(tokio::task::spawn_blocking(move || b.fetch_raw(&g, &m, max)));
     }
 
     /// The prefetched batch, if one was fetched (a failed prefetch is simply fetched again).
-    async fn take_prefetch(&mut self) -> Option<Fetched> {
+    async fn take_prefetch(&mut self) -> Option<Fetched<Bytes>> {
         match self.prefetch.take()?.await {
             Ok(Ok(f)) => Some(f),
             _ => None,
@@ -615,13 +618,16 @@ async fn apply_tables(
     ctx: &SinkContext,
     session: &Session<'_>,
     target: &mut Target,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<Delivery<Bytes>>,
 ) -> Result<Option<Vec<String>>> {
     let broker = &ctx.broker;
     let mut items: Vec<(String, Item)> = Vec::new();
     for d in &deliveries {
-        match mapper.map(&d.event, d.offset) {
-            Ok(ops) => items.push((d.delivery_id.clone(), item_of(d, ops))),
+        let mapped = std::str::from_utf8(&d.event)
+            .map_err(|e| format!("the stored event is not UTF-8 text: {e}"))
+            .and_then(|text| mapper.map_json(text, d.offset));
+        match mapped {
+            Ok(mapped) => items.push((d.delivery_id.clone(), item_of(d, mapped))),
             Err(e) => {
                 ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sink = %config.name, delivery = %d.delivery_id, error = %e,
@@ -695,9 +701,23 @@ async fn deliver_webhook(
     session: &Session<'_>,
     hook: &Webhook,
     breaker: &mut Breaker,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<Delivery<Bytes>>,
 ) -> Result<bool> {
     let broker = &ctx.broker;
+    // A webhook sends whole events: parse them (as `Broker::fetch` does; the log's CRC makes
+    // text that is not JSON all but impossible, and it would be sent as null).
+    let deliveries = deliveries.into_iter().map(|d| Delivery {
+        event: serde_json::from_slice(&d.event).unwrap_or_else(|e| {
+            tracing::error!(delivery = %d.delivery_id, error = %e, "a stored event is not JSON");
+            serde_json::Value::Null
+        }),
+        delivery_id: d.delivery_id,
+        topic: d.topic,
+        partition: d.partition,
+        offset: d.offset,
+        attempt: d.attempt,
+        dead_letter_id: d.dead_letter_id,
+    });
     let mut skipped = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for d in deliveries {
