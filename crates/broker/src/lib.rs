@@ -680,19 +680,7 @@ impl Broker {
         let raw = self.fetch_raw(group, member, max)?;
         // Parsing is most of a fetch's work; `fetch_raw` has released the group's lock, so other
         // members and acknowledgements of this group are not held up by it.
-        let deliveries = raw
-            .deliveries
-            .into_iter()
-            .map(|d| Delivery {
-                event: decode_stored(&d.event, || serde_json::Value::Null),
-                delivery_id: d.delivery_id,
-                topic: d.topic,
-                partition: d.partition,
-                offset: d.offset,
-                attempt: d.attempt,
-                dead_letter_id: d.dead_letter_id,
-            })
-            .collect();
+        let deliveries = raw.deliveries.into_iter().map(Delivery::parsed).collect();
         Ok(Fetched { deliveries, generation: raw.generation, next_due_ms: raw.next_due_ms })
     }
 
@@ -1292,6 +1280,22 @@ struct GroupHandle {
 impl GroupHandle {
     fn notify(&self) {
         self.activity.notify(usize::MAX);
+    }
+}
+
+impl Delivery<Bytes> {
+    /// The delivery with its event parsed (`null`, logged, if the stored text is not JSON,
+    /// which the log's CRC makes all but impossible).
+    pub fn parsed(self) -> Delivery {
+        Delivery {
+            event: decode_stored(&self.event, || serde_json::Value::Null),
+            delivery_id: self.delivery_id,
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            attempt: self.attempt,
+            dead_letter_id: self.dead_letter_id,
+        }
     }
 }
 

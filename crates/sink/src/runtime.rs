@@ -704,20 +704,8 @@ async fn deliver_webhook(
     deliveries: Vec<Delivery<Bytes>>,
 ) -> Result<bool> {
     let broker = &ctx.broker;
-    // A webhook sends whole events: parse them (as `Broker::fetch` does; the log's CRC makes
-    // text that is not JSON all but impossible, and it would be sent as null).
-    let deliveries = deliveries.into_iter().map(|d| Delivery {
-        event: serde_json::from_slice(&d.event).unwrap_or_else(|e| {
-            tracing::error!(delivery = %d.delivery_id, error = %e, "a stored event is not JSON");
-            serde_json::Value::Null
-        }),
-        delivery_id: d.delivery_id,
-        topic: d.topic,
-        partition: d.partition,
-        offset: d.offset,
-        attempt: d.attempt,
-        dead_letter_id: d.dead_letter_id,
-    });
+    // A webhook sends whole events: parse them, as `Broker::fetch` does.
+    let deliveries = deliveries.into_iter().map(Delivery::parsed);
     let mut skipped = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for d in deliveries {
