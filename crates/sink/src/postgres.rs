@@ -16,6 +16,10 @@
 //!   the batch as is), a missing table or column is `Schema`, anything else is `Rejected`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::future::maybe_done;
 
 use driftless_core::sql::{quote_ident, quote_table};
 use serde_json::{json, Value};
@@ -385,20 +389,12 @@ impl PgSink {
         // nothing is half-applied; the first error in order is the cause. (By statements, since
         // `Client::transaction` needs `&mut Client` and the statements borrow the cache; the
         // connection is ours alone.)
-        let begin = async { client.batch_execute("BEGIN").await.map(|()| 0) };
-        let statements = work
-            .iter()
-            .map(|(stmt, _, _)| stmt)
-            .chain(std::iter::once(&pos_stmt))
-            .zip(&params)
-            .map(|(stmt, p)| client.execute(stmt, p));
-        let commit = async { client.batch_execute("COMMIT").await.map(|()| 0) };
-        let (begun, applied, committed) =
-            tokio::join!(begin, futures_util::future::join_all(statements), commit);
-        let result = std::iter::once(begun)
-            .chain(applied)
-            .chain(std::iter::once(committed))
-            .try_for_each(|r| r.map(|_| ()));
+        let mut requests: Vec<Request<'_>> = vec![Box::pin(client.batch_execute("BEGIN"))];
+        for (stmt, p) in work.iter().map(|(stmt, _, _)| stmt).chain([&pos_stmt]).zip(&params) {
+            requests.push(Box::pin(async move { client.execute(stmt, p).await.map(|_| ()) }));
+        }
+        requests.push(Box::pin(client.batch_execute("COMMIT")));
+        let result = in_order(requests).await;
         if let Err(e) = result {
             let err = classify(&e);
             if !client.is_closed() {
@@ -408,6 +404,35 @@ impl PgSink {
         }
         Ok(())
     }
+}
+
+/// One request of a pipelined transaction.
+type Request<'r> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'r>>;
+
+/// Runs `requests` concurrently and returns the first error in their order. Each is first
+/// polled in order, which is when tokio-postgres sends it: so they go out in order, pipelined.
+/// (`join_all` does not promise its polling order for larger counts.)
+async fn in_order(requests: Vec<Request<'_>>) -> Result<(), tokio_postgres::Error> {
+    let mut pending: Vec<_> = requests.into_iter().map(maybe_done).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for r in pending.iter_mut() {
+            // `Pin::new` is enough: a `MaybeDone` of a boxed future is `Unpin`.
+            done &= Pin::new(r).poll(cx).is_ready();
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    for r in &mut pending {
+        if let Some(Err(e)) = Pin::new(r).take_output() {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The last part of `schema.table` (what `ALTER TABLE … RENAME TO` takes).
