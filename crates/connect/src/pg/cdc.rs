@@ -852,9 +852,11 @@ impl Cdc<'_> {
                 ctx.emitter.put_state(encode_state(&self.state)).await?;
                 self.last_state_write = Instant::now();
             }
+            // Encoded here, where the events were built (see `Emitter::encode`).
+            let events = ctx.emitter.encode(events)?;
             let emitter = ctx.emitter.clone();
             self.inflight = Some(InFlight {
-                task: tokio::spawn(async move { emitter.emit(events).await }),
+                task: tokio::spawn(async move { emitter.emit_raw(events).await }),
                 count,
                 ack_lsn: batch.ack_lsn.take(),
                 commit_times_us: std::mem::take(&mut batch.commit_times_us),
