@@ -116,11 +116,19 @@ struct Relation {
     key: Vec<usize>,
     topic: String,
     is_outbox: bool,
+    /// `schema.table`, and the event type of each `Op` (`schema.table.op`): formatted once per
+    /// relation instead of once per change.
+    qualified: String,
+    event_types: [String; 5],
 }
 
 impl Relation {
     fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
+        self.qualified.clone()
+    }
+
+    fn event_type(&self, op: Op) -> String {
+        self.event_types[op as usize].clone()
     }
 }
 
@@ -160,6 +168,9 @@ struct Txn {
     commit_lsn: u64,
     xid: u32,
     commit_time_us: i64,
+    /// Every change's `pglsn` and `time`, formatted once per transaction.
+    lsn_text: Value,
+    time_text: String,
     /// Already durable (ends before the stored position): read past it.
     skip: bool,
     ordinal: u32,
@@ -181,6 +192,8 @@ impl Txn {
             commit_lsn,
             xid,
             commit_time_us,
+            lsn_text: Value::String(format_lsn(commit_lsn)),
+            time_text: rfc3339_from_unix_us(commit_time_us),
             skip,
             ordinal: 0,
             events: Vec::new(),
@@ -256,6 +269,8 @@ struct Cdc<'a> {
     name: &'a str,
     config: &'a PgCdcConfig,
     database: String,
+    /// Every event's `source`: `/pg/<database>`.
+    event_source: String,
     client: Arc<tokio_postgres::Client>,
     catalog: TypeCatalog,
     relations: HashMap<u32, Relation>,
@@ -406,6 +421,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         name,
         config,
         database: target.database.clone(),
+        event_source: format!("/pg/{}", target.database),
         client,
         catalog,
         relations: HashMap::new(),
@@ -1282,6 +1298,8 @@ impl Cdc<'_> {
                 reason: format!("its topic is invalid ({e}); set routes.\"{schema}.{table}\""),
             });
         }
+        let event_types = [Op::Read, Op::Insert, Op::Update, Op::Delete, Op::Truncate]
+            .map(|op| format!("{schema}.{table}.{}", op.name()));
         Ok(Relation {
             schema: schema.into(),
             table: table.into(),
@@ -1289,6 +1307,8 @@ impl Cdc<'_> {
             key,
             topic,
             is_outbox,
+            qualified,
+            event_types,
         })
     }
 
@@ -1406,7 +1426,7 @@ impl Cdc<'_> {
         if self.recovered.as_ref().is_some_and(|(ids, _)| ids.contains(&event.id)) {
             return;
         }
-        event.extensions.insert("pglsn".into(), json!(format_lsn(t.commit_lsn)));
+        event.extensions.insert("pglsn".into(), t.lsn_text.clone());
         event.extensions.insert("pgxid".into(), json!(t.xid));
         event.extensions.insert("pgtxorder".into(), json!(ordinal));
         event
@@ -1414,7 +1434,7 @@ impl Cdc<'_> {
             .entry("sequence".to_string())
             .or_insert_with(|| json!(driftless_core::pg_sequence(t.commit_lsn, ordinal)));
         if event.time.is_none() {
-            event.time = Some(rfc3339_from_unix_us(t.commit_time_us));
+            event.time = Some(t.time_text.clone());
         }
         t.bytes += event_bytes(&event);
         t.events.push((topic, event));
@@ -1438,11 +1458,7 @@ impl Cdc<'_> {
             _ => Some(Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string()),
         };
         let key: Map<String, Value> = key.into_iter().collect();
-        let mut event = Event::new(
-            String::new(),
-            format!("/pg/{}", self.database),
-            format!("{}.{}.{}", rel.schema, rel.table, op.name()),
-        );
+        let mut event = Event::new(String::new(), self.event_source.clone(), rel.event_type(op));
         event.subject = subject.clone();
         if subject.is_none() {
             // Truncates concern the whole table: keep them in order on one partition.
