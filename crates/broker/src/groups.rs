@@ -69,8 +69,10 @@ impl Cursor {
         match (was_inflight, is_inflight) {
             (false, true) => self.inflight_count += 1,
             (true, false) => {
-                assert!(self.inflight_count > 0, "in-flight count below zero");
-                self.inflight_count -= 1;
+                // A miscount must not take the broker down: debug builds (every test) stop on
+                // it; a release build at worst lets a member exceed its in-flight limit.
+                debug_assert!(self.inflight_count > 0, "in-flight count below zero");
+                self.inflight_count = self.inflight_count.saturating_sub(1);
             }
             _ => {}
         }
