@@ -327,7 +327,7 @@ fn topic_corrections(
             let id = format!("reconcile:{}:{started_ms}:{key}", plan.name);
             match folded.latest(key).filter(|_| *kind != DriftKind::Extra) {
                 Some((event, version)) => {
-                    let mut v = event.clone();
+                    let mut v = event;
                     v["id"] = json!(id);
                     v["correction"] = json!(true);
                     v["sequence"] = json!(format!("{version}~"));

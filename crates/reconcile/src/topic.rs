@@ -34,16 +34,27 @@ const READ_BYTES_MAX: usize = 8 << 20;
 #[derive(Debug, Clone)]
 struct Entry {
     columns: BTreeMap<String, Value>,
-    /// The latest event that touched the key, and its version (`sequence` or padded offset).
-    event: Value,
+    /// The latest event that touched the key, as its stored text (a parsed `Value` tree took
+    /// several times the text's memory, for every key), and its version (`sequence` or padded
+    /// offset).
+    event: Box<str>,
     version: String,
 }
 
 /// Every key's expected row, hashed.
 #[derive(Debug, Default)]
 pub struct Folded {
-    /// Key text → (row hashes, latest event, its version).
-    rows: BTreeMap<String, ((i64, i64), Value, String)>,
+    /// Key text → its expected row.
+    rows: BTreeMap<String, Row>,
+}
+
+/// One key's expected row.
+#[derive(Debug)]
+struct Row {
+    hashes: (i64, i64),
+    /// The latest event's text and its version.
+    event: Box<str>,
+    version: String,
 }
 
 fn render(v: &Value, sqlite: bool) -> Option<String> {
@@ -82,10 +93,11 @@ pub fn fold(
             at = batch.next_offset;
             for r in batch.records {
                 let Some(value) = r.value else { continue };
-                let Ok(event) = serde_json::from_slice::<Value>(&value) else { continue };
+                let Ok(event) = std::str::from_utf8(&value) else { continue };
                 // An event the mapping refuses is what the sink dead-letters: it made no row.
-                let Ok(ops) = mapper.map(&event, r.offset) else { continue };
-                for op in ops.into_iter().filter(|op| op.table == table) {
+                // Mapped from its text, as the sink maps it.
+                let Ok(mapped) = mapper.map_json(event, r.offset) else { continue };
+                for op in mapped.ops.into_iter().filter(|op| op.table == table) {
                     let key = op
                         .key
                         .iter()
@@ -99,11 +111,11 @@ pub fn fold(
                         OpKind::Upsert => {
                             let e = state.entry(key).or_insert_with(|| Entry {
                                 columns: BTreeMap::new(),
-                                event: Value::Null,
+                                event: Box::default(),
                                 version: String::new(),
                             });
                             e.columns.extend(op.columns);
-                            e.event = event.clone();
+                            e.event = event.into();
                             e.version = op.version;
                         }
                     }
@@ -128,7 +140,7 @@ pub fn fold(
                     None => text.push(NULL_MARKER),
                 }
             }
-            (key, (halves(&text), e.event, e.version))
+            (key, Row { hashes: halves(&text), event: e.event, version: e.version })
         })
         .collect();
     Ok(Folded { rows })
@@ -148,7 +160,7 @@ impl Folded {
     /// Every bucket's digest.
     pub fn buckets(&self, n: i64) -> BTreeMap<i64, BucketDigest> {
         let mut out: BTreeMap<i64, BucketDigest> = BTreeMap::new();
-        for (key, ((h1, h2), _, _)) in &self.rows {
+        for (key, Row { hashes: (h1, h2), .. }) in &self.rows {
             let d = out.entry(bucket(key, n)).or_default();
             d.rows += 1;
             d.h1 += h1;
@@ -163,17 +175,18 @@ impl Folded {
         self.rows
             .iter()
             .filter(|(k, _)| wanted.contains(&bucket(k, n)))
-            .map(|(k, (h, _, _))| (k.clone(), *h))
+            .map(|(k, row)| (k.clone(), row.hashes))
             .collect()
     }
 
     /// The rows of `keys`.
     pub fn rows_for_keys(&self, keys: &[String]) -> RowHashes {
-        keys.iter().filter_map(|k| self.rows.get(k).map(|(h, _, _)| (k.clone(), *h))).collect()
+        keys.iter().filter_map(|k| self.rows.get(k).map(|row| (k.clone(), row.hashes))).collect()
     }
 
-    /// The latest event of `key` and its version: what a correction re-emits.
-    pub fn latest(&self, key: &str) -> Option<(&Value, &str)> {
-        self.rows.get(key).map(|(_, e, v)| (e, v.as_str()))
+    /// The latest event of `key`, parsed, and its version: what a correction re-emits.
+    pub fn latest(&self, key: &str) -> Option<(Value, &str)> {
+        let row = self.rows.get(key)?;
+        Some((serde_json::from_str(&row.event).ok()?, row.version.as_str()))
     }
 }
