@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use driftless_broker::{Broker, BrokerError, TopicSpec};
-use driftless_core::{Event, RawEvent};
+use driftless_core::{Event, InvalidEvent, RawEvent};
 
 use crate::error::{ConnectError, Result};
 
@@ -116,9 +116,14 @@ impl Emitter {
             .enumerate()
             .map(|(index, (topic, event))| match RawEvent::from_event(&event) {
                 Ok(raw) => Ok((topic, raw)),
-                Err(source) => Err(self.broker_error(BrokerError::InvalidEvent { index, source })),
+                Err(source) => Err(self.invalid_event(index, source)),
             })
             .collect()
+    }
+
+    /// The error for event `index` of a batch that is not a valid event, as the broker names it.
+    pub fn invalid_event(&self, index: usize, source: InvalidEvent) -> ConnectError {
+        self.broker_error(BrokerError::InvalidEvent { index, source })
     }
 
     /// [`Emitter::emit`] for events already encoded.

@@ -39,15 +39,17 @@ impl RawEvent {
     /// Errors name the attribute at fault, as [`Event::from_json`] does (`json` when the text is
     /// not an object).
     pub fn parse(json: &RawValue) -> Result<Self, InvalidEvent> {
-        let text = json.get();
-        if !text.starts_with('{') {
-            return Err(invalid("json", "an event must be a JSON object"));
-        }
-        let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
-            invalid("json", format!("not a valid event (line and column within the event): {e}"))
-        })?;
-        let (id, placement_key) = fields.check()?;
+        let (id, placement_key) = check_text(json.get())?;
         Ok(Self { id, placement_key, json: json.to_owned() })
+    }
+
+    /// Checks `text` as [`RawEvent::parse`] does and keeps it without a copy: for event text a
+    /// connector wrote itself instead of building an [`Event`] (the CDC source's changes).
+    pub fn from_string(text: String) -> Result<Self, InvalidEvent> {
+        let (id, placement_key) = check_text(&text)?;
+        let json = RawValue::from_string(text)
+            .map_err(|e| invalid("json", format!("not valid JSON: {e}")))?;
+        Ok(Self { id, placement_key, json })
     }
 
     /// Validates `event` and serialises it.
@@ -74,6 +76,17 @@ impl RawEvent {
     pub fn json(&self) -> &RawValue {
         &self.json
     }
+}
+
+/// Checks an event's text: one JSON object, a valid CloudEvent; returns its id and placement key.
+fn check_text(text: &str) -> Result<(String, String), InvalidEvent> {
+    if !text.starts_with('{') {
+        return Err(invalid("json", "an event must be a JSON object"));
+    }
+    let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
+        invalid("json", format!("not a valid event (line and column within the event): {e}"))
+    })?;
+    fields.check()
 }
 
 /// A string that borrows from the text unless it had escapes.
@@ -305,11 +318,30 @@ mod tests {
         for text in texts {
             let r = raw(text).unwrap();
             let e = Event::from_json(text.as_bytes()).unwrap();
+            let owned = RawEvent::from_string(text.to_string()).unwrap();
+            assert_eq!(
+                (owned.id(), owned.placement_key(), owned.json().get()),
+                (r.id(), r.placement_key(), r.json().get()),
+                "from_string checks and keeps what parse does: {text}"
+            );
             assert_eq!(r.id(), e.id, "{text}");
             assert_eq!(r.placement_key(), e.placement_key(), "{text}");
             // Readers deserialise stored text straight into the struct.
             let back: Event = serde_json::from_str(r.json().get()).unwrap();
             assert_eq!(back, e, "{text}");
+        }
+    }
+
+    #[test]
+    fn from_string_refuses_what_parse_refuses() {
+        for (text, attribute) in [
+            (r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#, "id"),
+            (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","time":"x"}"#, "time"),
+            (r#"[1]"#, "json"),
+            (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t""#, "json"),
+        ] {
+            let e = RawEvent::from_string(text.to_string()).unwrap_err();
+            assert_eq!(e.attribute, attribute, "{text}: {e}");
         }
     }
 

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftless_core::Event;
+use driftless_core::{Event, InvalidEvent, RawEvent};
 use pg_walstream::{ColumnData, LogicalReplicationMessage, LogicalReplicationParser, TupleData};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,7 @@ struct Txn {
     /// Already durable (ends before the stored position): read past it.
     skip: bool,
     ordinal: u32,
-    events: Vec<(String, Event)>,
+    events: Vec<(String, Built)>,
     bytes: usize,
     /// Events of this transaction already appended in an earlier (memory-bounded) batch.
     flushed_early: bool,
@@ -209,7 +209,7 @@ impl Txn {
 /// Events waiting to be appended, and the position they complete.
 #[derive(Default)]
 struct Batch {
-    events: Vec<(String, Event)>,
+    events: Vec<(String, Built)>,
     bytes: usize,
     /// Highest position that is durable once `events` are.
     ack_lsn: Option<u64>,
@@ -812,7 +812,7 @@ impl Cdc<'_> {
                         let size = t.ordinal;
                         if !t.flushed_early {
                             for (_, e) in &mut t.events {
-                                e.extensions.insert("pgtxsize".into(), json!(size));
+                                e.set_txsize(size);
                             }
                         }
                         batch.bytes += t.bytes;
@@ -869,7 +869,15 @@ impl Cdc<'_> {
                 self.last_state_write = Instant::now();
             }
             // Encoded here, where the events were built (see `Emitter::encode`).
-            let events = ctx.emitter.encode(events)?;
+            let events = events
+                .into_iter()
+                .enumerate()
+                .map(|(index, (topic, e))| {
+                    e.encode()
+                        .map(|raw| (topic, raw))
+                        .map_err(|source| ctx.emitter.invalid_event(index, source))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let emitter = ctx.emitter.clone();
             self.inflight = Some(InFlight {
                 task: tokio::spawn(async move { emitter.emit_raw(events).await }),
@@ -1397,11 +1405,8 @@ impl Cdc<'_> {
             if !old_key.is_empty() && old_key != new_key {
                 self.record_key(t, rel, Some(&old_key));
                 self.record_key(t, rel, Some(&new_key));
-                let delete = self.change_event(t, rel, Op::Delete, old_key, before.clone(), None);
-                self.push(t, delete);
-                let insert = self.change_event(t, rel, Op::Insert, new_key, None, after);
-                self.push(t, insert);
-                return Ok(());
+                self.push_change(t, rel, Op::Delete, old_key, before.clone(), None)?;
+                return self.push_change(t, rel, Op::Insert, new_key, None, after);
             }
         }
         let key = match (&after, &before) {
@@ -1412,9 +1417,7 @@ impl Cdc<'_> {
         if op != Op::Truncate {
             self.record_key(t, rel, Some(&key));
         }
-        let event = self.change_event(t, rel, op, key, before, after);
-        self.push(t, event);
-        Ok(())
+        self.push_change(t, rel, op, key, before, after)
     }
 
     fn push(&self, t: &mut Txn, (topic, mut event): (String, Event)) {
@@ -1437,7 +1440,91 @@ impl Cdc<'_> {
             event.time = Some(t.time_text.clone());
         }
         t.bytes += event_bytes(&event);
-        t.events.push((topic, event));
+        t.events.push((topic, Built::Event(Box::new(event))));
+    }
+
+    /// One change: in the CloudEvents payload written as JSON text straight from its rows
+    /// ([`Built::Text`]), in the Debezium payload built as an [`Event`].
+    fn push_change(
+        &self,
+        t: &mut Txn,
+        rel: &Relation,
+        op: Op,
+        key: Vec<(String, Value)>,
+        before: Option<(Map<String, Value>, Vec<String>)>,
+        after: Option<(Map<String, Value>, Vec<String>)>,
+    ) -> Result<()> {
+        if self.config.payload == Payload::Debezium {
+            let event = self.change_event(t, rel, op, key, before, after);
+            self.push(t, event);
+            return Ok(());
+        }
+        let ordinal = t.ordinal;
+        t.ordinal += 1;
+        let id = event_id(self.name, t.commit_lsn, ordinal);
+        if self.recovered.as_ref().is_some_and(|(ids, _)| ids.contains(&id)) {
+            return Ok(());
+        }
+        let subject = subject_of(&key);
+        let key: Map<String, Value> = key.into_iter().collect();
+        let (after, unchanged) = match after {
+            Some((row, unchanged)) => (Some(row), unchanged),
+            None => (None, Vec::new()),
+        };
+        let before = before.map(|(row, _)| row);
+        // What `change_event` and `push` build, in the order `Event` serialises it, but the
+        // closing brace: `Built::encode` adds `pgtxsize` (known at commit) and closes it.
+        let written = (|| -> serde_json::Result<Vec<u8>> {
+            let mut w = JsonText(Vec::with_capacity(512));
+            w.raw(r#"{"specversion":"1.0","id":"#);
+            w.put(&id)?;
+            w.raw(r#","source":"#);
+            w.put(&self.event_source)?;
+            w.raw(r#","type":"#);
+            w.put(&rel.event_types[op as usize])?;
+            if let Some(subject) = &subject {
+                w.raw(r#","subject":"#);
+                w.put(subject)?;
+            }
+            w.raw(r#","time":"#);
+            w.put(&t.time_text)?;
+            w.raw(r#","datacontenttype":"application/json","data":{"after":"#);
+            w.put(&after)?;
+            w.raw(r#","before":"#);
+            w.put(&before)?;
+            w.raw(r#","key":"#);
+            w.put(&key)?;
+            w.raw(r#","op":"#);
+            w.put(op.name())?;
+            w.raw(r#","table":"#);
+            w.put(&rel.qualified)?;
+            if !unchanged.is_empty() {
+                w.raw(r#","unchanged":"#);
+                w.put(&unchanged)?;
+            }
+            w.raw("}");
+            if subject.is_none() {
+                // Truncates concern the whole table: keep them in order on one partition.
+                w.raw(r#","partitionkey":"#);
+                w.put(&rel.qualified)?;
+            }
+            w.raw(r#","pglsn":"#);
+            w.put(&t.lsn_text)?;
+            w.raw(r#","pgtxorder":"#);
+            w.put(&ordinal)?;
+            w.raw(r#","pgxid":"#);
+            w.put(&t.xid)?;
+            w.raw(r#","sequence":"#);
+            w.put(&driftless_core::pg_sequence(t.commit_lsn, ordinal))?;
+            Ok(w.0)
+        })();
+        let text = written.map_err(|e| ConnectError::State {
+            source_name: self.name.into(),
+            reason: format!("a change of {} did not serialise as JSON: {e}", rel.qualified),
+        })?;
+        t.bytes += text.len();
+        t.events.push((rel.topic.clone(), Built::Text { text, txsize: None }));
+        Ok(())
     }
 
     fn change_event(
@@ -1449,14 +1536,7 @@ impl Cdc<'_> {
         before: Option<(Map<String, Value>, Vec<String>)>,
         after: Option<(Map<String, Value>, Vec<String>)>,
     ) -> (String, Event) {
-        let subject = match key.len() {
-            0 => None,
-            1 => key.first().map(|(_, v)| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            _ => Some(Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string()),
-        };
+        let subject = subject_of(&key);
         let key: Map<String, Value> = key.into_iter().collect();
         let mut event = Event::new(String::new(), self.event_source.clone(), rel.event_type(op));
         event.subject = subject.clone();
@@ -1558,6 +1638,68 @@ impl Cdc<'_> {
 }
 
 /// Key columns in the table's key order (a JSON object would sort them by name).
+/// An event's `subject`: its one key value as text, or its key values as a JSON array.
+fn subject_of(key: &[(String, Value)]) -> Option<String> {
+    match key {
+        [] => None,
+        [(_, Value::String(s))] => Some(s.clone()),
+        [(_, other)] => Some(other.to_string()),
+        _ => Some(Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string()),
+    }
+}
+
+/// An event as the stream builds it, until it is encoded for the append.
+enum Built {
+    /// A change in the CloudEvents payload, written as JSON text straight from its rows (no
+    /// `Value` tree for the event, no serialising one): everything but `pgtxsize`, known when
+    /// the transaction commits, and the closing brace.
+    Text { text: Vec<u8>, txsize: Option<u32> },
+    /// Any other event (Debezium payload, outbox rows, snapshot reads).
+    Event(Box<Event>),
+}
+
+impl Built {
+    fn set_txsize(&mut self, size: u32) {
+        match self {
+            Built::Text { txsize, .. } => *txsize = Some(size),
+            Built::Event(e) => {
+                e.extensions.insert("pgtxsize".into(), json!(size));
+            }
+        }
+    }
+
+    /// The checked JSON text to append.
+    fn encode(self) -> std::result::Result<RawEvent, InvalidEvent> {
+        match self {
+            Built::Event(e) => RawEvent::from_event(&e),
+            Built::Text { mut text, txsize } => {
+                if let Some(size) = txsize {
+                    text.extend_from_slice(format!(r#","pgtxsize":{size}"#).as_bytes());
+                }
+                text.push(b'}');
+                let text = String::from_utf8(text).map_err(|e| InvalidEvent {
+                    attribute: "json".into(),
+                    reason: format!("not UTF-8: {e}"),
+                })?;
+                RawEvent::from_string(text)
+            }
+        }
+    }
+}
+
+/// JSON text being written.
+struct JsonText(Vec<u8>);
+
+impl JsonText {
+    fn raw(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn put(&mut self, v: &(impl Serialize + ?Sized)) -> serde_json::Result<()> {
+        serde_json::to_writer(&mut self.0, v)
+    }
+}
+
 fn rel_key(rel: &Relation, row: &Map<String, Value>) -> Vec<(String, Value)> {
     rel.key
         .iter()
