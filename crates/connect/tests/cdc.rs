@@ -300,7 +300,7 @@ async fn a_lost_slot_stops_the_source_unless_told_to_resnapshot() {
     wait_events(&f.broker, "app.public.s", 1).await;
     sources.shutdown().await;
     drop(sources);
-    f.db.batch_execute("SELECT pg_drop_replication_slot('driftless_app')").await.unwrap();
+    support::drop_slot(&f.db, "driftless_app").await;
     f.reopen_broker();
     let sources = f.start(f.cdc(&["public.s"]));
     let error = wait_state(&sources, SourceState::Failed).await.unwrap();

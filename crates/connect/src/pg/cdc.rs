@@ -1147,15 +1147,14 @@ impl Cdc<'_> {
                 // An outbox row the stream relayed (no later chunk can hold its key again).
                 continue;
             }
-            let (topic, mut event) = if rel.is_outbox {
-                self.outbox_event(&rel, row)?
+            if rel.is_outbox {
+                let event = self.outbox_event(&rel, row)?;
+                self.push(&mut t, event);
             } else {
-                self.change_event(&t, &rel, Op::Read, key, None, Some((row, Vec::new())))
-            };
-            if !rel.is_outbox {
-                event.id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
+                let id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
+                let after = Some((row, Vec::new()));
+                self.push_change(&mut t, &rel, Op::Read, key, None, after, Some(id))?;
             }
-            self.push(&mut t, (topic, event));
         }
         if let Some(run) = self.snapshot.as_mut() {
             run.relayed = relayed;
@@ -1405,8 +1404,8 @@ impl Cdc<'_> {
             if !old_key.is_empty() && old_key != new_key {
                 self.record_key(t, rel, Some(&old_key));
                 self.record_key(t, rel, Some(&new_key));
-                self.push_change(t, rel, Op::Delete, old_key, before.clone(), None)?;
-                return self.push_change(t, rel, Op::Insert, new_key, None, after);
+                self.push_change(t, rel, Op::Delete, old_key, before.clone(), None, None)?;
+                return self.push_change(t, rel, Op::Insert, new_key, None, after, None);
             }
         }
         let key = match (&after, &before) {
@@ -1417,7 +1416,7 @@ impl Cdc<'_> {
         if op != Op::Truncate {
             self.record_key(t, rel, Some(&key));
         }
-        self.push_change(t, rel, op, key, before, after)
+        self.push_change(t, rel, op, key, before, after, None)
     }
 
     fn push(&self, t: &mut Txn, (topic, mut event): (String, Event)) {
@@ -1443,8 +1442,10 @@ impl Cdc<'_> {
         t.events.push((topic, Built::Event(Box::new(event))));
     }
 
-    /// One change: in the CloudEvents payload written as JSON text straight from its rows
-    /// ([`Built::Text`]), in the Debezium payload built as an [`Event`].
+    /// One change (or snapshot read): in the CloudEvents payload written as JSON text straight
+    /// from its rows ([`Built::Text`]), in the Debezium payload built as an [`Event`]. `id`
+    /// replaces the change's `<source>:<commit LSN>:<n>` (snapshot reads have their own).
+    #[allow(clippy::too_many_arguments)]
     fn push_change(
         &self,
         t: &mut Txn,
@@ -1453,15 +1454,17 @@ impl Cdc<'_> {
         key: Vec<(String, Value)>,
         before: Option<(Map<String, Value>, Vec<String>)>,
         after: Option<(Map<String, Value>, Vec<String>)>,
+        id: Option<String>,
     ) -> Result<()> {
         if self.config.payload == Payload::Debezium {
-            let event = self.change_event(t, rel, op, key, before, after);
-            self.push(t, event);
+            let (topic, mut event) = self.debezium_event(t, rel, op, &key, before, after);
+            event.id = id.unwrap_or_default(); // empty: `push` gives it the change's id
+            self.push(t, (topic, event));
             return Ok(());
         }
         let ordinal = t.ordinal;
         t.ordinal += 1;
-        let id = event_id(self.name, t.commit_lsn, ordinal);
+        let id = id.unwrap_or_else(|| event_id(self.name, t.commit_lsn, ordinal));
         if self.recovered.as_ref().is_some_and(|(ids, _)| ids.contains(&id)) {
             return Ok(());
         }
@@ -1472,7 +1475,7 @@ impl Cdc<'_> {
             None => (None, Vec::new()),
         };
         let before = before.map(|(row, _)| row);
-        // What `change_event` and `push` build, in the order `Event` serialises it, but the
+        // The fields `push` gives an `Event`, in the order `Event` serialises them, but the
         // closing brace: `Built::encode` adds `pgtxsize` (known at commit) and closes it.
         let written = (|| -> serde_json::Result<Vec<u8>> {
             let mut w = JsonText(Vec::with_capacity(512));
@@ -1527,17 +1530,18 @@ impl Cdc<'_> {
         Ok(())
     }
 
-    fn change_event(
+    /// A change in the Debezium payload: `before`, `after` (unsent TOAST values as Debezium's
+    /// placeholder), `source`, `op`, `ts_ms`.
+    fn debezium_event(
         &self,
         t: &Txn,
         rel: &Relation,
         op: Op,
-        key: Vec<(String, Value)>,
+        key: &[(String, Value)],
         before: Option<(Map<String, Value>, Vec<String>)>,
         after: Option<(Map<String, Value>, Vec<String>)>,
     ) -> (String, Event) {
-        let subject = subject_of(&key);
-        let key: Map<String, Value> = key.into_iter().collect();
+        let subject = subject_of(key);
         let mut event = Event::new(String::new(), self.event_source.clone(), rel.event_type(op));
         event.subject = subject.clone();
         if subject.is_none() {
@@ -1545,61 +1549,33 @@ impl Cdc<'_> {
             event.extensions.insert("partitionkey".into(), json!(rel.qualified()));
         }
         event.datacontenttype = Some("application/json".into());
-        let data = match self.config.payload {
-            Payload::Cloudevents => {
-                let mut unchanged: Vec<String> = Vec::new();
-                let mut obj = Map::new();
-                obj.insert("op".into(), json!(op.name()));
-                obj.insert("table".into(), json!(rel.qualified()));
-                obj.insert("key".into(), Value::Object(key));
-                for (field, row) in [("before", before), ("after", after)] {
-                    match row {
-                        Some((r, u)) => {
-                            if field == "after" {
-                                unchanged = u;
-                            }
-                            obj.insert(field.into(), Value::Object(r));
-                        }
-                        None => {
-                            obj.insert(field.into(), Value::Null);
-                        }
-                    }
+        let with_placeholder = |row: Option<(Map<String, Value>, Vec<String>)>| match row {
+            Some((mut r, unchanged)) => {
+                for c in unchanged {
+                    r.insert(c, json!(DEBEZIUM_UNAVAILABLE));
                 }
-                if !unchanged.is_empty() {
-                    obj.insert("unchanged".into(), json!(unchanged));
-                }
-                Value::Object(obj)
+                Value::Object(r)
             }
-            Payload::Debezium => {
-                let with_placeholder = |row: Option<(Map<String, Value>, Vec<String>)>| match row {
-                    Some((mut r, unchanged)) => {
-                        for c in unchanged {
-                            r.insert(c, json!(DEBEZIUM_UNAVAILABLE));
-                        }
-                        Value::Object(r)
-                    }
-                    None => Value::Null,
-                };
-                json!({
-                    "before": with_placeholder(before),
-                    "after": with_placeholder(after),
-                    "source": {
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "connector": "postgresql",
-                        "name": self.name,
-                        "ts_ms": t.commit_time_us / 1000,
-                        "snapshot": if op == Op::Read { "true" } else { "false" },
-                        "db": self.database,
-                        "schema": rel.schema,
-                        "table": rel.table,
-                        "txId": t.xid,
-                        "lsn": t.commit_lsn,
-                    },
-                    "op": op.debezium(),
-                    "ts_ms": now_ms(),
-                })
-            }
+            None => Value::Null,
         };
+        let data = json!({
+            "before": with_placeholder(before),
+            "after": with_placeholder(after),
+            "source": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "connector": "postgresql",
+                "name": self.name,
+                "ts_ms": t.commit_time_us / 1000,
+                "snapshot": if op == Op::Read { "true" } else { "false" },
+                "db": self.database,
+                "schema": rel.schema,
+                "table": rel.table,
+                "txId": t.xid,
+                "lsn": t.commit_lsn,
+            },
+            "op": op.debezium(),
+            "ts_ms": now_ms(),
+        });
         event.data = Some(data);
         (rel.topic.clone(), event)
     }

@@ -1,5 +1,6 @@
 //! Shared by the connector tests: a broker in a directory, a source context outside the
-//! supervisor, a spawned source task that can be stopped, and reading a topic back.
+//! supervisor, a spawned source task that can be stopped, reading a topic back, and dropping a
+//! slot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -88,4 +89,23 @@ pub fn topic_events(broker: &Broker, topic: &str) -> Vec<(usize, Event)> {
 /// Every event of `topic`, in partition then offset order.
 pub fn events(broker: &Broker, topic: &str) -> Vec<Event> {
     topic_events(broker, topic).into_iter().map(|(_, e)| e).collect()
+}
+
+/// Drops replication slot `slot`, as an operator would while the source is stopped. Postgres
+/// marks a slot inactive only once the walsender of the closed connection has exited, which can
+/// trail the source's shutdown: until then the drop fails with "is active", and is tried again
+/// (up to 10 s).
+pub async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match db.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+            Ok(_) => return,
+            Err(e)
+                if std::time::Instant::now() < deadline && format!("{e:?}").contains("active") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("drop slot {slot}: {e:?}"),
+        }
+    }
 }
