@@ -212,7 +212,7 @@ impl TopicState {
                     .iter()
                     .map(|&i| {
                         let e = &events[i];
-                        NewRecord::keyed(e.placement_key().as_bytes(), e.json().get().as_bytes())
+                        NewRecord::keyed(e.placement_key().as_bytes(), e.json().as_bytes())
                     })
                     .collect();
                 let appended = self

@@ -212,7 +212,7 @@ mod tests {
     }
 
     fn event(raw: RawEvent) -> Event {
-        serde_json::from_str(raw.json().get()).unwrap()
+        serde_json::from_str(raw.json()).unwrap()
     }
 
     #[test]
