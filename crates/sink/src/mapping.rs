@@ -55,7 +55,13 @@ struct Input<'a> {
 
 enum Source<'a> {
     Value(&'a Value),
-    Text { text: &'a str, top: Option<Members<'a>> },
+    /// `top`: the event's members once split; `nested`: the members of each object a path
+    /// descended into, by its text (several columns usually read one object, `.data.after`).
+    Text {
+        text: &'a str,
+        top: Option<Members<'a>>,
+        nested: Vec<(&'a str, Members<'a>)>,
+    },
 }
 
 /// An object's members, values as text, in order.
@@ -67,7 +73,7 @@ impl<'a> Input<'a> {
     }
 
     fn text(text: &'a str) -> Self {
-        Self { event: Source::Text { text, top: None }, val: None }
+        Self { event: Source::Text { text, top: None, nested: Vec::new() }, val: None }
     }
 
     fn val(&mut self) -> std::result::Result<&Val, String> {
@@ -104,7 +110,7 @@ impl<'a> Input<'a> {
                 }
                 Ok(at.clone())
             }
-            Source::Text { text, top } => {
+            Source::Text { text, top, nested } => {
                 let Some((first, rest)) = names.split_first() else {
                     return serde_json::from_str(text)
                         .map_err(|e| format!("event is not JSON: {e}"));
@@ -118,7 +124,17 @@ impl<'a> Input<'a> {
                     let Some(raw) = at else { return Ok(Value::Null) };
                     let t = raw.get();
                     at = match t.as_bytes().first() {
-                        Some(b'{') => last_member(&members(t)?, name),
+                        Some(b'{') => {
+                            // By address: the same object text, not merely equal text.
+                            let i = match nested.iter().position(|(o, _)| std::ptr::eq(*o, t)) {
+                                Some(i) => i,
+                                None => {
+                                    nested.push((t, members(t)?));
+                                    nested.len() - 1
+                                }
+                            };
+                            last_member(&nested[i].1, name)
+                        }
                         Some(b'n') => None,
                         _ => return Err(cannot(text_kind(t), name)),
                     };
@@ -711,9 +727,16 @@ mod tests {
             table = "t"
             key = ["id"]
             op = "delete"
+            [[mapping]]
+            types = ["two.*"]
+            table = "w"
+            key = ["id"]
+            columns = { id = ".data.id", x = ".data.p.q", y = ".data.r.q", z = ".data.p.s" }
             "#,
         );
         let cases = [
+            // Sibling objects of the same length: each column reads its own object's members.
+            r#"{"type":"two.x","data":{"id":1,"p":{"q":1,"s":3},"r":{"q":2,"s":4}}}"#,
             r#"{"type":"row.insert","sequence":"0009","data":{"after":{"id":1,"name":"a"}}}"#,
             // Escaped member names, and a repeated member (the last one counts, as in a Value).
             r#"{"type":"row.x","data":{"after":{"id":"k","x":[1,{"y":null}]},"after":{"id":2}}}"#,
@@ -731,12 +754,14 @@ mod tests {
             let value: Value = serde_json::from_str(text).unwrap();
             assert_eq!(m.map_json(text, 7).map(|m| m.ops), m.map(&value, 7), "{text}");
         }
-        assert!(m.map_json(cases[0], 7).unwrap().ops[0].columns.contains_key("name"));
-        assert_eq!(m.map_json(cases[2], 7).unwrap().ops[0].columns["z"], json!("last"));
-        assert!(m.map_json(cases[7], 7).unwrap_err().contains("cannot index a string"));
+        let two = &m.map_json(cases[0], 7).unwrap().ops[0].columns;
+        assert_eq!((&two["x"], &two["y"], &two["z"]), (&json!(1), &json!(2), &json!(3)));
+        assert!(m.map_json(cases[1], 7).unwrap().ops[0].columns.contains_key("name"));
+        assert_eq!(m.map_json(cases[3], 7).unwrap().ops[0].columns["z"], json!("last"));
+        assert!(m.map_json(cases[8], 7).unwrap_err().contains("cannot index a string"));
         let timed = r#"{"type":"row.x","time":"2026-01-01T00:00:00Z","data":{"after":{"id":1}}}"#;
         assert_eq!(m.map_json(timed, 0).unwrap().time.as_deref(), Some("2026-01-01T00:00:00Z"));
-        assert_eq!(m.map_json(cases[0], 0).unwrap().time, None);
+        assert_eq!(m.map_json(cases[1], 0).unwrap().time, None);
     }
 
     #[test]
