@@ -39,11 +39,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use driftless_core::{Clock, Event, RawEvent, SystemClock, TopicName};
 use driftless_log::{Log, LogOptions, PartitionStats};
-use event_listener::{Event as Notify, EventListener};
+use event_listener::Event as Notify;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub use error::{BrokerError, Result};
+/// What [`Broker::listen`] returns: a future that completes at the next notification.
+pub use event_listener::EventListener;
 pub use groups::{DeadLetter, DeadLetterState, Delivery};
 pub use topics::{Produced, TopicSpec};
 

@@ -139,7 +139,7 @@ pub(crate) async fn run(
             .map_err(|e| unavailable(&name, e))?
             .map_err(|error| SinkError::Broker { sink: name.clone(), error })?;
     }
-    let mapper = Mapper::compile(&shadow.name, &shadow.mappings)?;
+    let mapper = Arc::new(Mapper::compile(&shadow.name, &shadow.mappings)?);
     let replay_status = Arc::new(SinkStatus::new(&shadow));
     let (_never_paused, paused_rx) = watch::channel(false);
     let mut ctx = SinkContext {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use driftless_broker::{Broker, BrokerError, Delivery, Fetched};
+use driftless_broker::{Broker, BrokerError, Delivery, EventListener, Fetched};
 use driftless_control::{Backoff, Control, Tasks};
 use rand::Rng;
 use serde::Serialize;
@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::batch::{rfc3339_ms, Item};
 use crate::config::{SinkConfig, TargetConfig, WebhookConfig};
 use crate::error::{ApplyError, Result, SinkError};
-use crate::mapping::Mapper;
+use crate::mapping::{Mapped, Mapper};
 use crate::postgres::PgSink;
 use crate::rebuild::{RebuildPhase, RebuildReport};
 use crate::sqlite::SqliteSink;
@@ -425,20 +425,42 @@ pub(crate) fn group_caught_up(broker: &Broker, group: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn item_of(d: &Delivery<Bytes>, mapped: crate::mapping::Mapped) -> Item {
+fn item_of(d: &Delivery<Bytes>, mapped: Mapped) -> Item {
     let event_time_ms = mapped.time.as_deref().and_then(rfc3339_ms).unwrap_or(0);
     let (topic, partition, offset) = (d.topic.clone(), d.partition, d.offset);
     Item { topic, partition, offset, event_time_ms, ops: mapped.ops }
 }
 
+/// Maps one delivered event from its stored text.
+fn map_delivery(mapper: &Mapper, d: &Delivery<Bytes>) -> std::result::Result<Mapped, String> {
+    std::str::from_utf8(&d.event)
+        .map_err(|e| format!("the stored event is not UTF-8 text: {e}"))
+        .and_then(|text| mapper.map_json(text, d.offset))
+}
+
+/// Each delivery's mapping, in delivery order (an error goes the retry/dead-letter way).
+type Mappings = Vec<std::result::Result<Mapped, String>>;
+
+/// A fetched batch with its mappings, made on the blocking pool ahead of its turn.
+type Prefetched = (Fetched<Bytes>, Mappings);
+
 /// A table sink's overlap of work: while a batch is applied, the previous batch's
-/// acknowledgement (its commit is done) and the next batch's fetch run on the blocking pool. The
-/// next batch cannot hold a key of the current one: the broker hands out one event per key until
-/// it is acknowledged. At most one acknowledgement and one prefetch are outstanding.
+/// acknowledgement (its commit is done) and the next batch's fetch and mapping run on the
+/// blocking pool — mapping is a pure function of the event, so doing it early changes nothing but
+/// when the CPU is spent (it used to wait for the previous batch's round trip). The next batch
+/// cannot hold a key of the current one: the broker hands out one event per key until it is
+/// acknowledged. At most one acknowledgement and one prefetch are outstanding.
+///
+/// A prefetch carries the group's listener, registered before its fetch began: an event produced
+/// after that fetch (while the previous batch was applied) wakes the sink. Listening only once
+/// the prefetch was taken missed such an event until the idle wait ran out (1 s).
 #[derive(Default)]
 struct Pipeline {
     ack: Option<tokio::task::JoinHandle<std::result::Result<Vec<String>, BrokerError>>>,
-    prefetch: Option<tokio::task::JoinHandle<std::result::Result<Fetched<Bytes>, BrokerError>>>,
+    prefetch: Option<(
+        EventListener,
+        tokio::task::JoinHandle<std::result::Result<Prefetched, BrokerError>>,
+    )>,
 }
 
 impl Pipeline {
@@ -468,15 +490,30 @@ impl Pipeline {
         self.ack = Some(tokio::task::spawn_blocking(move || b.ack(&g, &ids)));
     }
 
-    fn start_prefetch(&mut self, broker: &Arc<Broker>, session: &Session<'_>, max: usize) {
+    fn start_prefetch(
+        &mut self,
+        broker: &Arc<Broker>,
+        session: &Session<'_>,
+        max: usize,
+        mapper: &Arc<Mapper>,
+    ) {
         let (b, g, m) = (Arc::clone(broker), session.group.clone(), session.member.clone());
-        self.prefetch = Some(tokio::task::spawn_blocking(move || b.fetch_raw(&g, &m, max)));
+        let mapper = Arc::clone(mapper);
+        let listener = broker.listen(&session.group);
+        let fetch = tokio::task::spawn_blocking(move || {
+            let fetched = b.fetch_raw(&g, &m, max)?;
+            let mapped = fetched.deliveries.iter().map(|d| map_delivery(&mapper, d)).collect();
+            Ok((fetched, mapped))
+        });
+        self.prefetch = Some((listener, fetch));
     }
 
-    /// The prefetched batch, if one was fetched (a failed prefetch is simply fetched again).
-    async fn take_prefetch(&mut self) -> Option<Fetched<Bytes>> {
-        match self.prefetch.take()?.await {
-            Ok(Ok(f)) => Some(f),
+    /// The prefetched batch and its mappings, with the listener registered before its fetch; or
+    /// `None` if there was none (a failed prefetch is simply fetched again).
+    async fn take_prefetch(&mut self) -> Option<(EventListener, Prefetched)> {
+        let (listener, fetch) = self.prefetch.take()?;
+        match fetch.await {
+            Ok(Ok(f)) => Some((listener, f)),
             _ => None,
         }
     }
@@ -484,7 +521,7 @@ impl Pipeline {
     /// Settles the acknowledgement and hands a prefetched batch back to the group.
     async fn drain(&mut self, broker: &Arc<Broker>, session: &Session<'_>) -> Result<()> {
         self.settle_ack(&session.config.name).await?;
-        if let Some(f) = self.take_prefetch().await {
+        if let Some((_, (f, _))) = self.take_prefetch().await {
             let ids = f.deliveries.into_iter().map(|d| d.delivery_id).collect();
             session.release(broker, ids).await?;
         }
@@ -496,7 +533,7 @@ impl Pipeline {
 /// consumed everything of its topics (a rebuild's replay).
 pub(crate) async fn run_sink(
     config: &SinkConfig,
-    mapper: &Mapper,
+    mapper: &Arc<Mapper>,
     ctx: &mut SinkContext,
     until_caught_up: bool,
 ) -> Result<()> {
@@ -535,14 +572,17 @@ pub(crate) async fn run_sink(
                 None => {}
             }
         }
-        // Listen before fetching, so a produce between the fetch and the wait is not missed.
-        let listener = broker.listen(&session.group);
-        let fetched = match pipeline.take_prefetch().await {
-            Some(f) => f,
-            None => match session.fetch(&broker, max).await {
-                Ok(f) => f,
-                Err(e) => break Err(e),
-            },
+        // Listen before fetching, so a produce between the fetch and the wait is not missed (a
+        // prefetch listened before its fetch).
+        let (listener, fetched, mapped) = match pipeline.take_prefetch().await {
+            Some((listener, (f, mapped))) => (listener, f, Some(mapped)),
+            None => {
+                let listener = broker.listen(&session.group);
+                match session.fetch(&broker, max).await {
+                    Ok(f) => (listener, f, None),
+                    Err(e) => break Err(e),
+                }
+            }
         };
         if fetched.deliveries.is_empty() {
             if let Err(e) = pipeline.settle_ack(&config.name).await {
@@ -568,10 +608,9 @@ pub(crate) async fn run_sink(
                     .await
             }
             _ => {
-                pipeline.start_prefetch(&broker, &session, max);
-                match apply_tables(config, mapper, ctx, &session, &mut target, fetched.deliveries)
-                    .await
-                {
+                pipeline.start_prefetch(&broker, &session, max, mapper);
+                let batch = (fetched.deliveries, mapped);
+                match apply_tables(config, mapper, ctx, &session, &mut target, batch).await {
                     Ok(Some(acks)) => match pipeline.settle_ack(&config.name).await {
                         Ok(()) => {
                             pipeline.start_ack(&broker, &session.group, acks);
@@ -609,7 +648,8 @@ pub(crate) async fn run_sink(
     result.and(drained)
 }
 
-/// Applies a batch to a table target. `Ok(Some(ids))`: applied and committed — `ids` are to be
+/// Applies a batch to a table target: its deliveries, and their mappings if the prefetch made
+/// them (else they are mapped here). `Ok(Some(ids))`: applied and committed — `ids` are to be
 /// acknowledged (every other delivery was acknowledged or rejected here); `Ok(None)`: the target
 /// is unavailable and the deliveries were released.
 async fn apply_tables(
@@ -618,14 +658,16 @@ async fn apply_tables(
     ctx: &SinkContext,
     session: &Session<'_>,
     target: &mut Target,
-    deliveries: Vec<Delivery<Bytes>>,
+    (deliveries, mapped): (Vec<Delivery<Bytes>>, Option<Mappings>),
 ) -> Result<Option<Vec<String>>> {
     let broker = &ctx.broker;
+    let mapped = match mapped {
+        Some(m) => m,
+        None => deliveries.iter().map(|d| map_delivery(mapper, d)).collect(),
+    };
+    debug_assert_eq!(mapped.len(), deliveries.len());
     let mut items: Vec<(String, Item)> = Vec::new();
-    for d in &deliveries {
-        let mapped = std::str::from_utf8(&d.event)
-            .map_err(|e| format!("the stored event is not UTF-8 text: {e}"))
-            .and_then(|text| mapper.map_json(text, d.offset));
+    for (d, mapped) in deliveries.iter().zip(mapped) {
         match mapped {
             Ok(mapped) => items.push((d.delivery_id.clone(), item_of(d, mapped))),
             Err(e) => {
@@ -943,4 +985,58 @@ async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext
         }
     }
     ctx.status.set_state(SinkState::Stopped, None);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use driftless_broker::{BrokerConfig, TopicSpec};
+    use driftless_core::Event;
+
+    /// Regression: the apply loop listened for produces only after taking its prefetch, so an
+    /// event produced while the previous batch was applied (after the prefetch's fetch) waited
+    /// for the idle wait to run out, 1 s, unless another event came.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_produced_after_an_empty_prefetch_wakes_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(Broker::open(dir.path(), BrokerConfig::default()).unwrap());
+        broker.create_topic("t", TopicSpec { partitions: 1, ..TopicSpec::default() }).unwrap();
+        let config: SinkConfig = toml::from_str(
+            r#"
+            name = "s"
+            topics = ["t"]
+            target = { kind = "sqlite", path = "unused.db" }
+            [[mapping]]
+            types = ["x"]
+            table = "x"
+            key = ["id"]
+            columns = { id = ".subject" }
+            "#,
+        )
+        .unwrap();
+        let mapper = Arc::new(Mapper::compile(&config.name, &config.mappings).unwrap());
+        let session = Session::join(&config, &broker).await.unwrap();
+        let mut pipeline = Pipeline::default();
+        pipeline.start_prefetch(&broker, &session, 10, &mapper);
+        // The event arrives after the prefetch's fetch is done and before the loop takes it.
+        while !pipeline.prefetch.as_ref().unwrap().1.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut e = Event::new("e1", "/test", "x");
+        e.subject = Some("k".into());
+        broker.produce("t", vec![e]).unwrap();
+        let (listener, (fetched, mapped)) = pipeline.take_prefetch().await.unwrap();
+        assert!(fetched.deliveries.is_empty() && mapped.is_empty(), "fetched before the event");
+        tokio::time::timeout(Duration::from_secs(10), listener)
+            .await
+            .expect("the produce after the prefetch's fetch wakes the listener it came with");
+
+        // And the prefetch maps what it fetches.
+        pipeline.start_prefetch(&broker, &session, 10, &mapper);
+        let (_, (fetched, mapped)) = pipeline.take_prefetch().await.unwrap();
+        assert_eq!(fetched.deliveries.len(), 1);
+        let ops = &mapped[0].as_ref().unwrap().ops;
+        assert_eq!(ops[0].key, vec![("id".to_string(), serde_json::json!("k"))]);
+    }
 }
