@@ -754,10 +754,10 @@ impl Broker {
                     }
                     let batch = partition.read(cursor.next_read, room, 1 << 20)?;
                     for r in batch.records {
-                        // Copies: the log hands out slices of its read buffer, and a pending
-                        // event may stay for long; a slice would pin the whole buffer (1 MiB).
-                        let value = r.value.map(|v| Bytes::copy_from_slice(&v)).unwrap_or_default();
-                        let key = r.key.map(|k| Bytes::copy_from_slice(&k)).unwrap_or_default();
+                        // The log's records own their bytes (no slice of a read buffer is
+                        // pinned by an event that stays pending for long).
+                        let value = r.value.unwrap_or_default();
+                        let key = r.key.unwrap_or_default();
                         cursor.insert(
                             r.offset,
                             Pending {

@@ -444,14 +444,21 @@ impl Fs for Arc<FaultFs> {
 /// Reads up to `len` bytes at `pos`, fewer only at end of file.
 pub(crate) fn read_up_to(file: &dyn FsFile, pos: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; len];
+    let filled = read_into(file, pos, &mut buf)?;
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Fills `buf` from `pos`; returns how many bytes were read, fewer than `buf.len()` only at end
+/// of file.
+pub(crate) fn read_into(file: &dyn FsFile, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
-    while filled < len {
+    while filled < buf.len() {
         let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
         if n == 0 {
             break;
         }
         filled += n;
     }
-    buf.truncate(filled);
-    Ok(buf)
+    Ok(filled)
 }

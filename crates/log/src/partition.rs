@@ -757,7 +757,7 @@ impl Partition {
                 let step =
                     scan.next_step().map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
                 match step {
-                    Step::Record { header, len, chunk, at, .. } => {
+                    Step::Record { header, len, .. } => {
                         if header.offset >= visible {
                             out.next_offset = out.next_offset.max(visible);
                             return Ok(out);
@@ -765,7 +765,7 @@ impl Partition {
                         if header.offset < from {
                             continue;
                         }
-                        out.records.push(record::materialize(&chunk, at, &header, len));
+                        out.records.push(record::materialize(scan.record(len), &header));
                         out.next_offset = header.offset + 1;
                         bytes += len;
                         if out.records.len() >= max_records || bytes >= max_bytes {
@@ -989,8 +989,8 @@ impl Partition {
                             });
                         }
                     }
-                    // Copy: a slice would pin the whole scan chunk in memory.
-                    latest.insert(Bytes::copy_from_slice(&key), header.offset);
+                    // The record's own copy of its key (not a slice of the read buffer).
+                    latest.insert(key, header.offset);
                 }
             }
         }
@@ -1004,8 +1004,8 @@ impl Partition {
             loop {
                 let step =
                     scan.next_step().map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
-                let (header, len, chunk, at) = match step {
-                    Step::Record { header, len, chunk, at, .. } => (header, len, chunk, at),
+                let (header, len) = match step {
+                    Step::Record { header, len, .. } => (header, len),
                     Step::End => break,
                     Step::Invalid { position, reason } => {
                         return Err(LogError::Corrupt {
@@ -1024,7 +1024,8 @@ impl Partition {
                         })
                     }
                 };
-                let rec = record::materialize(&chunk, at, &header, len);
+                let bytes = scan.record(len);
+                let rec = record::materialize(bytes, &header);
                 let keep = match &rec.key {
                     None => true,
                     Some(key) => {
@@ -1034,7 +1035,7 @@ impl Partition {
                 };
                 if keep {
                     builder.observe(kept.len() as u64, &header, len);
-                    kept.extend_from_slice(&chunk[at..at + len]);
+                    kept.extend_from_slice(bytes);
                 } else {
                     removed += 1;
                 }
@@ -1066,8 +1067,8 @@ impl Partition {
         seg: &Segment,
     ) -> Result<Option<(record::Header, Record)>> {
         match scan.next_step().map_err(|e| LogError::io("read segment", &seg.log_path, e))? {
-            Step::Record { header, len, chunk, at, .. } => {
-                Ok(Some((header, record::materialize(&chunk, at, &header, len))))
+            Step::Record { header, len, .. } => {
+                Ok(Some((header, record::materialize(scan.record(len), &header))))
             }
             Step::End => Ok(None),
             Step::Invalid { position, reason } => Err(LogError::Corrupt {
@@ -1222,11 +1223,11 @@ impl PartitionOpener<'_> {
         let len = file.size().map_err(|e| LogError::io("stat segment", &log_path, e))?;
         let entries = self.read_index(base, &idx_path)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            let mut scan = crate::segment::Scanner::new(&*file, last.position, len, self.body_max)
-                .with_chunk_bytes(64 << 10);
-            if let Step::Record { header, len: rec_len, .. } =
-                scan.next_step().map_err(|e| LogError::io("read segment", &log_path, e))?
-            {
+            let step = crate::segment::Scanner::new(&*file, last.position, len, self.body_max)
+                .with_chunk_bytes(64 << 10)
+                .next_step()
+                .map_err(|e| LogError::io("read segment", &log_path, e))?;
+            if let Step::Record { header, len: rec_len, .. } = step {
                 if first.position == 0
                     && header.offset == last.offset
                     && last.position + rec_len as u64 == len
@@ -1273,6 +1274,7 @@ impl PartitionOpener<'_> {
                 }
             }
         }
+        drop(scan);
         let entries = builder.seal();
         self.write_index(&idx_path, base, &entries)?;
         Ok(Segment::new(self.dir, base, file, len, summary, entries))
@@ -1352,6 +1354,7 @@ impl PartitionOpener<'_> {
                 Step::Incomplete { position } => break Some((position, "torn record at the end")),
             }
         };
+        drop(scan);
         let (cut, summary, last_record_position, kept_entries) = committed;
         if cut < len {
             let (position, reason) = tear.unwrap_or((cut, "batch without its last record"));

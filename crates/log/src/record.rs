@@ -60,7 +60,8 @@ impl<'a> NewRecord<'a> {
     }
 }
 
-/// A record read back from the log. Its checksum has been verified.
+/// A record read back from the log. Its checksum has been verified; its key and value are its
+/// own copies, so keeping it holds nothing else in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Position in the partition; dense unless compaction removed records.
@@ -194,12 +195,15 @@ pub(crate) fn decode(buf: &[u8], body_bytes_max: usize) -> Decoded {
     Decoded::Record { header, len }
 }
 
-/// Builds a [`Record`] from a valid encoding that starts at `at` in `chunk`.
-pub(crate) fn materialize(chunk: &Bytes, at: usize, header: &Header, len: usize) -> Record {
-    let key_start = at + RECORD_HEADER_BYTES;
-    let value_start = key_start + header.key_len;
-    let key = (header.flags & FLAG_HAS_KEY != 0).then(|| chunk.slice(key_start..value_start));
-    let value = (header.flags & FLAG_TOMBSTONE == 0).then(|| chunk.slice(value_start..at + len));
+/// Builds a [`Record`] from the valid encoding `bytes` (as [`decode`] checked it), copying its
+/// key and value: a record kept for long (a consumer's pending window, a compaction's key map)
+/// then holds its own bytes, not the read buffer they came in.
+pub(crate) fn materialize(bytes: &[u8], header: &Header) -> Record {
+    let value_start = RECORD_HEADER_BYTES + header.key_len;
+    let key = (header.flags & FLAG_HAS_KEY != 0)
+        .then(|| Bytes::copy_from_slice(&bytes[RECORD_HEADER_BYTES..value_start]));
+    let value =
+        (header.flags & FLAG_TOMBSTONE == 0).then(|| Bytes::copy_from_slice(&bytes[value_start..]));
     Record { offset: header.offset, timestamp_ms: header.timestamp_ms, key, value }
 }
 
@@ -216,12 +220,11 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, &record, 42, 1_700_000_000_000, true);
         assert_eq!(buf.len(), record.encoded_len());
-        let chunk = Bytes::from(buf);
-        match decode(&chunk, 1 << 20) {
+        match decode(&buf, 1 << 20) {
             Decoded::Record { header, len } => {
-                assert_eq!(len, chunk.len());
+                assert_eq!(len, buf.len());
                 assert!(header.is_batch_end());
-                materialize(&chunk, 0, &header, len)
+                materialize(&buf, &header)
             }
             other => panic!("expected a record, got {other:?}"),
         }

@@ -12,13 +12,12 @@
 //! and weakly along the index; the index is a cache — it is validated on open and rebuilt from the
 //! records whenever it disagrees with them, so a torn or stale index never causes a wrong read.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-
-use crate::fs::{read_up_to, FsFile};
+use crate::fs::{read_into, FsFile};
 use crate::record::{decode, Decoded, Header};
 
 /// Bytes of one index entry.
@@ -187,8 +186,9 @@ impl Summary {
 /// One step of a scan.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// A valid record starting at `position`; `chunk[at..at + len]` holds its bytes.
-    Record { position: u64, header: Header, len: usize, chunk: Bytes, at: usize },
+    /// A valid record starting at `position`, `len` bytes long; [`Scanner::record`] gives its
+    /// bytes until the next step.
+    Record { position: u64, header: Header, len: usize },
     /// The scan reached its end exactly at a record boundary.
     End,
     /// The bytes at `position` are not a valid record.
@@ -197,7 +197,19 @@ pub(crate) enum Step {
     Incomplete { position: u64 },
 }
 
-/// Reads records sequentially from `[from, to)` of a file, in chunks.
+thread_local! {
+    /// The read buffer a scanner on this thread last dropped, for the next one: a fresh buffer
+    /// is zeroed before the read overwrites it, and the zeroing cost as much as the read's copy.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Largest read buffer kept for the thread's next scan; a larger one (a record over a chunk) is
+/// freed with its scanner. Bounds the memory idle scratch buffers hold to this per thread.
+const SCRATCH_KEPT_BYTES_MAX: usize = SCAN_CHUNK_BYTES;
+
+/// Reads records sequentially from `[from, to)` of a file, in chunks, into a buffer reused from
+/// chunk to chunk and, through a per-thread scratch buffer, from scan to scan. Records' bytes are
+/// borrowed from it ([`Scanner::record`]); a caller keeping them copies them.
 pub(crate) struct Scanner<'a> {
     file: &'a dyn FsFile,
     pos: u64,
@@ -206,8 +218,23 @@ pub(crate) struct Scanner<'a> {
     chunk_bytes: usize,
     /// Each refill doubles `chunk_bytes` up to this (equal to it: fixed-size chunks).
     chunk_bytes_max: usize,
-    chunk: Bytes,
+    /// `buf[..filled]` holds the file's bytes from `chunk_pos`; the rest is stale.
+    buf: Vec<u8>,
+    filled: usize,
     chunk_pos: u64,
+}
+
+impl Drop for Scanner<'_> {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= SCRATCH_KEPT_BYTES_MAX {
+            let buf = std::mem::take(&mut self.buf);
+            SCRATCH.with(|s| {
+                // Keep the larger of the two: the next scan then grows (and zeroes) less.
+                let other = s.take();
+                s.set(if other.len() > buf.len() { other } else { buf });
+            });
+        }
+    }
 }
 
 impl<'a> Scanner<'a> {
@@ -219,9 +246,17 @@ impl<'a> Scanner<'a> {
             body_bytes_max,
             chunk_bytes: SCAN_CHUNK_BYTES,
             chunk_bytes_max: SCAN_CHUNK_BYTES,
-            chunk: Bytes::new(),
+            buf: SCRATCH.with(Cell::take),
+            filled: 0,
             chunk_pos: from,
         }
+    }
+
+    /// The bytes of the record the last step returned, which started `len` bytes before the
+    /// scan's position.
+    pub fn record(&self, len: usize) -> &[u8] {
+        let at = (self.pos - self.chunk_pos) as usize - len;
+        &self.buf[at..at + len]
     }
 
     /// Reads `chunk_bytes` at a time instead of [`SCAN_CHUNK_BYTES`] (short reads of a tail).
@@ -246,8 +281,8 @@ impl<'a> Scanner<'a> {
         }
         loop {
             let at = (self.pos - self.chunk_pos) as usize;
-            let decoded = if self.pos >= self.chunk_pos && at < self.chunk.len() {
-                decode(&self.chunk[at..], self.body_bytes_max)
+            let decoded = if self.pos >= self.chunk_pos && at < self.filled {
+                decode(&self.buf[at..self.filled], self.body_bytes_max)
             } else {
                 Decoded::Incomplete { need: crate::record::RECORD_HEADER_BYTES }
             };
@@ -255,13 +290,7 @@ impl<'a> Scanner<'a> {
                 Decoded::Record { header, len } => {
                     let position = self.pos;
                     self.pos += len as u64;
-                    return Ok(Step::Record {
-                        position,
-                        header,
-                        len,
-                        chunk: self.chunk.clone(),
-                        at,
-                    });
+                    return Ok(Step::Record { position, header, len });
                 }
                 Decoded::Invalid { reason } => {
                     return Ok(Step::Invalid { position: self.pos, reason });
@@ -272,11 +301,15 @@ impl<'a> Scanner<'a> {
                         return Ok(Step::Incomplete { position: self.pos });
                     }
                     let want = (need.max(self.chunk_bytes) as u64).min(remaining) as usize;
-                    let buf = read_up_to(self.file, self.pos, want)?;
-                    self.chunk_bytes = (self.chunk_bytes * 2).min(self.chunk_bytes_max);
-                    let short = buf.len() < need;
-                    self.chunk = Bytes::from(buf);
+                    if self.buf.len() < want {
+                        self.buf.resize(want, 0);
+                    }
+                    // Nothing of the old chunk is valid past this point, even on error.
+                    self.filled = 0;
                     self.chunk_pos = self.pos;
+                    self.filled = read_into(self.file, self.pos, &mut self.buf[..want])?;
+                    self.chunk_bytes = (self.chunk_bytes * 2).min(self.chunk_bytes_max);
+                    let short = self.filled < need;
                     if short {
                         // The file ends before the range does: the range ends in a tear.
                         return Ok(Step::Incomplete { position: self.pos });
@@ -284,5 +317,52 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::fs::{Fs, OpenMode, StdFs};
+    use crate::record::{encode, NewRecord};
+
+    /// The scratch buffer comes back holding the previous scan's bytes: a scan of a shorter
+    /// file must stop at what it read, not decode those stale bytes as records.
+    #[test]
+    fn a_scanner_never_reads_the_stale_bytes_a_previous_scan_left_in_its_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut long = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..100u64 {
+            encode(&mut long, &NewRecord::keyed(b"k", &[i as u8; 40]), i, 1, true);
+            ends.push(long.len());
+        }
+        // The short file is the long one's first three records and half of the fourth: the
+        // rest of the fourth is exactly what the buffer still holds from the long scan.
+        let short = &long[..ends[2] + (ends[3] - ends[2]) / 2];
+        let paths = [dir.path().join("long"), dir.path().join("short")];
+        std::fs::write(&paths[0], &long).unwrap();
+        std::fs::write(&paths[1], short).unwrap();
+        let count = |path: &Path, to: u64| {
+            let file = StdFs.open(path, OpenMode::Read).unwrap();
+            let mut scan = Scanner::new(&*file, 0, to, 1 << 10);
+            let mut offsets = Vec::new();
+            loop {
+                match scan.next_step().unwrap() {
+                    Step::Record { header, len, .. } => {
+                        assert_eq!(scan.record(len).len(), len);
+                        offsets.push(header.offset);
+                    }
+                    other => return (offsets, format!("{other:?}")),
+                }
+            }
+        };
+        let (offsets, end) = count(&paths[0], long.len() as u64);
+        assert_eq!((offsets.len(), end.as_str()), (100, "End"));
+        // The range claims the long file's length, as a segment whose file lost its tail would.
+        let (offsets, end) = count(&paths[1], long.len() as u64);
+        assert_eq!(offsets, vec![0, 1, 2], "only the records the short file holds");
+        assert!(end.starts_with("Incomplete"), "{end}");
     }
 }
