@@ -302,6 +302,9 @@ impl<'a> Scanner<'a> {
                     }
                     let want = (need.max(self.chunk_bytes) as u64).min(remaining) as usize;
                     if self.buf.len() < want {
+                        // Exactly: amortised doubling would take a 700 KiB buffer grown to a
+                        // 1 MiB chunk past what the thread keeps for its next scan.
+                        self.buf.reserve_exact(want - self.buf.len());
                         self.buf.resize(want, 0);
                     }
                     // Nothing of the old chunk is valid past this point, even on error.
@@ -364,5 +367,33 @@ mod tests {
         let (offsets, end) = count(&paths[1], long.len() as u64);
         assert_eq!(offsets, vec![0, 1, 2], "only the records the short file holds");
         assert!(end.starts_with("Incomplete"), "{end}");
+    }
+
+    /// A scan whose chunks grew from an odd size up to a full chunk leaves its buffer for the
+    /// thread's next scan (amortised growth had taken it past the size kept, so every such scan
+    /// zeroed a fresh buffer again).
+    #[test]
+    fn a_scan_grown_to_a_full_chunk_leaves_its_buffer_for_the_next_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        let mut offset = 0;
+        while bytes.len() < 2 * SCAN_CHUNK_BYTES {
+            encode(&mut bytes, &NewRecord::unkeyed(&[7; 1000]), offset, 1, true);
+            offset += 1;
+        }
+        let path = dir.path().join("log");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = StdFs.open(&path, OpenMode::Read).unwrap();
+        let mut scan = Scanner::new(&*file, 0, bytes.len() as u64, 1 << 12)
+            .with_growing_chunks(700 << 10, SCAN_CHUNK_BYTES);
+        while let Step::Record { .. } = scan.next_step().unwrap() {}
+        drop(scan);
+        let kept = SCRATCH.with(|s| {
+            let buf = s.take();
+            let len = buf.len();
+            s.set(buf);
+            len
+        });
+        assert_eq!(kept, SCAN_CHUNK_BYTES);
     }
 }
