@@ -15,11 +15,14 @@
 //!   (non-negative integers are zero-padded to 20 digits), because the targets compare them as
 //!   text;
 //! - an event mapped from its JSON text ([`Mapper::map_json`], the sink's path) gives exactly
-//!   what the same event parsed into a `Value` gives ([`Mapper::map`]). From text, a plain path
-//!   reads only what it names: the top-level members are split once, values left as text, and
-//!   only the object a path descends into and the value it ends at are parsed (a repeated member
-//!   counts by its last occurrence, as in a parsed `Value`). Parsing whole events into `Value`
-//!   trees was the largest part of a table sink's CPU.
+//!   what the same event parsed into a `Value` gives ([`Mapper::map`]), for any valid JSON text.
+//!   From text, a plain path reads only what it names: the top-level members are split once,
+//!   values left as text, and only the object a path descends into and the value it ends at are
+//!   parsed (a repeated member counts by its last occurrence, as in a parsed `Value`). The split
+//!   follows structure only (strings, escapes, nesting), as the text is a stored event checked
+//!   when it was produced; what a path ends at is parsed, so checked, when read. Parsing whole
+//!   events into `Value` trees was the largest part of a table sink's CPU, and serde's checking
+//!   skip over every member most of what was left.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -27,7 +30,6 @@ use std::collections::BTreeMap;
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
 use jaq_json::Val;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{MappingConfig, OpKind};
@@ -64,8 +66,8 @@ enum Source<'a> {
     },
 }
 
-/// An object's members, values as text, in order.
-type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+/// An object's members, values as text (without surrounding whitespace), in order.
+type Members<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 impl<'a> Input<'a> {
     fn value(event: &'a Value) -> Self {
@@ -121,8 +123,7 @@ impl<'a> Input<'a> {
                 let mut at = top.as_ref().and_then(|m| last_member(m, first.as_ref()));
                 for name in rest {
                     let name = name.as_ref();
-                    let Some(raw) = at else { return Ok(Value::Null) };
-                    let t = raw.get();
+                    let Some(t) = at else { return Ok(Value::Null) };
                     at = match t.as_bytes().first() {
                         Some(b'{') => {
                             // By address: the same object text, not merely equal text.
@@ -141,8 +142,9 @@ impl<'a> Input<'a> {
                 }
                 match at {
                     None => Ok(Value::Null),
-                    Some(raw) => serde_json::from_str(raw.get())
-                        .map_err(|e| format!("event is not JSON: {e}")),
+                    Some(raw) => {
+                        serde_json::from_str(raw).map_err(|e| format!("event is not JSON: {e}"))
+                    }
                 }
             }
         }
@@ -160,58 +162,116 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The members of the JSON object `text`, values left as text.
+/// The members of the JSON object `text`, values left as text, found by its structure alone:
+/// strings (with their escapes) and nesting are followed, scalars are not read. The text is a
+/// stored event, checked as a whole when it was produced, and each value a mapping uses is parsed
+/// (checked) when it is read; serde's checking skip over every value was most of a mapping's CPU.
+/// Malformed structure is an error, never a panic; a key with escapes is unescaped by serde.
 fn members(text: &str) -> std::result::Result<Members<'_>, String> {
-    /// A member name, borrowed unless it had escapes.
-    struct Key<'a>(Cow<'a, str>);
-    impl<'de> serde::Deserialize<'de> for Key<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Key<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a member name")
-                }
-                fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
-                    Ok(Key(Cow::Borrowed(v)))
-                }
-                fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
-                    Ok(Key(Cow::Owned(v.to_string())))
-                }
-            }
-            d.deserialize_str(V)
+    let b = text.as_bytes();
+    let broken = |at: usize, what: &str| format!("event is not JSON: {what} at byte {at}");
+    let mut out = Vec::new();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(broken(i, "expected an object"));
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(broken(i, "expected a member name"));
+        }
+        let (end, escaped) = string_end(b, i).ok_or_else(|| broken(i, "unterminated string"))?;
+        let key = if escaped {
+            let raw = text.get(i..end).ok_or_else(|| broken(i, "bad member name"))?;
+            Cow::Owned(serde_json::from_str::<String>(raw).map_err(|e| broken(i, &e.to_string()))?)
+        } else {
+            Cow::Borrowed(text.get(i + 1..end - 1).ok_or_else(|| broken(i, "bad member name"))?)
+        };
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b':') {
+            return Err(broken(i, "expected ':'"));
+        }
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start).ok_or_else(|| broken(start, "malformed value"))?;
+        out.push((key, text.get(start..end).ok_or_else(|| broken(start, "malformed value"))?));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(out),
+            _ => return Err(broken(i, "expected ',' or '}'")),
         }
     }
-    struct Object<'a>(Members<'a>);
-    impl<'de> serde::Deserialize<'de> for Object<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Object<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> std::result::Result<Object<'de>, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                        out.push((k.0, v));
+}
+
+/// The first byte at or after `i` that is not JSON whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// For the string opening at `b[i]` (a quote): one past its closing quote, and whether it holds
+/// an escape. `None` if it does not end.
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        match b.get(j)? {
+            b'"' => return Some((j + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                j += 2;
+            }
+            _ => j += 1,
+        }
+    }
+}
+
+/// One past the end of the value starting at `b[i]`; `None` if it does not end (or does not
+/// start: an empty scalar).
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i).map(|(end, _)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?.0;
+                        continue;
                     }
-                    Ok(Object(out))
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
                 }
+                j += 1;
             }
-            d.deserialize_map(V)
+        }
+        _ => {
+            let mut j = i;
+            while !matches!(
+                b.get(j),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                j += 1;
+            }
+            (j > i).then_some(j)
         }
     }
-    serde_json::from_str::<Object<'_>>(text)
-        .map(|o| o.0)
-        .map_err(|e| format!("event is not JSON: {e}"))
 }
 
 /// The last member called `name` (as a parsed object keeps it).
-fn last_member<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawValue> {
+fn last_member<'a>(members: &Members<'a>, name: &str) -> Option<&'a str> {
     members.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
 }
 
@@ -592,6 +652,7 @@ fn to_val(event: &Value) -> std::result::Result<Val, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn mapping(toml_text: &str) -> Mapper {
@@ -762,6 +823,131 @@ mod tests {
         let timed = r#"{"type":"row.x","time":"2026-01-01T00:00:00Z","data":{"after":{"id":1}}}"#;
         assert_eq!(m.map_json(timed, 0).unwrap().time.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(m.map_json(cases[1], 0).unwrap().time, None);
+    }
+
+    /// A JSON value to render as text, member order and repeats included.
+    #[derive(Debug, Clone)]
+    enum J {
+        Null,
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    fn json_tree() -> impl Strategy<Value = J> {
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i64>().prop_map(J::Int),
+            (-1e300f64..1e300).prop_map(J::Float),
+            // Quotes, backslashes, control characters and non-ASCII text.
+            "[\"\\\\a-z\u{0}-\u{1f}\u{e9}\u{1F600} {}\\[\\],:]{0,12}".prop_map(J::Str),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec(("[a-c\"\\\\\u{e9}]{0,3}", inner), 0..5).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    /// Renders `j` with `gap` (JSON whitespace) between its tokens.
+    fn render(j: &J, gap: &str, out: &mut String) {
+        match j {
+            J::Null => out.push_str("null"),
+            J::Bool(b) => out.push_str(&b.to_string()),
+            J::Int(i) => out.push_str(&i.to_string()),
+            J::Float(f) => out.push_str(&serde_json::to_string(f).unwrap()),
+            J::Str(s) => out.push_str(&serde_json::to_string(s).unwrap()),
+            J::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(gap);
+                    render(item, gap, out);
+                }
+                out.push_str(gap);
+                out.push(']');
+            }
+            J::Obj(members) => {
+                out.push('{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(gap);
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push_str(gap);
+                    out.push(':');
+                    out.push_str(gap);
+                    render(v, gap, out);
+                }
+                out.push_str(gap);
+                out.push('}');
+            }
+        }
+    }
+
+    /// serde's split of an object's members: the reference for [`members`].
+    fn serde_members(text: &str) -> Vec<(String, String)> {
+        struct Object(Vec<(String, String)>);
+        impl<'de> serde::Deserialize<'de> for Object {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Object;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> std::result::Result<Object, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some((k, v)) =
+                            map.next_entry::<String, &'de serde_json::value::RawValue>()?
+                        {
+                            out.push((k, v.get().to_string()));
+                        }
+                        Ok(Object(out))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        serde_json::from_str::<Object>(text).unwrap().0
+    }
+
+    proptest! {
+        /// The structural split finds exactly the members serde finds, in order, repeats and
+        /// escaped names included, with or without whitespace between tokens.
+        #[test]
+        fn the_structural_split_finds_what_serde_finds(
+            members_of in prop::collection::vec(("[a-c\"\\\\\u{e9}]{0,3}", json_tree()), 0..6),
+            gap in prop_oneof![Just(""), Just(" "), Just("\n"), Just("\t"), Just("\r\n  ")],
+        ) {
+            let mut text = String::new();
+            render(&J::Obj(members_of), gap, &mut text);
+            let ours: Vec<(String, String)> = members(&text)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.to_string()))
+                .collect();
+            prop_assert_eq!(ours, serde_members(&text), "{}", text);
+        }
+
+        /// Whatever the text, the split answers (members or an error) and never panics.
+        #[test]
+        fn the_structural_split_never_panics(text in "[{}\\[\\]\":,\\\\ a-c0-9\u{e9}]{0,40}") {
+            let _ = members(&text);
+        }
     }
 
     #[test]
