@@ -40,7 +40,7 @@
 //! The initial snapshot (`snapshot = "initial"`) runs inside this loop while streaming goes on;
 //! its algorithm and guarantees are described in [`super::snapshot`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,6 +286,10 @@ struct Cdc<'a> {
     snapshot: Option<SnapshotRun>,
     /// The append started by the last flush, until it is settled.
     inflight: Option<InFlight>,
+    /// The xids of the last [`snapshot::RECEIVED_XIDS_MAX`] transactions the stream received,
+    /// oldest first: a chunk request carries them, so the reader can refuse a snapshot that
+    /// still counts one of them as running (see `super::snapshot`).
+    received_xids: VecDeque<u32>,
 }
 
 /// Runs the CDC source until shutdown or a failure.
@@ -434,6 +438,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         last_state_write: Instant::now(),
         snapshot,
         inflight: None,
+        received_xids: VecDeque::new(),
     };
     let mut result = match cdc.request_chunk(ctx).await {
         Ok(()) => cdc.stream(&mut repl, ctx).await,
@@ -807,6 +812,10 @@ impl Cdc<'_> {
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     let Some(mut t) = txn.take() else { continue };
+                    if self.received_xids.len() >= snapshot::RECEIVED_XIDS_MAX {
+                        self.received_xids.pop_front();
+                    }
+                    self.received_xids.push_back(t.xid);
                     self.close_txn_keys(&mut t);
                     if !t.skip {
                         let size = t.ordinal;
@@ -998,6 +1007,7 @@ impl Cdc<'_> {
             key_columns: snapshot::configured_key(self.config, &table),
             limit_rows: self.config.snapshot_chunk_rows,
             table: table.clone(),
+            received_xids: self.received_xids.iter().copied().collect(),
         };
         // The window opens before the request leaves: every transaction the stream receives
         // from now on may postdate the chunk's snapshot.

@@ -29,8 +29,8 @@
 //!
 //! Why a kept row is right: its key was not changed by any transaction the stream received
 //! between the request and the high watermark. Transactions received before the request were
-//! decoded, so their commit records were flushed before the chunk's snapshot was taken and they
-//! are visible in it (see the race below); transactions received after the high watermark commit
+//! decoded, so their commit records were flushed before the chunk's snapshot was taken, and the
+//! reader takes a snapshot only once they are visible in it (see the race below); transactions received after the high watermark commit
 //! after it in WAL, so their events carry a larger `sequence` and come later in the key's
 //! partition. So a kept row is the key's state at the high watermark, and ordering it there
 //! neither hides a newer change nor resurrects a deleted row. A dropped row loses nothing: the
@@ -38,12 +38,21 @@
 //! Opening the window at the request rather than at the low watermark only widens it, which can
 //! only drop more rows, never keep a wrong one.
 //!
-//! Remaining race: a transaction whose commit record is already flushed can still be invisible
-//! to new snapshots for a moment (between its WAL flush and its removal from the proc array;
-//! longer while it waits for a synchronous standby). The reader refuses a snapshot in which any
-//! in-progress transaction is already committed in `pg_xact` and takes a new one, which covers
-//! the synchronous-standby wait; a transaction descheduled between its WAL flush and its
-//! `pg_xact` update for a whole request round trip is not detected.
+//! The visibility race: a transaction whose commit record is already flushed, so the stream may
+//! already have received it, can still be invisible to new snapshots for a moment (between its
+//! WAL flush and its removal from the proc array; longer while it waits for a synchronous
+//! standby). Received before the request, it is not in the window, and a chunk that missed it
+//! would read its keys' old values and place them after it. So each request carries the xids of
+//! the last [`RECEIVED_XIDS_MAX`] transactions the stream received, and the reader refuses a
+//! snapshot that counts any of them as running — in its `xip`, or at or past its `xmax`, which
+//! is one past the latest *completed* xid, so a transaction between its WAL flush and its
+//! completion is usually there, not in `xip` — or in which a running transaction is already
+//! committed in `pg_xact`, and takes a new one. (Found under load by
+//! `concurrent_writes_during_the_snapshot_fold_to_the_final_table`: the previous check looked
+//! at `pg_xact` and `xip` only. Test
+//! `a_chunk_waits_for_a_received_transaction_its_snapshot_still_counts_as_running`.) What is
+//! left: a transaction received more than [`RECEIVED_XIDS_MAX`] transactions before the request
+//! and still not completed.
 //!
 //! Crash and restart: the stream restarts at the slot's position as usual; watermarks of an
 //! earlier run (another `<run>`) are ignored; the snapshot resumes after the stored last key of
@@ -86,6 +95,9 @@ pub const SNAPSHOT_PREFIX: &str = "driftless.snapshot";
 const EXACT_COUNT_BYTES_MAX: i64 = 64 << 20;
 /// Pause before taking a new chunk snapshot when the previous one raced a commit.
 const SNAPSHOT_RETRY_MS: u64 = 5;
+/// How many of the transactions the stream received last a chunk request names (by xid), for
+/// the reader to refuse a snapshot that still counts one of them as running.
+pub const RECEIVED_XIDS_MAX: usize = 8192;
 
 /// A table to read, as the catalog names it (unquoted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +204,9 @@ pub struct ChunkRequest {
     pub key_columns: Option<Vec<String>>,
     /// Most rows to read.
     pub limit_rows: u32,
+    /// The xids of the last transactions the stream received before the request (at most
+    /// [`RECEIVED_XIDS_MAX`]): committed and decoded, so they must be visible to the chunk.
+    pub received_xids: Vec<u32>,
 }
 
 /// A column of a chunk.
@@ -322,19 +337,32 @@ async fn read_chunk(
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(pg_error(name, "starting a snapshot chunk"))?;
-        // The first query fixes the transaction's snapshot. A transaction it still sees as
-        // running but that pg_xact already records as committed has its commit record in WAL,
-        // possibly before the low watermark, yet its changes are invisible here: take another
-        // snapshot once it is visible.
-        let racing = client
+        // The first query fixes the transaction's snapshot. A committed transaction it does
+        // not see may have its commit record in WAL before the low watermark (visibility
+        // follows the commit's removal from the proc array, a moment after its WAL flush): take
+        // another snapshot once it is visible. Such a transaction is one the stream already
+        // received, or one pg_xact already records as committed. Running transactions are the
+        // snapshot's `xip` and everything from its `xmax` on (`xmax` is one past the latest
+        // *completed* xid, so a transaction between its WAL flush and its completion is not
+        // in `xip`).
+        let row = client
             .query_one(
-                "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x \
-                 WHERE pg_xact_status(x) = 'committed'",
+                "SELECT pg_snapshot_xmax(s)::text, \
+                        ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x), \
+                        EXISTS(SELECT 1 FROM pg_snapshot_xip(s) x \
+                               WHERE pg_xact_status(x) = 'committed') \
+                 FROM pg_current_snapshot() s",
                 &[],
             )
             .await
             .map_err(pg_error(name, "checking the chunk's snapshot"))?;
-        if racing.get::<_, i64>(0) > 0 {
+        let full = |text: &str| text.parse::<u64>().unwrap_or(0);
+        let snapshot = SnapshotXids {
+            xmax: full(&row.get::<_, String>(0)),
+            running: row.get::<_, Vec<String>>(1).iter().map(|x| full(x)).collect(),
+            running_committed: row.get(2),
+        };
+        if snapshot.misses_any(&request.received_xids) {
             client.batch_execute("ROLLBACK").await.map_err(pg_error(name, "retrying a chunk"))?;
             tokio::time::sleep(Duration::from_millis(SNAPSHOT_RETRY_MS)).await;
             continue;
@@ -349,6 +377,37 @@ async fn read_chunk(
         return Ok(());
     }
     emit(name, client, &format!("high:{run}:{k}")).await
+}
+
+/// The transactions a chunk's snapshot counts as running, by full (64-bit) xid.
+#[derive(Debug, Default)]
+struct SnapshotXids {
+    /// Every xid from this one on is running (not yet completed).
+    xmax: u64,
+    /// Running xids below `xmax`.
+    running: HashSet<u64>,
+    /// Some of `running` is already committed in pg_xact.
+    running_committed: bool,
+}
+
+impl SnapshotXids {
+    /// Whether the snapshot misses a committed transaction: one pg_xact records as committed,
+    /// or one of `received` (committed transactions the stream received, by the 32-bit xid
+    /// pgoutput sends) that it counts as running.
+    fn misses_any(&self, received: &[u32]) -> bool {
+        self.running_committed
+            || received.iter().any(|&xid| {
+                let full = full_xid(xid, self.xmax);
+                full >= self.xmax || self.running.contains(&full)
+            })
+    }
+}
+
+/// The full xid whose low 32 bits are `xid`, nearest to `near` (as Postgres compares 32-bit
+/// xids: within 2^31 of each other).
+fn full_xid(xid: u32, near: u64) -> u64 {
+    let delta = i64::from(xid.wrapping_sub(near as u32) as i32);
+    near.saturating_add_signed(delta)
 }
 
 /// Reads the table's columns and one chunk of rows (inside the chunk's transaction).
@@ -507,5 +566,77 @@ mod tests {
         assert_eq!((p.table.clone(), p.last_key.clone()), (Some(t("b")), None));
         assert!(!p.next_table());
         assert_eq!(p.table, None);
+    }
+
+    #[test]
+    fn a_snapshot_misses_a_received_transaction_it_counts_as_running() {
+        let snap = |xmax, running: &[u64], committed| SnapshotXids {
+            xmax,
+            running: running.iter().copied().collect(),
+            running_committed: committed,
+        };
+        assert!(!snap(10, &[], false).misses_any(&[]));
+        assert!(!snap(10, &[8], false).misses_any(&[7, 9]), "received and completed: visible");
+        assert!(snap(10, &[8], false).misses_any(&[8]), "received, in xip");
+        assert!(snap(10, &[], false).misses_any(&[10]), "received, at or past xmax");
+        assert!(snap(10, &[8], true).misses_any(&[]), "running but committed in pg_xact");
+        // Full xids of a later epoch: the 32-bit xid the stream saw, nearest to xmax.
+        let epoch = 3u64 << 32;
+        assert!(snap(epoch + 5, &[], false).misses_any(&[6]));
+        assert!(!snap(epoch + 5, &[], false).misses_any(&[u32::MAX]), "just before the epoch");
+        assert_eq!(full_xid(u32::MAX, epoch + 5), epoch - 1);
+        assert_eq!(full_xid(4, 0), 4);
+    }
+
+    /// Regression: a transaction the stream had received could still be running in a chunk's
+    /// snapshot (its commit record flushed, pg_xact not yet updated), so the chunk read the old
+    /// value of a key it changed and placed it after the change: the fold ended on a stale row
+    /// (`concurrent_writes_during_the_snapshot_fold_to_the_final_table`, under load). An open
+    /// transaction named as received stands in for it: the reader must wait until it is
+    /// visible.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn a_chunk_waits_for_a_received_transaction_its_snapshot_still_counts_as_running() {
+        use tokio_postgres::NoTls;
+        let pg = driftless_testkit::PgServer::start().unwrap();
+        pg.create_database("app").unwrap();
+        let url = pg.url("app");
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        let db = connect().await;
+        db.batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
+        )
+        .await
+        .unwrap();
+        let open = connect().await;
+        open.batch_execute("BEGIN; UPDATE t SET v = 'new' WHERE id = 1").await.unwrap();
+        let xid: i64 = open.query_one("SELECT txid_current()", &[]).await.unwrap().get(0);
+
+        let (requests, requests_rx) = mpsc::channel(1);
+        let (chunks_tx, mut chunks) = mpsc::channel(1);
+        let target = PgTarget::parse("app", &url).unwrap();
+        tokio::spawn(reader("app".into(), target, 1, requests_rx, chunks_tx));
+        let request = ChunkRequest {
+            k: 1,
+            table: SnapshotTable { schema: "public".into(), table: "t".into() },
+            after: None,
+            key_columns: None,
+            limit_rows: 100,
+            received_xids: vec![xid as u32],
+        };
+        requests.send(request).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), chunks.recv()).await;
+        assert!(early.is_err(), "read while a received transaction was invisible: {early:?}");
+        open.batch_execute("COMMIT").await.unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(30), chunks.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunk.rows, vec![vec![Some("1".to_string()), Some("new".to_string())]]);
     }
 }
