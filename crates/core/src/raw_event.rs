@@ -105,6 +105,9 @@ enum Attr<'a> {
     Compound,
 }
 
+/// The member name under which serde_json's `arbitrary_precision` passes a number's digits.
+const ARBITRARY_PRECISION_NUMBER: &str = "$serde_json::private::Number";
+
 impl<'de> Deserialize<'de> for Attr<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -142,6 +145,19 @@ impl<'de> Deserialize<'de> for Attr<'de> {
                 Ok(Attr::Compound)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // serde_json's `arbitrary_precision` (on in this workspace, so that numbers keep
+                // their digits) hands a number to a visitor as a one-member map under a private
+                // name: that is a scalar, not an object.
+                match map.next_key::<Text<'de>>()? {
+                    None => return Ok(Attr::Compound),
+                    Some(Text(name)) if name == ARBITRARY_PRECISION_NUMBER => {
+                        map.next_value::<de::IgnoredAny>()?;
+                        return Ok(Attr::Scalar);
+                    }
+                    Some(_) => {
+                        map.next_value::<Attr<'de>>()?;
+                    }
+                }
                 while map.next_entry::<Attr<'de>, Attr<'de>>()?.is_some() {}
                 Ok(Attr::Compound)
             }

@@ -52,6 +52,9 @@ pub struct Group<'a> {
     pub key: Vec<&'a str>,
     /// Written column names (sorted; key columns included).
     pub columns: Vec<&'a str>,
+    /// Columns whose values the events do not carry (`RowOp::unchanged`, the same for every
+    /// operation of the group): kept on an existing row, carried from the old key on a new one.
+    pub unchanged: Vec<&'a str>,
     /// The operations.
     pub ops: Vec<&'a RowOp>,
 }
@@ -101,17 +104,22 @@ pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
             }
         }
     }
-    let mut groups: BTreeMap<(&str, u8, Vec<&str>), Group<'a>> = BTreeMap::new();
+    // Upserts (kind 0) of a table come before its deletes: a key change's insert can then carry
+    // unsent values from the old key's row before the same batch deletes it.
+    let mut groups: BTreeMap<(&str, u8, Vec<&str>, Vec<&str>), Group<'a>> = BTreeMap::new();
     for op in newest.into_values() {
         let columns: Vec<&str> = op.columns.keys().map(String::as_str).collect();
+        let mut unchanged: Vec<&str> = op.unchanged.iter().map(String::as_str).collect();
+        unchanged.sort_unstable();
         let kind = if op.op == OpKind::Upsert { 0 } else { 1 };
         groups
-            .entry((op.table.as_str(), kind, columns.clone()))
+            .entry((op.table.as_str(), kind, columns.clone(), unchanged.clone()))
             .or_insert_with(|| Group {
                 table: &op.table,
                 op: op.op,
                 key: op.key.iter().map(|(k, _)| k.as_str()).collect(),
                 columns,
+                unchanged,
                 ops: Vec::new(),
             })
             .ops

@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod rebuild;
 pub mod runtime;
 pub mod sqlite;
+pub mod values;
 pub mod webhook;
 
 pub use config::{MappingConfig, SinkConfig, TargetConfig};

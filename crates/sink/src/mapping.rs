@@ -82,8 +82,7 @@ impl<'a> Input<'a> {
         if self.val.is_none() {
             self.val = Some(match &self.event {
                 Source::Value(v) => to_val(v)?,
-                Source::Text { text, .. } => serde_json::from_str::<Val>(text)
-                    .map_err(|e| format!("event is not JSON: {e}"))?,
+                Source::Text { text, .. } => jq_val(text)?,
             });
         }
         self.val.as_ref().ok_or_else(|| "event conversion failed".to_string())
@@ -376,6 +375,12 @@ pub struct RowOp {
     /// The key as JSON text (`[v1, v2]`): how batches collapse rows and tombstones store keys.
     /// Rendered once here; the apply path reads it several times per row.
     pub key_text: String,
+    /// Columns the mapping writes whose values the event does not carry (a CDC change's
+    /// unchanged TOASTed values, `data.unchanged`): an existing row keeps its own, and a new row
+    /// must carry them from `moved_from` or fail — never NULL.
+    pub unchanged: Vec<String>,
+    /// For a key change's insert (`data.moved_from`): the old key's values, in key order.
+    pub moved_from: Option<Vec<Value>>,
 }
 
 impl RowOp {
@@ -388,7 +393,7 @@ impl RowOp {
         version: String,
     ) -> Self {
         let key_text = Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string();
-        Self { table, op, key, columns, version, key_text }
+        Self { table, op, key, columns, version, key_text, unchanged: Vec::new(), moved_from: None }
     }
 }
 
@@ -562,11 +567,19 @@ impl Mapper {
         offset: u64,
     ) -> std::result::Result<Vec<RowOp>, String> {
         let mut ops = Vec::new();
+        // Read once, and only when a mapping takes the event.
+        let mut toast: Option<(Vec<String>, Value)> = None;
         for m in &self.mappings {
             if !self.takes(m, input)? {
                 continue;
             }
             let at = |what: &str, e: String| format!("mapping[{}].{what}: {e}", m.index);
+            if toast.is_none() {
+                toast = Some(unsent_values(input)?);
+            }
+            let (unsent, moved_from) =
+                toast.as_ref().map_or((&[][..], &Value::Null), |(u, m)| (u, m));
+            let mut unchanged = Vec::new();
             let mut columns = BTreeMap::new();
             if let Some(row) = &m.row {
                 match row.one(input).map_err(|e| at("row", e))? {
@@ -580,6 +593,9 @@ impl Mapper {
                             }
                             columns.insert(c, v);
                         }
+                        // A row from the change's columns lacks exactly its unsent values.
+                        unchanged
+                            .extend(unsent.iter().filter(|u| !columns.contains_key(*u)).cloned());
                     }
                     other => {
                         return Err(at(
@@ -593,6 +609,31 @@ impl Mapper {
                 }
             }
             for (c, jq) in &m.columns {
+                if !unsent.is_empty() {
+                    match after_column(jq) {
+                        Some(name) if unsent.iter().any(|u| u == name) => {
+                            unchanged.push(c.clone());
+                            continue;
+                        }
+                        Some(_) => {}
+                        // An expression that may read an unsent value would compute from null.
+                        None => {
+                            if let Some(u) = unsent.iter().find(|u| jq.source.contains(u.as_str()))
+                            {
+                                return Err(at(
+                                    &format!("columns.{c}"),
+                                    format!(
+                                        "the event does not carry `{u}` (an unchanged TOASTed \
+                                         value), which `{}` may read; map it with a plain path \
+                                         (`.data.after.{u}`) or set REPLICA IDENTITY FULL on the \
+                                         source table",
+                                        jq.source
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
                 columns
                     .insert(c.clone(), jq.one(input).map_err(|e| at(&format!("columns.{c}"), e))?);
             }
@@ -640,14 +681,64 @@ impl Mapper {
                     .and_then(version_text)
                     .unwrap_or_else(|| format!("{offset:020}")),
             };
-            ops.push(RowOp::new(m.table.clone(), m.op, key, columns, version));
+            let mut op = RowOp::new(m.table.clone(), m.op, key, columns, version);
+            if m.op == OpKind::Upsert && !unchanged.is_empty() {
+                // The old key in the projection's terms: each key column read from the moved
+                // row's key the way the mapping reads it from `after`.
+                op.moved_from = m
+                    .key
+                    .iter()
+                    .map(|k| {
+                        let source = match (&m.row, m.columns.iter().find(|(c, _)| c == k)) {
+                            (_, Some((_, jq))) => after_column(jq)?,
+                            (Some(_), None) => k.as_str(),
+                            (None, None) => return None,
+                        };
+                        moved_from.get(source).filter(|v| !v.is_null()).cloned()
+                    })
+                    .collect();
+                op.unchanged = unchanged;
+            }
+            ops.push(op);
         }
         Ok(ops)
     }
 }
 
+/// A CDC change's unsent TOAST values (`data.unchanged`, column names) and the key it moved
+/// from (`data.moved_from`); nothing for any other event.
+fn unsent_values(input: &mut Input<'_>) -> std::result::Result<(Vec<String>, Value), String> {
+    let unsent = match input.path(&["data", "unchanged"], ".data.unchanged") {
+        Ok(Value::Array(names)) => {
+            names.into_iter().filter_map(|n| n.as_str().map(str::to_string)).collect()
+        }
+        // Not a CDC change (no object `data`): nothing is unsent.
+        _ => Vec::new(),
+    };
+    if unsent.is_empty() {
+        return Ok((unsent, Value::Null));
+    }
+    let moved_from = input.path(&["data", "moved_from"], ".data.moved_from").unwrap_or(Value::Null);
+    Ok((unsent, moved_from))
+}
+
+/// `X` when `jq` is the plain path `.data.after.X`.
+fn after_column(jq: &Jq) -> Option<&str> {
+    match jq.path.as_deref() {
+        Some([data, after, column]) if data == "data" && after == "after" => Some(column),
+        _ => None,
+    }
+}
+
 fn to_val(event: &Value) -> std::result::Result<Val, String> {
-    serde_json::from_value::<Val>(event.clone()).map_err(|e| format!("event is not JSON: {e}"))
+    jq_val(&event.to_string())
+}
+
+/// An event as jaq's value, read by jaq's own parser: it keeps integers of any size exactly and
+/// decimals as their text (serde's visitor would hand jaq a double, or with
+/// `arbitrary_precision` a private map).
+fn jq_val(text: &str) -> std::result::Result<Val, String> {
+    jaq_json::read::parse_single(text.as_bytes()).map_err(|e| format!("event is not JSON: {e}"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The Postgres table target: batched, version-guarded upserts and deletes, with the applied
 //! positions written in the same transaction.
 //!
-//! One batch is one transaction. Rows travel as one JSON array per statement and are turned into
-//! the table's row type by `jsonb_populate_record`, so every column type Postgres can read from
-//! JSON text works without a per-type binding, and a batch of any size is one round trip per
-//! statement.
+//! One batch is one transaction. Rows travel as one text array per column (`unnest`), each value
+//! the text its column type's input function reads (`values::pg_text`, chosen by the column's
+//! type with domains resolved) and cast in SQL, so every column type works without a per-type
+//! binding, no value passes through a lossy conversion, and a batch of any size is one statement
+//! per table and column set, all sent in one round trip.
 //!
 //! Invariants:
 //! - a row is written only if its stored version is older (`COLLATE "C"`, bytewise) and no
@@ -21,7 +22,7 @@ use std::pin::Pin;
 
 use futures_util::future::maybe_done;
 
-use driftless_core::sql::{quote_ident, quote_table};
+use driftless_core::sql::{quote_ident, quote_literal, quote_table};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -30,6 +31,7 @@ use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
 use crate::error::{ApplyError, Result, SinkError};
 use crate::mapping::Mapper;
+use crate::values::{pg_text, PgKind};
 
 /// The metadata tables, created when missing.
 const META_DDL: &str = r#"
@@ -51,6 +53,20 @@ CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
 );
 "#;
 
+/// What a new row's unsent value (an unchanged TOASTed value of a key change) is written as when
+/// no row under the old key holds it: an error naming table, column and key, never a NULL.
+/// Created once; concurrent creators may collide (a unique violation), which is harmless.
+const MISSING_FN_DDL: &str = r#"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'driftless_sink_missing') THEN
+    CREATE FUNCTION driftless_sink_missing(tbl text, col text, key text, kind anyelement)
+    RETURNS anyelement LANGUAGE plpgsql AS $f$ BEGIN
+      RAISE EXCEPTION 'driftless: %.% of key % has no value to write: the event did not carry it (an unchanged TOASTed value of a key change) and the projection holds no row under the old key to carry it from; set REPLICA IDENTITY FULL on the source table so that key changes carry every value', tbl, col, key;
+    END $f$;
+  END IF;
+END $$;
+"#;
+
 /// A connected Postgres target.
 pub struct PgSink {
     sink: String,
@@ -58,26 +74,49 @@ pub struct PgSink {
     version_column: String,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
-    /// Column → type (`format_type`) of every checked table: upserts whose columns all have a
-    /// plain type travel as typed `unnest` arrays, the cheapest form for the server.
-    types: HashMap<String, BTreeMap<String, String>>,
+    /// Column → type of every checked table.
+    types: HashMap<String, BTreeMap<String, ColumnType>>,
 }
 
-/// One statement's parameters after `$1` (the table name).
-enum Rows {
-    /// One JSON array of `{r, k, v}` objects.
-    Json(String),
-    /// Keys, versions, then one text array per column (cast to the column's type in SQL).
-    Arrays(Vec<Vec<Option<String>>>),
+/// A target column's type: the SQL its text is cast to, and how values are written.
+#[derive(Debug, Clone)]
+struct ColumnType {
+    /// `format_type` (`character varying(10)`, `integer[]`, `"MyEnum"`).
+    cast: String,
+    /// How a JSON value becomes its text.
+    kind: PgKind,
 }
 
-/// A JSON value as the text Postgres's input function of `ty` reads.
-fn as_text(v: &Value, ty: &str) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) if ty != "json" && ty != "jsonb" => Some(s.clone()),
-        Value::Bool(b) if ty != "json" && ty != "jsonb" => Some(b.to_string()),
-        other => Some(other.to_string()),
+/// One row of `pg_type`, as far as choosing a [`PgKind`] needs it.
+struct PgType {
+    name: String,
+    typtype: i8,
+    base: u32,
+    element: u32,
+    delimiter: i8,
+    category: i8,
+    len: i16,
+}
+
+/// Deepest chain of domains and array elements followed (guards against a cyclic catalog).
+const TYPE_DEPTH_MAX: usize = 32;
+
+/// The kind of type `oid`, domains resolved to their base type.
+fn kind_of(types: &HashMap<u32, PgType>, oid: u32, depth: usize) -> PgKind {
+    let Some(t) = types.get(&oid).filter(|_| depth < TYPE_DEPTH_MAX) else {
+        return PgKind::Text;
+    };
+    match (t.name.as_str(), t.typtype as u8) {
+        (_, b'd') => kind_of(types, t.base, depth + 1),
+        ("json" | "jsonb", _) if oid < 10_000 => PgKind::Json,
+        ("bytea", _) if oid < 10_000 => PgKind::Bytea,
+        ("int2vector" | "oidvector", _) if oid < 10_000 => PgKind::Vector,
+        _ if t.category as u8 == b'A' && t.element != 0 && t.len == -1 => PgKind::Array {
+            element: Box::new(kind_of(types, t.element, depth + 1)),
+            // Array I/O separates elements with the *element* type's delimiter.
+            delimiter: types.get(&t.element).map_or(',', |e| char::from(e.delimiter as u8)),
+        },
+        _ => PgKind::Text,
     }
 }
 
@@ -156,12 +195,38 @@ impl PgSink {
         let unavailable =
             |e: ApplyError| SinkError::Unavailable { sink: sink.clone(), reason: e.to_string() };
         let client = self.client().await.map_err(unavailable)?;
-        if let Err(e) = client.batch_execute(META_DDL).await {
-            // Two sinks creating the tables at once: one wins, the other sees a duplicate.
-            if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
-                return Err(unavailable(classify(&e)));
+        for ddl in [META_DDL, MISSING_FN_DDL] {
+            if let Err(e) = client.batch_execute(ddl).await {
+                // Two sinks creating the tables at once: one wins, the other sees a duplicate.
+                if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+                    return Err(unavailable(classify(&e)));
+                }
             }
         }
+        let catalog: HashMap<u32, PgType> = client
+            .query(
+                "SELECT oid, typname::text, typtype, typbasetype, typelem, typdelim, typcategory, \
+                 typlen FROM pg_catalog.pg_type",
+                &[],
+            )
+            .await
+            .map_err(|e| unavailable(classify(&e)))?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, u32>(0),
+                    PgType {
+                        name: r.get(1),
+                        typtype: r.get(2),
+                        base: r.get(3),
+                        element: r.get(4),
+                        delimiter: r.get(5),
+                        category: r.get(6),
+                        len: r.get(7),
+                    },
+                )
+            })
+            .collect();
         let mut types = HashMap::new();
         for (table, (key, columns)) in mapper.tables() {
             let schema_err = |reason: String| SinkError::Schema {
@@ -171,7 +236,7 @@ impl PgSink {
             };
             let rows = client
                 .query(
-                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid \
                      FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
                      AND a.attnum > 0 AND NOT a.attisdropped",
                     &[&quote_table(&table)],
@@ -187,7 +252,17 @@ impl PgSink {
             }
             let have: BTreeMap<String, String> =
                 rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
-            types.insert(table.clone(), have.clone());
+            let typed = rows
+                .iter()
+                .map(|r| {
+                    let cast = r.get::<_, String>(1);
+                    (
+                        r.get::<_, String>(0),
+                        ColumnType { cast, kind: kind_of(&catalog, r.get(2), 0) },
+                    )
+                })
+                .collect();
+            types.insert(table.clone(), typed);
             for c in key.iter().chain(&columns) {
                 if !have.contains_key(c) {
                     return Err(schema_err(format!(
@@ -242,14 +317,33 @@ impl PgSink {
         Ok(s)
     }
 
-    /// The column types of `g`, when every one is known and not an array (arrays keep the JSON
-    /// path, where `jsonb_populate_record` reads JSON arrays).
-    fn plain_types(&self, g: &Group<'_>) -> Option<Vec<String>> {
-        if g.op != OpKind::Upsert {
-            return None;
-        }
-        let types = self.types.get(g.table)?;
-        g.columns.iter().map(|c| types.get(*c).filter(|t| !t.ends_with(']')).cloned()).collect()
+    /// The types of `g`'s columns (the check at start read them; a table it did not read is a
+    /// schema error, never a guess), and its unsent columns that the table has, with theirs.
+    #[allow(clippy::type_complexity)]
+    fn column_types(
+        &self,
+        g: &Group<'_>,
+    ) -> Result<(Vec<ColumnType>, Vec<(String, ColumnType)>), ApplyError> {
+        let types = self.types.get(g.table).ok_or_else(|| ApplyError::Schema {
+            table: g.table.to_string(),
+            reason: "its column types were not read when the sink started".into(),
+        })?;
+        let carried = g
+            .unchanged
+            .iter()
+            .filter_map(|c| types.get(*c).map(|t| (c.to_string(), t.clone())))
+            .collect();
+        let columns = g
+            .columns
+            .iter()
+            .map(|c| {
+                types.get(*c).cloned().ok_or_else(|| ApplyError::Schema {
+                    table: g.table.to_string(),
+                    reason: format!("has no column `{c}`, which the mapping writes"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((columns, carried))
     }
 
     /// The guarded upsert of group `g`: rows from `from` (aliased `x`, with the key text `x.k`
@@ -269,39 +363,86 @@ impl PgSink {
         )
     }
 
-    fn group_sql(&self, g: &Group<'_>) -> String {
+    /// The statement of group `g`, whose rows arrive as text arrays `$2` (keys), `$3`
+    /// (versions) and one per column, each value cast to its column's type.
+    ///
+    /// `carried`: unsent columns (a key change's unchanged TOASTed values). Their rows bring one
+    /// more text array per key column, the old key (`x.m…`); a new row takes each such value
+    /// from the row under the old key, or fails with `driftless_sink_missing`; an existing row
+    /// keeps its own (they are not in the `SET` list).
+    fn group_sql(
+        &self,
+        g: &Group<'_>,
+        types: &[ColumnType],
+        carried: &[(String, ColumnType)],
+    ) -> String {
         let t = quote_table(g.table);
-        if let Some(types) = self.plain_types(g) {
-            let arrays: Vec<String> =
-                (0..g.columns.len() + 2).map(|i| format!("${}::text[]", i + 2)).collect();
-            let names: Vec<String> = (0..g.columns.len()).map(|i| format!("c{i}")).collect();
-            let vals: Vec<String> =
-                types.iter().enumerate().map(|(i, ty)| format!("x.c{i}::{ty}")).collect();
-            let from = format!("unnest({}) AS x(k, v, {})", arrays.join(", "), names.join(", "));
-            return self.upsert_sql(g, &vals, &from);
-        }
-        // `OFFSET 0` keeps the subquery from being pulled up, where `(x.r).col` would run
-        // `jsonb_populate_record` once per column instead of once per row.
-        let rows = format!(
-            "SELECT jsonb_populate_record(NULL::{t}, e->'r') AS r, e->>'k' AS k, e->>'v' AS v \
-             FROM jsonb_array_elements($2::text::jsonb) e OFFSET 0"
-        );
-        let vc = quote_ident(&self.version_column);
+        let moved = if carried.is_empty() { 0 } else { g.key.len() };
+        let arrays: Vec<String> =
+            (0..g.columns.len() + 2 + moved).map(|i| format!("${}::text[]", i + 2)).collect();
+        let names: Vec<String> = (0..g.columns.len())
+            .map(|i| format!("c{i}"))
+            .chain((0..moved).map(|i| format!("m{i}")))
+            .collect();
+        let from = format!("unnest({}) AS x(k, v, {})", arrays.join(", "), names.join(", "));
+        let val = |i: usize| format!("x.c{i}::{}", types[i].cast);
         match g.op {
+            OpKind::Upsert if !carried.is_empty() => {
+                // Key column j of the new row, and of the old key.
+                let key_at = |j: usize, from_old: bool| {
+                    let k = g.key[j];
+                    let ty = g.columns.iter().position(|c| *c == k).map(|i| &types[i].cast);
+                    let ty = ty.map_or("text", String::as_str);
+                    match (from_old, g.columns.iter().position(|c| *c == k)) {
+                        (true, _) => format!("o.{} = x.m{j}::{ty}", quote_ident(k)),
+                        (false, Some(i)) => format!("o.{} = x.c{i}::{ty}", quote_ident(k)),
+                        (false, None) => "false".to_string(),
+                    }
+                };
+                let new_key: Vec<String> = (0..g.key.len()).map(|j| key_at(j, false)).collect();
+                let old_key: Vec<String> = (0..g.key.len()).map(|j| key_at(j, true)).collect();
+                let mut vals: Vec<String> = (0..g.columns.len()).map(val).collect();
+                for (c, ty) in carried {
+                    vals.push(format!(
+                        "CASE WHEN EXISTS (SELECT 1 FROM {t} o WHERE {new}) THEN NULL::{cast} \
+                         ELSE COALESCE((SELECT o.{col} FROM {t} o WHERE {old}), \
+                           driftless_sink_missing($1, {lit}, x.k, NULL::{cast})) END",
+                        new = new_key.join(" AND "),
+                        old = old_key.join(" AND "),
+                        cast = ty.cast,
+                        col = quote_ident(c),
+                        lit = quote_literal(c),
+                    ));
+                }
+                let vc = quote_ident(&self.version_column);
+                let UpsertParts { columns: cols, key: keys, sets } =
+                    g.upsert_parts(&self.version_column);
+                let extra: Vec<String> = carried.iter().map(|(c, _)| quote_ident(c)).collect();
+                format!(
+                    "INSERT INTO {t} ({cols}, {extra}, {vc}) SELECT {vals}, x.v FROM {from} \
+                     WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
+                       WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
+                     ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+                     WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
+                    extra = extra.join(", "),
+                    vals = vals.join(", "),
+                )
+            }
             OpKind::Upsert => {
-                let vals: Vec<String> =
-                    g.columns.iter().map(|c| format!("(x.r).{}", quote_ident(c))).collect();
-                self.upsert_sql(g, &vals, &format!("({rows}) x"))
+                let vals: Vec<String> = (0..g.columns.len()).map(val).collect();
+                self.upsert_sql(g, &vals, &from)
             }
             OpKind::Delete => {
+                let vc = quote_ident(&self.version_column);
                 let on: Vec<String> = g
-                    .key
+                    .columns
                     .iter()
-                    .map(|c| format!("{t}.{} = (x.r).{}", quote_ident(c), quote_ident(c)))
+                    .enumerate()
+                    .map(|(i, c)| format!("{t}.{} = {}", quote_ident(c), val(i)))
                     .collect();
                 format!(
-                    "WITH x AS ({rows}), d AS (DELETE FROM {t} USING x WHERE {on} AND \
-                       ({t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < x.v COLLATE \"C\")) \
+                    "WITH x AS (SELECT * FROM {from}), d AS (DELETE FROM {t} USING x WHERE {on} \
+                       AND ({t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < x.v COLLATE \"C\")) \
                      INSERT INTO driftless_sink_tombstones (tbl, key, version) \
                      SELECT $1, x.k, x.v FROM x ON CONFLICT (tbl, key) DO UPDATE \
                      SET version = EXCLUDED.version, deleted_at = now() \
@@ -317,34 +458,46 @@ impl PgSink {
         let groups = collapse(items);
         let mut work = Vec::new();
         for g in &groups {
-            let sql = self.group_sql(g);
-            let stmt = self.statement(sql).await?;
-            let rows = match self.plain_types(g) {
-                Some(types) => {
-                    let mut arrays = vec![
-                        g.ops.iter().map(|op| Some(op.key_text.clone())).collect(),
-                        g.ops.iter().map(|op| Some(op.version.clone())).collect(),
-                    ];
-                    for (c, ty) in g.columns.iter().zip(&types) {
-                        arrays.push(
-                            g.ops
-                                .iter()
-                                .map(|op| op.columns.get(*c).and_then(|v| as_text(v, ty)))
-                                .collect(),
-                        );
-                    }
-                    Rows::Arrays(arrays)
+            let (types, carried) = self.column_types(g)?;
+            let stmt = self.statement(self.group_sql(g, &types, &carried)).await?;
+            let mut arrays: Vec<Vec<Option<String>>> = vec![
+                g.ops.iter().map(|op| Some(op.key_text.clone())).collect(),
+                g.ops.iter().map(|op| Some(op.version.clone())).collect(),
+            ];
+            for (c, ty) in g.columns.iter().zip(&types) {
+                let mut column = Vec::with_capacity(g.ops.len());
+                for op in &g.ops {
+                    let text = match op.columns.get(*c) {
+                        Some(v) => pg_text(v, &ty.kind)
+                            .map_err(|e| ApplyError::Rejected(format!("{}.{c}: {e}", g.table)))?,
+                        None => None,
+                    };
+                    column.push(text);
                 }
-                None => {
-                    let rows: Vec<Value> = g
-                        .ops
+                arrays.push(column);
+            }
+            if !carried.is_empty() {
+                // The old key's values, as the key columns' texts (NULL: none known).
+                for j in 0..g.key.len() {
+                    let kind = g
+                        .columns
                         .iter()
-                        .map(|op| json!({"r": op.columns, "k": op.key_text, "v": op.version}))
-                        .collect();
-                    Rows::Json(Value::Array(rows).to_string())
+                        .position(|c| *c == g.key[j])
+                        .map_or(PgKind::Text, |i| types[i].kind.clone());
+                    let mut column = Vec::with_capacity(g.ops.len());
+                    for op in &g.ops {
+                        let v = op.moved_from.as_ref().and_then(|m| m.get(j));
+                        column.push(match v {
+                            Some(v) => pg_text(v, &kind).map_err(|e| {
+                                ApplyError::Rejected(format!("{}: moved_from: {e}", g.table))
+                            })?,
+                            None => None,
+                        });
+                    }
+                    arrays.push(column);
                 }
-            };
-            work.push((stmt, rows, g.table.to_string()));
+            }
+            work.push((stmt, arrays, g.table.to_string()));
         }
         let pos: Vec<Value> = positions(items)
             .into_iter()
@@ -371,12 +524,9 @@ impl PgSink {
         type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
         let mut params: Vec<Vec<Param<'_>>> = work
             .iter()
-            .map(|(_, rows, table)| {
+            .map(|(_, arrays, table)| {
                 let mut p: Vec<Param<'_>> = vec![table];
-                match rows {
-                    Rows::Json(text) => p.push(text),
-                    Rows::Arrays(arrays) => p.extend(arrays.iter().map(|a| a as Param<'_>)),
-                }
+                p.extend(arrays.iter().map(|a| a as Param<'_>));
                 p
             })
             .collect();

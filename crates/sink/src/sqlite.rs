@@ -8,7 +8,7 @@
 //! (bytewise) and no tombstone of an equal or newer version exists; a delete leaves a tombstone;
 //! `driftless_sink_positions` moves in the same transaction as the rows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +21,7 @@ use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
 use crate::error::{ApplyError, Result, SinkError};
 use crate::mapping::Mapper;
+use crate::values::sqlite_value;
 
 /// How long a writer waits for another connection's lock before the batch counts as
 /// unavailable and is retried.
@@ -60,18 +61,15 @@ fn classify(e: &rusqlite::Error) -> ApplyError {
     }
 }
 
-fn to_sql(v: &Value) -> Sql {
-    match v {
-        Value::Null => Sql::Null,
-        Value::Bool(b) => Sql::Integer(i64::from(*b)),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Sql::Integer(i),
-            None => Sql::Real(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Sql::Text(s.clone()),
-        other => Sql::Text(other.to_string()),
-    }
+/// `v` for column `column` of `table` (see `values::sqlite_value`: exact numbers, base64 into
+/// `BLOB` columns); a value the column cannot take rejects the event.
+fn to_sql(v: &Value, blobs: &Blobs, table: &str, column: &str) -> Result<Sql, ApplyError> {
+    let blob = blobs.get(table).and_then(|b| b.get(column)).copied().unwrap_or(false);
+    sqlite_value(v, blob).map_err(|e| ApplyError::Rejected(format!("{table}.{column}: {e}")))
 }
+
+/// Table → its columns, each with whether its declared type has `BLOB` in it.
+type Blobs = HashMap<String, HashMap<String, bool>>;
 
 /// One statement of a batch: its SQL, the parameters of each row, and the tombstones
 /// (key text, version) its deletes leave.
@@ -80,6 +78,11 @@ struct Statement {
     table: String,
     params: Vec<Vec<Sql>>,
     tombstones: Vec<(String, String)>,
+    /// For upserts with unsent values (`Group::unchanged`) the table has: a query finding the
+    /// row under the new key (its key values are each row's first parameters, `key_at`), and
+    /// the unsent columns. A row that does not exist yet is refused: SQLite gets no carry-over
+    /// from an old key, and a NULL in their place would be a silent lie.
+    must_exist: Option<(String, Vec<usize>, Vec<String>)>,
 }
 
 /// A SQLite target.
@@ -89,6 +92,8 @@ pub struct SqliteSink {
     path: PathBuf,
     version_column: String,
     conn: Arc<Mutex<Option<Connection>>>,
+    /// The `BLOB` columns of every checked table, read by [`SqliteSink::check`].
+    blobs: Arc<Mutex<Blobs>>,
 }
 
 impl SqliteSink {
@@ -99,6 +104,7 @@ impl SqliteSink {
             path,
             version_column: version_column.to_string(),
             conn: Arc::new(Mutex::new(None)),
+            blobs: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -137,6 +143,7 @@ impl SqliteSink {
         let outcome = self
             .with(move |conn, this| {
                 conn.execute_batch(META_DDL).map_err(|e| classify(&e))?;
+                let mut blobs = Blobs::new();
                 for (table, (key, columns)) in tables {
                     let schema = |reason: String| ApplyError::Schema { table: table.clone(), reason };
                     let mut have = BTreeSet::new();
@@ -148,6 +155,9 @@ impl SqliteSink {
                         let mut rows = stmt.query([]).map_err(|e| classify(&e))?;
                         while let Some(r) = rows.next().map_err(|e| classify(&e))? {
                             let name: String = r.get(1).map_err(|e| classify(&e))?;
+                            let declared: String = r.get(2).map_err(|e| classify(&e))?;
+                            let blob = declared.to_ascii_uppercase().contains("BLOB");
+                            blobs.entry(table.clone()).or_default().insert(name.clone(), blob);
                             let pk_pos: i64 = r.get(5).map_err(|e| classify(&e))?;
                             if pk_pos > 0 {
                                 pk.push(name.clone());
@@ -207,6 +217,7 @@ impl SqliteSink {
                         )));
                     }
                 }
+                *this.blobs.lock().unwrap_or_else(|e| e.into_inner()) = blobs;
                 Ok(())
             })
             .await;
@@ -257,14 +268,23 @@ impl SqliteSink {
     /// Applies the items in one transaction.
     pub async fn apply(&self, items: &[&Item]) -> Result<(), ApplyError> {
         let mut work: Vec<Statement> = Vec::new();
+        let blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for g in collapse(items) {
             let sql = self.group_sql(&g);
             let mut params = Vec::new();
             let mut tombstones = Vec::new();
             for op in &g.ops {
                 let mut p: Vec<Sql> = match g.op {
-                    OpKind::Upsert => g.columns.iter().map(|c| to_sql(&op.columns[*c])).collect(),
-                    OpKind::Delete => op.key.iter().map(|(_, v)| to_sql(v)).collect(),
+                    OpKind::Upsert => g
+                        .columns
+                        .iter()
+                        .map(|c| to_sql(&op.columns[*c], &blobs, g.table, c))
+                        .collect::<Result<_, _>>()?,
+                    OpKind::Delete => op
+                        .key
+                        .iter()
+                        .map(|(c, v)| to_sql(v, &blobs, g.table, c))
+                        .collect::<Result<_, _>>()?,
                 };
                 p.push(Sql::Text(op.version.clone()));
                 if g.op == OpKind::Upsert {
@@ -275,16 +295,58 @@ impl SqliteSink {
                 }
                 params.push(p);
             }
-            work.push(Statement { sql, table: g.table.to_string(), params, tombstones });
+            let unsent: Vec<String> = g
+                .unchanged
+                .iter()
+                .filter(|c| blobs.get(g.table).is_some_and(|t| t.contains_key(**c)))
+                .map(|c| c.to_string())
+                .collect();
+            let must_exist = (g.op == OpKind::Upsert && !unsent.is_empty()).then(|| {
+                let on: Vec<String> = g
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
+                    .collect();
+                let at = g
+                    .key
+                    .iter()
+                    .map(|k| g.columns.iter().position(|c| c == k).unwrap_or(0))
+                    .collect();
+                let sql =
+                    format!("SELECT 1 FROM {} WHERE {}", quote_ident(g.table), on.join(" AND "));
+                (sql, at, unsent)
+            });
+            work.push(Statement {
+                sql,
+                table: g.table.to_string(),
+                params,
+                tombstones,
+                must_exist,
+            });
         }
         let pos = positions(items);
         let sink = self.sink.clone();
         self.with(move |conn, _| {
             let now_ms = driftless_core::Clock::now_ms(&driftless_core::SystemClock);
             let tx = conn.transaction().map_err(|e| classify(&e))?;
-            for Statement { sql, table, params, tombstones } in &work {
+            for Statement { sql, table, params, tombstones, must_exist } in &work {
                 let mut stmt = tx.prepare_cached(sql).map_err(|e| classify(&e))?;
                 for p in params {
+                    if let Some((exists_sql, at, unsent)) = must_exist {
+                        let mut q = tx.prepare_cached(exists_sql).map_err(|e| classify(&e))?;
+                        let key = at.iter().map(|&i| &p[i]);
+                        if !q.exists(params_from_iter(key)).map_err(|e| classify(&e))? {
+                            return Err(ApplyError::Rejected(format!(
+                                "{table}: a new row lacks {}: the event did not carry them \
+                                 (unchanged TOASTed values of a key change) and SQLite \
+                                 projections do not carry them from the old key; set REPLICA \
+                                 IDENTITY FULL on the source table so that key changes carry \
+                                 every value",
+                                unsent.join(", ")
+                            )));
+                        }
+                    }
                     stmt.execute(params_from_iter(p.iter())).map_err(|e| classify(&e))?;
                 }
                 let mut tomb = tx

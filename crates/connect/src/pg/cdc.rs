@@ -372,7 +372,9 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
     .with_wakeup_interval(Duration::from_secs(1))
     // Values arrive in text form rendered with the walsender's settings: pin the ones that
     // change how dates and times print.
-    .with_options("-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c TimeZone=UTC");
+    .with_options(
+        "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3",
+    );
     repl_config.application_name = Some(format!("driftless-{name}"));
     let mut repl =
         ReplicationClient::connect(repl_config).await.map_err(|e| repl_error(name, e))?;
@@ -1213,9 +1215,18 @@ impl Cdc<'_> {
                     self.change(t, relation_id, Op::Insert, None, Some(&tuple))?;
                 }
             }
-            LogicalReplicationMessage::Update { relation_id, old_tuple, new_tuple, .. } => {
+            LogicalReplicationMessage::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                key_type,
+                ..
+            } => {
                 if let Some(t) = txn.filter(|t| !t.skip) {
-                    self.change(t, relation_id, Op::Update, old_tuple.as_ref(), Some(&new_tuple))?;
+                    // `O`: the whole old row (REPLICA IDENTITY FULL), TOASTed values included;
+                    // `K`: only its key columns (the others arrive as NULL).
+                    let old = old_tuple.as_ref().map(|o| (o, key_type == Some('O')));
+                    self.change_update(t, relation_id, old, &new_tuple)?;
                 }
             }
             LogicalReplicationMessage::Delete { relation_id, old_tuple, .. } => {
@@ -1373,6 +1384,19 @@ impl Cdc<'_> {
         })
     }
 
+    /// An update: [`Self::change`], after filling the new row's unsent TOAST values from a whole
+    /// old row (`full`), which holds them.
+    fn change_update(
+        &self,
+        t: &mut Txn,
+        relation_id: u32,
+        old: Option<(&TupleData, bool)>,
+        new: &TupleData,
+    ) -> Result<()> {
+        let full_old = old.filter(|(_, full)| *full).map(|(o, _)| o);
+        self.change_with(t, relation_id, Op::Update, old.map(|(o, _)| o), Some(new), full_old)
+    }
+
     fn change(
         &self,
         t: &mut Txn,
@@ -1380,6 +1404,20 @@ impl Cdc<'_> {
         op: Op,
         old: Option<&TupleData>,
         new: Option<&TupleData>,
+    ) -> Result<()> {
+        self.change_with(t, relation_id, op, old, new, None)
+    }
+
+    /// One change. `full_old`: the old tuple when it is the whole row, whose values fill the new
+    /// row's unsent TOAST values.
+    fn change_with(
+        &self,
+        t: &mut Txn,
+        relation_id: u32,
+        op: Op,
+        old: Option<&TupleData>,
+        new: Option<&TupleData>,
+        full_old: Option<&TupleData>,
     ) -> Result<()> {
         let rel = self.relations.get(&relation_id).ok_or_else(|| ConnectError::Replication {
             source_name: self.name.into(),
@@ -1399,10 +1437,22 @@ impl Cdc<'_> {
             Some(o) => Some(self.row(rel, o)?),
             None => None,
         };
-        let after = match new {
+        let mut after = match new {
             Some(n) => Some(self.row(rel, n)?),
             None => None,
         };
+        if let (Some((row, unchanged)), Some(_), Some((old_row, _))) =
+            (&mut after, full_old, &before)
+        {
+            // An unchanged TOASTed value is the old row's, which a whole old row carries.
+            unchanged.retain(|c| match old_row.get(c) {
+                Some(v) => {
+                    row.insert(c.clone(), v.clone());
+                    false
+                }
+                None => true,
+            });
+        }
         let key_of = |row: &Map<String, Value>| rel_key(rel, row);
         if op == Op::Truncate {
             self.record_key(t, rel, None);
@@ -1414,8 +1464,22 @@ impl Cdc<'_> {
             if !old_key.is_empty() && old_key != new_key {
                 self.record_key(t, rel, Some(&old_key));
                 self.record_key(t, rel, Some(&new_key));
-                self.push_change(t, rel, Op::Delete, old_key, before.clone(), None, None)?;
-                return self.push_change(t, rel, Op::Insert, new_key, None, after, None);
+                self.push_change(t, rel, Op::Delete, old_key.clone(), before.clone(), None, None)?;
+                // The insert names the key it moved from: a value the new tuple did not send
+                // (unchanged TOAST, listed in `unchanged`) is the row's under that key, where a
+                // projection can carry it from; `sink` does.
+                let moved = (!after.as_ref().is_some_and(|(_, u)| u.is_empty()))
+                    .then(|| old_key.into_iter().collect::<Map<String, Value>>());
+                return self.push_change_from(
+                    t,
+                    rel,
+                    Op::Insert,
+                    new_key,
+                    None,
+                    after,
+                    None,
+                    moved,
+                );
             }
         }
         let key = match (&after, &before) {
@@ -1466,6 +1530,23 @@ impl Cdc<'_> {
         after: Option<(Map<String, Value>, Vec<String>)>,
         id: Option<String>,
     ) -> Result<()> {
+        self.push_change_from(t, rel, op, key, before, after, id, None)
+    }
+
+    /// [`Self::push_change`] of a key change's insert: `moved_from` is the old key, written as
+    /// `data.moved_from` when the new row lacks unsent TOAST values.
+    #[allow(clippy::too_many_arguments)]
+    fn push_change_from(
+        &self,
+        t: &mut Txn,
+        rel: &Relation,
+        op: Op,
+        key: Vec<(String, Value)>,
+        before: Option<(Map<String, Value>, Vec<String>)>,
+        after: Option<(Map<String, Value>, Vec<String>)>,
+        id: Option<String>,
+        moved_from: Option<Map<String, Value>>,
+    ) -> Result<()> {
         if self.config.payload == Payload::Debezium {
             let (topic, mut event) = self.debezium_event(t, rel, op, &key, before, after);
             event.id = id.unwrap_or_default(); // empty: `push` gives it the change's id
@@ -1507,6 +1588,10 @@ impl Cdc<'_> {
             w.put(&before)?;
             w.raw(r#","key":"#);
             w.put(&key)?;
+            if let Some(moved_from) = &moved_from {
+                w.raw(r#","moved_from":"#);
+                w.put(moved_from)?;
+            }
             w.raw(r#","op":"#);
             w.put(op.name())?;
             w.raw(r#","table":"#);

@@ -307,7 +307,7 @@ async fn connect(name: &str, target: &PgTarget) -> Result<Arc<tokio_postgres::Cl
     client
         .batch_execute(
             "SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; \
-             SET standard_conforming_strings = on",
+             SET standard_conforming_strings = on; SET extra_float_digits = 3",
         )
         .await
         .map_err(pg_error(name, "configuring the snapshot connection"))?;

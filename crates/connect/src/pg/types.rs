@@ -7,14 +7,17 @@
 //! Rules (by type, after resolving domains to their base type):
 //! - `int2`, `int4`, `int8`, `oid` → JSON numbers, exact (parsed as `i64` / `u64`);
 //!   `int2vector`, `oidvector` (space-separated) → arrays of such numbers.
-//! - `float4`, `float8` → JSON numbers; `NaN`, `Infinity`, `-Infinity` → those strings.
+//! - `float4`, `float8` → JSON numbers written exactly as Postgres printed them (the shortest
+//!   text that reads back as the same value, with `extra_float_digits = 3` pinned on the
+//!   connection; `-0` stays `-0`); `NaN`, `Infinity`, `-Infinity` → those strings. No float
+//!   conversion happens: the number's text is carried (serde_json's `arbitrary_precision`).
 //! - `numeric` → a JSON string holding the exact text (no precision loss), `"NaN"`,
 //!   `"Infinity"` and `"-Infinity"` included.
 //! - `bool`: `t` / `f` → `true` / `false` (`true` / `false`, what `bool::text` gives, too).
-//! - `json`, `jsonb` → the parsed JSON value (an error if it does not parse). Numbers go through
-//!   `serde_json` without `arbitrary_precision`: integers beyond `u64`/`i64` and decimals with
-//!   more than ~17 significant digits are rounded to `f64`, and numbers beyond `f64`'s range
-//!   are an error.
+//! - `json`, `jsonb` → a JSON *string* holding the value's text exactly as Postgres printed it
+//!   (Debezium does the same): so JSON `null` (`"null"`) differs from SQL NULL (`null`), and a
+//!   `json` value keeps its whitespace, member order, duplicate members and escapes. Mappings
+//!   read into it with jq's `fromjson`.
 //! - `timestamptz` in the ISO `DateStyle` (`2026-11-25 11:56:22.123456+05:30`) → RFC 3339
 //!   (`2026-11-25T11:56:22.123456+05:30`; `+00` becomes `+00:00`). An offset with seconds
 //!   (local mean time of historical dates, `+05:53:28`) cannot be written in RFC 3339, so the
@@ -335,9 +338,7 @@ fn base_to_json(type_oid: u32, text: &str) -> Result<Value, String> {
             .map(Value::Array),
         oid::FLOAT4 | oid::FLOAT8 => float(text),
         oid::NUMERIC => numeric(text),
-        oid::JSON | oid::JSONB => {
-            serde_json::from_str(text).map_err(|e| format!("invalid json {}: {e}", quote(text)))
-        }
+        oid::JSON | oid::JSONB => Ok(Value::String(text.to_owned())),
         oid::TIMESTAMPTZ => timestamp(text, true),
         oid::TIMESTAMP => timestamp(text, false),
         oid::BYTEA => bytea(text)
@@ -374,8 +375,13 @@ fn float(text: &str) -> Result<Value, String> {
     if !text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')) {
         return Err(bad());
     }
+    // Range check only: the number travels as the text Postgres printed, which is already the
+    // shortest exact form (a float conversion here would be the lossy step this avoids).
     let x: f64 = text.parse().map_err(|_| bad())?;
-    serde_json::Number::from_f64(x).map(Value::Number).ok_or_else(bad)
+    if !x.is_finite() {
+        return Err(bad());
+    }
+    text.parse::<serde_json::Number>().map(Value::Number).map_err(|_| bad())
 }
 
 fn numeric(text: &str) -> Result<Value, String> {
@@ -842,10 +848,13 @@ mod tests {
 
     #[test]
     fn floats_numbers_but_special_values_strings() {
-        assert_eq!(ok(701, "1.5"), json!(1.5));
-        assert_eq!(ok(701, "1e+301"), json!(1e301));
-        assert_eq!(ok(700, "0.1"), json!(0.1));
-        assert_eq!(ok(701, "-0"), json!(-0.0));
+        // The text Postgres printed is carried as the number, digit for digit.
+        for s in ["1.5", "1e+301", "0.1", "-0", "3.8479485277079987e-69", "2.2250738585072014e-308"]
+        {
+            assert_eq!(ok(701, s).to_string(), s);
+        }
+        assert_eq!(ok(700, "3.4028235e+38").to_string(), "3.4028235e+38");
+        assert_eq!(ok(700, "1e-45").to_string(), "1e-45");
         for s in ["NaN", "Infinity", "-Infinity"] {
             assert_eq!(ok(701, s), json!(s));
             assert_eq!(ok(700, s), json!(s));
@@ -872,8 +881,10 @@ mod tests {
         assert!(conv(16, "yes").is_err());
         assert_eq!(ok(25, "héllo \"x\""), json!("héllo \"x\""));
         assert_eq!(ok(99_999, "whatever"), json!("whatever"));
-        assert_eq!(ok(3802, r#"{"a": [1, {"b": null}]}"#), json!({"a": [1, {"b": null}]}));
-        assert!(conv(114, "{").unwrap_err().contains("invalid json"));
+        // json and jsonb travel as their exact text, so JSON null is not SQL NULL.
+        assert_eq!(ok(3802, r#"{"a": [1, {"b": null}]}"#), json!(r#"{"a": [1, {"b": null}]}"#));
+        assert_eq!(ok(114, "null"), json!("null"));
+        assert_eq!(ok(114, r#"{"a":1,"a":2}"#), json!(r#"{"a":1,"a":2}"#));
     }
 
     #[test]
@@ -953,7 +964,7 @@ mod tests {
         assert_eq!(ok(1231, "{1.50,NaN,NULL}"), json!(["1.50", "NaN", null]));
         assert_eq!(ok(1000, "{t,f}"), json!([true, false]));
         assert_eq!(ok(1001, r#"{"\\x00ff",NULL}"#), json!(["AP8=", null]));
-        assert_eq!(ok(3807, r#"{"{\"a\": 1}","[1, 2]"}"#), json!([{"a": 1}, [1, 2]]));
+        assert_eq!(ok(3807, r#"{"{\"a\": 1}","[1, 2]"}"#), json!([r#"{"a": 1}"#, "[1, 2]"]));
         assert_eq!(
             ok(1185, r#"{"2026-11-25 11:56:22+05:30",infinity}"#),
             json!(["2026-11-25T11:56:22+05:30", "infinity"])
