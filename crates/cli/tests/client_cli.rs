@@ -100,14 +100,16 @@ fn produce_stops_at_a_bad_line_and_consume_prints_and_acks() {
     assert_eq!(again[0]["offset"], produced[0]["offset"]);
     assert_eq!(again[0]["partition"], produced[0]["partition"]);
 
-    // A server-side rejection names the input line of the event at fault (line 3: no source).
+    // An event the server would refuse is refused before it is sent, naming its input line and
+    // the attribute at fault (line 3: no source); nothing after it is sent.
     let input = format!(
-        "{{\"id\":\"x1\",{SRC}}}\n\n{{\"id\":\"x2\",\"specversion\":\"1.0\",\"type\":\"t\"}}\n"
+        "\n\n{{\"id\":\"x2\",\"specversion\":\"1.0\",\"type\":\"t\"}}\n{{\"id\":\"x1\",{SRC}}}\n"
     );
     let out = server.run(&["produce", "orders"], &input);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("input line 3") && stderr.contains("source"), "{stderr}");
+    assert!(stderr.contains("input line 3") && stderr.contains("`source`"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing was sent");
 
     let out = server.run(&["consume", "orders", "--group", "g", "--max", "2"], "");
     let consumed = lines(ok(&out));

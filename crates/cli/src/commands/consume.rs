@@ -1,17 +1,24 @@
 //! `driftless consume TOPIC --group G`: consumes a topic as a member of a consumer group.
 //!
 //! The command joins the group subscribing to TOPIC, long-polls for deliveries and prints one JSON
-//! line per delivery: the CloudEvent object with `partition` and `offset` added. Without
-//! `--follow` it stops at the first fetch that returns nothing (after waiting up to `--wait-ms`);
-//! with `--follow` it keeps polling. `--max N` stops after N events in both modes.
+//! line per delivery: the CloudEvent as the server stored it, byte for byte, with
+//! `"partition":P,"offset":O` written in before its closing `}`. The fetch answer's events are
+//! read as raw text ([`RawValue`]), never parsed into a `serde_json::Value` and written again, so
+//! numbers of any size and precision, member order and escapes come out as they were produced.
+//! Without `--follow` it stops at the first fetch that returns nothing (after waiting up to
+//! `--wait-ms`); with `--follow` it keeps polling. `--max N` stops after N events in both modes.
 //!
-//! Invariants: a delivery is acknowledged only after its line has been written and stdout flushed
-//! (so what was acknowledged was printed; a crash in between means redelivery, never loss); no
-//! more than `--max` events are fetched, so none is left in flight unprinted; the member leaves
-//! the group on every exit path that returns (success or error). Ctrl-C kills the process without
-//! leaving: the server then removes the member after its session timeout and redelivers what was
-//! printed but not yet acknowledged.
+//! Invariants: a printed line is the stored event text with the two members written in and
+//! nothing else changed, except that a raw carriage return or newline (whitespace between tokens,
+//! as in pretty-printed JSON an HTTP producer sent; inside strings JSON escapes them) is printed
+//! as a space, so each event is one line and means the same; a delivery is acknowledged only
+//! after its line has been written and stdout flushed (so what was acknowledged was printed; a
+//! crash in between means redelivery, never loss); no more than `--max` events are fetched, so
+//! none is left in flight unprinted; the member leaves the group on every exit path that returns
+//! (success or error). Ctrl-C kills the process without leaving: the server then removes the
+//! member after its session timeout and redelivers what was printed but not yet acknowledged.
 
+use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 use std::time::Duration;
 
@@ -19,10 +26,10 @@ use anyhow::Context;
 use clap::Args;
 use driftless_broker::{Delivery, Fetched, Membership};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::client::{segment, Client};
-use crate::commands::print_line;
 
 /// Deliveries asked for per fetch (the server also caps in-flight deliveries per member).
 pub const FETCH_MAX: u64 = 500;
@@ -50,20 +57,34 @@ pub struct ConsumeArgs {
     pub wait_ms: u64,
 }
 
-/// The line printed for a delivery: the event with `partition` and `offset` added (an event
-/// that is not an object, which the server never sends, is wrapped as `{"event": ...}`).
-pub fn render(delivery: &Delivery) -> Value {
-    let mut object = match &delivery.event {
-        Value::Object(map) => map.clone(),
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("event".to_string(), other.clone());
-            map
+/// The line printed for a delivery, without its newline: the event's text with
+/// `"partition":P,"offset":O` written in before its closing `}`, and any raw carriage return or
+/// newline (whitespace between tokens) turned into a space. An event that is not an object,
+/// which the server never sends, is wrapped as `{"event":...,"partition":P,"offset":O}`.
+pub fn render(delivery: &Delivery<Box<RawValue>>) -> String {
+    let text = delivery.event.get();
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    let mut line = String::with_capacity(text.len() + 48);
+    match text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        Some(members) => {
+            line.push('{');
+            line.push_str(members);
+            if !members.trim().is_empty() {
+                line.push(',');
+            }
         }
-    };
-    object.insert("partition".to_string(), json!(delivery.partition));
-    object.insert("offset".to_string(), json!(delivery.offset));
-    Value::Object(object)
+        None => {
+            line.push_str("{\"event\":");
+            line.push_str(text);
+            line.push(',');
+        }
+    }
+    // Writing to a String cannot fail.
+    let _ = write!(line, "\"partition\":{partition},\"offset\":{offset}}}");
+    if line.contains(['\r', '\n']) {
+        line = line.replace(['\r', '\n'], " ");
+    }
+    line
 }
 
 /// How many deliveries to ask for next, given how many were printed and the `--max` limit.
@@ -97,7 +118,7 @@ fn consume_loop<W: Write>(
             return Ok(printed);
         }
         let query = [("max", want.to_string()), ("wait_ms", args.wait_ms.to_string())];
-        let fetched: Fetched = client
+        let fetched: Fetched<Box<RawValue>> = client
             .get_waiting(&fetch_path, &query, Duration::from_millis(args.wait_ms))
             .with_context(|| format!("fetching from group {:?}", args.group))?;
         if fetched.deliveries.is_empty() {
@@ -111,7 +132,9 @@ fn consume_loop<W: Write>(
         // extra deliveries stay unacknowledged and are redelivered after the visibility timeout).
         let take = usize::try_from(want).unwrap_or(usize::MAX);
         for delivery in fetched.deliveries.iter().take(take) {
-            print_line(out, &render(delivery))?;
+            let line = render(delivery);
+            out.write_all(line.as_bytes()).context("writing to stdout")?;
+            out.write_all(b"\n").context("writing to stdout")?;
             ids.push(delivery.delivery_id.clone());
         }
         out.flush().context("writing to stdout")?;
@@ -156,27 +179,44 @@ pub fn run(server: &str, args: ConsumeArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn delivery(event: Value) -> Delivery {
+    fn delivery(event: &str) -> Delivery<Box<RawValue>> {
         Delivery {
             delivery_id: "orders:2:41:1".into(),
             topic: "orders".into(),
             partition: 2,
             offset: 41,
             attempt: 1,
-            event,
+            event: RawValue::from_string(event.to_string()).unwrap(),
             dead_letter_id: None,
         }
     }
 
     #[test]
-    fn a_delivery_prints_as_the_event_plus_partition_and_offset() {
-        let event = json!({"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"n":1}});
-        let line = render(&delivery(event.clone()));
-        let mut expected = event;
-        expected["partition"] = json!(2);
-        expected["offset"] = json!(41);
-        assert_eq!(line, expected);
-        assert_eq!(render(&delivery(json!(5))), json!({"event":5,"partition":2,"offset":41}));
+    fn a_delivery_prints_as_the_stored_text_plus_partition_and_offset() {
+        let event = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"n":1}}"#;
+        assert_eq!(
+            render(&delivery(event)),
+            r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"n":1},"partition":2,"offset":41}"#
+        );
+        assert_eq!(render(&delivery("5")), r#"{"event":5,"partition":2,"offset":41}"#);
+        assert_eq!(render(&delivery("{}")), r#"{"partition":2,"offset":41}"#);
+        assert_eq!(render(&delivery("{ }")), r#"{ "partition":2,"offset":41}"#);
+    }
+
+    #[test]
+    fn consume_prints_numbers_member_order_and_escapes_byte_for_byte() {
+        let event = r#"{"z":123456789012345678901234567890,"a":0.1000000000000000055511151231257827,"id":"\u00e9","n":[-0,1e400,18446744073709551616] }"#;
+        let line = render(&delivery(event));
+        assert_eq!(line, format!("{},\"partition\":2,\"offset\":41}}", &event[..event.len() - 1]));
+    }
+
+    #[test]
+    fn line_breaks_between_tokens_become_spaces_so_an_event_stays_one_line() {
+        let event = "{\r\n  \"id\": \"a\\n\",\n  \"n\": 1.50\n}";
+        let line = render(&delivery(event));
+        assert_eq!(line, "{    \"id\": \"a\\n\",   \"n\": 1.50 ,\"partition\":2,\"offset\":41}");
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["id"], "a\n", "an escaped newline inside a string stays");
     }
 
     #[test]

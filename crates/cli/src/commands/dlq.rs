@@ -1,17 +1,24 @@
 //! `driftless dlq list|inspect|retry|discard`: a consumer group's dead-letter queue.
 //!
-//! Invariants: `list` prints one compact JSON line per dead letter; `inspect` prints one dead
-//! letter (event, attempts, error history) as pretty JSON; `retry` prints the server's answer, if
-//! it has a body, as one JSON line; `discard` prints nothing on stdout. Dead-letter ids
-//! (`topic:partition:offset`) are percent-encoded into the URL.
+//! Invariants: `list` prints one JSON line per dead letter, its text as the server answered it
+//! (read as a [`RawValue`], not parsed into a `Value` and written again: the CLI changes no
+//! number or member order; the server answers compactly, and a raw line break, which could only
+//! be whitespace, is printed as a space); `inspect` prints one dead letter (event, attempts, error
+//! history) as pretty JSON, parsed to be indented; `retry` prints the server's answer, if it has a
+//! body, as one JSON line; `discard` prints nothing on stdout. Dead-letter ids
+//! (`topic:partition:offset`) are percent-encoded into the URL. The server keeps a dead letter's
+//! event as a parsed `Value` (`broker::DeadLetter`), so what it answers is that, not the stored
+//! text.
 
 use std::io::{self, Write};
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::client::{segment, Client};
-use crate::commands::{print_line, print_lines, print_pretty};
+use crate::commands::{print_line, print_pretty};
 
 /// `driftless dlq ...`.
 #[derive(Debug, Args)]
@@ -63,8 +70,13 @@ pub fn run(server: &str, args: DlqArgs) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match args.command {
         DlqCommand::List { group } => {
-            let letters: Vec<Value> = client.get(&path(&group, None))?;
-            print_lines(&mut out, &letters)
+            let letters: Vec<Box<RawValue>> = client.get(&path(&group, None))?;
+            for letter in &letters {
+                // A raw line break can only be whitespace between tokens: keep one per line.
+                let text = letter.get().replace(['\r', '\n'], " ");
+                writeln!(out, "{text}").context("writing to stdout")?;
+            }
+            out.flush().context("writing to stdout")
         }
         DlqCommand::Inspect { group, id } => {
             let letter: Value = client.get(&path(&group, Some(&id)))?;

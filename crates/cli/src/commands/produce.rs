@@ -1,24 +1,36 @@
 //! `driftless produce TOPIC`: publishes CloudEvents read as JSON lines from stdin.
 //!
-//! Each non-blank input line is one structured-mode CloudEvent, sent as the user wrote it except
-//! that an absent `id` is replaced by a random UUID-shaped id (with a warning, once per run, that
-//! retries of such events cannot be deduplicated); the server validates everything else. Events
-//! are sent in batches of `--batch`; after each batch is acknowledged, one JSON line per event is
+//! Each non-blank input line is one structured-mode CloudEvent, sent as the exact text the user
+//! wrote (surrounding whitespace aside): numbers of any size and precision, member order, escapes
+//! and whitespace inside the line reach the server, and are stored, byte for byte. The only edit
+//! is an absent `id`: `"id":"<random UUID-shaped id>",` is written in right after the opening `{`
+//! (with a warning, once per run, that retries of such events cannot be deduplicated). Each line
+//! is checked as the server checks a produced event ([`RawEvent::parse`]: a valid CloudEvent, no
+//! member twice, no extension named like an attribute), so the CLI refuses what the HTTP API
+//! refuses, naming the input line. Events are sent in batches of `--batch` (a JSON array of the
+//! lines' texts, written by hand); after each batch is acknowledged, one JSON line per event is
 //! printed (`id`, `partition`, `offset`, `duplicate`), in input order, and stdout is flushed.
 //!
-//! Invariants: a bad input line (not JSON, not an object, unreadable) stops the run with an error
+//! Invariants: the text sent for a line is the line's JSON text, never parsed into a
+//! `serde_json::Value` and written again, plus at most the generated `id` member; a bad input
+//! line (not JSON, not an object, not a valid event, unreadable) stops the run with an error
 //! naming its 1-based line number, after the lines before it have been sent, acknowledged and
-//! printed; a problem answered for a batch is reported with the input line of the event at fault
-//! (the problem's `event_index` mapped through the batch), and nothing after that batch is sent.
+//! printed, and nothing from it or after it is sent; a problem answered for a batch (what the
+//! server checks beyond the event itself, e.g. its size) is reported with the input line of the
+//! event at fault (the problem's `event_index` mapped through the batch), and nothing after that
+//! batch is sent.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufWriter, Write};
 
 use anyhow::Context;
 use clap::Args;
 use driftless_broker::Produced;
+use driftless_core::RawEvent;
 use rand::Rng;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::client::{segment, Client, ClientError, Problem, CLOUDEVENTS_BATCH};
 use crate::commands::print_line;
@@ -49,6 +61,17 @@ pub enum LineError {
         /// What the JSON parser expected.
         reason: String,
     },
+    /// The line is a JSON object but not an event the server accepts (the server's own check,
+    /// [`RawEvent::parse`]: a missing or mistyped attribute, a member that occurs twice, ...).
+    #[error("input line {line}: invalid CloudEvent attribute `{attribute}`: {reason}")]
+    Invalid {
+        /// 1-based line number.
+        line: usize,
+        /// The attribute at fault (`json` for the text as a whole).
+        attribute: String,
+        /// What was expected.
+        reason: String,
+    },
     /// The line is JSON but not an object.
     #[error("input line {line}: an event must be a JSON object, got {kind}")]
     NotObject {
@@ -70,13 +93,14 @@ pub enum LineError {
 /// An input line ready to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
-    /// The event, as written, with an `id` added if it had none.
-    pub event: Value,
+    /// The event's JSON text: the line as written (without surrounding whitespace), with an
+    /// `id` member written in after the opening `{` if it had none.
+    pub event: String,
     /// Whether the `id` was generated here.
     pub generated_id: bool,
 }
 
-/// Parses input line `line` (1-based): `None` for a blank line, else the event to send.
+/// Checks input line `line` (1-based): `None` for a blank line, else the event text to send.
 pub fn prepare_line(
     line: usize,
     text: &str,
@@ -85,7 +109,9 @@ pub fn prepare_line(
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    // A `RawValue` checks the syntax and keeps the text; it holds the value without the
+    // whitespace around it.
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         // serde_json's message ends with its own "at line 1 column C", which would contradict
         // the input line number: keep only the reason.
         let message = e.to_string();
@@ -93,14 +119,46 @@ pub fn prepare_line(
         let reason = message.strip_suffix(&position).unwrap_or(&message).to_string();
         LineError::NotJson { line, column: e.column(), reason }
     })?;
-    let Value::Object(mut map) = value else {
-        return Err(LineError::NotObject { line, kind: driftless_core::json_kind(&value) });
+    let json = raw.get();
+    let Some(members) = json.strip_prefix('{') else {
+        return Err(LineError::NotObject { line, kind: kind_of(json) });
     };
-    let generated_id = !map.contains_key("id");
-    if generated_id {
-        map.insert("id".to_string(), Value::String(new_id()));
+    // Reading the member names of text that parsed as JSON fails only where the event check
+    // fails too (nesting past serde_json's depth limit): then no id is added, and that check
+    // reports the line as the server would.
+    let generated_id = !has_member(json, "id").unwrap_or(true);
+    let checked = if generated_id {
+        // A `Value`'s Display is its JSON text: the id, quoted and escaped.
+        let id = serde_json::Value::String(new_id()).to_string();
+        let comma = if members.trim_start().starts_with('}') { "" } else { "," };
+        RawEvent::from_string(format!("{{\"id\":{id}{comma}{members}"))
+    } else {
+        RawEvent::parse(raw)
+    };
+    let checked = checked.map_err(|e| LineError::Invalid {
+        line,
+        attribute: e.attribute,
+        reason: e.reason,
+    })?;
+    Ok(Some(Prepared { event: checked.json().to_owned(), generated_id }))
+}
+
+/// Whether the JSON object `json` has a top-level member called `name` (after unescaping, as
+/// the server reads names), whatever its value.
+fn has_member(json: &str, name: &str) -> Result<bool, serde_json::Error> {
+    let members: BTreeMap<String, IgnoredAny> = serde_json::from_str(json)?;
+    Ok(members.contains_key(name))
+}
+
+/// What the JSON text `json` (not an object) is, by its first byte.
+fn kind_of(json: &str) -> &'static str {
+    match json.as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
-    Ok(Some(Prepared { event: Value::Object(map), generated_id }))
 }
 
 /// A random id shaped like a version-4 UUID.
@@ -150,7 +208,23 @@ struct ProduceResponse {
 #[derive(Debug, Default)]
 struct Batch {
     lines: Vec<usize>,
-    events: Vec<Value>,
+    /// Each event's JSON text, as [`prepare_line`] checked it.
+    events: Vec<String>,
+}
+
+/// The request body for `events`: a JSON array of their texts, as they are.
+fn batch_body(events: &[String]) -> Vec<u8> {
+    let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
+    let mut body = Vec::with_capacity(bytes + 2);
+    body.push(b'[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event.as_bytes());
+    }
+    body.push(b']');
+    body
 }
 
 impl Batch {
@@ -159,7 +233,7 @@ impl Batch {
         if self.events.is_empty() {
             return Ok(());
         }
-        let body = serde_json::to_vec(&self.events).context("encoding the batch")?;
+        let body = batch_body(&self.events);
         let response: ProduceResponse = match client.post_bytes(path, CLOUDEVENTS_BATCH, &body) {
             Ok(r) => r,
             Err(ClientError::Problem(p)) => {
@@ -252,6 +326,8 @@ pub fn run(server: &str, args: ProduceArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn fixed() -> String {
@@ -265,24 +341,226 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_event_is_kept_as_written() {
-        let text = r#"{"specversion":"0.3","id":"a","source":"/s","type":"t","x":[1,{"y":null}]}"#;
+    /// The attributes every test event needs besides `id`.
+    const HEAD: &str = r#""specversion":"1.0","source":"/s","type":"t""#;
+
+    fn kept(text: &str) -> String {
         let p = prepare_line(1, text, || panic!("must not generate")).unwrap().unwrap();
         assert!(!p.generated_id);
-        assert_eq!(p.event, serde_json::from_str::<Value>(text).unwrap());
+        p.event
     }
 
     #[test]
-    fn a_missing_id_is_generated_but_a_present_one_is_kept_even_if_invalid() {
-        let p = prepare_line(4, r#"{"source":"/s","type":"t"}"#, fixed).unwrap().unwrap();
+    fn an_event_is_kept_as_written() {
+        let text = format!(r#"{{"id":"a",{HEAD},"x":true,"data":[1,{{"y":null}}]}}"#);
+        assert_eq!(kept(&text), text);
+    }
+
+    #[test]
+    fn produce_keeps_numbers_of_any_size_byte_for_byte() {
+        for number in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-18446744073709551617",
+            "0.1000000000000000055511151231257827",
+            "-0",
+            "-0.0",
+            "1E+2",
+            "2.50e-3",
+            "1e-400",
+        ] {
+            let text = format!(r#"{{"id":"n",{HEAD},"data":{{"n":{number},"in":[{number}]}}}}"#);
+            assert_eq!(kept(&text), text, "{number}");
+        }
+    }
+
+    #[test]
+    fn an_extension_keeps_a_number_of_any_size() {
+        for number in ["123456789012345678901234567890", "-0.10000000000000000555", "7"] {
+            let text = format!(r#"{{"id":"n",{HEAD},"big":{number}}}"#);
+            assert_eq!(kept(&text), text);
+        }
+    }
+
+    #[test]
+    fn a_number_beyond_f64_is_kept_or_refused_exactly_as_the_server_does() {
+        // The server checks data as a parse into a `Value` would: without serde_json's
+        // `arbitrary_precision` feature that refuses 1e400 (out of range); with it, it keeps it.
+        let text = format!(r#"{{"id":"n",{HEAD},"data":{{"n":1e400}}}}"#);
+        let server = serde_json::from_str::<&RawValue>(&text).map(RawEvent::parse).unwrap();
+        match (prepare_line(6, &text, fixed), server) {
+            (Ok(Some(p)), Ok(_)) => assert_eq!(p.event, text),
+            (Err(LineError::Invalid { line: 6, attribute, reason }), Err(e)) => {
+                assert_eq!((attribute, reason), (e.attribute, e.reason));
+            }
+            (cli, server) => panic!("the CLI and the server disagree: {cli:?} / {server:?}"),
+        }
+    }
+
+    #[test]
+    fn member_order_escapes_and_inner_whitespace_are_kept() {
+        for text in [
+            format!(
+                r#"{{"z":1,"a":2,"id":"o",{HEAD},"data":{{"z":1,"a":2,"m":{{"b":0,"a":0}}}}}}"#
+            ),
+            format!(r#"{{"id":"u",{HEAD},"data":"\u00e9\ud83d\ude00\n","subject":"\u00e9"}}"#),
+            format!("{{ \"id\" : \"w\" ,\t{HEAD} , \"data\" : [ 1 , 2 ] }}"),
+            format!(r#"{{"data":"é/\/","id":"x",{HEAD}}}"#),
+        ] {
+            assert_eq!(kept(&text), text);
+        }
+    }
+
+    #[test]
+    fn only_the_whitespace_around_the_line_is_dropped() {
+        let event = format!(r#"{{"id":"a",{HEAD}}}"#);
+        assert_eq!(kept(&format!(" \t{event}  \r")), event);
+    }
+
+    #[test]
+    fn a_missing_id_is_written_in_after_the_opening_brace() {
+        let p =
+            prepare_line(4, &format!(r#"{{"data":{{"n":1.50}},{HEAD}}}"#), fixed).unwrap().unwrap();
         assert!(p.generated_id);
-        assert_eq!(p.event["id"], "generated");
-        assert_eq!(p.event["source"], "/s");
-        // The server validates ids; the CLI does not rewrite them.
-        let p = prepare_line(4, r#"{"id":null}"#, fixed).unwrap().unwrap();
-        assert!(!p.generated_id);
-        assert_eq!(p.event["id"], Value::Null);
+        assert_eq!(p.event, format!(r#"{{"id":"generated","data":{{"n":1.50}},{HEAD}}}"#));
+        let p = prepare_line(4, &format!("  {{ \n{HEAD}}}"), fixed).unwrap().unwrap();
+        assert_eq!(p.event, format!("{{\"id\":\"generated\", \n{HEAD}}}"));
+        // An id needing escapes is written escaped.
+        let p = prepare_line(4, &format!("{{{HEAD}}}"), || "a\"b".into()).unwrap().unwrap();
+        assert_eq!(p.event, format!(r#"{{"id":"a\"b",{HEAD}}}"#));
+        // An escaped name is the same member as the server reads it: no id is added.
+        let text = format!(r#"{{"\u0069d":"e",{HEAD}}}"#);
+        assert_eq!(kept(&text), text);
+    }
+
+    #[test]
+    fn an_empty_object_gets_an_id_and_is_then_refused_for_what_else_it_lacks() {
+        for text in ["{}", "{ }", " {\t} "] {
+            let e = prepare_line(2, text, fixed).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "input line 2: invalid CloudEvent attribute `specversion`: required attribute \
+                 is missing",
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn produce_refuses_a_member_that_occurs_twice_naming_the_line() {
+        let e = prepare_line(3, &format!(r#"{{"id":"d1","id":"d2",{HEAD}}}"#), fixed).unwrap_err();
+        assert!(matches!(&e, LineError::Invalid { line: 3, attribute, .. } if attribute == "id"));
+        assert_eq!(
+            e.to_string(),
+            "input line 3: invalid CloudEvent attribute `id`: appears more than once in the \
+             event object"
+        );
+        let e =
+            prepare_line(9, &format!(r#"{{"id":"a",{HEAD},"source":"/t"}}"#), fixed).unwrap_err();
+        assert!(e.to_string().starts_with("input line 9: invalid CloudEvent attribute `source`"));
+        // Written in two spellings, still the same member.
+        let e =
+            prepare_line(9, &format!(r#"{{"id":"a","\u0069d":"b",{HEAD}}}"#), fixed).unwrap_err();
+        assert!(matches!(&e, LineError::Invalid { attribute, .. } if attribute == "id"), "{e}");
+    }
+
+    #[test]
+    fn produce_refuses_what_the_server_refuses() {
+        for (text, attribute) in [
+            (r#"{"id":null,"specversion":"1.0","source":"/s","type":"t"}"#, "id"),
+            (r#"{"id":"a","specversion":"1.0","type":"t"}"#, "source"),
+            (r#"{"id":"a","specversion":"0.3","source":"/s","type":"t"}"#, "specversion"),
+            (r#"{"id":"a","specversion":"1.0","source":"/s","type":"t","time":"now"}"#, "time"),
+            (r#"{"id":"a","specversion":"1.0","source":"/s","type":"t","Ext":1}"#, "Ext"),
+        ] {
+            let e = prepare_line(1, text, fixed).unwrap_err();
+            assert!(
+                matches!(&e, LineError::Invalid { line: 1, attribute: a, .. } if a == attribute),
+                "{text}: {e}"
+            );
+            let server = RawEvent::parse(serde_json::from_str(text).unwrap()).unwrap_err();
+            assert_eq!(server.attribute, attribute);
+        }
+    }
+
+    #[test]
+    fn data_nested_too_deep_is_refused_as_the_server_refuses_it_with_or_without_an_id() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for id in ["", r#""id":"a","#] {
+            let text = format!(r#"{{{id}{HEAD},"data":{deep}}}"#);
+            let e = prepare_line(2, &text, fixed).unwrap_err();
+            assert!(
+                matches!(&e, LineError::Invalid { line: 2, attribute, .. } if attribute == "json"),
+                "{e}"
+            );
+        }
+        let server = format!(r#"{{"id":"a",{HEAD},"data":{deep}}}"#);
+        let server = RawEvent::parse(serde_json::from_str(&server).unwrap()).unwrap_err();
+        assert_eq!(server.attribute, "json");
+    }
+
+    #[test]
+    fn a_batch_body_is_the_event_texts_in_an_array() {
+        assert_eq!(batch_body(&[]), b"[]");
+        let events = vec![r#"{"n":1.0}"#.to_string(), r#"{ "b":2 , "a":1 }"#.to_string()];
+        assert_eq!(batch_body(&events), br#"[{"n":1.0},{ "b":2 , "a":1 }]"#);
+        let body = batch_body(&events);
+        let items: Vec<&RawValue> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(items.iter().map(|i| i.get()).collect::<Vec<_>>(), events);
+    }
+
+    /// A JSON number: any length of digits, any precision, any exponent f64 can hold.
+    fn number() -> impl Strategy<Value = String> {
+        "-?(0|[1-9][0-9]{0,60})(\\.[0-9]{1,60})?([eE][+-]?[0-9]{1,2})?"
+    }
+
+    /// JSON whitespace, mostly none.
+    fn space() -> impl Strategy<Value = String> {
+        prop_oneof![3 => Just(String::new()), 1 => "[ \t]{1,3}"]
+    }
+
+    proptest! {
+        #[test]
+        fn prepared_text_equals_the_input_text_for_any_numbers_and_member_order(
+            numbers in prop::collection::vec(number(), 1..8),
+            names in prop::collection::vec("[a-z]{1,6}", 1..8),
+            order in Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            gaps in prop::collection::vec(space(), 8),
+            with_id in any::<bool>(),
+        ) {
+            // `data` holds an object of the numbers under the names (repeats included: data is
+            // kept as sent) and an array of them; the attributes come in any order.
+            let data_members: Vec<String> = names
+                .iter()
+                .zip(numbers.iter().cycle())
+                .map(|(k, n)| format!("{}\"{k}\"{}:{}{n}", gaps[0], gaps[1], gaps[2]))
+                .collect();
+            let all = numbers.join(&format!("{},", gaps[3]));
+            let data = format!("{{{},\"all\":[{all}]}}", data_members.join(","));
+            let members = [
+                "\"id\":\"p\"".to_string(),
+                "\"specversion\":\"1.0\"".to_string(),
+                format!("\"source\":{}\"/s\"", gaps[4]),
+                "\"type\":\"t\"".to_string(),
+                format!("\"data\":{data}"),
+                format!("\"subject\":{}\"{}\"", gaps[3], numbers[0]),
+            ];
+            let chosen: Vec<&str> = order
+                .iter()
+                .map(|&i| members[i].as_str())
+                .filter(|m| with_id || !m.starts_with("\"id\""))
+                .collect();
+            let body = chosen.join(&format!("{},{}", gaps[5], gaps[6]));
+            let text = format!("{{{}{body}{}}}", gaps[7], gaps[5]);
+            let p = prepare_line(1, &text, fixed).unwrap().unwrap();
+            prop_assert_eq!(p.generated_id, !with_id);
+            let expected = if with_id {
+                text.clone()
+            } else {
+                format!("{{\"id\":\"generated\",{}", &text[1..])
+            };
+            prop_assert_eq!(p.event, expected);
+        }
     }
 
     #[test]
