@@ -93,6 +93,9 @@ pub struct UpsertParts {
     pub sets: String,
 }
 
+/// What makes a statement: table, upsert (0) or delete (1), written columns, unsent columns.
+type GroupKey<'a> = (&'a str, u8, Vec<&'a str>, Vec<&'a str>);
+
 /// Keeps the newest operation per (table, key) and groups the survivors into statements.
 pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
     let mut newest: BTreeMap<(&str, &str), &RowOp> = BTreeMap::new();
@@ -106,7 +109,7 @@ pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
     }
     // Upserts (kind 0) of a table come before its deletes: a key change's insert can then carry
     // unsent values from the old key's row before the same batch deletes it.
-    let mut groups: BTreeMap<(&str, u8, Vec<&str>, Vec<&str>), Group<'a>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey<'a>, Group<'a>> = BTreeMap::new();
     for op in newest.into_values() {
         let columns: Vec<&str> = op.columns.keys().map(String::as_str).collect();
         let mut unchanged: Vec<&str> = op.unchanged.iter().map(String::as_str).collect();
