@@ -359,7 +359,6 @@ mod tests {
             (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t"} {}"#, "json"),
             (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":"\q"}"#, "json"),
             (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":[1,]}"#, "json"),
-            (r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":1e999}"#, "json"),
         ] {
             let e = RawEvent::from_string(text.to_string()).unwrap_err();
             assert_eq!(e.attribute, attribute, "{text}: {e}");
@@ -399,7 +398,8 @@ mod tests {
     #[test]
     fn data_that_a_full_parse_refuses_is_refused() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        for data in [r#""\ud800""#, "1e400", deep.as_str(), r#"{"a":"\x"}"#] {
+        // (Numbers beyond f64's range are numbers: the workspace keeps their digits.)
+        for data in [r#""\ud800""#, deep.as_str(), r#"{"a":"\x"}"#] {
             let text = format!(
                 r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{data}}}"#
             );

@@ -1676,6 +1676,21 @@ impl Cdc<'_> {
     }
 
     fn outbox_event(&self, rel: &Relation, mut row: Map<String, Value>) -> Result<(String, Event)> {
+        // An outbox row's json/jsonb columns (payload, headers) are the event's JSON, not values
+        // to carry as text: parse the text a change would carry as a string.
+        for col in &rel.columns {
+            if matches!(col.type_oid, 114 | 3802) {
+                if let Some(Value::String(text)) = row.get(&col.name) {
+                    let parsed = serde_json::from_str(text).map_err(|e| ConnectError::Value {
+                        source_name: self.name.into(),
+                        table: rel.qualified(),
+                        column: col.name.clone(),
+                        reason: format!("not JSON: {e}"),
+                    })?;
+                    row.insert(col.name.clone(), parsed);
+                }
+            }
+        }
         let columns = self.config.outbox.clone().unwrap_or_default();
         let text = |row: &mut Map<String, Value>, name: &str| -> Option<String> {
             match row.remove(name)? {
