@@ -347,14 +347,17 @@ impl PgSink {
     }
 
     /// The guarded upsert of group `g`: rows from `from` (aliased `x`, with the key text `x.k`
-    /// and version `x.v`), column values `vals` in `g.columns` order. A row is skipped when a
-    /// tombstone at least as new exists, and an existing row is replaced only by a newer version.
-    fn upsert_sql(&self, g: &Group<'_>, vals: &[String], from: &str) -> String {
+    /// and version `x.v`), column values `vals` for `g.columns` and then for `extra` (columns
+    /// written only when the row is new: they are not in the `SET` list). A row is skipped when
+    /// a tombstone at least as new exists, and an existing row is replaced only by a newer
+    /// version.
+    fn upsert_sql(&self, g: &Group<'_>, vals: &[String], extra: &[&str], from: &str) -> String {
         let t = quote_table(g.table);
         let vc = quote_ident(&self.version_column);
         let UpsertParts { columns: cols, key: keys, sets } = g.upsert_parts(&self.version_column);
+        let extra: String = extra.iter().map(|c| format!("{}, ", quote_ident(c))).collect();
         format!(
-            "INSERT INTO {t} ({cols}, {vc}) SELECT {vals}, x.v FROM {from} \
+            "INSERT INTO {t} ({cols}, {extra}{vc}) SELECT {vals}, x.v FROM {from} \
              WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
                WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
              ON CONFLICT ({keys}) DO UPDATE SET {sets} \
@@ -387,50 +390,34 @@ impl PgSink {
         let from = format!("unnest({}) AS x(k, v, {})", arrays.join(", "), names.join(", "));
         let val = |i: usize| format!("x.c{i}::{}", types[i].cast);
         match g.op {
-            OpKind::Upsert if !carried.is_empty() => {
-                // Key column j of the new row, and of the old key.
-                let key_at = |j: usize, from_old: bool| {
-                    let k = g.key[j];
-                    let ty = g.columns.iter().position(|c| *c == k).map(|i| &types[i].cast);
-                    let ty = ty.map_or("text", String::as_str);
-                    match (from_old, g.columns.iter().position(|c| *c == k)) {
-                        (true, _) => format!("o.{} = x.m{j}::{ty}", quote_ident(k)),
-                        (false, Some(i)) => format!("o.{} = x.c{i}::{ty}", quote_ident(k)),
-                        (false, None) => "false".to_string(),
-                    }
-                };
-                let new_key: Vec<String> = (0..g.key.len()).map(|j| key_at(j, false)).collect();
-                let old_key: Vec<String> = (0..g.key.len()).map(|j| key_at(j, true)).collect();
+            OpKind::Upsert => {
                 let mut vals: Vec<String> = (0..g.columns.len()).map(val).collect();
+                // A row `o` whose key equals the new row's (`x.c…`) or the old key (`x.m…`);
+                // key column j is written column i.
+                let key_of = |old: bool| -> String {
+                    let parts: Vec<String> = (g.key.iter().enumerate())
+                        .filter_map(|(j, k)| Some((j, k, g.columns.iter().position(|c| c == k)?)))
+                        .map(|(j, k, i)| {
+                            let x = if old { format!("x.m{j}") } else { format!("x.c{i}") };
+                            format!("o.{} = {x}::{}", quote_ident(k), types[i].cast)
+                        })
+                        .collect();
+                    parts.join(" AND ")
+                };
                 for (c, ty) in carried {
                     vals.push(format!(
                         "CASE WHEN EXISTS (SELECT 1 FROM {t} o WHERE {new}) THEN NULL::{cast} \
                          ELSE COALESCE((SELECT o.{col} FROM {t} o WHERE {old}), \
                            driftless_sink_missing($1, {lit}, x.k, NULL::{cast})) END",
-                        new = new_key.join(" AND "),
-                        old = old_key.join(" AND "),
+                        new = key_of(false),
+                        old = key_of(true),
                         cast = ty.cast,
                         col = quote_ident(c),
                         lit = quote_literal(c),
                     ));
                 }
-                let vc = quote_ident(&self.version_column);
-                let UpsertParts { columns: cols, key: keys, sets } =
-                    g.upsert_parts(&self.version_column);
-                let extra: Vec<String> = carried.iter().map(|(c, _)| quote_ident(c)).collect();
-                format!(
-                    "INSERT INTO {t} ({cols}, {extra}, {vc}) SELECT {vals}, x.v FROM {from} \
-                     WHERE NOT EXISTS (SELECT 1 FROM driftless_sink_tombstones tb \
-                       WHERE tb.tbl = $1 AND tb.key = x.k AND tb.version >= x.v COLLATE \"C\") \
-                     ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-                     WHERE {t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < EXCLUDED.{vc} COLLATE \"C\"",
-                    extra = extra.join(", "),
-                    vals = vals.join(", "),
-                )
-            }
-            OpKind::Upsert => {
-                let vals: Vec<String> = (0..g.columns.len()).map(val).collect();
-                self.upsert_sql(g, &vals, &from)
+                let extra: Vec<&str> = carried.iter().map(|(c, _)| c.as_str()).collect();
+                self.upsert_sql(g, &vals, &extra, &from)
             }
             OpKind::Delete => {
                 let vc = quote_ident(&self.version_column);

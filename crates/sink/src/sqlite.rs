@@ -249,19 +249,11 @@ impl SqliteSink {
                     k = n + 3,
                 )
             }
-            OpKind::Delete => {
-                let on: Vec<String> = g
-                    .key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
-                    .collect();
-                format!(
-                    "DELETE FROM {t} WHERE {on} AND ({vc} IS NULL OR {vc} < ?{v})",
-                    on = on.join(" AND "),
-                    v = g.key.len() + 1
-                )
-            }
+            OpKind::Delete => format!(
+                "DELETE FROM {t} WHERE {on} AND ({vc} IS NULL OR {vc} < ?{v})",
+                on = key_where(g),
+                v = g.key.len() + 1
+            ),
         }
     }
 
@@ -302,19 +294,11 @@ impl SqliteSink {
                 .map(|c| c.to_string())
                 .collect();
             let must_exist = (g.op == OpKind::Upsert && !unsent.is_empty()).then(|| {
-                let on: Vec<String> = g
-                    .key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
-                    .collect();
-                let at = g
-                    .key
-                    .iter()
+                // Key columns are written columns of an upsert.
+                let at = (g.key.iter())
                     .map(|k| g.columns.iter().position(|c| c == k).unwrap_or(0))
                     .collect();
-                let sql =
-                    format!("SELECT 1 FROM {} WHERE {}", quote_ident(g.table), on.join(" AND "));
+                let sql = format!("SELECT 1 FROM {} WHERE {}", quote_ident(g.table), key_where(&g));
                 (sql, at, unsent)
             });
             work.push(Statement {
@@ -382,6 +366,13 @@ impl SqliteSink {
         })
         .await
     }
+}
+
+/// `"k1" = ?1 AND "k2" = ?2`: `g`'s key columns matched to the first parameters.
+fn key_where(g: &Group<'_>) -> String {
+    let on: Vec<String> =
+        g.key.iter().enumerate().map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1)).collect();
+    on.join(" AND ")
 }
 
 /// Replaces the table name right after `CREATE TABLE` / `ON` in a schema statement from

@@ -55,7 +55,7 @@ use tokio::sync::mpsc;
 use super::snapshot::{
     self, Chunk, ChunkRequest, SnapshotProgress, Watermark, Window, SNAPSHOT_PREFIX,
 };
-use super::types::{text_to_json, TypeCatalog};
+use super::types::{is_json, text_to_json, TypeCatalog};
 use super::{format_lsn, pg_error, quote_ident, quote_literal, quote_table, PgTarget};
 use crate::config::{OnSlotLost, Payload, PgCdcConfig, SnapshotMode};
 use crate::error::{ConnectError, Result};
@@ -1165,7 +1165,7 @@ impl Cdc<'_> {
             } else {
                 let id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
                 let after = Some((row, Vec::new()));
-                self.push_change(&mut t, &rel, Op::Read, key, None, after, Some(id))?;
+                self.push_change(&mut t, &rel, Op::Read, key, None, after, Some(id), None)?;
             }
         }
         if let Some(run) = self.snapshot.as_mut() {
@@ -1226,12 +1226,12 @@ impl Cdc<'_> {
                     // `O`: the whole old row (REPLICA IDENTITY FULL), TOASTed values included;
                     // `K`: only its key columns (the others arrive as NULL).
                     let old = old_tuple.as_ref().map(|o| (o, key_type == Some('O')));
-                    self.change_update(t, relation_id, old, &new_tuple)?;
+                    self.change(t, relation_id, Op::Update, old, Some(&new_tuple))?;
                 }
             }
             LogicalReplicationMessage::Delete { relation_id, old_tuple, .. } => {
                 if let Some(t) = txn.filter(|t| !t.skip) {
-                    self.change(t, relation_id, Op::Delete, Some(&old_tuple), None)?;
+                    self.change(t, relation_id, Op::Delete, Some((&old_tuple, false)), None)?;
                 }
             }
             LogicalReplicationMessage::Truncate { relation_ids, .. } => {
@@ -1384,40 +1384,15 @@ impl Cdc<'_> {
         })
     }
 
-    /// An update: [`Self::change`], after filling the new row's unsent TOAST values from a whole
-    /// old row (`full`), which holds them.
-    fn change_update(
-        &self,
-        t: &mut Txn,
-        relation_id: u32,
-        old: Option<(&TupleData, bool)>,
-        new: &TupleData,
-    ) -> Result<()> {
-        let full_old = old.filter(|(_, full)| *full).map(|(o, _)| o);
-        self.change_with(t, relation_id, Op::Update, old.map(|(o, _)| o), Some(new), full_old)
-    }
-
+    /// One change. `old`: the old tuple, and whether it is the whole row (whose values then
+    /// fill the new row's unsent TOAST values) rather than its key.
     fn change(
         &self,
         t: &mut Txn,
         relation_id: u32,
         op: Op,
-        old: Option<&TupleData>,
+        old: Option<(&TupleData, bool)>,
         new: Option<&TupleData>,
-    ) -> Result<()> {
-        self.change_with(t, relation_id, op, old, new, None)
-    }
-
-    /// One change. `full_old`: the old tuple when it is the whole row, whose values fill the new
-    /// row's unsent TOAST values.
-    fn change_with(
-        &self,
-        t: &mut Txn,
-        relation_id: u32,
-        op: Op,
-        old: Option<&TupleData>,
-        new: Option<&TupleData>,
-        full_old: Option<&TupleData>,
     ) -> Result<()> {
         let rel = self.relations.get(&relation_id).ok_or_else(|| ConnectError::Replication {
             source_name: self.name.into(),
@@ -1434,15 +1409,16 @@ impl Cdc<'_> {
             return Ok(());
         }
         let before = match old {
-            Some(o) => Some(self.row(rel, o)?),
+            Some((o, _)) => Some(self.row(rel, o)?),
             None => None,
         };
+        let old_is_whole = old.is_some_and(|(_, whole)| whole);
         let mut after = match new {
             Some(n) => Some(self.row(rel, n)?),
             None => None,
         };
-        if let (Some((row, unchanged)), Some(_), Some((old_row, _))) =
-            (&mut after, full_old, &before)
+        if let (Some((row, unchanged)), true, Some((old_row, _))) =
+            (&mut after, old_is_whole, &before)
         {
             // An unchanged TOASTed value is the old row's, which a whole old row carries.
             unchanged.retain(|c| match old_row.get(c) {
@@ -1464,22 +1440,14 @@ impl Cdc<'_> {
             if !old_key.is_empty() && old_key != new_key {
                 self.record_key(t, rel, Some(&old_key));
                 self.record_key(t, rel, Some(&new_key));
-                self.push_change(t, rel, Op::Delete, old_key.clone(), before.clone(), None, None)?;
+                let deleted = before.clone();
+                self.push_change(t, rel, Op::Delete, old_key.clone(), deleted, None, None, None)?;
                 // The insert names the key it moved from: a value the new tuple did not send
                 // (unchanged TOAST, listed in `unchanged`) is the row's under that key, where a
                 // projection can carry it from; `sink` does.
                 let moved = (!after.as_ref().is_some_and(|(_, u)| u.is_empty()))
                     .then(|| old_key.into_iter().collect::<Map<String, Value>>());
-                return self.push_change_from(
-                    t,
-                    rel,
-                    Op::Insert,
-                    new_key,
-                    None,
-                    after,
-                    None,
-                    moved,
-                );
+                return self.push_change(t, rel, Op::Insert, new_key, None, after, None, moved);
             }
         }
         let key = match (&after, &before) {
@@ -1490,7 +1458,7 @@ impl Cdc<'_> {
         if op != Op::Truncate {
             self.record_key(t, rel, Some(&key));
         }
-        self.push_change(t, rel, op, key, before, after, None)
+        self.push_change(t, rel, op, key, before, after, None, None)
     }
 
     fn push(&self, t: &mut Txn, (topic, mut event): (String, Event)) {
@@ -1519,24 +1487,10 @@ impl Cdc<'_> {
     /// One change (or snapshot read): in the CloudEvents payload written as JSON text straight
     /// from its rows ([`Built::Text`]), in the Debezium payload built as an [`Event`]. `id`
     /// replaces the change's `<source>:<commit LSN>:<n>` (snapshot reads have their own).
+    /// `moved_from`: a key change's old key, written as `data.moved_from` when the new row lacks
+    /// unsent TOAST values.
     #[allow(clippy::too_many_arguments)]
     fn push_change(
-        &self,
-        t: &mut Txn,
-        rel: &Relation,
-        op: Op,
-        key: Vec<(String, Value)>,
-        before: Option<(Map<String, Value>, Vec<String>)>,
-        after: Option<(Map<String, Value>, Vec<String>)>,
-        id: Option<String>,
-    ) -> Result<()> {
-        self.push_change_from(t, rel, op, key, before, after, id, None)
-    }
-
-    /// [`Self::push_change`] of a key change's insert: `moved_from` is the old key, written as
-    /// `data.moved_from` when the new row lacks unsent TOAST values.
-    #[allow(clippy::too_many_arguments)]
-    fn push_change_from(
         &self,
         t: &mut Txn,
         rel: &Relation,
@@ -1679,7 +1633,7 @@ impl Cdc<'_> {
         // An outbox row's json/jsonb columns (payload, headers) are the event's JSON, not values
         // to carry as text: parse the text a change would carry as a string.
         for col in &rel.columns {
-            if matches!(col.type_oid, 114 | 3802) {
+            if is_json(&self.catalog, col.type_oid) {
                 if let Some(Value::String(text)) = row.get(&col.name) {
                     let parsed = serde_json::from_str(text).map_err(|e| ConnectError::Value {
                         source_name: self.name.into(),

@@ -288,6 +288,19 @@ impl TypeCatalog {
     }
 }
 
+/// Whether `type_oid` is `json` or `jsonb`, or a domain over one: values [`text_to_json`]
+/// carries as their text.
+pub fn is_json(catalog: &TypeCatalog, type_oid: u32) -> bool {
+    let mut oid = type_oid;
+    for _ in 0..DEPTH_MAX {
+        match catalog.types.get(&oid).map(|t| t.kind) {
+            Some(TypeKind::Domain { base }) => oid = base,
+            _ => break,
+        }
+    }
+    matches!(oid, oid::JSON | oid::JSONB)
+}
+
 /// Converts one value. Errors are a plain String reason (the caller wraps it with table/column).
 pub fn text_to_json(catalog: &TypeCatalog, type_oid: u32, text: &str) -> Result<Value, String> {
     convert(catalog, type_oid, text, 0)
@@ -1009,6 +1022,9 @@ mod tests {
         catalog.types.insert(50_002, domain(50_002, 50_001));
         assert_eq!(text_to_json(&catalog, 50_000, "7").unwrap(), json!(7));
         assert!(text_to_json(&catalog, 50_001, "7").unwrap_err().contains("nests"));
+        catalog.types.insert(50_003, domain(50_003, 3802));
+        assert!(is_json(&catalog, 50_003) && is_json(&catalog, 114) && !is_json(&catalog, 50_000));
+        assert!(!is_json(&catalog, 50_001), "a cyclic domain is not json");
     }
 
     #[test]
