@@ -55,6 +55,8 @@ pub struct Group<'a> {
     /// Columns whose values the events do not carry (`RowOp::unchanged`, the same for every
     /// operation of the group): kept on an existing row, carried from the old key on a new one.
     pub unchanged: Vec<&'a str>,
+    /// Deletes that keep the deleted rows' values in their tombstones (`RowOp::keep_row`).
+    pub keep_rows: bool,
     /// The operations.
     pub ops: Vec<&'a RowOp>,
 }
@@ -93,8 +95,9 @@ pub struct UpsertParts {
     pub sets: String,
 }
 
-/// What makes a statement: table, upsert (0) or delete (1), written columns, unsent columns.
-type GroupKey<'a> = (&'a str, u8, Vec<&'a str>, Vec<&'a str>);
+/// What makes a statement: table, delete (0) or upsert (1), written columns, unsent columns,
+/// whether deleted rows are kept.
+type GroupKey<'a> = (&'a str, u8, Vec<&'a str>, Vec<&'a str>, bool);
 
 /// Keeps the newest operation per (table, key) and groups the survivors into statements.
 pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
@@ -107,22 +110,23 @@ pub fn collapse<'a>(items: &[&'a Item]) -> Vec<Group<'a>> {
             }
         }
     }
-    // Upserts (kind 0) of a table come before its deletes: a key change's insert can then carry
-    // unsent values from the old key's row before the same batch deletes it.
+    // Deletes (kind 0) of a table come before its upserts: a key change's insert can then carry
+    // unsent values from the row its delete in the same batch keeps.
     let mut groups: BTreeMap<GroupKey<'a>, Group<'a>> = BTreeMap::new();
     for op in newest.into_values() {
         let columns: Vec<&str> = op.columns.keys().map(String::as_str).collect();
         let mut unchanged: Vec<&str> = op.unchanged.iter().map(String::as_str).collect();
         unchanged.sort_unstable();
-        let kind = if op.op == OpKind::Upsert { 0 } else { 1 };
+        let kind = if op.op == OpKind::Delete { 0 } else { 1 };
         groups
-            .entry((op.table.as_str(), kind, columns.clone(), unchanged.clone()))
+            .entry((op.table.as_str(), kind, columns.clone(), unchanged.clone(), op.keep_row))
             .or_insert_with(|| Group {
                 table: &op.table,
                 op: op.op,
                 key: op.key.iter().map(|(k, _)| k.as_str()).collect(),
                 columns,
                 unchanged,
+                keep_rows: op.keep_row,
                 ops: Vec::new(),
             })
             .ops

@@ -381,6 +381,9 @@ pub struct RowOp {
     pub unchanged: Vec<String>,
     /// For a key change's insert (`data.moved_from`): the old key's values, in key order.
     pub moved_from: Option<Vec<Value>>,
+    /// For a key change's delete (`data.moved_to`): the deleted row's values are kept (in its
+    /// tombstone) for the insert to carry its unsent values from, if it comes later.
+    pub keep_row: bool,
 }
 
 impl RowOp {
@@ -393,7 +396,17 @@ impl RowOp {
         version: String,
     ) -> Self {
         let key_text = Value::Array(key.iter().map(|(_, v)| v.clone()).collect()).to_string();
-        Self { table, op, key, columns, version, key_text, unchanged: Vec::new(), moved_from: None }
+        Self {
+            table,
+            op,
+            key,
+            columns,
+            version,
+            key_text,
+            unchanged: Vec::new(),
+            moved_from: None,
+            keep_row: false,
+        }
     }
 }
 
@@ -641,9 +654,15 @@ impl Mapper {
             for k in &m.key {
                 let v = match columns.get(k) {
                     Some(v) => v.clone(),
-                    // A delete mapping may name only the key: take it from the subject.
+                    // A delete mapping may name only the key: take it from a CDC change's typed
+                    // key (`data.key`, as its upserts' `.data.after` holds it: so tombstones
+                    // match them, and each column of a composite key gets its own value), else
+                    // from the subject.
                     None if m.columns.is_empty() && m.row.is_none() => {
-                        input.attr("subject")?.unwrap_or(Value::Null)
+                        match input.path(&["data", "key", k.as_str()], ".data.key") {
+                            Ok(v) if !v.is_null() => v,
+                            _ => input.attr("subject")?.unwrap_or(Value::Null),
+                        }
                     }
                     None => Value::Null,
                 };
@@ -682,6 +701,10 @@ impl Mapper {
                     .unwrap_or_else(|| format!("{offset:020}")),
             };
             let mut op = RowOp::new(m.table.clone(), m.op, key, columns, version);
+            if m.op == OpKind::Delete {
+                let moved_to = input.path(&["data", "moved_to"], ".data.moved_to");
+                op.keep_row = moved_to.is_ok_and(|v| !v.is_null());
+            }
             if m.op == OpKind::Upsert && !unchanged.is_empty() {
                 // The old key in the projection's terms: each key column read from the moved
                 // row's key the way the mapping reads it from `after`.
@@ -825,6 +848,63 @@ mod tests {
         assert_eq!(ops[0].op, OpKind::Delete);
         assert_eq!(ops[0].columns, BTreeMap::from([("id".to_string(), json!("k1"))]));
         assert_eq!(ops[0].key_text, r#"["k1"]"#);
+    }
+
+    /// Regression: a CDC delete mapped by its key alone took every key column's value from the
+    /// subject, a string (`"5"`), while its upserts hold the typed key (`5`): their tombstones
+    /// never matched (`["5"]` against `[5]`), and a composite key got the whole subject twice.
+    #[test]
+    fn a_cdc_delete_takes_its_typed_key_from_data_key() {
+        let m = mapping("[[mapping]]\ntable = \"t\"\nkey = [\"a\", \"b\"]\nop = \"delete\"");
+        let e = json!({"type": "x", "subject": "[5,\"x\"]", "data": {"key": {"a": 5, "b": "x"}}});
+        for ops in [m.map(&e, 3).unwrap(), m.map_json(&e.to_string(), 3).unwrap().ops] {
+            assert_eq!(ops[0].key_text, r#"[5,"x"]"#);
+            assert!(!ops[0].keep_row);
+        }
+    }
+
+    /// Unchanged TOASTed values: never mapped to null; a key change names both keys.
+    #[test]
+    fn unsent_values_are_listed_not_mapped_to_null() {
+        let rows = mapping(
+            "[[mapping]]\ntypes = [\"*.insert\", \"*.update\"]\ntable = \"t\"\nkey = [\"id\"]\nrow = \".data.after\"\n\
+             [[mapping]]\ntypes = [\"*.delete\"]\ntable = \"t\"\nkey = [\"id\"]\nop = \"delete\"",
+        );
+        let columns = mapping(
+            "[[mapping]]\ntypes = [\"*.insert\"]\ntable = \"t\"\nkey = [\"pk\"]\n\
+             columns = { pk = \".data.after.id\", big = \".data.after.big\", n = \".data.after.n\" }",
+        );
+        let computed = mapping(
+            "[[mapping]]\ntable = \"t\"\nkey = [\"pk\"]\n\
+             columns = { pk = \".data.after.id\", size = \".data.after.big | length\" }",
+        );
+        let insert = json!({"type": "t.insert", "data": {"after": {"id": 7, "n": 1},
+            "key": {"id": 7}, "moved_from": {"id": 3}, "unchanged": ["big"]}});
+        let delete = json!({"type": "t.delete", "data": {"before": {"id": 3},
+            "key": {"id": 3}, "moved_to": {"id": 7}}});
+        for text in [false, true] {
+            let map = |m: &Mapper, e: &Value| {
+                if text {
+                    m.map_json(&e.to_string(), 1).map(|x| x.ops)
+                } else {
+                    m.map(e, 1)
+                }
+            };
+            let op = &map(&rows, &insert).unwrap()[0];
+            assert_eq!(op.unchanged, ["big"]);
+            assert!(!op.columns.contains_key("big"));
+            assert_eq!(op.moved_from, Some(vec![json!(3)]));
+            let op = &map(&columns, &insert).unwrap()[0];
+            assert_eq!(
+                (op.unchanged.as_slice(), op.moved_from.clone()),
+                (&["big".to_string()][..], Some(vec![json!(3)]))
+            );
+            assert!(!op.columns.contains_key("big") && op.columns["n"] == json!(1));
+            let err = map(&computed, &insert).unwrap_err();
+            assert!(err.contains("does not carry `big`"), "{err}");
+            let op = &map(&rows, &delete).unwrap()[0];
+            assert!(op.keep_row && op.key_text == "[3]", "{op:?}");
+        }
     }
 
     #[test]

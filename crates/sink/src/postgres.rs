@@ -30,7 +30,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
 use crate::error::{ApplyError, Result, SinkError};
-use crate::mapping::Mapper;
+use crate::mapping::{Mapper, RowOp};
 use crate::values::{pg_text, PgKind};
 
 /// The metadata tables, created when missing.
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS driftless_sink_tombstones (
     deleted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tbl, key)
 );
+ALTER TABLE driftless_sink_tombstones ADD COLUMN IF NOT EXISTS kept_row json;
 "#;
 
 /// What a new row's unsent value (an unchanged TOASTed value of a key change) is written as when
@@ -61,7 +62,7 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'driftless_sink_missing') THEN
     CREATE FUNCTION driftless_sink_missing(tbl text, col text, key text, kind anyelement)
     RETURNS anyelement LANGUAGE plpgsql AS $f$ BEGIN
-      RAISE EXCEPTION 'driftless: %.% of key % has no value to write: the event did not carry it (an unchanged TOASTed value of a key change) and the projection holds no row under the old key to carry it from; set REPLICA IDENTITY FULL on the source table so that key changes carry every value', tbl, col, key;
+      RAISE EXCEPTION 'driftless: %.% of key % has no value to write: the event did not carry it (an unchanged TOASTed value) and the projection holds no deleted row of the old key to carry it from (retried until the delete of the old key is applied); set REPLICA IDENTITY FULL on the source table so that every change carries every value', tbl, col, key;
     END $f$;
   END IF;
 END $$;
@@ -370,9 +371,12 @@ impl PgSink {
     /// (versions) and one per column, each value cast to its column's type.
     ///
     /// `carried`: unsent columns (a key change's unchanged TOASTed values). Their rows bring one
-    /// more text array per key column, the old key (`x.m…`); a new row takes each such value
-    /// from the row under the old key, or fails with `driftless_sink_missing`; an existing row
-    /// keeps its own (they are not in the `SET` list).
+    /// more text array, the old key's text (`x.mk`); a new row takes each such value from the
+    /// row the old key's delete kept in its tombstone, or fails with `driftless_sink_missing`
+    /// (the attempt fails and is retried: the delete may not be applied yet); an existing row
+    /// keeps its own (they are not in the `SET` list). Only the applied delete's row is known
+    /// to be the old key's final state: the row still under the old key may lack an update of
+    /// it on another partition.
     fn group_sql(
         &self,
         g: &Group<'_>,
@@ -380,37 +384,31 @@ impl PgSink {
         carried: &[(String, ColumnType)],
     ) -> String {
         let t = quote_table(g.table);
-        let moved = if carried.is_empty() { 0 } else { g.key.len() };
+        // With carried columns: the old key's text `mk`.
+        let moved = usize::from(!carried.is_empty());
         let arrays: Vec<String> =
             (0..g.columns.len() + 2 + moved).map(|i| format!("${}::text[]", i + 2)).collect();
         let names: Vec<String> = (0..g.columns.len())
             .map(|i| format!("c{i}"))
-            .chain((0..moved).map(|i| format!("m{i}")))
+            .chain((moved > 0).then(|| "mk".to_string()))
             .collect();
         let from = format!("unnest({}) AS x(k, v, {})", arrays.join(", "), names.join(", "));
         let val = |i: usize| format!("x.c{i}::{}", types[i].cast);
         match g.op {
             OpKind::Upsert => {
                 let mut vals: Vec<String> = (0..g.columns.len()).map(val).collect();
-                // A row `o` whose key equals the new row's (`x.c…`) or the old key (`x.m…`);
-                // key column j is written column i.
-                let key_of = |old: bool| -> String {
-                    let parts: Vec<String> = (g.key.iter().enumerate())
-                        .filter_map(|(j, k)| Some((j, k, g.columns.iter().position(|c| c == k)?)))
-                        .map(|(j, k, i)| {
-                            let x = if old { format!("x.m{j}") } else { format!("x.c{i}") };
-                            format!("o.{} = {x}::{}", quote_ident(k), types[i].cast)
-                        })
-                        .collect();
-                    parts.join(" AND ")
-                };
+                // The new row `o`, when it exists already.
+                let exists: Vec<String> = (g.key.iter())
+                    .filter_map(|k| Some((k, g.columns.iter().position(|c| c == k)?)))
+                    .map(|(k, i)| format!("o.{} = x.c{i}::{}", quote_ident(k), types[i].cast))
+                    .collect();
                 for (c, ty) in carried {
                     vals.push(format!(
-                        "CASE WHEN EXISTS (SELECT 1 FROM {t} o WHERE {new}) THEN NULL::{cast} \
-                         ELSE COALESCE((SELECT o.{col} FROM {t} o WHERE {old}), \
+                        "CASE WHEN EXISTS (SELECT 1 FROM {t} o WHERE {exists}) THEN NULL::{cast} \
+                         ELSE COALESCE((SELECT (json_populate_record(NULL::{t}, tb.kept_row)).{col} \
+                            FROM driftless_sink_tombstones tb WHERE tb.tbl = $1 AND tb.key = x.mk), \
                            driftless_sink_missing($1, {lit}, x.k, NULL::{cast})) END",
-                        new = key_of(false),
-                        old = key_of(true),
+                        exists = exists.join(" AND "),
                         cast = ty.cast,
                         col = quote_ident(c),
                         lit = quote_literal(c),
@@ -421,18 +419,21 @@ impl PgSink {
             }
             OpKind::Delete => {
                 let vc = quote_ident(&self.version_column);
-                let on: Vec<String> = g
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{t}.{} = {}", quote_ident(c), val(i)))
+                let on: Vec<String> = (g.columns.iter().enumerate())
+                    .map(|(i, c)| format!("o.{} = {}", quote_ident(c), val(i)))
                     .collect();
+                // A key change's delete keeps the row's values in its tombstone
+                // (`row_to_json` keeps every value's text: `-0`, big numbers) for the insert
+                // that may come later and carry its unsent values from them.
+                let kept = if g.keep_rows { "row_to_json(o.*)" } else { "NULL::json" };
                 format!(
-                    "WITH x AS (SELECT * FROM {from}), d AS (DELETE FROM {t} USING x WHERE {on} \
-                       AND ({t}.{vc} IS NULL OR {t}.{vc} COLLATE \"C\" < x.v COLLATE \"C\")) \
-                     INSERT INTO driftless_sink_tombstones (tbl, key, version) \
-                     SELECT $1, x.k, x.v FROM x ON CONFLICT (tbl, key) DO UPDATE \
-                     SET version = EXCLUDED.version, deleted_at = now() \
+                    "WITH x AS (SELECT * FROM {from}), d AS (DELETE FROM {t} AS o USING x \
+                       WHERE {on} AND (o.{vc} IS NULL OR o.{vc} COLLATE \"C\" < x.v COLLATE \"C\") \
+                       RETURNING x.k AS k, {kept} AS r) \
+                     INSERT INTO driftless_sink_tombstones (tbl, key, version, kept_row) \
+                     SELECT $1, x.k, x.v, d.r FROM x LEFT JOIN d ON d.k = x.k \
+                     ON CONFLICT (tbl, key) DO UPDATE \
+                     SET version = EXCLUDED.version, deleted_at = now(), kept_row = EXCLUDED.kept_row \
                      WHERE driftless_sink_tombstones.version < EXCLUDED.version",
                     on = on.join(" AND "),
                 )
@@ -464,25 +465,10 @@ impl PgSink {
                 arrays.push(column);
             }
             if !carried.is_empty() {
-                // The old key's values, as the key columns' texts (NULL: none known).
-                for j in 0..g.key.len() {
-                    let kind = g
-                        .columns
-                        .iter()
-                        .position(|c| *c == g.key[j])
-                        .map_or(PgKind::Text, |i| types[i].kind.clone());
-                    let mut column = Vec::with_capacity(g.ops.len());
-                    for op in &g.ops {
-                        let v = op.moved_from.as_ref().and_then(|m| m.get(j));
-                        column.push(match v {
-                            Some(v) => pg_text(v, &kind).map_err(|e| {
-                                ApplyError::Rejected(format!("{}: moved_from: {e}", g.table))
-                            })?,
-                            None => None,
-                        });
-                    }
-                    arrays.push(column);
-                }
+                // The old key as tombstones store it (`RowOp::key_text` of its delete).
+                let key_text =
+                    |op: &&RowOp| op.moved_from.clone().map(|m| Value::Array(m).to_string());
+                arrays.push(g.ops.iter().map(key_text).collect());
             }
             work.push((stmt, arrays, g.table.to_string()));
         }

@@ -314,7 +314,15 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
     let client = Arc::new(target.connect(name).await?);
     let catalog = TypeCatalog::load(&client).await.map_err(pg_error(name, "reading pg_type"))?;
     setup_publication(name, &client, &publication, config).await?;
-    check_tables(name, &client, &publication, config).await?;
+    // A REPLICA IDENTITY FULL table marks every column as its identity: its primary key, when
+    // it has one, keys its events (else each update would key a row anew: another partition,
+    // no per-row order).
+    let full_keys = check_tables(name, &client, &publication, config).await?;
+    let mut config = config.clone();
+    for (table, key) in full_keys {
+        config.key_columns.entry(table).or_insert(key);
+    }
+    let config = &config;
 
     let mut state = match ctx.emitter.state() {
         Some(bytes) => serde_json::from_slice::<CdcState>(&bytes)
@@ -538,17 +546,22 @@ async fn setup_publication(
     })
 }
 
-/// Refuses tables whose changes could not be keyed.
+/// Refuses tables whose changes could not be keyed; returns the primary key columns of the
+/// `REPLICA IDENTITY FULL` tables that have one.
 async fn check_tables(
     name: &str,
     client: &tokio_postgres::Client,
     publication: &str,
     config: &PgCdcConfig,
-) -> Result<()> {
+) -> Result<Vec<(String, Vec<String>)>> {
     let rows = client
         .query(
             "SELECT pt.schemaname::text, pt.tablename::text, c.relreplident::text, \
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                    (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i \
+                       CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(att, n) \
+                       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.att \
+                     WHERE i.indrelid = c.oid AND i.indisprimary) \
              FROM pg_publication_tables pt \
              JOIN pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -557,10 +570,14 @@ async fn check_tables(
         )
         .await
         .map_err(pg_error(name, "reading the publication's tables"))?;
+    let mut full_keys = Vec::new();
     for row in rows {
         let (schema, table, identity, has_pk): (String, String, String, bool) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         let qualified = format!("{schema}.{table}");
+        if let (true, Some(pk)) = (identity == "f", row.get::<_, Option<Vec<String>>>(4)) {
+            full_keys.push((qualified.clone(), pk));
+        }
         let keyed = match identity.as_str() {
             "d" => has_pk,
             "i" | "f" => true,
@@ -592,7 +609,7 @@ async fn check_tables(
             }
         }
     }
-    Ok(())
+    Ok(full_keys)
 }
 
 /// Creates the slot on first start; applies `on_slot_lost` when a slot this source had a
@@ -1440,14 +1457,18 @@ impl Cdc<'_> {
             if !old_key.is_empty() && old_key != new_key {
                 self.record_key(t, rel, Some(&old_key));
                 self.record_key(t, rel, Some(&new_key));
+                // When the new tuple lacks unsent TOAST values (listed in `unchanged`), the
+                // delete names the key the row moves to (`data.moved_to`) and the insert the key
+                // it moved from (`data.moved_from`): the values are the row's under the old key,
+                // where a projection can carry them from, whichever half it applies first
+                // (`sink` keeps a moved row's values in its tombstone).
+                let lacks = !after.as_ref().is_some_and(|(_, u)| u.is_empty());
+                let map = |key: &[(String, Value)]| key.iter().cloned().collect::<Map<_, _>>();
+                let to = lacks.then(|| ("moved_to", map(&new_key)));
+                let from = lacks.then(|| ("moved_from", map(&old_key)));
                 let deleted = before.clone();
-                self.push_change(t, rel, Op::Delete, old_key.clone(), deleted, None, None, None)?;
-                // The insert names the key it moved from: a value the new tuple did not send
-                // (unchanged TOAST, listed in `unchanged`) is the row's under that key, where a
-                // projection can carry it from; `sink` does.
-                let moved = (!after.as_ref().is_some_and(|(_, u)| u.is_empty()))
-                    .then(|| old_key.into_iter().collect::<Map<String, Value>>());
-                return self.push_change(t, rel, Op::Insert, new_key, None, after, None, moved);
+                self.push_change(t, rel, Op::Delete, old_key, deleted, None, None, to)?;
+                return self.push_change(t, rel, Op::Insert, new_key, None, after, None, from);
             }
         }
         let key = match (&after, &before) {
@@ -1487,8 +1508,8 @@ impl Cdc<'_> {
     /// One change (or snapshot read): in the CloudEvents payload written as JSON text straight
     /// from its rows ([`Built::Text`]), in the Debezium payload built as an [`Event`]. `id`
     /// replaces the change's `<source>:<commit LSN>:<n>` (snapshot reads have their own).
-    /// `moved_from`: a key change's old key, written as `data.moved_from` when the new row lacks
-    /// unsent TOAST values.
+    /// `moved`: for a key change whose new row lacks unsent TOAST values, `("moved_to", new
+    /// key)` on its delete or `("moved_from", old key)` on its insert, written into `data`.
     #[allow(clippy::too_many_arguments)]
     fn push_change(
         &self,
@@ -1499,7 +1520,7 @@ impl Cdc<'_> {
         before: Option<(Map<String, Value>, Vec<String>)>,
         after: Option<(Map<String, Value>, Vec<String>)>,
         id: Option<String>,
-        moved_from: Option<Map<String, Value>>,
+        moved: Option<(&str, Map<String, Value>)>,
     ) -> Result<()> {
         if self.config.payload == Payload::Debezium {
             let (topic, mut event) = self.debezium_event(t, rel, op, &key, before, after);
@@ -1542,9 +1563,12 @@ impl Cdc<'_> {
             w.put(&before)?;
             w.raw(r#","key":"#);
             w.put(&key)?;
-            if let Some(moved_from) = &moved_from {
-                w.raw(r#","moved_from":"#);
-                w.put(moved_from)?;
+            if let Some((name, key)) = &moved {
+                // Members in name order, as everywhere in this payload: `moved_*` after `key`.
+                w.raw(",");
+                w.put(name)?;
+                w.raw(":");
+                w.put(key)?;
             }
             w.raw(r#","op":"#);
             w.put(op.name())?;
