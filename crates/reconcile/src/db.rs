@@ -1,8 +1,14 @@
 //! One side's database: the queries a reconciliation run needs, for Postgres and SQLite.
 //!
-//! Every query computes digests inside the database; only [`Conn::rows_in`] (the rows of differing
-//! buckets, as key and hash) and [`Conn::rows_json`] (authoritative rows to repair) return rows,
-//! and callers count them as shipped.
+//! Every query computes digests inside the database; only [`Conn::rows_in`] and
+//! [`Conn::rows_for_keys`] (rows as key and hash), [`Conn::column_hashes`] (a stale row's column
+//! hashes) and [`Conn::rows_json`] (authoritative rows to repair) return rows, and callers count
+//! them as shipped.
+//!
+//! A value's text is what its database prints for it: Postgres's output function, under the
+//! session settings the sources read values with (`PG_SESSION`, pinned on every connection, so
+//! that neither database's defaults make two different values print alike or two equal ones
+//! differ); SQLite's `CAST(… AS TEXT)`, except that a BLOB prints as a `bytea` does (`\x…`).
 //!
 //! Invariants: expressions from the config are the operator's own SQL over their own tables and
 //! are used as given; table and generated names are quoted; SQLite gets the digest functions
@@ -50,14 +56,41 @@ impl std::fmt::Debug for Conn {
 // up into its parent — pulled up, each `get_byte(sha256(…))` would hash the row again (eleven
 // hashes per row instead of two; five times slower on a million rows).
 
+/// What a Postgres connection renders values with, pinned on every connection: the settings the
+/// sources read values with (see `ARCHITECTURE.md`), so both sides' text is a function of the
+/// value alone. A database's own defaults could otherwise hide drift (`extra_float_digits = 0`
+/// prints both neighbours of a double as the same 15 digits) or invent it (`bytea_output =
+/// 'escape'` on one side only, another `TimeZone` for `timestamptz`).
+const PG_SESSION: &str = "SET extra_float_digits = 3; SET bytea_output = 'hex'; \
+     SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'";
+
+/// The text of expression `e`, as SQL: Postgres's output function; in SQLite `CAST(… AS TEXT)`,
+/// except for a `BLOB`, which is `\x` and its lowercase hex as a Postgres `bytea` prints (its
+/// bytes are no text, and not always UTF-8).
+fn text_sql(e: &str, pg: bool) -> String {
+    if pg {
+        format!("({e})::text")
+    } else {
+        format!(
+            "CASE typeof({e}) WHEN 'blob' THEN '\\x' || lower(hex({e})) ELSE CAST(({e}) AS TEXT) END"
+        )
+    }
+}
+
+/// The text of each compared column (NULL as the marker), as SQL.
+fn column_texts(side: &Side, pg: bool) -> Vec<String> {
+    let null = if pg { "chr(30)" } else { "char(30)" };
+    side.columns.iter().map(|c| format!("coalesce({}, {null})", text_sql(c, pg))).collect()
+}
+
 /// The text of a row's key (`key`) and of the whole row (`row`), as SQL.
 fn texts(side: &Side, pg: bool) -> (String, String) {
-    let text = |e: &str| if pg { format!("({e})::text") } else { format!("CAST(({e}) AS TEXT)") };
-    let (sep, null) = if pg { ("chr(31)", "chr(30)") } else { ("char(31)", "char(30)") };
-    let key = side.key.iter().map(|k| text(k)).collect::<Vec<_>>().join(&format!(" || {sep} || "));
+    let sep = if pg { " || chr(31) || " } else { " || char(31) || " };
+    let key = side.key.iter().map(|k| text_sql(k, pg)).collect::<Vec<_>>().join(sep);
     let mut row = key.clone();
-    for c in &side.columns {
-        row.push_str(&format!(" || {sep} || coalesce({}, {null})", text(c)));
+    for c in column_texts(side, pg) {
+        row.push_str(sep);
+        row.push_str(&c);
     }
     (key, row)
 }
@@ -110,6 +143,7 @@ impl Conn {
                         tracing::debug!(error = %e, "reconcile connection ended");
                     }
                 });
+                client.batch_execute(PG_SESSION).await.map_err(pg_err)?;
                 Ok(Conn::Pg(client))
             }
             Db::Sqlite(path) => {
@@ -285,6 +319,76 @@ impl Conn {
         }
     }
 
+    /// Each compared column's hash (the first half of the SHA-256 of its text, as in a row's
+    /// digest) in the rows with these keys: which columns of a stale key differ, without
+    /// shipping their values (these rows are shipped, as hashes).
+    pub async fn column_hashes(
+        &self,
+        side: &Side,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Vec<i64>>, String> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        match self {
+            Conn::Folded(f) => Ok(f.column_hashes(keys)),
+            Conn::Pg(c) => {
+                let (key, _) = texts(side, true);
+                let cols = column_texts(side, true);
+                let named: String =
+                    cols.iter().enumerate().map(|(i, c)| format!(", {c} AS c{i}")).collect();
+                let sums: String = (0..cols.len())
+                    .map(|i| format!(", sha256(convert_to(c{i}, 'UTF8')) AS h{i}"))
+                    .collect();
+                let hashes: Vec<String> =
+                    (0..cols.len()).map(|i| pg_half_sql(&format!("h{i}"), 0)).collect();
+                // `OFFSET 0`: each column is hashed once (see `texts`' note).
+                let sql = format!(
+                    "SELECT k, ARRAY[{hashes}]::bigint[] FROM (SELECT k{sums} FROM \
+                       (SELECT {key} AS k{named} FROM {t}) s WHERE k = ANY($1::text[]) OFFSET 0) s2",
+                    hashes = hashes.join(", "),
+                    t = quote_table(&side.table),
+                );
+                let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+            Conn::Lite(c) => {
+                let (key, _) = texts(side, false);
+                let cols = column_texts(side, false);
+                let n = cols.len();
+                let named: String =
+                    cols.iter().enumerate().map(|(i, c)| format!(", {c} AS c{i}")).collect();
+                let hashes: String = (0..n).map(|i| format!(", drift_h1(c{i})")).collect();
+                let table = quote_table(&side.table);
+                let keys = keys.to_vec();
+                Self::lite(c, move |c| {
+                    let mut out = BTreeMap::new();
+                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+                        let marks = vec!["?"; chunk.len()].join(",");
+                        let sql = format!(
+                            "SELECT k{hashes} FROM (SELECT {key} AS k{named} FROM {table}) \
+                             WHERE k IN ({marks})"
+                        );
+                        let mut stmt = c.prepare(&sql)?;
+                        let rows =
+                            stmt.query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                                let k: String = r.get(0)?;
+                                let h =
+                                    (1..=n).map(|i| r.get(i)).collect::<rusqlite::Result<_>>()?;
+                                Ok((k, h))
+                            })?;
+                        for row in rows {
+                            let (k, h) = row?;
+                            out.insert(k, h);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
     /// The source rows of `keys`, each as a JSON object of all its columns (to repair them).
     pub async fn rows_json(
         &self,
@@ -345,6 +449,35 @@ impl Conn {
                         }
                     }
                     Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
+    /// How the projection `table` holds its columns, for rendering a topic's values as it
+    /// renders them (the sink's choice: Postgres column kinds, SQLite `BLOB` columns).
+    pub async fn target(&self, table: &str) -> Result<crate::topic::Target, String> {
+        match self {
+            Conn::Folded(_) => Err(format!("`{table}` is a topic: it has no columns")),
+            Conn::Pg(c) => driftless_sink::postgres::column_kinds(c, table)
+                .await
+                .map(crate::topic::Target::Postgres)
+                .map_err(pg_err),
+            Conn::Lite(c) => {
+                let sql = format!("PRAGMA table_info({})", quote_table(table));
+                Self::lite(c, move |c| {
+                    let mut stmt = c.prepare(&sql)?;
+                    let rows = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+                    let mut blobs = std::collections::BTreeSet::new();
+                    for row in rows {
+                        let (name, declared) = row?;
+                        if driftless_sink::values::sqlite_blob(&declared) {
+                            blobs.insert(name);
+                        }
+                    }
+                    Ok(crate::topic::Target::Sqlite(blobs))
                 })
                 .await
             }

@@ -9,13 +9,15 @@
 //! 4. candidates may be changes in flight (committed in the source, not yet in the projection):
 //!    after `lag_window_ms`, and after the sink's group consumed everything the log held then,
 //!    the candidate keys' rows are compared again and only keys that still differ are reported;
+//!    each reported stale key's compared columns are hashed one by one on both sides, and the
+//!    report names the columns that differ (`stale_columns`: why the key is stale);
 //! 5. with repair, each drifted key's authoritative state is appended as a correction event
 //!    (flagged `correction = true`) to the sink's topic — the projection is never written
 //!    directly — and extra keys get delete events.
 //!
 //! Invariant: the rows a run ships out of the databases are the differing buckets' (about 16 per
-//! bucket and side), the candidates' again for the re-check, and the rows it repairs;
-//! `rows_shipped` counts them all.
+//! bucket and side), the candidates' again for the re-check, the reported stale keys' column
+//! hashes, and the rows it repairs; `rows_shipped` counts them all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -83,6 +85,10 @@ pub struct RunReport {
     pub stale: usize,
     /// Up to `keys_reported_max` keys per kind.
     pub keys: BTreeMap<DriftKind, Vec<String>>,
+    /// Each reported stale key's compared columns whose values differ, found by comparing each
+    /// column's hash (32 bits of its text's SHA-256) on both sides, so values stay in the
+    /// databases. A key that changed again since the re-check may name none.
+    pub stale_columns: BTreeMap<String, Vec<String>>,
     /// Corrections appended.
     pub repaired: usize,
     /// More keys drifted than `drifted_keys_max`: the counts are lower bounds, and only that
@@ -194,17 +200,20 @@ pub async fn run(
         not_compared: plan.not_compared.clone(),
         ..RunReport::default()
     };
-    let source = async {
-        match &plan.source.db {
-            Db::Topic(topic) => fold_topic(plan, broker, topic).await,
-            db => Conn::open(db).await,
+    let projection =
+        Conn::open(&plan.projection.db).await.map_err(Sides::db_err(plan, "projection"))?;
+    let source = match &plan.source.db {
+        Db::Topic(topic) => {
+            // A topic's values are rendered as the projection holds its columns.
+            let target = projection
+                .target(&plan.projection.table)
+                .await
+                .map_err(Sides::db_err(plan, "projection"))?;
+            fold_topic(plan, broker, topic, target).await
         }
+        db => Conn::open(db).await,
     };
-    let (source, projection) = tokio::join!(source, Conn::open(&plan.projection.db));
-    let sides = Sides {
-        source: source.map_err(Sides::db_err(plan, "source"))?,
-        projection: projection.map_err(Sides::db_err(plan, "projection"))?,
-    };
+    let sides = Sides { source: source.map_err(Sides::db_err(plan, "source"))?, projection };
     let (rs, rp) =
         tokio::join!(sides.source.count(&plan.source), sides.projection.count(&plan.projection));
     report.rows_source = rs.map_err(Sides::db_err(plan, "source"))?;
@@ -276,12 +285,40 @@ pub async fn run(
             list.push(k.clone());
         }
     }
+    if let Some(stale) = report.keys.get(&DriftKind::Stale).filter(|k| !k.is_empty()) {
+        // Why each is stale: the columns whose hashes differ.
+        let (s, p) = tokio::join!(
+            sides.source.column_hashes(&plan.source, stale),
+            sides.projection.column_hashes(&plan.projection, stale)
+        );
+        let s = s.map_err(Sides::db_err(plan, "source"))?;
+        let p = p.map_err(Sides::db_err(plan, "projection"))?;
+        report.rows_shipped += s.len() + p.len();
+        report.stale_columns = differing_columns(&plan.compared, &s, &p);
+    }
     if let Some(correction) = repair {
         report.repaired =
             repair_keys(plan, broker, &sides, correction, &candidates, &mut report).await?;
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Each key's columns (of `names`) whose hashes differ between the sides; a key on one side
+/// only is left out.
+fn differing_columns(
+    names: &[String],
+    source: &BTreeMap<String, Vec<i64>>,
+    projection: &BTreeMap<String, Vec<i64>>,
+) -> BTreeMap<String, Vec<String>> {
+    source
+        .iter()
+        .filter_map(|(key, s)| {
+            let p = projection.get(key)?;
+            let differ = names.iter().zip(s.iter().zip(p)).filter(|(_, (a, b))| a != b);
+            Some((key.clone(), differ.map(|(name, _)| name.clone()).collect()))
+        })
+        .collect()
 }
 
 /// A key's text as the sink's events name it in `subject`: the value for a one-column key, a JSON
@@ -295,15 +332,20 @@ fn subject_of(key_text: &str, parts: usize) -> String {
     Value::Array(values).to_string()
 }
 
-/// Folds `topic` through the sink's mapping into the projection table's expected rows.
-async fn fold_topic(plan: &Plan, broker: &Arc<Broker>, topic: &str) -> Result<Conn, String> {
+/// Folds `topic` through the sink's mapping into the projection table's expected rows, its
+/// values rendered as `target` holds them.
+async fn fold_topic(
+    plan: &Plan,
+    broker: &Arc<Broker>,
+    topic: &str,
+    target: crate::topic::Target,
+) -> Result<Conn, String> {
     let mapper = driftless_sink::mapping::Mapper::compile(&plan.name, &plan.mappings)
         .map_err(|e| e.to_string())?;
     let (b, topic, table) = (Arc::clone(broker), topic.to_string(), plan.projection.table.clone());
     let compared = plan.compared.clone();
-    let sqlite = matches!(plan.projection.db, Db::Sqlite(_));
     let folded = tokio::task::spawn_blocking(move || {
-        crate::topic::fold(&b, &topic, &mapper, &table, &compared, sqlite, crate::topic::KEYS_MAX)
+        crate::topic::fold(&b, &topic, &mapper, &table, &compared, &target, crate::topic::KEYS_MAX)
     })
     .await
     .map_err(|e| e.to_string())??;

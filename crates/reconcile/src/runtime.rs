@@ -64,6 +64,8 @@ async fn store_history(broker: &Arc<Broker>, name: &str, runs: &VecDeque<RunReco
                 for keys in rep.keys.values_mut() {
                     keys.truncate(PERSISTED_KEYS_PER_KIND);
                 }
+                let kept = rep.keys.get(&crate::run::DriftKind::Stale).cloned().unwrap_or_default();
+                rep.stale_columns.retain(|k, _| kept.contains(k));
                 rep
             });
             (report, r.error.clone(), r.at_ms)

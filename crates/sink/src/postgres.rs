@@ -121,6 +121,52 @@ fn kind_of(types: &HashMap<u32, PgType>, oid: u32, depth: usize) -> PgKind {
     }
 }
 
+/// Every type of the database's `pg_type`, as far as choosing a [`PgKind`] needs it.
+async fn read_catalog(client: &Client) -> Result<HashMap<u32, PgType>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT oid, typname::text, typtype, typbasetype, typelem, typdelim, typcategory, \
+             typlen FROM pg_catalog.pg_type",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                PgType {
+                    name: r.get(1),
+                    typtype: r.get(2),
+                    base: r.get(3),
+                    element: r.get(4),
+                    delimiter: r.get(5),
+                    category: r.get(6),
+                    len: r.get(7),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Each column of `table` (`schema.table` or `table`) and how the sink writes values to it,
+/// chosen as [`PgSink::check`] chooses it: what [`pg_text`] needs to render a value as the
+/// column holds it (reconciliation renders a topic's values with it). Empty when the table
+/// does not exist.
+pub async fn column_kinds(
+    client: &Client,
+    table: &str,
+) -> Result<BTreeMap<String, PgKind>, tokio_postgres::Error> {
+    let catalog = read_catalog(client).await?;
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&quote_table(table)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), kind_of(&catalog, r.get(1), 0))).collect())
+}
+
 impl std::fmt::Debug for PgSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgSink").field("sink", &self.sink).finish_non_exhaustive()
@@ -204,30 +250,7 @@ impl PgSink {
                 }
             }
         }
-        let catalog: HashMap<u32, PgType> = client
-            .query(
-                "SELECT oid, typname::text, typtype, typbasetype, typelem, typdelim, typcategory, \
-                 typlen FROM pg_catalog.pg_type",
-                &[],
-            )
-            .await
-            .map_err(|e| unavailable(classify(&e)))?
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, u32>(0),
-                    PgType {
-                        name: r.get(1),
-                        typtype: r.get(2),
-                        base: r.get(3),
-                        element: r.get(4),
-                        delimiter: r.get(5),
-                        category: r.get(6),
-                        len: r.get(7),
-                    },
-                )
-            })
-            .collect();
+        let catalog = read_catalog(client).await.map_err(|e| unavailable(classify(&e)))?;
         let mut types = HashMap::new();
         for (table, (key, columns)) in mapper.tables() {
             let schema_err = |reason: String| SinkError::Schema {

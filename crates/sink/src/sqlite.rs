@@ -156,7 +156,7 @@ impl SqliteSink {
                         while let Some(r) = rows.next().map_err(|e| classify(&e))? {
                             let name: String = r.get(1).map_err(|e| classify(&e))?;
                             let declared: String = r.get(2).map_err(|e| classify(&e))?;
-                            let blob = declared.to_ascii_uppercase().contains("BLOB");
+                            let blob = crate::values::sqlite_blob(&declared);
                             blobs.entry(table.clone()).or_default().insert(name.clone(), blob);
                             let pk_pos: i64 = r.get(5).map_err(|e| classify(&e))?;
                             if pk_pos > 0 {

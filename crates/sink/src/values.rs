@@ -149,6 +149,12 @@ fn bytea_text(s: &str) -> Result<String, String> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether an SQLite column of this declared type is `blob` for [`sqlite_value`]: `BLOB` in
+/// its name, in any case.
+pub fn sqlite_blob(declared_type: &str) -> bool {
+    declared_type.to_ascii_uppercase().contains("BLOB")
+}
+
 /// `v` as an SQLite value for a column whose declared type is `blob` (`BLOB` in it) or not.
 pub fn sqlite_value(v: &Value, blob: bool) -> Result<Sql, String> {
     Ok(match v {
