@@ -161,7 +161,8 @@ struct Fixture {
 
 impl Fixture {
     /// Keys 1..=13 written, then key 13 changed to 14 without its (unchanged) body: the source
-    /// table updated, the topic given the insert naming the old key and then the delete.
+    /// table updated, the topic given the delete naming the new key and the insert naming the
+    /// old one.
     /// `settings` runs first (database defaults for the sessions opened afterwards).
     async fn start(settings: &str) -> Fixture {
         let pg = PgServer::start().unwrap();
@@ -188,16 +189,19 @@ impl Fixture {
         let sinks = Sinks::start(vec![sink.clone()], Arc::clone(&broker)).unwrap();
         caught_up(&broker).await;
 
-        // The key change: the insert carries every value but the unchanged body, and names the
-        // old key; the sink carries the body from the old row, then the delete removes it.
+        // The key change, as CDC writes it: the delete names the key the row moves to (the sink
+        // keeps the deleted row), then the insert carries every value but the unchanged body and
+        // names the old key (the sink carries the body from the kept row).
         app.batch_execute("UPDATE items SET id = 14 WHERE id = 13").await.unwrap();
-        let (_, after) = events_of(&app, &[14], &["body"]).await.remove(0);
-        broker.produce("items", vec![upserted(14, after, &["body"], Some(13))]).unwrap();
-        caught_up(&broker).await;
         let mut deleted = Event::new("item-13-deleted", "/app/items", "item.deleted");
         deleted.subject = Some("13".into());
-        deleted.data = Some(json!({"op": "delete", "table": "items", "key": {"id": 13}}));
+        deleted.data = Some(
+            json!({"op": "delete", "table": "items", "key": {"id": 13}, "moved_to": {"id": 14}}),
+        );
         broker.produce("items", vec![deleted]).unwrap();
+        caught_up(&broker).await;
+        let (_, after) = events_of(&app, &[14], &["body"]).await.remove(0);
+        broker.produce("items", vec![upserted(14, after, &["body"], Some(13))]).unwrap();
         caught_up(&broker).await;
         Fixture { pg, proj, broker, sink, sinks, _dir: dir }
     }
