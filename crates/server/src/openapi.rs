@@ -280,6 +280,7 @@ pub fn openapi() -> Value {
             "rows_shipped": {"type": "integer"}, "settled_in_flight": {"type": "integer"},
             "missing": {"type": "integer"}, "extra": {"type": "integer"}, "stale": {"type": "integer"},
             "keys": {"type": "object", "description": "up to keys_reported_max keys per kind (missing, extra, stale)"},
+            "stale_columns": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}, "description": "for each reported stale key, the compared columns whose values differ"},
             "repaired": {"type": "integer"}, "truncated": {"type": "boolean", "description": "more keys drifted than drifted_keys_max: counts are lower bounds"},
             "not_compared": {"type": "array", "items": {"type": "string"}}}},
           "Reconciliation": {"type": "object", "properties": {

@@ -107,7 +107,18 @@ pub fn human(r: &Value) -> String {
         if keys.is_empty() {
             continue;
         }
-        let shown: Vec<&str> = keys.iter().take(KEYS_PRINTED_MAX).copied().collect();
+        // A stale key says which columns differ: `c (city, zip)`.
+        let shown: Vec<String> = keys
+            .iter()
+            .take(KEYS_PRINTED_MAX)
+            .map(|k| match r["stale_columns"][*k].as_array().filter(|_| kind == "stale") {
+                Some(cols) => {
+                    let cols: Vec<&str> = cols.iter().filter_map(Value::as_str).collect();
+                    format!("{k} ({})", cols.join(", "))
+                }
+                None => k.to_string(),
+            })
+            .collect();
         let more = if n(kind) as usize > shown.len() {
             format!(" … and {} more", n(kind) as usize - shown.len())
         } else {
@@ -134,10 +145,14 @@ mod tests {
         let r = json!({"name": "contacts", "missing": 2, "extra": 0, "stale": 1, "rows_source": 10,
             "rows_projection": 9, "buckets": 16, "buckets_differing": 3, "rows_shipped": 12,
             "duration_ms": 40, "settled_in_flight": 1, "repair": true, "repaired": 3,
-            "keys": {"missing": ["a", "b"], "stale": ["c"]}, "not_compared": ["line"]});
+            "keys": {"missing": ["a", "b"], "stale": ["c"]}, "not_compared": ["line"],
+            "stale_columns": {"c": ["city", "zip"]}});
         let text = human(&r);
         assert!(text.starts_with("contacts: 2 missing, 0 extra, 1 stale"), "{text}");
-        assert!(text.contains("  missing: a, b\n") && text.contains("  stale: c\n"), "{text}");
+        assert!(
+            text.contains("  missing: a, b\n") && text.contains("  stale: c (city, zip)\n"),
+            "{text}"
+        );
         assert!(text.contains("repaired: 3") && text.contains("settled") && text.contains("line"));
     }
 }
