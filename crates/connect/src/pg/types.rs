@@ -28,8 +28,9 @@
 //! - `bytea`: hex output (`\x0a0b`) or escape output (`\012\\a`) → standard base64.
 //! - Arrays (element type known, `typcategory = 'A'`, variable length) → nested JSON arrays,
 //!   one level per dimension; elements converted by the element type, unquoted `NULL` → `null`
-//!   (a quoted `"NULL"` is the string `NULL`); a dimension prefix such as `[0:1]=` is dropped;
-//!   the element type's delimiter is honoured (`;` for `box`).
+//!   (a quoted `"NULL"` is the string `NULL`); the element type's delimiter is honoured (`;`
+//!   for `box`). An array whose bounds are not the default (Postgres prints a prefix such as
+//!   `[0:1]=`) is carried as a string of that exact text: a JSON array cannot hold its bounds.
 //! - Enums, composites, ranges, `text`, `varchar`, `bpchar`, `name`, `char`, `date`, `time`,
 //!   `timetz`, `interval`, `uuid`, `inet`, … and every type the catalog does not know → the text
 //!   as a JSON string.
@@ -320,9 +321,14 @@ fn convert(
     match catalog.types.get(&type_oid).map(|t| t.kind) {
         Some(TypeKind::Domain { base }) => convert(catalog, base, text, depth + 1),
         Some(TypeKind::Array { element, delimiter }) => {
-            ArrayParser { catalog, element, delimiter, text, pos: 0, depth }
+            let array = ArrayParser { catalog, element, delimiter, text, pos: 0, depth }
                 .parse()
-                .map_err(|reason| format!("array {}: {reason}", quote(text)))
+                .map_err(|reason| format!("array {}: {reason}", quote(text)))?;
+            // Bounds other than 1 (`[0:1]={…}`) have no JSON form: the text carries them.
+            if text.starts_with('[') {
+                return Ok(Value::String(text.to_owned()));
+            }
+            Ok(array)
         }
         Some(TypeKind::Enum | TypeKind::Composite | TypeKind::Range | TypeKind::Other) => {
             Ok(Value::String(text.to_owned()))
@@ -965,8 +971,9 @@ mod tests {
         assert_eq!(ok(1007, "{1,2,3}"), json!([1, 2, 3]));
         assert_eq!(ok(1007, "{}"), json!([]));
         assert_eq!(ok(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
-        assert_eq!(ok(1007, "[0:1]={1,2}"), json!([1, 2]));
-        assert_eq!(ok(1007, "[1:1][-2:-1]={{3,4}}"), json!([[3, 4]]));
+        // Bounds that are not the default travel as the exact text (still checked).
+        assert_eq!(ok(1007, "[0:1]={1,2}"), json!("[0:1]={1,2}"));
+        assert_eq!(ok(1007, "[1:1][-2:-1]={{3,4}}"), json!("[1:1][-2:-1]={{3,4}}"));
         assert_eq!(ok(1007, "{{NULL},{1}}"), json!([[null], [1]]));
         assert_eq!(ok(1007, " { 1 , null ,3 } "), json!([1, null, 3]));
         assert_eq!(
