@@ -293,30 +293,39 @@ impl Conn {
             Conn::Lite(c) => {
                 let (key, row) = texts(side, false);
                 let table = quote_table(&side.table);
-                let keys = keys.to_vec();
-                Self::lite(c, move |c| {
-                    let mut out = RowHashes::new();
-                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
-                        let marks = vec!["?"; chunk.len()].join(",");
-                        let sql = format!(
-                            "SELECT k, drift_h1(r), drift_h2(r) FROM \
-                             (SELECT {key} AS k, {row} AS r FROM {table}) WHERE k IN ({marks})"
-                        );
-                        let mut stmt = c.prepare(&sql)?;
-                        let rows = stmt
-                            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
-                                Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
-                            })?;
-                        for row in rows {
-                            let (k, h) = row?;
-                            out.insert(k, h);
-                        }
-                    }
-                    Ok(out)
-                })
-                .await
+                let select = format!(
+                    "SELECT k, drift_h1(r), drift_h2(r) FROM (SELECT {key} AS k, {row} AS r FROM {table})"
+                );
+                Self::lite_by_keys(c, keys, select, |r| Ok((r.get(1)?, r.get(2)?))).await
             }
         }
+    }
+
+    /// Runs `select` (whose first column is the key text `k`) for `keys`, a bounded `IN` list
+    /// at a time, and maps each row's other columns with `value`.
+    async fn lite_by_keys<T: Send + 'static>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        keys: &[String],
+        select: String,
+        value: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<BTreeMap<String, T>, String> {
+        let keys = keys.to_vec();
+        Self::lite(conn, move |c| {
+            let mut out = BTreeMap::new();
+            for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut stmt = c.prepare(&format!("{select} WHERE k IN ({marks})"))?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, value(r)?))
+                })?;
+                for row in rows {
+                    let (k, v) = row?;
+                    out.insert(k, v);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Each compared column's hash (the first half of the SHA-256 of its text, as in a row's
@@ -360,31 +369,10 @@ impl Conn {
                     cols.iter().enumerate().map(|(i, c)| format!(", {c} AS c{i}")).collect();
                 let hashes: String = (0..n).map(|i| format!(", drift_h1(c{i})")).collect();
                 let table = quote_table(&side.table);
-                let keys = keys.to_vec();
-                Self::lite(c, move |c| {
-                    let mut out = BTreeMap::new();
-                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
-                        let marks = vec!["?"; chunk.len()].join(",");
-                        let sql = format!(
-                            "SELECT k{hashes} FROM (SELECT {key} AS k{named} FROM {table}) \
-                             WHERE k IN ({marks})"
-                        );
-                        let mut stmt = c.prepare(&sql)?;
-                        let rows =
-                            stmt.query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
-                                let k: String = r.get(0)?;
-                                let h =
-                                    (1..=n).map(|i| r.get(i)).collect::<rusqlite::Result<_>>()?;
-                                Ok((k, h))
-                            })?;
-                        for row in rows {
-                            let (k, h) = row?;
-                            out.insert(k, h);
-                        }
-                    }
-                    Ok(out)
-                })
-                .await
+                let select =
+                    format!("SELECT k{hashes} FROM (SELECT {key} AS k{named} FROM {table})");
+                Self::lite_by_keys(c, keys, select, move |r| (1..=n).map(|i| r.get(i)).collect())
+                    .await
             }
         }
     }
