@@ -82,7 +82,7 @@ fn config(dir: &Path, src: &str, proj: &str) -> std::path::PathBuf {
 
 /// A statement batch: key changes that leave `big` alone, small updates (also leaving it),
 /// and now and then a new large value.
-fn workload(rng: &mut impl Rng, next_id: &mut i64, live: &mut Vec<i64>) -> String {
+fn workload(rng: &mut impl Rng, next_id: &mut i64, live: &mut [i64]) -> String {
     let mut sql = Vec::new();
     for _ in 0..30 {
         let i = rng.random_range(0..live.len());
