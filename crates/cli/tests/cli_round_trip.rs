@@ -13,8 +13,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -33,17 +32,7 @@ impl Server {
 
     /// Runs `driftless ARGS` against this server with `stdin` as input.
     fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-            .args(args)
-            .args(["--server", &self.serve.base])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        self.serve.run_cli(args, stdin)
     }
 
     /// `driftless ARGS`, which must succeed; its stdout.

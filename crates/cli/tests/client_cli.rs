@@ -11,15 +11,13 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 /// A running `driftless serve` over its own temporary data directory.
 struct Server {
-    _serve: support::ServeProcess,
-    url: String,
+    serve: support::ServeProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -27,22 +25,12 @@ impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let serve = support::ServeProcess::start(dir.path());
-        Self { url: serve.base.clone(), _serve: serve, _dir: dir }
+        Self { serve, _dir: dir }
     }
 
     /// Runs `driftless ARGS` against this server with `stdin` as input.
     fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
-            .args(args)
-            .args(["--server", &self.url])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        self.serve.run_cli(args, stdin)
     }
 }
 

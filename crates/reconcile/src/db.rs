@@ -526,28 +526,11 @@ impl Conn {
             Conn::Lite(c) => {
                 let (key, _) = texts(side, false);
                 let table = quote_table(&side.table);
-                let keys = keys.to_vec();
-                Self::lite(c, move |c| {
-                    let mut out = BTreeMap::new();
-                    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
-                        let marks = vec!["?"; chunk.len()].join(",");
-                        let sql = format!(
-                            "SELECT k, v FROM (SELECT {key} AS k, CAST({vc} AS TEXT) AS v \
-                             FROM {table}) WHERE k IN ({marks}) AND v IS NOT NULL"
-                        );
-                        let mut stmt = c.prepare(&sql)?;
-                        let rows = stmt
-                            .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
-                                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                            })?;
-                        for row in rows {
-                            let (k, v) = row?;
-                            out.insert(k, v);
-                        }
-                    }
-                    Ok(out)
-                })
-                .await
+                let select = format!(
+                    "SELECT k, v FROM (SELECT {key} AS k, CAST({vc} AS TEXT) AS v FROM {table} \
+                     WHERE {vc} IS NOT NULL)"
+                );
+                Self::lite_by_keys(c, keys, select, |r| r.get::<_, String>(1)).await
             }
         }
     }

@@ -74,6 +74,21 @@ impl ServeProcess {
         }
     }
 
+    /// Runs the client command `driftless ARGS` against this server with `stdin` as input.
+    pub fn run_cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .args(args)
+            .args(["--server", &self.base])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
