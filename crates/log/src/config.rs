@@ -1,8 +1,13 @@
 //! Per-topic configuration: partitions, durability, retention, compaction and size limits.
 //!
-//! Invariants checked by [`TopicConfig::validate`]: `record_bytes_max` fits in a batch, a batch
-//! fits in a segment and in the unsynced window, and segments stay below 1 GiB so positions fit the
-//! index's 32-bit fields.
+//! Invariants checked by [`TopicConfig::validate`]: every field is inside its documented range
+//! (the `*_LIMIT` constants below) before any arithmetic uses it — a configuration arrives from
+//! outside (an HTTP request, a `topic.json` on disk), and a value such as `retention_ms = 2^63`
+//! used to wrap to a negative age in `as i64` and delete every sealed segment. Ages in ms are at
+//! most [`MS_LIMIT`] (100 years), so they convert to the clock's `i64` without loss; sizes in
+//! bytes are bounded so sums of them cannot overflow. Between fields: `record_bytes_max` fits in a
+//! batch, a batch fits in a segment and in the unsynced window, and segments stay below 1 GiB so
+//! positions fit the index's 32-bit fields. A refusal names the field, the value and the range.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +78,17 @@ pub struct TopicConfig {
 pub const PARTITIONS_MAX: u32 = 1024;
 /// Largest segment: positions in the index are 32-bit.
 pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 1 << 30;
+/// Longest age or interval in ms any setting may name (retention, tombstone retention, segment
+/// age): 100 years. Far beyond any real need, and far below `i64::MAX`, so `now - age` is exact.
+pub const MS_LIMIT: u64 = 100 * 365 * 24 * 3600 * 1000;
+/// Longest `durability = { interval_ms }`: one day. A longer interval is `never` in disguise.
+pub const DURABILITY_INTERVAL_MS_LIMIT: u64 = 24 * 3600 * 1000;
+/// Largest `retention_bytes`: 1 EiB, so a partition's size plus any segment never overflows.
+pub const RETENTION_BYTES_LIMIT: u64 = 1 << 60;
+/// Largest `record_bytes_max`: 64 MiB.
+pub const RECORD_BYTES_MAX_LIMIT: usize = 64 << 20;
+/// Largest `compaction_map_bytes_max`: 1 TiB (the map is memory; the limit is only a sanity bound).
+pub const COMPACTION_MAP_BYTES_MAX_LIMIT: usize = 1 << 40;
 
 impl Default for TopicConfig {
     fn default() -> Self {
@@ -94,48 +110,105 @@ impl Default for TopicConfig {
     }
 }
 
+/// `Err` naming `field`, its value and the allowed range (`lo..=hi`, with a unit hint) unless
+/// `value` is inside it.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<()> {
+    if value < lo || value > hi {
+        return Err(LogError::InvalidConfig(format!(
+            "{field} = {value} is out of range; use {lo} to {hi}{unit}"
+        )));
+    }
+    Ok(())
+}
+
+/// A `usize` limit as `u64`: lossless on every platform Rust supports (`usize` is at most 64
+/// bits); saturates rather than wraps if that ever changes.
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 impl TopicConfig {
-    /// Checks ranges and relations between limits.
+    /// Checks every field's range, then the relations between limits. Range checks come first so
+    /// the relations (`record_bytes_max + header`, …) never overflow.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(LogError::InvalidConfig(msg));
-        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            return bad(format!("partitions = {}; use 1 to {PARTITIONS_MAX}", self.partitions));
+        in_range("partitions", self.partitions, 1, PARTITIONS_MAX, "")?;
+        if let Durability::IntervalMs(ms) = self.durability {
+            in_range(
+                "durability interval_ms",
+                ms,
+                1,
+                DURABILITY_INTERVAL_MS_LIMIT,
+                " (1 day); or \"always\" / \"never\"",
+            )?;
         }
-        if self.record_bytes_max == 0 || self.record_bytes_max > 64 << 20 {
-            return bad(format!(
-                "record_bytes_max = {}; use 1 to 67108864 (64 MiB)",
-                self.record_bytes_max
-            ));
+        if let Some(ms) = self.retention_ms {
+            in_range("retention_ms", ms, 1, MS_LIMIT, " (100 years); or null to keep forever")?;
         }
-        if self.batch_bytes_max < self.record_bytes_max + crate::record::RECORD_HEADER_BYTES {
-            return bad(format!(
-                "batch_bytes_max = {} cannot hold one record of record_bytes_max = {}",
-                self.batch_bytes_max, self.record_bytes_max
-            ));
+        if let Some(bytes) = self.retention_bytes {
+            in_range(
+                "retention_bytes",
+                bytes,
+                1,
+                RETENTION_BYTES_LIMIT,
+                " (1 EiB); or null for no size limit",
+            )?;
         }
-        if self.segment_bytes_max > SEGMENT_BYTES_MAX_LIMIT
-            || self.segment_bytes_max < self.batch_bytes_max as u64
-        {
-            return bad(format!(
-                "segment_bytes_max = {}; use batch_bytes_max ({}) to {SEGMENT_BYTES_MAX_LIMIT}",
-                self.segment_bytes_max, self.batch_bytes_max
-            ));
-        }
-        if self.unsynced_bytes_max < self.batch_bytes_max as u64 {
-            return bad(format!(
-                "unsynced_bytes_max = {} is below batch_bytes_max = {}",
-                self.unsynced_bytes_max, self.batch_bytes_max
-            ));
-        }
-        if self.index_interval_bytes == 0 {
-            return bad("index_interval_bytes must be at least 1".into());
-        }
-        if self.segment_ms_max == 0 {
-            return bad("segment_ms_max must be at least 1".into());
-        }
-        if let Durability::IntervalMs(0) = self.durability {
-            return bad("durability interval_ms must be at least 1; use \"always\"".into());
-        }
+        in_range(
+            "tombstone_retention_ms",
+            self.tombstone_retention_ms,
+            0,
+            MS_LIMIT,
+            " (100 years)",
+        )?;
+        in_range(
+            "record_bytes_max",
+            self.record_bytes_max,
+            1,
+            RECORD_BYTES_MAX_LIMIT,
+            " (64 MiB)",
+        )?;
+        in_range(
+            "batch_bytes_max",
+            as_u64(self.batch_bytes_max),
+            as_u64(self.record_bytes_max + crate::record::RECORD_HEADER_BYTES),
+            SEGMENT_BYTES_MAX_LIMIT,
+            " (one record of record_bytes_max plus its header, to 1 GiB)",
+        )?;
+        in_range(
+            "segment_bytes_max",
+            self.segment_bytes_max,
+            as_u64(self.batch_bytes_max),
+            SEGMENT_BYTES_MAX_LIMIT,
+            " (batch_bytes_max to 1 GiB)",
+        )?;
+        in_range("segment_ms_max", self.segment_ms_max, 1, MS_LIMIT, " (100 years)")?;
+        in_range(
+            "index_interval_bytes",
+            self.index_interval_bytes,
+            1,
+            SEGMENT_BYTES_MAX_LIMIT,
+            " (1 GiB)",
+        )?;
+        in_range(
+            "unsynced_bytes_max",
+            self.unsynced_bytes_max,
+            as_u64(self.batch_bytes_max),
+            SEGMENT_BYTES_MAX_LIMIT,
+            " (batch_bytes_max to 1 GiB)",
+        )?;
+        in_range(
+            "compaction_map_bytes_max",
+            self.compaction_map_bytes_max,
+            1,
+            COMPACTION_MAP_BYTES_MAX_LIMIT,
+            " (1 TiB)",
+        )?;
         Ok(())
     }
 }
@@ -165,6 +238,49 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
         }
+    }
+
+    #[test]
+    fn every_out_of_range_field_is_named_with_its_value_and_range() {
+        let cases = [
+            (TopicConfig { retention_ms: Some(1 << 63), ..Default::default() }, "retention_ms"),
+            (TopicConfig { retention_ms: Some(0), ..Default::default() }, "retention_ms"),
+            (
+                TopicConfig { retention_bytes: Some(u64::MAX), ..Default::default() },
+                "retention_bytes",
+            ),
+            (TopicConfig { tombstone_retention_ms: u64::MAX, ..Default::default() }, "tombstone"),
+            (TopicConfig { segment_ms_max: u64::MAX, ..Default::default() }, "segment_ms_max"),
+            (
+                TopicConfig { record_bytes_max: usize::MAX, ..Default::default() },
+                "record_bytes_max",
+            ),
+            (TopicConfig { batch_bytes_max: usize::MAX, ..Default::default() }, "batch_bytes_max"),
+            (TopicConfig { index_interval_bytes: 1 << 63, ..Default::default() }, "index_interval"),
+            (TopicConfig { unsynced_bytes_max: u64::MAX, ..Default::default() }, "unsynced"),
+            (TopicConfig { compaction_map_bytes_max: 0, ..Default::default() }, "compaction_map"),
+            (
+                TopicConfig { durability: Durability::IntervalMs(u64::MAX), ..Default::default() },
+                "interval_ms",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("out of range; use"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_retention_horizon_never_wraps() {
+        use crate::partition::horizon_ms;
+        assert_eq!(horizon_ms(1_000, 400), 600);
+        assert_eq!(horizon_ms(1_000, MS_LIMIT), 1_000 - MS_LIMIT as i64);
+        // Ages past the clock's range: nothing is that old (2^63 used to mean "everything").
+        for age in [1 << 63, u64::MAX] {
+            assert_eq!(horizon_ms(1_700_000_000_000, age), i64::MIN);
+        }
+        assert_eq!(horizon_ms(i64::MIN + 5, 10), i64::MIN);
+        assert_eq!(horizon_ms(-5, i64::MAX as u64), i64::MIN);
     }
 
     #[test]

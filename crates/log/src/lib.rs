@@ -59,7 +59,11 @@ mod record;
 mod segment;
 mod sync_pool;
 
-pub use config::{Cleanup, Durability, TopicConfig, PARTITIONS_MAX, SEGMENT_BYTES_MAX_LIMIT};
+pub use config::{
+    Cleanup, Durability, TopicConfig, COMPACTION_MAP_BYTES_MAX_LIMIT, DURABILITY_INTERVAL_MS_LIMIT,
+    MS_LIMIT, PARTITIONS_MAX, RECORD_BYTES_MAX_LIMIT, RETENTION_BYTES_LIMIT,
+    SEGMENT_BYTES_MAX_LIMIT,
+};
 pub use error::{LogError, Result};
 pub use event_listener::Listener;
 pub use log::{Log, LogOptions, Topic};

@@ -190,6 +190,15 @@ pub struct Partition {
     counters: Counters,
 }
 
+/// The retention horizon: records appended before it are older than `age_ms` at `now`. Exact for
+/// every validated age (at most [`crate::config::MS_LIMIT`]); an age beyond the clock's range
+/// gives `i64::MIN`, before every record, so nothing is old enough. (`age_ms as i64` turned
+/// 2^63 into `i64::MIN`, `now - i64::MIN` saturated to `i64::MAX`, and every sealed segment was
+/// "older" than that and deleted.)
+pub(crate) fn horizon_ms(now: i64, age_ms: u64) -> i64 {
+    i64::try_from(age_ms).map_or(i64::MIN, |age| now.saturating_sub(age))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a partition lock is a bug; the state it guards is still consistent
     // enough to report errors, and poisoning every later call would hide the original panic.
@@ -910,12 +919,12 @@ impl Partition {
             let by_time = self
                 .config
                 .retention_ms
-                .is_some_and(|r| seg.last_timestamp_ms() < now.saturating_sub(r as i64));
+                .is_some_and(|r| seg.last_timestamp_ms() < horizon_ms(now, r));
             let by_size = self.config.retention_bytes.is_some_and(|r| total > r);
             if !(by_time || by_size) {
                 break;
             }
-            total -= seg.len();
+            total = total.saturating_sub(seg.len());
             doomed.push(Arc::clone(seg));
         }
         self.remove_segments(&doomed)?;
@@ -994,7 +1003,7 @@ impl Partition {
                 }
             }
         }
-        let tombstone_cutoff = now.saturating_sub(self.config.tombstone_retention_ms as i64);
+        let tombstone_cutoff = horizon_ms(now, self.config.tombstone_retention_ms);
         let mut emptied = Vec::new();
         for seg in segments.iter().filter(|s| s.base_offset < active_base) {
             let mut kept = Vec::new();
