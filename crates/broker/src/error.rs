@@ -4,6 +4,8 @@
 use driftless_core::{InvalidEvent, InvalidTopicName};
 use driftless_log::LogError;
 
+use crate::topics::PartialProduce;
+
 /// Everything the broker can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -35,6 +37,57 @@ pub enum BrokerError {
         events: usize,
         /// The limit `produce_events_max`.
         max: usize,
+    },
+    /// An event is larger than the topic's `record_bytes_max` once stored (its placement key
+    /// plus its JSON text). Checked for every event before anything is written.
+    #[error(
+        "event {index} of the request is {bytes} bytes as stored (placement key plus JSON text); \
+         the topic's record_bytes_max is {max}; no event of the request was appended"
+    )]
+    EventTooLarge {
+        /// Position of the event in the request, from 0.
+        index: usize,
+        /// Its stored size (key plus value).
+        bytes: usize,
+        /// The topic's `record_bytes_max`.
+        max: usize,
+    },
+    /// The events of a request that go to one partition are larger together than the topic's
+    /// `batch_bytes_max` (they are appended as one batch, which is what makes them atomic).
+    #[error(
+        "the request's {events} events for partition {partition} take {bytes} bytes on disk, over \
+         the topic's batch_bytes_max = {max}; no event of the request was appended: send them \
+         in smaller requests"
+    )]
+    BatchTooLarge {
+        /// The partition.
+        partition: u32,
+        /// Events of the request placed on it.
+        events: usize,
+        /// Their encoded size.
+        bytes: usize,
+        /// The topic's `batch_bytes_max`.
+        max: usize,
+    },
+    /// A produce failed after some of its events were already durable (an IO error, a full
+    /// disk or a poisoned partition on one partition after others were written). The error
+    /// lists exactly which events are durable and which are not.
+    #[error("{0}")]
+    PartiallyDurable(Box<PartialProduce>),
+    /// A server-wide limit (`topics_max`, `partitions_total_max`) would be exceeded.
+    #[error(
+        "limit reached: {limit} = {max}, {in_use} in use, this request needs {requested} more; \
+         delete unused topics or raise {limit} in the [broker] table of the server's configuration"
+    )]
+    CapacityLimit {
+        /// The limit's setting name.
+        limit: &'static str,
+        /// Its value.
+        max: usize,
+        /// How much of it is used now.
+        in_use: usize,
+        /// How much the refused request needed.
+        requested: usize,
     },
     /// A setting is out of range.
     #[error("invalid setting {field}: {reason}")]

@@ -47,7 +47,9 @@ pub use error::{BrokerError, Result};
 /// What [`Broker::listen`] returns: a future that completes at the next notification.
 pub use event_listener::EventListener;
 pub use groups::{DeadLetter, DeadLetterState, Delivery};
-pub use topics::{Produced, TopicSpec};
+pub use topics::{
+    DurableEvent, NotDurableEvent, PartialProduce, Produced, TopicSpec, DEDUP_WINDOW_MS_MAX,
+};
 
 use groups::{backoff_ms, parse_delivery_id, Cursor, Group, Member, Pending, PendingState};
 use state::KvTopic;
@@ -79,7 +81,22 @@ pub struct BrokerConfig {
     pub visibility_timeout_ms: u64,
     /// A member that neither fetches nor heartbeats for this long is removed.
     pub session_timeout_ms: u64,
+    /// User topics, server-wide.
+    pub topics_max: usize,
+    /// Partitions of all user topics together, server-wide.
+    pub partitions_total_max: usize,
 }
+
+/// Default `topics_max`. A topic costs a directory, a `topic.json`, a `__topics` record, its dedup
+/// window (bounded by `dedup_ids_max`) and its partitions; 10,000 topics is far more than one
+/// node's use cases need while keeping `topic list` and metrics answers a few MB at most.
+pub const TOPICS_MAX_DEFAULT: usize = 10_000;
+/// Default `partitions_total_max`. A partition's steady cost is a few KiB of memory plus its
+/// active segment's files; the log keeps only a bounded number of files open, so the open-file
+/// limit does not bound partitions, and the acceptance target is 20,000+ partitions on one
+/// node. 100,000 leaves five times that headroom, while still stopping a runaway script before
+/// the directory count and start-up recovery (which visits every partition) get unreasonable.
+pub const PARTITIONS_TOTAL_MAX_DEFAULT: usize = 100_000;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -95,6 +112,8 @@ impl Default for BrokerConfig {
             backoff_max_ms: 30_000,
             visibility_timeout_ms: 30_000,
             session_timeout_ms: 30_000,
+            topics_max: TOPICS_MAX_DEFAULT,
+            partitions_total_max: PARTITIONS_TOTAL_MAX_DEFAULT,
         }
     }
 }
@@ -363,6 +382,7 @@ impl Broker {
         if topics.contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
+        self.check_capacity(&topics, config.partitions)?;
         // Settings first: a crash between the two leaves a spec without a topic, which is
         // ignored, rather than a topic with default settings.
         self.topics_kv.put(name.as_bytes(), &state::encode(&spec))?;
@@ -378,6 +398,36 @@ impl Broker {
         )?);
         topics.insert(name.to_string(), Arc::clone(&state));
         Ok(describe_topic(name, &state))
+    }
+
+    /// Refuses a new topic of `partitions` partitions beyond `topics_max` or
+    /// `partitions_total_max` (checked under the topics lock, so concurrent creations cannot
+    /// both slip under a limit).
+    fn check_capacity(
+        &self,
+        topics: &BTreeMap<String, Arc<TopicState>>,
+        partitions: u32,
+    ) -> Result<()> {
+        let c = &self.config;
+        if topics.len() >= c.topics_max {
+            return Err(BrokerError::CapacityLimit {
+                limit: "topics_max",
+                max: c.topics_max,
+                in_use: topics.len(),
+                requested: 1,
+            });
+        }
+        let in_use: usize = topics.values().map(|t| t.topic.partitions().len()).sum();
+        let requested = usize::try_from(partitions).unwrap_or(usize::MAX);
+        if in_use.saturating_add(requested) > c.partitions_total_max {
+            return Err(BrokerError::CapacityLimit {
+                limit: "partitions_total_max",
+                max: c.partitions_total_max,
+                in_use,
+                requested,
+            });
+        }
+        Ok(())
     }
 
     /// Every user topic.

@@ -7,6 +7,19 @@
 //! marked pending, and a concurrent request with the same id waits for it instead of appending a
 //! second copy. Invariant: an id is marked done only after its append is durable; a failed append
 //! removes its pending marks. On open the window is rebuilt from the log.
+//!
+//! Batch atomicity: a request's events are checked against every limit that can be checked
+//! before anything is written (each event's stored size against `record_bytes_max`, each
+//! partition's batch against `batch_bytes_max`, a poisoned partition), so a refusal leaves
+//! nothing durable and a retry is not a duplicate. Each partition's share is one log batch,
+//! atomic across crashes. What cannot be checked ahead (an IO error, a full disk, a partition
+//! poisoned by another request meanwhile) can fail one partition after others were written:
+//! then the answer is [`BrokerError::PartiallyDurable`], which lists exactly which events are
+//! durable (index, partition, offset) and which are not.
+//!
+//! Every number of a [`TopicSpec`] comes from outside and is range-checked in [`log_config`]
+//! before any arithmetic uses it; an out-of-range value is refused naming the field, the value
+//! and the allowed range.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,13 +36,13 @@ use crate::error::{BrokerError, Result};
 pub struct TopicSpec {
     /// Number of partitions, 1 to 1024.
     pub partitions: u32,
-    /// Delete events older than this; `None` keeps them.
+    /// Delete events older than this, 1 ms to 100 years; `None` keeps them.
     pub retention_ms: Option<u64>,
-    /// Keep at most this many bytes per partition; `None`: no limit.
+    /// Keep at most this many bytes per partition, 1 to 2^60; `None`: no limit.
     pub retention_bytes: Option<u64>,
     /// Keep only the newest event per placement key.
     pub compact: bool,
-    /// How long a re-sent event id is recognised as a duplicate.
+    /// How long a re-sent event id is recognised as a duplicate, 0 to 7 days.
     pub dedup_window_ms: u64,
     /// When a produce is acknowledged; `always` (fsynced) unless you accept losing data.
     pub durability: Durability,
@@ -59,6 +72,53 @@ pub struct Produced {
     pub offset: u64,
     /// Whether it had already been appended (inside the dedup window) and was not appended again.
     pub duplicate: bool,
+}
+
+/// An event of a produce request that is durable although the request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableEvent {
+    /// Position of the event in the request, from 0.
+    pub index: usize,
+    /// The event id.
+    pub id: String,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Whether it was already stored before this request (inside the dedup window).
+    pub duplicate: bool,
+}
+
+/// An event of a produce request that is not known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotDurableEvent {
+    /// Position of the event in the request, from 0.
+    pub index: usize,
+    /// The event id.
+    pub id: String,
+    /// The partition it was placed on.
+    pub partition: u32,
+    /// Why its append failed.
+    pub error: String,
+}
+
+/// What a produce that failed part-way left behind (see [`BrokerError::PartiallyDurable`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} of the request's {} events are durable and {} are not ({cause}); the answer lists which: \
+     resend those not durable (a resend of an event that did survive is answered as a duplicate)",
+    durable.len(), durable.len() + not_durable.len(), not_durable.len()
+)]
+pub struct PartialProduce {
+    /// The topic.
+    pub topic: String,
+    /// Events that are durable, by index.
+    pub durable: Vec<DurableEvent>,
+    /// Events that are not, by index. A failed fsync leaves it open whether a crash-recovered
+    /// partition keeps them; a resend is safe either way, since ids are deduplicated.
+    pub not_durable: Vec<NotDurableEvent>,
+    /// The first failure (it decides the answer's status).
+    pub cause: BrokerError,
 }
 
 /// (index in the request, offset) of each event appended to one partition.
@@ -103,7 +163,7 @@ impl TopicState {
     /// Wraps a log topic and rebuilds its dedup window from the log.
     pub fn open(topic: Arc<Topic>, spec: TopicSpec, now_ms: i64, ids_max: usize) -> Result<Self> {
         let mut dedup = Dedup::default();
-        let since = now_ms.saturating_sub(spec.dedup_window_ms as i64);
+        let since = now_ms.saturating_sub(window_ms(&spec));
         for p in topic.partitions() {
             let Some(mut next) = p.offset_for_time(since)? else { continue };
             while next < p.end_offset() {
@@ -135,7 +195,7 @@ impl TopicState {
     }
 
     fn expire(&self, d: &mut Dedup, now_ms: i64, ids_max: usize) {
-        let cutoff = now_ms.saturating_sub(self.spec.dedup_window_ms as i64);
+        let cutoff = now_ms.saturating_sub(window_ms(&self.spec));
         while let Some((at, _)) = d.order.front() {
             if *at >= cutoff && d.order.len() <= ids_max {
                 break;
@@ -155,7 +215,7 @@ impl TopicState {
         clock: &dyn Clock,
         ids_max: usize,
     ) -> Result<Vec<Produced>> {
-        let partitions = self.topic.partitions().len() as u32;
+        let partitions = self.topic.config().partitions;
         let mut results: Vec<Option<Produced>> = vec![None; events.len()];
         // Indexes of events this request appends, and of in-request repeats of them.
         let mut mine: Vec<usize> = Vec::new();
@@ -202,46 +262,50 @@ impl TopicState {
             let p = partition_for_key(events[i].placement_key().as_bytes(), partitions);
             by_partition[p as usize].push(i);
         }
+        // Every limit, for every partition, before anything is written: a refusal must leave
+        // nothing durable (a retry of the request must not find half of it as duplicates).
+        if let Err(e) = self.check_limits(events, &mine, &by_partition) {
+            guard.settled = true;
+            self.release_pending(events, &mine);
+            return Err(e);
+        }
         // Write every partition's batch first, then wait for all of them at once: the log's
         // helper threads overlap the partitions' fsyncs (and join other requests' group fsyncs),
         // so one request pays about one fsync latency, not one per partition.
-        let written: Vec<(usize, Result<driftless_log::Appended>)> = (0..by_partition.len())
-            .filter(|&p| !by_partition[p].is_empty())
+        let written: Vec<(u32, Result<driftless_log::Appended>)> = (0..partitions)
+            .filter(|&p| !by_partition[p as usize].is_empty())
             .map(|p| {
-                let records: Vec<NewRecord<'_>> = by_partition[p]
-                    .iter()
-                    .map(|&i| {
-                        let e = &events[i];
-                        NewRecord::keyed(e.placement_key().as_bytes(), e.json().as_bytes())
-                    })
-                    .collect();
+                let records: Vec<NewRecord<'_>> =
+                    by_partition[p as usize].iter().map(|&i| record(&events[i])).collect();
                 let appended = self
                     .topic
-                    .partition(p as u32)
+                    .partition(p)
                     .and_then(|partition| partition.append_unsynced(&records));
                 (p, appended.map_err(BrokerError::from))
             })
             .collect();
         let to_wait: Vec<(u32, driftless_log::Appended)> =
-            written.iter().filter_map(|(p, a)| Some((*p as u32, *a.as_ref().ok()?))).collect();
+            written.iter().filter_map(|(p, a)| Some((*p, *a.as_ref().ok()?))).collect();
         let mut waited = self.topic.wait_appended_all(&to_wait).into_iter();
-        let outcomes: Vec<(usize, Result<Placed>)> = written
+        let outcomes: Vec<(u32, Result<Placed>)> = written
             .into_iter()
             .map(|(p, appended)| {
                 let placed = appended.and_then(|a| {
                     waited
                         .next()
                         .unwrap_or_else(|| unreachable!("one outcome per batch waited on"))?;
-                    Ok(by_partition[p]
+                    Ok(by_partition[p as usize]
                         .iter()
-                        .enumerate()
-                        .map(|(k, &i)| (i, a.base_offset + k as u64))
+                        .zip(a.base_offset..)
+                        .map(|(&i, offset)| (i, offset))
                         .collect())
                 });
                 (p, placed)
             })
             .collect();
         let now = clock.now_ms();
+        // (index, partition, error) of every event whose partition failed.
+        let mut failed: Vec<(usize, u32, String)> = Vec::new();
         let mut first_error = None;
         {
             let mut d = lock(&self.dedup);
@@ -250,7 +314,7 @@ impl TopicState {
                     Ok(placed) => {
                         for (i, offset) in placed {
                             let id = events[i].id().to_string();
-                            let done = Mark::Done { partition: p as u32, offset };
+                            let done = Mark::Done { partition: p, offset };
                             // The id went in as `Pending` above: update it in place.
                             match d.ids.get_mut(id.as_str()) {
                                 Some(mark) => *mark = done,
@@ -259,17 +323,15 @@ impl TopicState {
                                 }
                             }
                             d.order.push_back((now, id.clone()));
-                            results[i] = Some(Produced {
-                                id,
-                                partition: p as u32,
-                                offset,
-                                duplicate: false,
-                            });
+                            results[i] =
+                                Some(Produced { id, partition: p, offset, duplicate: false });
                         }
                     }
                     Err(e) => {
-                        for &i in &by_partition[p] {
+                        let text = e.to_string();
+                        for &i in &by_partition[p as usize] {
                             d.ids.remove(events[i].id());
+                            failed.push((i, p, text.clone()));
                         }
                         first_error.get_or_insert(e);
                     }
@@ -280,17 +342,132 @@ impl TopicState {
             self.dedup_changed.notify_all();
         }
         drop(guard);
-        if let Some(e) = first_error {
-            return Err(e);
-        }
         for (i, first) in repeats {
             results[i] = results[first].clone().map(|r| Produced { duplicate: true, ..r });
+            if results[i].is_none() {
+                if let Some(f) = failed.iter().find(|f| f.0 == first).cloned() {
+                    failed.push((i, f.1, f.2));
+                }
+            }
+        }
+        if let Some(cause) = first_error {
+            return Err(self.partial(events, results, failed, cause));
         }
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| unreachable!("every event has a result")))
             .collect())
     }
+
+    /// The error of a produce whose partition(s) failed: the failure itself when nothing of the
+    /// request is durable, else the list of what is and what is not.
+    fn partial(
+        &self,
+        events: &[RawEvent],
+        results: Vec<Option<Produced>>,
+        mut failed: Vec<(usize, u32, String)>,
+        cause: BrokerError,
+    ) -> BrokerError {
+        let durable: Vec<DurableEvent> = results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, r)| {
+                let r = r?;
+                Some(DurableEvent {
+                    index,
+                    id: r.id,
+                    partition: r.partition,
+                    offset: r.offset,
+                    duplicate: r.duplicate,
+                })
+            })
+            .collect();
+        if durable.is_empty() {
+            return cause;
+        }
+        failed.sort_by_key(|f| f.0);
+        let not_durable = failed
+            .into_iter()
+            .map(|(index, partition, error)| NotDurableEvent {
+                index,
+                id: events[index].id().to_string(),
+                partition,
+                error,
+            })
+            .collect();
+        BrokerError::PartiallyDurable(Box::new(PartialProduce {
+            topic: self.topic.name().to_string(),
+            durable,
+            not_durable,
+            cause,
+        }))
+    }
+
+    /// Checks what can be checked before writing: each event's stored size (lowest index
+    /// first), each partition's batch size, and that no target partition is poisoned.
+    fn check_limits(
+        &self,
+        events: &[RawEvent],
+        mine: &[usize],
+        by_partition: &[Vec<usize>],
+    ) -> Result<()> {
+        let config = self.topic.config();
+        for &index in mine {
+            let r = record(&events[index]);
+            let bytes = r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len);
+            if bytes > config.record_bytes_max {
+                return Err(BrokerError::EventTooLarge {
+                    index,
+                    bytes,
+                    max: config.record_bytes_max,
+                });
+            }
+        }
+        for (p, indexes) in (0u32..).zip(by_partition) {
+            if indexes.is_empty() {
+                continue;
+            }
+            let bytes = indexes
+                .iter()
+                .fold(0usize, |sum, &i| sum.saturating_add(record(&events[i]).encoded_len()));
+            if bytes > config.batch_bytes_max {
+                return Err(BrokerError::BatchTooLarge {
+                    partition: p,
+                    events: indexes.len(),
+                    bytes,
+                    max: config.batch_bytes_max,
+                });
+            }
+            let partition = self.topic.partition(p)?;
+            if let Some(cause) = partition.poisoned() {
+                return Err(driftless_log::LogError::Poisoned {
+                    topic: self.topic.name().to_string(),
+                    partition: p,
+                    cause,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back the `Pending` marks of the ids at `mine` (a request that wrote nothing).
+    fn release_pending(&self, events: &[RawEvent], mine: &[usize]) {
+        let mut d = lock(&self.dedup); // recovers from the poison a panic may have left
+        for &i in mine {
+            let id = events[i].id();
+            if matches!(d.ids.get(id), Some(Mark::Pending)) {
+                d.ids.remove(id);
+            }
+        }
+        drop(d);
+        self.dedup_changed.notify_all();
+    }
+}
+
+/// How an event is stored: keyed by its placement key (compaction keeps the newest per key).
+fn record(e: &RawEvent) -> NewRecord<'_> {
+    NewRecord::keyed(e.placement_key().as_bytes(), e.json().as_bytes())
 }
 
 /// Takes back a produce request's `Pending` dedup marks if it unwinds before settling them
@@ -306,38 +483,70 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if self.settled {
-            return;
+        if !self.settled {
+            self.state.release_pending(self.events, self.mine);
         }
-        let mut d = lock(&self.state.dedup); // recovers from the poison the panic may have left
-        for &i in self.mine {
-            let id = self.events[i].id();
-            if matches!(d.ids.get(id), Some(Mark::Pending)) {
-                d.ids.remove(id);
-            }
-        }
-        drop(d);
-        self.state.dedup_changed.notify_all();
     }
 }
 
-/// Validates a spec and turns it into the log's topic configuration.
-pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig> {
-    if spec.partitions == 0 || spec.partitions > driftless_log::PARTITIONS_MAX {
+/// Longest `dedup_window_ms`: 7 days (the window is rebuilt from the log on open, so it is read
+/// back at every start).
+pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// The dedup window as the clock's type: exact for every validated window; a spec that skipped
+/// validation (one stored by an older version) saturates instead of wrapping negative.
+fn window_ms(spec: &TopicSpec) -> i64 {
+    i64::try_from(spec.dedup_window_ms).unwrap_or(i64::MAX)
+}
+
+/// `Err` naming `field`, its value and the allowed range unless `value` is inside `lo..=hi`.
+fn in_range(field: &'static str, value: u64, lo: u64, hi: u64, unit: &str) -> Result<()> {
+    if value < lo || value > hi {
         return Err(BrokerError::InvalidSetting {
-            field: "partitions",
-            reason: format!(
-                "must be 1 to {}, got {}",
-                driftless_log::PARTITIONS_MAX,
-                spec.partitions
-            ),
+            field,
+            reason: format!("{field} = {value} is out of range; use {lo} to {hi}{unit}"),
         });
     }
-    if spec.dedup_window_ms > 7 * 24 * 3600 * 1000 {
-        return Err(BrokerError::InvalidSetting {
-            field: "dedup_window_ms",
-            reason: "must be at most 7 days".into(),
-        });
+    Ok(())
+}
+
+/// Validates a spec and turns it into the log's topic configuration. Every number of the spec
+/// is checked here, naming its field, before anything computes with it.
+pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig> {
+    in_range(
+        "partitions",
+        u64::from(spec.partitions),
+        1,
+        u64::from(driftless_log::PARTITIONS_MAX),
+        "",
+    )?;
+    if let Some(ms) = spec.retention_ms {
+        in_range(
+            "retention_ms",
+            ms,
+            1,
+            driftless_log::MS_LIMIT,
+            " (100 years); or null to keep events forever",
+        )?;
+    }
+    if let Some(bytes) = spec.retention_bytes {
+        in_range(
+            "retention_bytes",
+            bytes,
+            1,
+            driftless_log::RETENTION_BYTES_LIMIT,
+            " (1 EiB); or null for no size limit",
+        )?;
+    }
+    in_range("dedup_window_ms", spec.dedup_window_ms, 0, DEDUP_WINDOW_MS_MAX, " (7 days)")?;
+    if let Durability::IntervalMs(ms) = spec.durability {
+        in_range(
+            "durability",
+            ms,
+            1,
+            driftless_log::DURABILITY_INTERVAL_MS_LIMIT,
+            " ms for interval_ms (1 day); or \"always\" / \"never\"",
+        )?;
     }
     let config = driftless_log::TopicConfig {
         partitions: spec.partitions,
@@ -351,6 +560,7 @@ pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig>
         },
         ..driftless_log::TopicConfig::default()
     };
+    // Whatever the checks above missed, the log's own validation names.
     config
         .validate()
         .map_err(|e| BrokerError::InvalidSetting { field: "topic", reason: e.to_string() })?;
