@@ -89,6 +89,14 @@ struct ServeArgs {
     /// Data directory (`[server] data_dir`, default ./driftless-data).
     #[arg(long, env = "DRIFTLESS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Most user topics (`[broker] topics_max`, default 10000).
+    #[arg(long, env = "DRIFTLESS_TOPICS_MAX", value_name = "N")]
+    topics_max: Option<usize>,
+
+    /// Most partitions of all topics together (`[broker] partitions_total_max`, default 100000).
+    #[arg(long, env = "DRIFTLESS_PARTITIONS_TOTAL_MAX", value_name = "N")]
+    partitions_total_max: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +213,8 @@ fn run() -> anyhow::Result<()> {
                 config: a.config,
                 listen: a.listen,
                 data_dir: a.data_dir,
+                topics_max: a.topics_max,
+                partitions_total_max: a.partitions_total_max,
             })?)
         }
     }

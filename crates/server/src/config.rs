@@ -120,6 +120,14 @@ impl ServerConfig {
                 "server.stream_credit_max must be at least 1".into(),
             ));
         }
+        let b = &self.broker;
+        if b.topics_max == 0 || b.partitions_total_max == 0 {
+            return Err(ServerError::InvalidConfig(format!(
+                "broker.topics_max = {} and broker.partitions_total_max = {} must both be at \
+                 least 1 (no topic could be created)",
+                b.topics_max, b.partitions_total_max
+            )));
+        }
         if s.listen.trim().is_empty() {
             return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
         }
@@ -161,7 +169,8 @@ impl ServerConfig {
 }
 
 /// What `driftless serve` was given on its command line (or through `DRIFTLESS_CONFIG`,
-/// `DRIFTLESS_LISTEN`, `DRIFTLESS_DATA_DIR`); each present value overrides the file.
+/// `DRIFTLESS_LISTEN`, `DRIFTLESS_DATA_DIR`, `DRIFTLESS_TOPICS_MAX`,
+/// `DRIFTLESS_PARTITIONS_TOTAL_MAX`); each present value overrides the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
     /// The configuration file; without one, every setting has its default.
@@ -170,6 +179,10 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// Overrides `[server] data_dir`.
     pub data_dir: Option<PathBuf>,
+    /// Overrides `[broker] topics_max`.
+    pub topics_max: Option<usize>,
+    /// Overrides `[broker] partitions_total_max`.
+    pub partitions_total_max: Option<usize>,
 }
 
 impl Overrides {
@@ -184,6 +197,12 @@ impl Overrides {
         }
         if let Some(dir) = &self.data_dir {
             config.server.data_dir.clone_from(dir);
+        }
+        if let Some(n) = self.topics_max {
+            config.broker.topics_max = n;
+        }
+        if let Some(n) = self.partitions_total_max {
+            config.broker.partitions_total_max = n;
         }
         config.validate()?;
         Ok(config)
@@ -313,10 +332,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/a\"\n").unwrap();
-        let o =
-            Overrides { config: Some(path), listen: Some("127.0.0.1:2".into()), data_dir: None };
+        let o = Overrides {
+            config: Some(path),
+            listen: Some("127.0.0.1:2".into()),
+            partitions_total_max: Some(20_000),
+            ..Overrides::default()
+        };
         let c = o.resolve().unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:2");
         assert_eq!(c.server.data_dir, PathBuf::from("/a"));
+        assert_eq!(c.broker.partitions_total_max, 20_000);
+        assert_eq!(c.broker.topics_max, driftless_broker::TOPICS_MAX_DEFAULT);
+    }
+
+    #[test]
+    fn the_global_topic_limits_parse_and_zero_is_refused_by_name() {
+        let c = ServerConfig::from_toml(
+            "[broker]\ntopics_max = 5\npartitions_total_max = 50\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!((c.broker.topics_max, c.broker.partitions_total_max), (5, 50));
+        let err = ServerConfig::from_toml("[broker]\ntopics_max = 0\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topics_max = 0"), "{err}");
+        let o = Overrides { topics_max: Some(0), ..Overrides::default() };
+        assert!(o.resolve().unwrap_err().to_string().contains("topics_max"));
     }
 }

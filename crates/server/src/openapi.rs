@@ -63,7 +63,7 @@ pub fn openapi() -> Value {
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"}))}}},
         "/v1/topics": {
           "get": {"summary": "List topics", "responses": errors(json!({"200": ok("topics", json!({"type": "array", "items": schema("TopicDescription")}))}), &[])},
-          "post": {"summary": "Create a topic", "requestBody": body(schema("CreateTopic")),
+          "post": {"summary": "Create a topic", "description": "409 `topic-exists`, or `server-limit-reached` naming the limit (`topics_max`, `partitions_total_max`) in `limit`. An out-of-range number is a 400 `invalid-setting` naming the field, the value and the allowed range.", "requestBody": body(schema("CreateTopic")),
             "responses": errors(json!({"201": ok("created", schema("TopicDescription"))}), &["400", "409"])}
         },
         "/v1/topics/{topic}": {
@@ -75,7 +75,7 @@ pub fn openapi() -> Value {
           "parameters": [topic],
           "post": {
             "summary": "Produce CloudEvents (acknowledged when durable; re-sent ids return the original position with duplicate=true)",
-            "description": "Structured mode (`application/cloudevents+json`, one event), batch mode (`application/cloudevents-batch+json`, an array), or binary mode (any other Content-Type with `ce-specversion`, `ce-id`, `ce-source`, `ce-type` headers; other `ce-*` headers are attributes; the body is `data`, or `data_base64` when the Content-Type is not JSON). Nothing is appended if any event is invalid.",
+            "description": "Structured mode (`application/cloudevents+json`, one event), batch mode (`application/cloudevents-batch+json`, an array), or binary mode (any other Content-Type with `ce-specversion`, `ce-id`, `ce-source`, `ce-type` headers; other `ce-*` headers are attributes; the body is `data`, or `data_base64` when the Content-Type is not JSON). Batches are all-or-nothing where that can be known in advance: nothing is appended if any event is invalid or any limit is broken (`event-too-large` 413 names the event's index in the request; `batch-too-large` 413 names the partition whose share is over the topic's batch_bytes_max; a poisoned partition 503). An IO failure or a full disk on one partition after others were written answers `partially-durable` (500, or 503 when a partition is poisoned) with `durable` and `not_durable` lists by event index: resend the events not durable.",
             "parameters": [
               {"name": "ce-specversion", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: `1.0`"},
               {"name": "ce-id", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Binary mode: event id"},
@@ -87,7 +87,7 @@ pub fn openapi() -> Value {
               "application/cloudevents-batch+json": {"schema": {"type": "array", "items": schema("CloudEvent")}},
               "*/*": {"schema": {"description": "binary mode: the event's data"}}
             }},
-            "responses": errors(json!({"200": ok("one result per event, in order", schema("ProduceResult"))}), &["400", "404", "413", "415", "503"])
+            "responses": errors(json!({"200": ok("one result per event, in order", schema("ProduceResult"))}), &["400", "404", "413", "415", "500", "503"])
           }
         },
         "/v1/groups": {"get": {"summary": "List consumer groups", "responses": errors(json!({"200": ok("group names", json!({"type": "array", "items": {"type": "string"}}))}), &[])}},
@@ -213,7 +213,17 @@ pub fn openapi() -> Value {
             "field": {"type": "string", "description": "CloudEvents attribute or request field at fault"},
             "event_index": {"type": "integer", "description": "index of the event at fault in the request"},
             "topic": {"type": "string"}, "group": {"type": "string"}, "member": {"type": "string"},
-            "line": {"type": "integer"}, "column": {"type": "integer"}}},
+            "line": {"type": "integer"}, "column": {"type": "integer"},
+            "partition": {"type": "integer", "description": "partition involved (batch-too-large)"},
+            "limit": {"type": "string", "description": "server-limit-reached: the setting that was reached (`topics_max`, `partitions_total_max`); raise it in the server's `[broker]` table"},
+            "durable": {"type": "array", "items": schema("DurableEvent"), "description": "partially-durable: the events of the request that are durable"},
+            "not_durable": {"type": "array", "items": schema("NotDurableEvent"), "description": "partially-durable: the events that are not; resend them (a resend of one that did survive is answered as a duplicate)"}}},
+          "DurableEvent": {"type": "object", "required": ["index", "id", "partition", "offset", "duplicate"], "properties": {
+            "index": {"type": "integer", "description": "position in the request, from 0"}, "id": {"type": "string"},
+            "partition": {"type": "integer"}, "offset": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
+          "NotDurableEvent": {"type": "object", "required": ["index", "id", "partition", "error"], "properties": {
+            "index": {"type": "integer", "description": "position in the request, from 0"}, "id": {"type": "string"},
+            "partition": {"type": "integer"}, "error": {"type": "string", "description": "why its partition's append failed"}}},
           "CloudEvent": {"type": "object", "required": ["specversion", "id", "source", "type"], "properties": {
             "specversion": {"const": "1.0"}, "id": {"type": "string", "minLength": 1}, "source": {"type": "string", "minLength": 1},
             "type": {"type": "string", "minLength": 1}, "subject": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
@@ -224,9 +234,11 @@ pub fn openapi() -> Value {
           "ProduceResult": {"type": "object", "properties": {"results": {"type": "array", "items": schema("Produced")}}},
           "TopicSpec": {"type": "object", "additionalProperties": false, "properties": {
             "partitions": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1},
-            "retention_ms": {"type": ["integer", "null"]}, "retention_bytes": {"type": ["integer", "null"]},
-            "compact": {"type": "boolean", "default": false}, "dedup_window_ms": {"type": "integer", "default": 120000},
-            "durability": {"description": "\"always\" (default), \"never\", or {\"interval_ms\": N}"}}},
+            "retention_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": driftless_log::MS_LIMIT, "description": "null keeps events forever"},
+            "retention_bytes": {"type": ["integer", "null"], "minimum": 1, "maximum": driftless_log::RETENTION_BYTES_LIMIT, "description": "per partition; null: no size limit"},
+            "compact": {"type": "boolean", "default": false},
+            "dedup_window_ms": {"type": "integer", "minimum": 0, "maximum": driftless_broker::DEDUP_WINDOW_MS_MAX, "default": 120000},
+            "durability": {"description": "\"always\" (default), \"never\", or {\"interval_ms\": N} with N from 1 to 86400000"}}},
           "CreateTopic": {"allOf": [schema("TopicSpec"), {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}}}]},
           "PartitionStats": {"type": "object", "properties": {
             "records_appended": {"type": "integer"}, "bytes_appended": {"type": "integer"}, "appends": {"type": "integer"},

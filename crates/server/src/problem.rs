@@ -9,7 +9,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use driftless_broker::BrokerError;
+use driftless_broker::{BrokerError, DurableEvent, NotDurableEvent};
 use driftless_log::LogError;
 use serde::Serialize;
 
@@ -61,6 +61,20 @@ pub struct FaultAt {
     /// For malformed JSON: the column of the syntax error, from 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// The partition involved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// The server-wide limit that was reached, by its setting name (`topics_max`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// For a produce that failed part-way: the events that are durable (index, id, partition,
+    /// offset, duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<Vec<DurableEvent>>,
+    /// For a produce that failed part-way: the events that are not (index, id, partition,
+    /// error); resend them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_durable: Option<Vec<NotDurableEvent>>,
 }
 
 impl Problem {
@@ -180,6 +194,30 @@ impl Problem {
                 p(S::BAD_REQUEST, "invalid-event", "Invalid CloudEvent")
                     .with_field(&source.attribute)
                     .with_event_index(*index)
+            }
+            BrokerError::EventTooLarge { index, .. } => {
+                p(S::PAYLOAD_TOO_LARGE, "event-too-large", "Event too large")
+                    .with_event_index(*index)
+            }
+            BrokerError::BatchTooLarge { partition, .. } => {
+                let mut prob = p(S::PAYLOAD_TOO_LARGE, "batch-too-large", "Batch too large");
+                prob.at.partition = Some(*partition);
+                prob
+            }
+            BrokerError::PartiallyDurable(partial) => {
+                // The status of what failed (503 for a poisoned partition, 500 for an IO
+                // error): the request as a whole did not succeed, and a resend is safe.
+                let status = Problem::from_broker(&partial.cause).status_code();
+                let mut prob = p(status, "partially-durable", "Produce partially durable")
+                    .with_topic(&partial.topic);
+                prob.at.durable = Some(partial.durable.clone());
+                prob.at.not_durable = Some(partial.not_durable.clone());
+                prob
+            }
+            BrokerError::CapacityLimit { limit, .. } => {
+                let mut prob = p(S::CONFLICT, "server-limit-reached", "Server-wide limit reached");
+                prob.at.limit = Some((*limit).to_string());
+                prob
             }
             BrokerError::TooManyEvents { .. } => {
                 p(S::PAYLOAD_TOO_LARGE, "too-many-events", "Too many events in one request")
@@ -323,5 +361,40 @@ mod tests {
             cause: "EIO".into(),
         });
         assert_eq!(Problem::from_broker(&poisoned).status, 503);
+    }
+
+    #[test]
+    fn a_partial_produce_lists_what_is_durable_with_the_status_of_its_cause() {
+        let partial = BrokerError::PartiallyDurable(Box::new(driftless_broker::PartialProduce {
+            topic: "pt".into(),
+            durable: vec![DurableEvent {
+                index: 0,
+                id: "a".into(),
+                partition: 0,
+                offset: 7,
+                duplicate: false,
+            }],
+            not_durable: vec![NotDurableEvent {
+                index: 1,
+                id: "b".into(),
+                partition: 1,
+                error: "EIO".into(),
+            }],
+            cause: BrokerError::Log(LogError::Poisoned {
+                topic: "pt".into(),
+                partition: 1,
+                cause: "EIO".into(),
+            }),
+        }));
+        let p = Problem::from_broker(&partial);
+        assert_eq!((p.status, p.ty.as_str()), (503, "urn:driftless:problem:partially-durable"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["durable"][0]["offset"], 7);
+        assert_eq!(json["not_durable"][0]["index"], 1);
+        assert_eq!(json["topic"], "pt");
+        let limit =
+            BrokerError::CapacityLimit { limit: "topics_max", max: 1, in_use: 1, requested: 1 };
+        let p = serde_json::to_value(Problem::from_broker(&limit)).unwrap();
+        assert_eq!((p["status"].as_u64(), p["limit"].as_str()), (Some(409), Some("topics_max")));
     }
 }
