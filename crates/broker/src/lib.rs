@@ -466,7 +466,10 @@ impl Broker {
     }
 
     /// Validates and appends `events` to `topic`, deduplicating by id. Returns one result per
-    /// event, in order. Nothing is appended if any event is invalid.
+    /// event, in order. Nothing is appended if any event is invalid or breaks a limit
+    /// ([`BrokerError::EventTooLarge`], [`BrokerError::BatchTooLarge`]) or a target partition is
+    /// poisoned; a failure after some partitions were written is
+    /// [`BrokerError::PartiallyDurable`], listing which events are durable.
     pub fn produce(&self, topic: &str, events: Vec<Event>) -> Result<Vec<Produced>> {
         self.check_event_count(events.len())?;
         let raw = events
