@@ -170,6 +170,37 @@ fn a_write_failure_on_one_partition_reports_exactly_which_events_are_durable() {
     assert_eq!(end_offsets(&b, "pt")[0], 2, "e3 was not appended");
 }
 
+/// The same when the data is written but its fsync fails: the partition is poisoned, its events
+/// are reported not durable (a resend after the restart is safe either way), the others durable.
+#[test]
+fn a_failed_fsync_on_one_partition_reports_exactly_which_events_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fs = FaultFs::new();
+    let b = open_with(dir.path(), &clock, Arc::new(Arc::clone(&fs)), BrokerConfig::default());
+    b.create_topic("pt", spec(3)).unwrap();
+    let sep = std::path::MAIN_SEPARATOR;
+    fs.fail(FaultOp::SyncData, &format!("topics{sep}pt{sep}1{sep}"), 0, true);
+    let events = vec![
+        event_on("e0", 2, 3, 10),
+        event_on("e1", 1, 3, 10),
+        event_on("e2", 0, 3, 10),
+        event_on("e1", 1, 3, 10), // a repeat inside the request shares its first's fate
+    ];
+    let partial = match b.produce("pt", events) {
+        Err(BrokerError::PartiallyDurable(p)) => p,
+        other => panic!("expected a partial produce, got {other:?}"),
+    };
+    let durable: Vec<(usize, u32, u64)> =
+        partial.durable.iter().map(|d| (d.index, d.partition, d.offset)).collect();
+    assert_eq!(durable, [(0, 2, 0), (2, 0, 0)]);
+    let not: Vec<(usize, u32)> =
+        partial.not_durable.iter().map(|n| (n.index, n.partition)).collect();
+    assert_eq!(not, [(1, 1), (3, 1)]);
+    assert!(partial.not_durable[0].error.contains("fdatasync"), "{partial:?}");
+    assert!(matches!(partial.cause, BrokerError::Log(driftless_log::LogError::Poisoned { .. })));
+}
+
 /// Global limits: topics and partitions across all topics, refused by name with the way out.
 #[test]
 fn creating_topics_beyond_topics_max_or_partitions_total_max_is_refused_naming_the_limit() {
