@@ -4,6 +4,8 @@
 use driftless_core::{InvalidEvent, InvalidTopicName};
 use driftless_log::LogError;
 
+use crate::group_name::InvalidGroupName;
+
 /// Everything the broker can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -43,6 +45,24 @@ pub enum BrokerError {
         field: &'static str,
         /// What is allowed.
         reason: String,
+    },
+    /// The consumer group name is malformed.
+    #[error(transparent)]
+    InvalidGroupName(#[from] InvalidGroupName),
+    /// A dead letter could not be written to `__dlq`: the event stays pending in its group.
+    #[error(
+        "could not write dead letter {id} of consumer group {group} to the dead-letter queue: \
+         {source}; the event stays pending and is delivered again after a backoff (nothing was \
+         lost)"
+    )]
+    DeadLetterNotWritten {
+        /// Group name.
+        group: String,
+        /// The dead letter's id (`topic:partition:offset`).
+        id: String,
+        /// Why the write failed.
+        #[source]
+        source: Box<BrokerError>,
     },
     /// No such consumer group.
     #[error("consumer group {0} does not exist")]
