@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn rejects_names_with_separators_controls_or_too_long() {
         let long = "g".repeat(GROUP_NAME_BYTES_MAX + 1);
-        for name in ["", ".", "..", "billing\0orders\00", "a/b", "a:b", "a b", "é", &long] {
+        for name in ["", ".", "..", "billing\0orders\x000", "a/b", "a:b", "a b", "é", &long] {
             let err = GroupName::new(name).unwrap_err();
             assert_eq!(err.name, name);
             assert!(err.to_string().contains("invalid consumer group name"), "{err}");

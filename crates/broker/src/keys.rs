@@ -256,12 +256,13 @@ mod tests {
     #[test]
     fn a_key_written_for_a_group_name_with_a_nul_is_not_read_as_another_groups() {
         // `billing\0orders\00` seeking `x`: the old encoding read it as billing/orders/0.
-        let old = b"billing\0orders\00\0x\00";
+        let old = b"billing\0orders\x000\0x\x000";
         assert!(decode_legacy_offset_key(old).is_err());
         assert!(decode_offset_key(old).is_err());
         let new = offset_key("billing", "orders", 0);
         assert_eq!(decode_offset_key(&new).unwrap().group.as_str(), "billing");
-        for bad in [&b"g\0t\0"[..], b"g\0t\001", b"g\0t\0-1", b"g\0t\04294967296", b"\0t\00"] {
+        for bad in [&b"g\0t\0"[..], b"g\0t\x0001", b"g\0t\0-1", b"g\0t\x004294967296", b"\0t\x000"]
+        {
             assert!(decode_legacy_offset_key(bad).is_err(), "{bad:?}");
         }
     }

@@ -1531,9 +1531,9 @@ fn load_offsets(kv: &KvTopic) -> Result<BTreeMap<(String, String, u32), u64>> {
     let (mut moves, mut old_keys) = (Vec::new(), Vec::new());
     for (old, k, committed) in legacy {
         let id = (k.group.to_string(), k.topic.to_string(), k.partition);
-        if !current.contains_key(&id) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = current.entry(id) {
             moves.push((keys::encode_offset_key(&k), state::encode(&committed)));
-            current.insert(id, committed);
+            slot.insert(committed);
         }
         old_keys.push(old);
     }

@@ -16,6 +16,8 @@ use proptest::prelude::*;
 const T0: i64 = 1_700_000_000_000;
 /// The size of the event in the reproduction: just under the 1 MiB record limit.
 const NEAR_LIMIT_EVENT_BYTES: usize = 1_048_300;
+/// The largest event a topic accepts: key plus value at the record limit.
+const LARGEST_EVENT_BYTES: usize = 1 << 20;
 
 fn config(max_attempts: u32) -> BrokerConfig {
     BrokerConfig {
@@ -89,17 +91,16 @@ fn nacking_a_near_1_mib_event_with_a_1000_character_error_dead_letters_it_instea
     drop(b);
     let b = open(dir.path(), &clock, config(1));
     let dead = b.dead_letters("dlg").unwrap();
-    assert_eq!(dead[0].event["data"]["pad"].as_str().unwrap().len() > 1_000_000, true);
+    assert!(dead[0].event["data"]["pad"].as_str().unwrap().len() > 1_000_000);
 }
 
 #[test]
-fn a_visibility_timeout_at_the_last_attempt_dead_letters_a_near_1_mib_event_instead_of_dropping_it()
-{
+fn a_visibility_timeout_at_the_last_attempt_dead_letters_a_1_mib_event_instead_of_dropping_it() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let b = open(dir.path(), &clock, config(1));
     b.create_topic("t", TopicSpec::default()).unwrap();
-    b.produce("t", vec![event_of_bytes("big", "k", NEAR_LIMIT_EVENT_BYTES)]).unwrap();
+    b.produce("t", vec![event_of_bytes("big", "k", LARGEST_EVENT_BYTES)]).unwrap();
     let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
     assert_eq!(b.fetch("g", &m, 10).unwrap().deliveries.len(), 1);
     clock.advance_ms(5_001);
@@ -207,7 +208,7 @@ fn a_nul_in_a_group_name_cannot_corrupt_another_groups_offsets_after_a_restart()
     b.produce("x", ten.iter().map(|e| Event { id: format!("x{}", e.id), ..e.clone() }).collect())
         .unwrap();
     b.seek("billing", "orders", None, SeekTarget::Offset(3)).unwrap();
-    let evil = "billing\0orders\00";
+    let evil = "billing\0orders\x000";
     let err = b.seek(evil, "x", None, SeekTarget::Latest).unwrap_err();
     assert!(matches!(err, BrokerError::InvalidGroupName(_)), "{err}");
     assert!(err.to_string().contains("only ASCII letters, digits"), "{err}");
@@ -262,8 +263,8 @@ fn offsets_stored_under_the_old_key_format_are_read_after_an_upgrade_and_nul_key
             .partition(0)
             .unwrap()
             .append(&[
-                NewRecord::keyed(b"billing\0orders\00", b"3"),
-                NewRecord::keyed(b"billing\0orders\00\0x\00", b"10"),
+                NewRecord::keyed(b"billing\0orders\x000", b"3"),
+                NewRecord::keyed(b"billing\0orders\x000\0x\x000", b"10"),
             ])
             .unwrap();
     }
@@ -305,7 +306,8 @@ fn a_session_timeout_of_u64_max_is_refused_instead_of_creating_an_expired_member
 fn broker_settings_out_of_range_are_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let cases: [(&str, fn(&mut BrokerConfig)); 7] = [
+    type Case = (&'static str, fn(&mut BrokerConfig));
+    let cases: [Case; 7] = [
         ("session_timeout_ms", |c| c.session_timeout_ms = u64::MAX),
         ("visibility_timeout_ms", |c| c.visibility_timeout_ms = 1 << 63),
         ("backoff_max_ms", |c| c.backoff_max_ms = u64::MAX),
