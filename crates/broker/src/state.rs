@@ -156,3 +156,37 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub(crate) use crate::keys::{dlq_key, offset_key};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::{push_error, ERRORS_KEPT_MAX};
+    use crate::{DeadLetter, DeadLetterState};
+
+    #[test]
+    fn a_dead_letter_of_the_largest_event_with_the_longest_history_fits_in_a_dlq_record() {
+        assert_eq!(EVENT_RECORD_BYTES_MAX, TopicConfig::default().record_bytes_max);
+        let event =
+            serde_json::json!({ "id": "e", "data": "x".repeat(EVENT_RECORD_BYTES_MAX - 32) });
+        let mut errors = Vec::new();
+        for _ in 0..2 * ERRORS_KEPT_MAX {
+            // Control characters: six bytes each once escaped.
+            push_error(&mut errors, "\u{1}".repeat(5_000));
+        }
+        let (group, topic) = ("g".repeat(249), "t".repeat(249));
+        let dead = DeadLetter {
+            id: format!("{topic}:{}:{}", u32::MAX, u64::MAX),
+            group,
+            topic,
+            partition: u32::MAX,
+            offset: u64::MAX,
+            event,
+            attempts: u32::MAX,
+            errors,
+            dead_at_ms: i64::MIN,
+            state: DeadLetterState::Retrying,
+        };
+        let record = dlq_key(&dead.group, &dead.id).len() + encode(&dead).len();
+        assert!(record <= DLQ_RECORD_BYTES_MAX, "{record} > {DLQ_RECORD_BYTES_MAX}");
+    }
+}
