@@ -276,6 +276,52 @@ fn offsets_stored_under_the_old_key_format_are_read_after_an_upgrade_and_nul_key
     }
 }
 
+#[test]
+fn dead_letters_stored_under_old_keys_are_moved_once_and_read_after_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let b = open(dir.path(), &clock, config(1));
+    b.create_topic("t", TopicSpec::default()).unwrap();
+    b.produce("t", vec![event("a", "k")]).unwrap();
+    let m = b.join("g", &["t".to_string()], None).unwrap().member_id;
+    b.fetch("g", &m, 1).unwrap();
+    b.nack("g", "t:0:0:1", "boom").unwrap();
+    let dead = b.dead_letters("g").unwrap();
+    drop(b);
+    {
+        // An older version's keys: the id alone, and `group \0 id`; plus one of a group whose
+        // name held a NUL, which no request can name any more.
+        let log = driftless_log::Log::open(options(dir.path())).unwrap();
+        let dlq = log.topic(&"__dlq".parse_topic()).unwrap();
+        let value = serde_json::to_vec(&dead[0]).unwrap();
+        let evil = serde_json::to_vec(&driftless_broker::DeadLetter {
+            group: "g\0x".into(),
+            ..dead[0].clone()
+        })
+        .unwrap();
+        let of_h = serde_json::to_vec(&driftless_broker::DeadLetter {
+            group: "h".into(),
+            ..dead[0].clone()
+        })
+        .unwrap();
+        dlq.partition(0)
+            .unwrap()
+            .append(&[
+                NewRecord::keyed(b"h\0t:0:0", &of_h), // only under the old key: moved
+                NewRecord::keyed(b"t:0:0", &value),
+                NewRecord::keyed(b"g\0t:0:0", &value),
+                NewRecord::keyed(b"g\0x\0t:0:0", &evil),
+            ])
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let b = open(dir.path(), &clock, config(1));
+        assert_eq!(b.dead_letters("g").unwrap(), dead);
+        assert_eq!(b.dead_letters("h").unwrap()[0].group, "h");
+        assert_eq!(b.list_groups(), ["g", "h"]);
+    }
+}
+
 trait ParseTopic {
     fn parse_topic(&self) -> driftless_core::TopicName;
 }
