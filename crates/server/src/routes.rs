@@ -54,8 +54,16 @@ pub(crate) fn now_ms() -> i64 {
 /// The instant at which the broker's epoch-ms deadline `due_ms` has passed (plus 1 ms so a
 /// wake-up never lands just before it).
 pub(crate) fn instant_for(due_ms: i64) -> Instant {
-    let delta = due_ms.saturating_sub(now_ms()).max(0) as u64 + 1;
-    Instant::now() + Duration::from_millis(delta)
+    // The broker's deadlines are at most a day ahead; the clamp keeps a wild one from
+    // overflowing the instant (a wake-up a day early is harmless: the caller fetches again).
+    let delta = u64::try_from(due_ms.saturating_sub(now_ms())).unwrap_or(0);
+    after(Duration::from_millis(delta.min(driftless_broker::GROUP_DURATION_MS_MAX) + 1))
+}
+
+/// `Instant::now() + d`, saturating at a day from now instead of overflowing.
+pub(crate) fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now + Duration::from_secs(86_400))
 }
 
 // ---- operations ----------------------------------------------------------------------------
@@ -297,7 +305,7 @@ pub async fn fetch(
     ApiQuery(q): ApiQuery<FetchQuery>,
 ) -> ApiResult<Response> {
     let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
-    let deadline = Instant::now() + wait;
+    let deadline = after(wait);
     let mut stopping = state.shutdown.subscribe();
     loop {
         // Listen before fetching: activity after the fetch's snapshot still wakes us.

@@ -74,9 +74,44 @@ fn group_settings_and_sink_group_names_out_of_range_are_refused_at_start() {
         ("[broker]\ngroups_max = 0\n", "groups_max"),
         ("[broker]\nmax_attempts = 0\n", "max_attempts"),
         ("[server]\nfetch_wait_ms_max = 18446744073709551615\n", "fetch_wait_ms_max"),
+        (
+            "[[sink]]\nname = \"s\"\ntopics = [\"t\"]\ngroup = \"a\\u0000b\"\n\
+             target = { kind = \"sqlite\", path = \"x.db\" }\n[[sink.mapping]]\n\
+             types = [\"x.*\"]\ntable = \"x\"\nkey = [\"id\"]\n\
+             [sink.mapping.columns]\nid = \".subject\"\n",
+            "invalid consumer group name",
+        ),
     ];
     for (text, named) in cases {
         let err = ServerConfig::from_toml(text, std::path::Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains(named), "{named}: {err}");
     }
+}
+
+#[test]
+fn extreme_numbers_on_group_paths_answer_without_overflow() {
+    let s = start(config(BrokerConfig::default()));
+    s.create_topic("t", 1);
+    s.produce("t", &[json!({"specversion":"1.0","id":"a","source":"/s","type":"x.y"})]);
+    let member = s.join("g", &["t"]);
+    let r = s.get(&format!("/v1/groups/g/members/{member}/events?max={0}&wait_ms={0}", u64::MAX));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["deliveries"].as_array().unwrap().len(), 1);
+    let ids = [
+        format!("t:{}:0:1", u32::MAX),
+        format!("t:0:{}:{}", u64::MAX, u32::MAX),
+        "t:4294967296:0:1".to_string(),
+        "t:0:18446744073709551616:1".to_string(),
+        "t:+0:0:1".to_string(),
+    ];
+    let r = s.post("/v1/groups/g/ack", &json!({ "delivery_ids": ids }));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["unknown"].as_array().unwrap().len(), ids.len());
+    for id in &ids {
+        s.post("/v1/groups/g/nack", &json!({ "delivery_id": id, "error": "e" })).problem(404);
+    }
+    let seek = json!({"topic": "t", "to": {"time_ms": i64::MIN}});
+    assert_eq!(s.post("/v1/groups/g/seek", &seek).status, 200);
+    let seek = json!({"topic": "t", "to": {"offset": u64::MAX}});
+    s.post("/v1/groups/g/seek", &seek).problem(400);
 }
