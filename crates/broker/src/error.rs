@@ -108,6 +108,20 @@ pub enum BrokerError {
     /// No such dead-letter entry.
     #[error("dead-letter entry {0} does not exist in this group")]
     UnknownDeadLetter(String),
+    /// An internal topic (`__offsets`, `__dlq`, …) refuses writes after a failed write or fsync.
+    #[error(
+        "internal topic {topic} refuses writes after a failed write or fsync ({cause}); until \
+         Driftless restarts, {consequence} and /readyz reports not ready. Check the disk \
+         (space, errors), then restart Driftless: recovery verifies the log and writes resume"
+    )]
+    InternalTopicPoisoned {
+        /// The internal topic.
+        topic: &'static str,
+        /// What fails meanwhile, for the operator.
+        consequence: &'static str,
+        /// The first failure.
+        cause: String,
+    },
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use driftless_core::TopicName;
-use driftless_log::{Cleanup, Log, NewRecord, Partition, TopicConfig};
+use driftless_log::{Cleanup, Log, LogError, NewRecord, Partition, TopicConfig};
 
 use crate::error::{BrokerError, Result};
 
@@ -109,8 +109,7 @@ impl KvTopic {
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.partition.append(&[NewRecord::keyed(key, value)])?;
-        Ok(())
+        self.append(&[NewRecord::keyed(key, value)])
     }
 
     pub fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
@@ -118,8 +117,7 @@ impl KvTopic {
             return Ok(());
         }
         let records: Vec<_> = entries.iter().map(|(k, v)| NewRecord::keyed(k, v)).collect();
-        self.partition.append(&records)?;
-        Ok(())
+        self.append(&records)
     }
 
     /// Tombstones for `keys`, in one durable append.
@@ -128,13 +126,30 @@ impl KvTopic {
             return Ok(());
         }
         let records: Vec<_> = keys.iter().map(|k| NewRecord::tombstone(k)).collect();
-        self.partition.append(&records)?;
-        Ok(())
+        self.append(&records)
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.partition.append(&[NewRecord::tombstone(key)])?;
-        Ok(())
+        self.append(&[NewRecord::tombstone(key)])
+    }
+
+    /// One durable append. A poisoned partition is reported as what it means for the broker
+    /// (every group's acks fail while `__offsets` is poisoned) and how to recover.
+    fn append(&self, records: &[NewRecord<'_>]) -> Result<()> {
+        match self.partition.append(records) {
+            Ok(_) => Ok(()),
+            Err(LogError::Poisoned { cause, .. }) => Err(BrokerError::InternalTopicPoisoned {
+                topic: self.name,
+                consequence: match self.name {
+                    OFFSETS => "every consumer group's acknowledgements and seeks fail",
+                    DLQ => "dead letters cannot be written (their events stay pending)",
+                    TOPICS => "topics cannot be created or deleted",
+                    _ => "connectors cannot store their positions",
+                },
+                cause: cause.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

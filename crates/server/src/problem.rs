@@ -198,6 +198,10 @@ impl Problem {
                 "Dead letter not written; the event stays pending",
             )
             .with_group(group),
+            BrokerError::InternalTopicPoisoned { topic, .. } => {
+                p(S::SERVICE_UNAVAILABLE, "partition-poisoned", "Partition refuses writes")
+                    .with_topic(*topic)
+            }
             BrokerError::UnknownGroup(g) => {
                 p(S::NOT_FOUND, "unknown-group", "Unknown consumer group").with_group(g)
             }
