@@ -1003,7 +1003,12 @@ impl Broker {
         // cannot be written leaves its event pending (logged and counted by `dead_letter`),
         // and the deliveries above must still reach the member.
         for (tp, offset) in dead_now {
-            let _ = self.dead_letter(group, &mut g, &gh.commits, &tp, offset);
+            match self.dead_letter(group, &mut g, &gh.commits, &tp, offset) {
+                Ok(()) | Err(BrokerError::DeadLetterNotWritten { .. }) => {} // logged there
+                Err(e) => tracing::warn!(group, topic = %tp.0, partition = tp.1, offset,
+                    error = %e, "dead letter written, but the committed offset was not \
+                    persisted; the event may be delivered again after a restart"),
+            }
         }
         drop(g);
         match read_error {
