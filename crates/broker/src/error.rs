@@ -4,6 +4,7 @@
 use driftless_core::{InvalidEvent, InvalidTopicName};
 use driftless_log::LogError;
 
+use crate::group_name::InvalidGroupName;
 use crate::topics::PartialProduce;
 
 /// Everything the broker can refuse or fail at.
@@ -97,6 +98,24 @@ pub enum BrokerError {
         /// What is allowed.
         reason: String,
     },
+    /// The consumer group name is malformed.
+    #[error(transparent)]
+    InvalidGroupName(#[from] InvalidGroupName),
+    /// A dead letter could not be written to `__dlq`: the event stays pending in its group.
+    #[error(
+        "could not write dead letter {id} of consumer group {group} to the dead-letter queue: \
+         {source}; the event stays pending and is delivered again after a backoff (nothing was \
+         lost)"
+    )]
+    DeadLetterNotWritten {
+        /// Group name.
+        group: String,
+        /// The dead letter's id (`topic:partition:offset`).
+        id: String,
+        /// Why the write failed.
+        #[source]
+        source: Box<BrokerError>,
+    },
     /// No such consumer group.
     #[error("consumer group {0} does not exist")]
     UnknownGroup(String),
@@ -141,6 +160,20 @@ pub enum BrokerError {
     /// No such dead-letter entry.
     #[error("dead-letter entry {0} does not exist in this group")]
     UnknownDeadLetter(String),
+    /// An internal topic (`__offsets`, `__dlq`, …) refuses writes after a failed write or fsync.
+    #[error(
+        "internal topic {topic} refuses writes after a failed write or fsync ({cause}); until \
+         Driftless restarts, {consequence} and /readyz reports not ready. Check the disk \
+         (space, errors), then restart Driftless: recovery verifies the log and writes resume"
+    )]
+    InternalTopicPoisoned {
+        /// The internal topic.
+        topic: &'static str,
+        /// What fails meanwhile, for the operator.
+        consequence: &'static str,
+        /// The first failure.
+        cause: String,
+    },
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),

@@ -12,6 +12,11 @@
 //!   before an acknowledgement is answered;
 //! - an event leaves `pending` only by acknowledgement or by going to the dead-letter queue after
 //!   `max_attempts` deliveries (each expired visibility timeout counts as a failed attempt);
+//! - an event leaves `pending` for the dead-letter queue only after its dead letter is durable in
+//!   `__dlq` (see `Broker::dead_letter`): a failed write leaves it pending, backing off;
+//! - error histories are bounded: the last [`ERRORS_KEPT_MAX`] errors, each at most
+//!   [`ERROR_BYTES_MAX`] bytes, so a dead letter of the largest event always fits in a `__dlq`
+//!   record (`state::DLQ_RECORD_BYTES_MAX`);
 //! - memory is bounded: at most `pending_per_partition_max` events per cursor and
 //!   `inflight_per_member_max` deliveries per member;
 //! - a cursor's `inflight_count` is the number of its pending events in flight, kept by every
@@ -269,6 +274,44 @@ pub struct Delivery<E = serde_json::Value> {
     pub dead_letter_id: Option<String>,
 }
 
+/// Errors kept per event (pending or dead-lettered): the most recent ones.
+pub const ERRORS_KEPT_MAX: usize = 10;
+/// Longest kept error entry, in bytes (`attempt N: ` and the consumer's text, cut at a
+/// character boundary).
+pub const ERROR_BYTES_MAX: usize = 1024;
+
+/// Adds `entry` to an error history, cut to [`ERROR_BYTES_MAX`], dropping the oldest entries
+/// beyond [`ERRORS_KEPT_MAX`].
+pub(crate) fn push_error(errors: &mut Vec<String>, entry: String) {
+    errors.push(truncate_error(entry));
+    bound_errors(errors);
+}
+
+/// Keeps the last [`ERRORS_KEPT_MAX`] entries of `errors`, each cut to [`ERROR_BYTES_MAX`] (dead
+/// letters stored before the bound existed are cut the same way when written again).
+pub(crate) fn bound_errors(errors: &mut Vec<String>) {
+    let excess = errors.len().saturating_sub(ERRORS_KEPT_MAX);
+    errors.drain(..excess);
+    for e in errors.iter_mut() {
+        if e.len() > ERROR_BYTES_MAX {
+            *e = truncate_error(std::mem::take(e));
+        }
+    }
+}
+
+fn truncate_error(mut entry: String) -> String {
+    const MARK: &str = "…";
+    if entry.len() > ERROR_BYTES_MAX {
+        let mut end = ERROR_BYTES_MAX - MARK.len();
+        while !entry.is_char_boundary(end) {
+            end -= 1;
+        }
+        entry.truncate(end);
+        entry.push_str(MARK);
+    }
+    entry
+}
+
 /// A parsed delivery id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeliveryId {
@@ -278,13 +321,21 @@ pub(crate) struct DeliveryId {
     pub attempt: u32,
 }
 
-/// Parses a delivery id `topic:partition:offset:attempt`.
+/// Parses a delivery id `topic:partition:offset:attempt`. Each number is plain decimal digits
+/// within its type's range (`+1`, `-1` or 2^64 are not ids), so arithmetic on them needs no
+/// further check.
 pub(crate) fn parse_delivery_id(id: &str) -> Option<DeliveryId> {
+    fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
     let mut parts = id.split(':');
     let topic = parts.next()?.to_string();
-    let partition = parts.next()?.parse().ok()?;
-    let offset = parts.next()?.parse().ok()?;
-    let attempt: u32 = parts.next()?.parse().ok()?;
+    let partition = digits(parts.next()?)?;
+    let offset = digits(parts.next()?)?;
+    let attempt: u32 = digits(parts.next()?)?;
     if parts.next().is_some() || topic.is_empty() || attempt == 0 {
         return None;
     }
@@ -346,11 +397,33 @@ mod tests {
     fn delivery_ids_parse_and_reject_garbage() {
         let id = parse_delivery_id("orders:3:42:1").unwrap();
         assert_eq!((id.topic.as_str(), id.partition, id.offset, id.attempt), ("orders", 3, 42, 1));
-        for bad in
-            ["", "orders", "orders:x:1:1", "orders:1:2", "orders:1:2:3:4", ":1:2:3", "t:1:2:0"]
-        {
+        for bad in [
+            "",
+            "orders",
+            "orders:x:1:1",
+            "orders:1:2",
+            "orders:1:2:3:4",
+            ":1:2:3",
+            "t:1:2:0",
+            "t:+1:2:3",
+            "t:1:-2:3",
+            "t:4294967296:2:3",
+            "t:1:18446744073709551616:3",
+            "t:1:2:4294967296",
+        ] {
             assert_eq!(parse_delivery_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn error_histories_keep_the_last_entries_each_cut_to_the_limit() {
+        let mut errors = Vec::new();
+        for i in 0..25 {
+            push_error(&mut errors, format!("attempt {i}: {}", "é".repeat(2000)));
+        }
+        assert_eq!(errors.len(), ERRORS_KEPT_MAX);
+        assert!(errors[0].starts_with("attempt 15: "));
+        assert!(errors.iter().all(|e| e.len() <= ERROR_BYTES_MAX && e.ends_with('…')));
     }
 
     #[test]

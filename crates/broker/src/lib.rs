@@ -28,12 +28,15 @@
 //! or a time.
 
 mod error;
+mod group_name;
 mod groups;
+pub mod keys;
 mod state;
 mod topics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
@@ -46,12 +49,16 @@ use serde::{Deserialize, Serialize};
 pub use error::{BrokerError, Result};
 /// What [`Broker::listen`] returns: a future that completes at the next notification.
 pub use event_listener::EventListener;
-pub use groups::{DeadLetter, DeadLetterState, Delivery};
+pub use group_name::{GroupName, InvalidGroupName, GROUP_NAME_BYTES_MAX};
+pub use groups::{DeadLetter, DeadLetterState, Delivery, ERRORS_KEPT_MAX, ERROR_BYTES_MAX};
 pub use topics::{
     DurableEvent, NotDurableEvent, PartialProduce, Produced, TopicSpec, DEDUP_WINDOW_MS_MAX,
 };
 
-use groups::{backoff_ms, parse_delivery_id, Cursor, Group, Member, Pending, PendingState};
+use groups::{
+    backoff_ms, bound_errors, parse_delivery_id, push_error, Cursor, Group, Member, Pending,
+    PendingState,
+};
 use state::KvTopic;
 use topics::TopicState;
 
@@ -117,6 +124,85 @@ impl Default for BrokerConfig {
         }
     }
 }
+
+// ---- consumer-group settings: ranges and limits ----------------------------------------------
+
+/// Longest duration setting of a group (session and visibility timeouts, retry backoff), whether
+/// from the configuration or a client: one day. Longer is a mistake, and the bound keeps deadline
+/// arithmetic (`now + timeout`) far from overflow.
+pub const GROUP_DURATION_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Largest `max_attempts`.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
+
+impl BrokerConfig {
+    /// Checks the consumer-group settings' ranges (`groups_max`, `members_max`, the in-flight and
+    /// pending limits, attempts, backoff and timeouts).
+    pub fn check_group_settings(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: String| -> Result<()> {
+            Err(BrokerError::InvalidSetting { field, reason })
+        };
+        let at_least_one = [
+            ("groups_max", self.groups_max),
+            ("members_max", self.members_max),
+            ("inflight_per_member_max", self.inflight_per_member_max),
+            ("pending_per_partition_max", self.pending_per_partition_max),
+        ];
+        for (field, value) in at_least_one {
+            if value == 0 {
+                return bad(field, "must be at least 1, got 0".into());
+            }
+        }
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return bad(
+                "max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {}", self.max_attempts),
+            );
+        }
+        let durations = [
+            ("backoff_max_ms", self.backoff_max_ms),
+            ("visibility_timeout_ms", self.visibility_timeout_ms),
+            ("session_timeout_ms", self.session_timeout_ms),
+        ];
+        for (field, value) in durations {
+            check_duration_ms(field, value)?;
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_ms {
+            return bad(
+                "backoff_initial_ms",
+                format!(
+                    "must be 1 to backoff_max_ms ({}), got {}",
+                    self.backoff_max_ms, self.backoff_initial_ms
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks a group duration (from the configuration or a client) is 1 to
+/// [`GROUP_DURATION_MS_MAX`] ms; returns it as an `i64` for deadline arithmetic.
+fn check_duration_ms(field: &'static str, value: u64) -> Result<i64> {
+    match i64::try_from(value) {
+        Ok(v) if (1..=GROUP_DURATION_MS_MAX).contains(&value) => Ok(v),
+        _ => Err(BrokerError::InvalidSetting {
+            field,
+            reason: format!("must be 1 to {GROUP_DURATION_MS_MAX} ms (one day), got {value}"),
+        }),
+    }
+}
+
+/// A partition that refuses writes until a restart (see [`Broker::poisoned_partitions`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoisonedPartition {
+    /// Topic (internal ones, such as `__offsets`, included).
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The first failure.
+    pub cause: String,
+}
+
+// ---- end of consumer-group settings -----------------------------------------------------------
 
 /// A member's place in its group after joining or a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +309,8 @@ pub struct Broker {
     persisted_dead: Mutex<BTreeMap<String, BTreeMap<String, DeadLetter>>>,
     groups: Mutex<BTreeMap<String, Arc<GroupHandle>>>,
     activity: Notify,
+    /// Dead letters that could not be written (their events stayed pending), since open.
+    dead_letter_failures: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,11 +329,12 @@ impl Broker {
         clock: Arc<dyn Clock>,
         config: BrokerConfig,
     ) -> Result<Self> {
+        config.check_group_settings()?;
         let log = Log::open(LogOptions { clock: Arc::clone(&clock), ..options })?;
-        let topics_kv = KvTopic::open(&log, state::TOPICS)?;
-        let offsets_kv = KvTopic::open(&log, state::OFFSETS)?;
-        let dlq_kv = KvTopic::open(&log, state::DLQ)?;
-        let connectors_kv = KvTopic::open(&log, state::CONNECTORS)?;
+        let topics_kv = KvTopic::open(&log, state::TOPICS, state::EVENT_RECORD_BYTES_MAX)?;
+        let offsets_kv = KvTopic::open(&log, state::OFFSETS, state::EVENT_RECORD_BYTES_MAX)?;
+        let dlq_kv = KvTopic::open(&log, state::DLQ, state::DLQ_RECORD_BYTES_MAX)?;
+        let connectors_kv = KvTopic::open(&log, state::CONNECTORS, state::EVENT_RECORD_BYTES_MAX)?;
         let mut connectors = BTreeMap::new();
         for (key, (_, value)) in connectors_kv.load()? {
             if let Some(v) = value {
@@ -273,33 +362,8 @@ impl Broker {
             topics
                 .insert(name, Arc::new(TopicState::open(topic, spec, now, config.dedup_ids_max)?));
         }
-        let mut persisted_offsets = BTreeMap::new();
-        for (key, (offset, value)) in offsets_kv.load()? {
-            let Some(v) = value else { continue };
-            let committed: u64 = state::decode(state::OFFSETS, offset, &v)?;
-            let text = String::from_utf8_lossy(&key).into_owned();
-            let mut parts = text.split('\0');
-            if let (Some(g), Some(t), Some(Ok(p))) =
-                (parts.next(), parts.next(), parts.next().map(str::parse))
-            {
-                persisted_offsets.insert((g.to_string(), t.to_string(), p), committed);
-            }
-        }
-        let mut persisted_dead: BTreeMap<String, BTreeMap<String, DeadLetter>> = BTreeMap::new();
-        let mut legacy = Vec::new();
-        for (key, (offset, value)) in dlq_kv.load()? {
-            let Some(v) = value else { continue };
-            let dead: DeadLetter = state::decode(state::DLQ, offset, &v)?;
-            if !key.contains(&0) {
-                // Written before dead letters were keyed by group: move it under its group's key.
-                legacy.push((key, dead.clone()));
-            }
-            persisted_dead.entry(dead.group.clone()).or_default().insert(dead.id.clone(), dead);
-        }
-        for (key, dead) in legacy {
-            dlq_kv.put(&state::dlq_key(&dead.group, &dead.id), &state::encode(&dead))?;
-            dlq_kv.delete(&key)?;
-        }
+        let persisted_offsets = load_offsets(&offsets_kv)?;
+        let persisted_dead = load_dead_letters(&dlq_kv)?;
         Ok(Self {
             log,
             clock,
@@ -314,7 +378,34 @@ impl Broker {
             persisted_dead: Mutex::new(persisted_dead),
             groups: Mutex::new(BTreeMap::new()),
             activity: Notify::new(),
+            dead_letter_failures: AtomicU64::new(0),
         })
+    }
+
+    /// Every partition (internal topics included) that refuses writes after a failed write or
+    /// fsync, with the first failure. Only a restart recovers one (recovery verifies the files);
+    /// while any is listed the server is not ready: a poisoned `__offsets` fails every group's
+    /// acknowledgements, a poisoned `__dlq` every dead-lettering.
+    pub fn poisoned_partitions(&self) -> Vec<PoisonedPartition> {
+        let mut out = Vec::new();
+        for topic in self.log.topics() {
+            for p in topic.partitions() {
+                if let Some(cause) = p.poisoned() {
+                    out.push(PoisonedPartition {
+                        topic: topic.name().to_string(),
+                        partition: p.id(),
+                        cause: cause.to_string(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Dead letters that could not be written since open (their events stayed pending and are
+    /// delivered again after a backoff; each failure is logged).
+    pub fn dead_letter_failures(&self) -> u64 {
+        self.dead_letter_failures.load(Ordering::Relaxed)
     }
 
     /// The underlying log (for metrics and maintenance).
@@ -566,7 +657,13 @@ impl Broker {
 
     /// The group called `name`. Groups with persisted state (committed offsets or dead letters)
     /// exist after a restart even before a member joins, with cursors at their committed offsets.
+    ///
+    /// Every group entry point comes through here, so this is where names are checked: a name
+    /// that is not a [`GroupName`] is refused before it reaches any state or key.
     fn group(&self, name: &str, create: bool) -> Result<Arc<GroupHandle>> {
+        if let Some(reason) = GroupName::check(name) {
+            return Err(InvalidGroupName { name: name.to_string(), reason }.into());
+        }
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get(name) {
             return Ok(Arc::clone(g));
@@ -580,11 +677,18 @@ impl Broker {
         if !create && persisted_topics.is_empty() && !has_dead {
             return Err(BrokerError::UnknownGroup(name.to_string()));
         }
-        if groups.len() >= self.config.groups_max {
-            return Err(BrokerError::LimitReached(format!(
-                "groups_max = {} consumer groups exist",
-                self.config.groups_max
-            )));
+        // `groups_max` counts every group that exists: loaded ones and those with persisted
+        // state not loaded since the restart. Loading a persisted group is never refused (a
+        // lowered limit must not hide existing offsets); creating a new one is.
+        if persisted_topics.is_empty() && !has_dead {
+            let known = self.known_groups(&groups);
+            if known >= self.config.groups_max {
+                return Err(BrokerError::LimitReached(format!(
+                    "{known} consumer groups exist and groups_max = {}: delete unused groups \
+                     (driftless group delete <group>) or raise [broker] groups_max",
+                    self.config.groups_max
+                )));
+            }
         }
         let dead = lock(&self.persisted_dead).remove(name).unwrap_or_default();
         let mut group = Group { dead, ..Group::default() };
@@ -606,6 +710,16 @@ impl Broker {
         // Listeners of a group that did not exist wait on the broker-wide event.
         self.notify();
         Ok(g)
+    }
+
+    /// How many groups exist: loaded, or with persisted offsets or dead letters.
+    fn known_groups(&self, loaded: &BTreeMap<String, Arc<GroupHandle>>) -> usize {
+        let mut names: BTreeSet<&str> = loaded.keys().map(String::as_str).collect();
+        let dead = lock(&self.persisted_dead);
+        names.extend(dead.keys().map(String::as_str));
+        let offsets = lock(&self.persisted_offsets);
+        names.extend(offsets.keys().map(|(g, _, _)| g.as_str()));
+        names.len()
     }
 
     /// Adds cursors for every partition of `topic` the group does not have yet, starting at the
@@ -651,7 +765,12 @@ impl Broker {
     fn expire_members(&self, g: &mut Group) -> bool {
         let now = self.clock.now_ms();
         let before = g.members.len();
-        g.members.retain(|_, m| now - m.last_seen_ms <= m.session_timeout_ms as i64);
+        // Timeouts are checked to be at most a day on the way in; the saturating arithmetic
+        // keeps a clock jump from wrapping.
+        g.members.retain(|_, m| {
+            now.saturating_sub(m.last_seen_ms)
+                <= i64::try_from(m.session_timeout_ms).unwrap_or(i64::MAX)
+        });
         if g.members.len() != before {
             g.rebalance();
             return true;
@@ -672,6 +791,8 @@ impl Broker {
                 reason: "name at least one topic".into(),
             });
         }
+        let session_timeout_ms = session_timeout_ms.unwrap_or(self.config.session_timeout_ms);
+        check_duration_ms("session_timeout_ms", session_timeout_ms)?;
         for t in topics {
             self.topic_state(t)?;
         }
@@ -692,7 +813,7 @@ impl Broker {
         let member = Member {
             topics: topics.iter().cloned().collect::<BTreeSet<_>>(),
             last_seen_ms: self.clock.now_ms(),
-            session_timeout_ms: session_timeout_ms.unwrap_or(self.config.session_timeout_ms),
+            session_timeout_ms,
         };
         g.members.insert(member_id.clone(), member);
         g.rebalance();
@@ -787,14 +908,32 @@ impl Broker {
             .cloned()
             .collect();
         let fair_share = budget.div_ceil(n);
+        // Checked to be at most a day at open: no overflow in `now + visibility`.
+        let visibility_ms = i64::try_from(self.config.visibility_timeout_ms).unwrap_or(i64::MAX);
+        // A partition that cannot be read is skipped (logged), not the whole fetch: deliveries
+        // already put in flight by this fetch must reach the member, or they would count as a
+        // failed attempt (and at the last attempt go to the dead-letter queue) undelivered.
+        let mut read_error = None;
         for pass in 0..2 {
             for tp in &order {
                 if budget == 0 {
                     break;
                 }
                 let mut share = if pass == 0 { fair_share } else { budget };
-                let state = self.topic_state(&tp.0)?;
-                let partition = state.topic.partition(tp.1)?;
+                let state = match self.topic_state(&tp.0) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        read_error.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let partition = match state.topic.partition(tp.1) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        read_error.get_or_insert(e.into());
+                        continue;
+                    }
+                };
                 let Some(cursor) = g.cursors.get_mut(tp) else { continue };
                 // Read ahead into the bounded pending window.
                 let room =
@@ -805,7 +944,15 @@ impl Broker {
                         cursor.next_read = partition.start_offset();
                         cursor.committed = cursor.committed.max(cursor.next_read);
                     }
-                    let batch = partition.read(cursor.next_read, room, 1 << 20)?;
+                    let batch = match partition.read(cursor.next_read, room, 1 << 20) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(group, topic = %tp.0, partition = tp.1, error = %e,
+                                "fetch could not read ahead; the partition is skipped");
+                            read_error.get_or_insert(e.into());
+                            continue;
+                        }
+                    };
                     for r in batch.records {
                         // The log's records own their bytes (no slice of a read buffer is
                         // pinned by an event that stays pending for long).
@@ -850,7 +997,10 @@ impl Broker {
                     match &p.state {
                         PendingState::Ready => {}
                         PendingState::Inflight { deadline_ms, .. } if *deadline_ms <= now => {
-                            p.errors.push(format!("attempt {}: visibility timeout", p.attempts));
+                            push_error(
+                                &mut p.errors,
+                                format!("attempt {}: visibility timeout", p.attempts),
+                            );
                             if p.attempts >= self.config.max_attempts {
                                 // Parked until the dead-lettering below removes it.
                                 p.state = PendingState::Backoff { until_ms: i64::MAX };
@@ -873,8 +1023,8 @@ impl Broker {
                             continue;
                         }
                     }
-                    p.attempts += 1;
-                    let deadline_ms = now + self.config.visibility_timeout_ms as i64;
+                    p.attempts = p.attempts.saturating_add(1);
+                    let deadline_ms = now.saturating_add(visibility_ms);
                     if !was_inflight {
                         started += 1; // (an expired delivery delivered again stays in flight)
                         new_room -= 1;
@@ -902,14 +1052,32 @@ impl Broker {
                 }
             }
         }
+        // After the deliveries are chosen, and never failing the fetch: a dead letter that
+        // cannot be written leaves its event pending (logged and counted by `dead_letter`),
+        // and the deliveries above must still reach the member.
         for (tp, offset) in dead_now {
-            self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
+            match self.dead_letter(group, &mut g, &gh.commits, &tp, offset) {
+                Ok(()) | Err(BrokerError::DeadLetterNotWritten { .. }) => {} // logged there
+                Err(e) => tracing::warn!(group, topic = %tp.0, partition = tp.1, offset,
+                    error = %e, "dead letter written, but the committed offset was not \
+                    persisted; the event may be delivered again after a restart"),
+            }
         }
         drop(g);
-        Ok(out)
+        match read_error {
+            Some(e) if out.deliveries.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
-    /// Moves a pending event to the group's dead-letter queue and persists it.
+    /// Moves a pending event to the group's dead-letter queue.
+    ///
+    /// Order (the invariant that no event is lost here): the dead letter is written durably to
+    /// `__dlq` first; only then is the event forgotten — removed from pending, added to the
+    /// group's queue, the committed offset moved past it. If the write fails, nothing is
+    /// forgotten: the event stays pending, backing off for `backoff_max_ms` (then delivered
+    /// again, it reaches this point again at its next failure), the failure is logged and
+    /// counted ([`Broker::dead_letter_failures`]), and the error is returned.
     fn dead_letter(
         &self,
         group: &str,
@@ -918,27 +1086,45 @@ impl Broker {
         tp: &(String, u32),
         offset: u64,
     ) -> Result<()> {
-        let Some(cursor) = g.cursors.get_mut(tp) else { return Ok(()) };
-        let Some(p) = cursor.remove(offset) else { return Ok(()) };
+        let Group { cursors, dead: queue, .. } = g;
+        let Some(cursor) = cursors.get_mut(tp) else { return Ok(()) };
+        let Some(p) = cursor.pending.get_mut(&offset) else { return Ok(()) };
         let id = p.dead_letter_id.clone().unwrap_or_else(|| format!("{}:{}:{offset}", tp.0, tp.1));
-        let mut errors = g.dead.get(&id).map(|d| d.errors.clone()).unwrap_or_default();
-        errors.extend(p.errors);
+        let mut errors = queue.get(&id).map(|d| d.errors.clone()).unwrap_or_default();
+        errors.extend(p.errors.iter().cloned());
+        bound_errors(&mut errors);
         let dead = DeadLetter {
             id: id.clone(),
             group: group.to_string(),
             topic: tp.0.clone(),
             partition: tp.1,
             offset,
-            event: serde_json::from_slice(&p.value).unwrap_or(serde_json::Value::Null),
+            event: decode_stored(&p.value, || serde_json::Value::Null),
             attempts: p.attempts,
             errors,
             dead_at_ms: self.clock.now_ms(),
             state: DeadLetterState::Dead,
         };
-        self.dlq_kv.put(&state::dlq_key(group, &id), &state::encode(&dead))?;
+        if let Err(e) = self.dlq_kv.put(&state::dlq_key(group, &id), &state::encode(&dead)) {
+            self.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(group, topic = %tp.0, partition = tp.1, offset, error = %e,
+                "could not write the dead letter; the event stays pending and is delivered \
+                 again after a backoff");
+            let was_inflight = p.state.is_inflight();
+            let retry_ms = i64::try_from(self.config.backoff_max_ms).unwrap_or(i64::MAX);
+            p.state =
+                PendingState::Backoff { until_ms: self.clock.now_ms().saturating_add(retry_ms) };
+            cursor.track(was_inflight, false);
+            return Err(BrokerError::DeadLetterNotWritten {
+                group: group.to_string(),
+                id,
+                source: Box::new(e),
+            });
+        }
+        cursor.remove(offset);
         tracing::warn!(group, topic = %tp.0, partition = tp.1, offset, attempts = dead.attempts,
             "event moved to the dead-letter queue");
-        g.dead.insert(id, dead);
+        queue.insert(id, dead);
         self.commit(group, g, commits, std::slice::from_ref(tp))
     }
 
@@ -1007,9 +1193,11 @@ impl Broker {
                 None => unknown.push(id.clone()),
             }
         }
+        // Durably first, then from memory: a failed delete leaves the queue as the log has it.
+        let dead_keys: Vec<_> = finished_dead.iter().map(|d| state::dlq_key(group, d)).collect();
+        self.dlq_kv.delete_many(&dead_keys)?;
         for dead in finished_dead {
             g.dead.remove(&dead);
-            self.dlq_kv.delete(&state::dlq_key(group, &dead))?;
         }
         // Persist outside the state lock, so other members keep fetching during the fsync; the
         // ordering lock, taken before the state is released, keeps writes in computed order.
@@ -1037,8 +1225,7 @@ impl Broker {
             let p = g
                 .inflight_mut(&d)
                 .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
-            let error: String = error.chars().take(1000).collect();
-            p.errors.push(format!("attempt {}: {error}", p.attempts));
+            push_error(&mut p.errors, format!("attempt {}: {error}", p.attempts));
             if p.attempts >= self.config.max_attempts {
                 true
             } else {
@@ -1050,7 +1237,9 @@ impl Broker {
                 // Jitter (the delay's upper half, at random) keeps the retries of many keys
                 // that failed together from hitting a recovering target together.
                 let delay = delay - rand::rng().random_range(0..=delay / 2);
-                p.state = PendingState::Backoff { until_ms: now + delay as i64 };
+                // `delay` is at most `backoff_max_ms`, checked to be at most a day at open.
+                let delay = i64::try_from(delay).unwrap_or(i64::MAX);
+                p.state = PendingState::Backoff { until_ms: now.saturating_add(delay) };
                 false
             }
         };
@@ -1111,8 +1300,7 @@ impl Broker {
             let p = g
                 .inflight_mut(&d)
                 .ok_or_else(|| BrokerError::UnknownDelivery(delivery_id.into()))?;
-            let error: String = error.chars().take(1000).collect();
-            p.errors.push(format!("attempt {}: {error} (not retried)", p.attempts));
+            push_error(&mut p.errors, format!("attempt {}: {error} (not retried)", p.attempts));
         }
         self.dead_letter(group, &mut g, &gh.commits, &tp, offset)?;
         drop(g);
@@ -1134,6 +1322,9 @@ impl Broker {
             Some(p) => vec![state.topic.partition(p).map_err(BrokerError::from)?],
             None => state.topic.partitions().iter().collect(),
         };
+        if let Some(reason) = GroupName::check(group) {
+            return Err(InvalidGroupName { name: group.to_string(), reason }.into());
+        }
         // Resolve every target before changing anything: a bad one leaves the group untouched
         // (and an unknown group uncreated).
         let mut targets = Vec::new();
@@ -1304,13 +1495,15 @@ impl Broker {
     pub fn discard_dead_letter(&self, group: &str, id: &str) -> Result<()> {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
-        if g.dead.remove(id).is_none() {
+        if !g.dead.contains_key(id) {
             return Err(BrokerError::UnknownDeadLetter(id.into()));
         }
+        // Durably first: a failed delete leaves the dead letter where it was.
+        self.dlq_kv.delete(&state::dlq_key(group, id))?;
+        g.dead.remove(id);
         for c in g.cursors.values_mut() {
             c.retain(|p| p.dead_letter_id.as_deref() != Some(id));
         }
-        self.dlq_kv.delete(&state::dlq_key(group, id))?;
         Ok(())
     }
 }
@@ -1361,6 +1554,91 @@ fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8], null: impl FnOnce
         tracing::error!(error = %e, "a stored event is not valid JSON; delivered as null");
         null()
     })
+}
+
+/// Writes at most this many records per append when migrating keys on open.
+const MIGRATION_BATCH_RECORDS_MAX: usize = 1_000;
+
+/// Reads `__offsets`. Version-1 keys are taken as they are. An old-format key
+/// (`group \0 topic \0 partition`) that reads one way only is moved to its version-1 key (put,
+/// then tombstone: after a crash between the two, both exist and the version-1 one wins); one that
+/// does not — written for a group name holding a NUL, before names were checked, so no valid group
+/// can own it — is ignored, logged and left in place, never read as another group's offset.
+fn load_offsets(kv: &KvTopic) -> Result<BTreeMap<(String, String, u32), u64>> {
+    let mut current = BTreeMap::new();
+    let mut legacy = Vec::new();
+    for (key, (offset, value)) in kv.load()? {
+        let Some(v) = value else { continue };
+        let committed: u64 = state::decode(state::OFFSETS, offset, &v)?;
+        match keys::decode_offset_key(&key) {
+            Ok(k) => {
+                current.insert((k.group.to_string(), k.topic.to_string(), k.partition), committed);
+            }
+            Err(keys::KeyError::UnknownFormat) => match keys::decode_legacy_offset_key(&key) {
+                Ok(k) => legacy.push((key, k, committed)),
+                Err(e) => {
+                    tracing::warn!(offset, key = %String::from_utf8_lossy(&key).escape_debug(),
+                    error = %e, "ignoring an __offsets record that names no valid group, topic and \
+                    partition (written for a group name holding a NUL, before names were checked)")
+                }
+            },
+            Err(e) => tracing::warn!(offset, error = %e,
+                "ignoring an unreadable __offsets key; its group restarts from its oldest event"),
+        }
+    }
+    let (mut moves, mut old_keys) = (Vec::new(), Vec::new());
+    for (old, k, committed) in legacy {
+        let id = (k.group.to_string(), k.topic.to_string(), k.partition);
+        if let std::collections::btree_map::Entry::Vacant(slot) = current.entry(id) {
+            moves.push((keys::encode_offset_key(&k), state::encode(&committed)));
+            slot.insert(committed);
+        }
+        old_keys.push(old);
+    }
+    for chunk in moves.chunks(MIGRATION_BATCH_RECORDS_MAX) {
+        kv.put_many(chunk)?;
+    }
+    for chunk in old_keys.chunks(MIGRATION_BATCH_RECORDS_MAX) {
+        kv.delete_many(chunk)?;
+    }
+    Ok(current)
+}
+
+/// Reads `__dlq`, by group. A dead letter under an older key (its id alone, or `group \0 id`) is
+/// moved to its version-1 key (put, then tombstone); one whose group name is not valid — stored
+/// before names were checked, so no request can name its group — is ignored, logged and left.
+fn load_dead_letters(kv: &KvTopic) -> Result<BTreeMap<String, BTreeMap<String, DeadLetter>>> {
+    let all = kv.load()?;
+    let mut out: BTreeMap<String, BTreeMap<String, DeadLetter>> = BTreeMap::new();
+    let (mut moves, mut old_keys) = (Vec::new(), Vec::new());
+    for (key, (offset, value)) in &all {
+        let Some(v) = value else { continue };
+        let dead: DeadLetter = state::decode(state::DLQ, *offset, v)?;
+        if let Some(reason) = GroupName::check(&dead.group) {
+            tracing::warn!(offset, group = %dead.group.escape_debug(), reason,
+                "ignoring a dead letter of a group whose name is not valid (stored before names \
+                 were checked)");
+            continue;
+        }
+        let want = state::dlq_key(&dead.group, &dead.id);
+        if *key != want {
+            old_keys.push(key.clone());
+            if all.get(&want).is_some_and(|(_, v)| v.is_some()) {
+                continue; // already moved; the version-1 record is the current one
+            }
+            moves.push((want, state::encode(&dead)));
+        }
+        out.entry(dead.group.clone()).or_default().insert(dead.id.clone(), dead);
+    }
+    // One append per dead letter: each may be near the record limit, a batch of them past the
+    // batch limit.
+    for (key, value) in &moves {
+        kv.put(key, value)?;
+    }
+    for chunk in old_keys.chunks(MIGRATION_BATCH_RECORDS_MAX) {
+        kv.delete_many(chunk)?;
+    }
+    Ok(out)
 }
 
 /// Puts a dead letter being retried back into its cursor's pending window.

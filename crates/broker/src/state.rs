@@ -2,8 +2,11 @@
 //! engine and one crash-recovery story.
 //!
 //! - `__topics`: key = topic name, value = its [`crate::TopicSpec`] as JSON;
-//! - `__offsets`: key = `group \0 topic \0 partition`, value = the committed offset as JSON;
-//! - `__dlq`: key = dead-letter id, value = a [`crate::DeadLetter`] as JSON, tombstone when gone;
+//! - `__offsets`: key = (group, topic, partition) in the length-prefixed format of
+//!   [`crate::keys`], value = the committed offset as JSON;
+//! - `__dlq`: key = (group, dead-letter id) in that format, value = a [`crate::DeadLetter`] as
+//!   JSON, tombstone when gone. Its records may be larger than an event: see
+//!   [`DLQ_RECORD_BYTES_MAX`];
 //! - `__connectors`: key = connector (source or sink) name, value = its position, opaque bytes
 //!   owned by the connector (the broker never interprets them).
 //!
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use driftless_core::TopicName;
-use driftless_log::{Cleanup, Log, NewRecord, Partition, TopicConfig};
+use driftless_log::{Cleanup, Log, LogError, NewRecord, Partition, TopicConfig};
 
 use crate::error::{BrokerError, Result};
 
@@ -23,6 +26,24 @@ pub(crate) const TOPICS: &str = "__topics";
 pub(crate) const OFFSETS: &str = "__offsets";
 pub(crate) const DLQ: &str = "__dlq";
 pub(crate) const CONNECTORS: &str = "__connectors";
+
+/// Largest event record the broker stores: the log's default `record_bytes_max`, which every
+/// user topic has (a test checks the two agree).
+pub(crate) const EVENT_RECORD_BYTES_MAX: usize = 1 << 20;
+/// Bound on what a dead letter's record holds besides its event: its key, ids, names, numbers,
+/// field names and the bounded error history, each error byte escaped as at most 6 JSON bytes
+/// (`\u00XX`). The stored event is never longer re-serialised than as stored (numbers keep their
+/// text, `arbitrary_precision`; no string escape grows), so the event part is at most
+/// [`EVENT_RECORD_BYTES_MAX`].
+pub(crate) const DEAD_LETTER_METADATA_BYTES_MAX: usize = 128 << 10;
+/// `__dlq`'s record limit: a dead letter of the largest acceptable event with its metadata
+/// always fits, so dead-lettering never fails for size.
+pub(crate) const DLQ_RECORD_BYTES_MAX: usize =
+    EVENT_RECORD_BYTES_MAX + DEAD_LETTER_METADATA_BYTES_MAX;
+const _: () = assert!(
+    crate::groups::ERRORS_KEPT_MAX * (6 * crate::groups::ERROR_BYTES_MAX + 3) + (8 << 10)
+        <= DEAD_LETTER_METADATA_BYTES_MAX
+);
 
 /// A value and the offset it was stored at; `None` for a tombstone.
 pub(crate) type Versioned = (u64, Option<Bytes>);
@@ -35,7 +56,9 @@ pub(crate) struct KvTopic {
 }
 
 impl KvTopic {
-    pub fn open(log: &Log, name: &'static str) -> Result<Self> {
+    /// Opens (or creates) the internal topic `name` whose records hold up to
+    /// `record_bytes_max` bytes.
+    pub fn open(log: &Log, name: &'static str, record_bytes_max: usize) -> Result<Self> {
         let topic_name = TopicName::new(name)?;
         let topic = match log.topic(&topic_name) {
             Some(t) => t,
@@ -44,10 +67,23 @@ impl KvTopic {
                 TopicConfig {
                     cleanup: Cleanup::Compact,
                     segment_bytes_max: 16 << 20,
+                    record_bytes_max,
                     ..TopicConfig::default()
                 },
             )?,
         };
+        if topic.config().record_bytes_max < record_bytes_max {
+            // A data directory created by an older version: the log cannot change a topic's
+            // limit in place yet. Writes that do not fit fail and change nothing (a dead letter
+            // that does not fit leaves its event pending), so this is a warning, not an error.
+            tracing::warn!(
+                topic = name,
+                record_bytes_max = topic.config().record_bytes_max,
+                wanted = record_bytes_max,
+                "internal topic has a smaller record limit than this version uses; dead letters \
+                 of events near the event size limit cannot be written and stay pending"
+            );
+        }
         Ok(Self { name, partition: Arc::clone(topic.partition(0)?) })
     }
 
@@ -73,8 +109,7 @@ impl KvTopic {
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.partition.append(&[NewRecord::keyed(key, value)])?;
-        Ok(())
+        self.append(&[NewRecord::keyed(key, value)])
     }
 
     pub fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
@@ -82,8 +117,7 @@ impl KvTopic {
             return Ok(());
         }
         let records: Vec<_> = entries.iter().map(|(k, v)| NewRecord::keyed(k, v)).collect();
-        self.partition.append(&records)?;
-        Ok(())
+        self.append(&records)
     }
 
     /// Tombstones for `keys`, in one durable append.
@@ -92,13 +126,30 @@ impl KvTopic {
             return Ok(());
         }
         let records: Vec<_> = keys.iter().map(|k| NewRecord::tombstone(k)).collect();
-        self.partition.append(&records)?;
-        Ok(())
+        self.append(&records)
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.partition.append(&[NewRecord::tombstone(key)])?;
-        Ok(())
+        self.append(&[NewRecord::tombstone(key)])
+    }
+
+    /// One durable append. A poisoned partition is reported as what it means for the broker
+    /// (every group's acks fail while `__offsets` is poisoned) and how to recover.
+    fn append(&self, records: &[NewRecord<'_>]) -> Result<()> {
+        match self.partition.append(records) {
+            Ok(_) => Ok(()),
+            Err(LogError::Poisoned { cause, .. }) => Err(BrokerError::InternalTopicPoisoned {
+                topic: self.name,
+                consequence: match self.name {
+                    OFFSETS => "every consumer group's acknowledgements and seeks fail",
+                    DLQ => "dead letters cannot be written (their events stay pending)",
+                    TOPICS => "topics cannot be created or deleted",
+                    _ => "connectors cannot store their positions",
+                },
+                cause: cause.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -119,12 +170,38 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// The `__dlq` key of a group's dead letter. Dead-letter ids (`topic:partition:offset`) are
-/// unique only within a group: two groups refusing the same event must not share a record.
-pub(crate) fn dlq_key(group: &str, id: &str) -> Vec<u8> {
-    format!("{group}\0{id}").into_bytes()
-}
+pub(crate) use crate::keys::{dlq_key, offset_key};
 
-pub(crate) fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
-    format!("{group}\0{topic}\0{partition}").into_bytes()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::{push_error, ERRORS_KEPT_MAX};
+    use crate::{DeadLetter, DeadLetterState};
+
+    #[test]
+    fn a_dead_letter_of_the_largest_event_with_the_longest_history_fits_in_a_dlq_record() {
+        assert_eq!(EVENT_RECORD_BYTES_MAX, TopicConfig::default().record_bytes_max);
+        let event =
+            serde_json::json!({ "id": "e", "data": "x".repeat(EVENT_RECORD_BYTES_MAX - 32) });
+        let mut errors = Vec::new();
+        for _ in 0..2 * ERRORS_KEPT_MAX {
+            // Control characters: six bytes each once escaped.
+            push_error(&mut errors, "\u{1}".repeat(5_000));
+        }
+        let (group, topic) = ("g".repeat(249), "t".repeat(249));
+        let dead = DeadLetter {
+            id: format!("{topic}:{}:{}", u32::MAX, u64::MAX),
+            group,
+            topic,
+            partition: u32::MAX,
+            offset: u64::MAX,
+            event,
+            attempts: u32::MAX,
+            errors,
+            dead_at_ms: i64::MIN,
+            state: DeadLetterState::Retrying,
+        };
+        let record = dlq_key(&dead.group, &dead.id).len() + encode(&dead).len();
+        assert!(record <= DLQ_RECORD_BYTES_MAX, "{record} > {DLQ_RECORD_BYTES_MAX}");
+    }
 }

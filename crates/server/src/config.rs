@@ -54,6 +54,9 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
 }
 
+/// Largest `server.fetch_wait_ms_max`: one hour (a long poll longer than that is a mistake).
+pub const FETCH_WAIT_MS_MAX_LIMIT: u64 = 3_600_000;
+
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default data directory.
@@ -143,6 +146,28 @@ impl ServerConfig {
                 )));
             }
         }
+        // ---- consumer groups: the broker's group settings and every sink's group name ----
+        self.broker
+            .check_group_settings()
+            .map_err(|e| ServerError::InvalidConfig(format!("[broker] {e}")))?;
+        if s.fetch_wait_ms_max > FETCH_WAIT_MS_MAX_LIMIT {
+            return Err(ServerError::InvalidConfig(format!(
+                "server.fetch_wait_ms_max = {} must be at most {FETCH_WAIT_MS_MAX_LIMIT} (one hour)",
+                s.fetch_wait_ms_max
+            )));
+        }
+        for sink in &self.sinks {
+            // A rebuild consumes with the group `<group>-rebuild`: both must be valid names.
+            for group in [sink.group(), format!("{}-rebuild", sink.group())] {
+                if let Err(e) = driftless_broker::GroupName::new(group) {
+                    return Err(ServerError::InvalidConfig(format!(
+                        "[[sink]] `{}`: {e} (set `group`, or rename the sink)",
+                        sink.name
+                    )));
+                }
+            }
+        }
+        // ---- end of consumer groups ----
         let mut reconcile_names = std::collections::BTreeSet::new();
         for r in &self.reconciles {
             driftless_reconcile::runtime::validate(r, &self.sinks)

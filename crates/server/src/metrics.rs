@@ -84,8 +84,16 @@ pub const DRIFT_REPAIRED_ROWS: &str = "driftless_drift_repaired_rows";
 /// Runs of a reconciliation since the server started.
 pub const RECONCILE_RUNS_TOTAL: &str = "driftless_reconcile_runs_total";
 
+/// Partitions (internal topics included) that refuse writes until a restart (gauge; `/readyz`
+/// is not ready while it is above 0).
+pub const PARTITIONS_POISONED: &str = "driftless_partitions_poisoned";
+/// Dead letters that could not be written since start; their events stayed pending (counter).
+pub const DEAD_LETTER_FAILURES_TOTAL: &str = "driftless_dead_letter_failures_total";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 32] = [
+    PARTITIONS_POISONED,
+    DEAD_LETTER_FAILURES_TOTAL,
     DRIFT_ROWS,
     RECONCILE_DURATION_SECONDS,
     RECONCILE_ROWS_SHIPPED,
@@ -163,6 +171,7 @@ pub fn render(
     render_sources(&mut f, sources);
     render_sinks(&mut f, sinks);
     render_reconcilers(&mut f, reconcilers);
+    render_broker_health(&mut f, broker);
     let topics = broker.list_topics();
 
     f.header(
@@ -283,6 +292,21 @@ pub fn render(
     );
     f.sample(LOG_FSYNC_MAX_SECONDS, &[], max_micros as f64 / 1e6);
     f.out
+}
+
+fn render_broker_health(f: &mut Family, broker: &Broker) {
+    f.header(
+        PARTITIONS_POISONED,
+        "gauge",
+        "Partitions refusing writes after a failed write or fsync; a restart recovers them.",
+    );
+    f.sample(PARTITIONS_POISONED, &[], broker.poisoned_partitions().len());
+    f.header(
+        DEAD_LETTER_FAILURES_TOTAL,
+        "counter",
+        "Dead letters that could not be written; their events stayed pending.",
+    );
+    f.sample(DEAD_LETTER_FAILURES_TOTAL, &[], broker.dead_letter_failures());
 }
 
 fn render_sources(f: &mut Family, sources: &Sources) {

@@ -40,7 +40,9 @@ fn errors(mut responses: Value, codes: &[&str]) -> Value {
 /// The OpenAPI document.
 pub fn openapi() -> Value {
     let topic = path_param("topic", "Topic name");
-    let group = path_param("group", "Consumer group name");
+    let group = json!({"name": "group", "in": "path", "required": true,
+        "description": "Consumer group name: 1 to 249 characters from [A-Za-z0-9._-], not . or ..",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$", "maxLength": 249}});
     let member = path_param("member", "Member id returned by join");
     let dlq_id = path_param("id", "Dead-letter id, `topic:partition:offset`");
     let source = path_param("source", "Source name, as in the server's `[[source]]` table");
@@ -56,7 +58,7 @@ pub fn openapi() -> Value {
       },
       "paths": {
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "`ok`", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/readyz": {"get": {"summary": "Readiness: the broker is open and the server is not shutting down",
+        "/readyz": {"get": {"summary": "Readiness: the broker is open, no partition refuses writes (503 `partition-poisoned` names them; a restart recovers) and the server is not shutting down",
           "responses": {"200": {"description": "`ready`", "content": {"text/plain": {"schema": {"type": "string"}}}}, "503": problem()}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)",
           "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -245,7 +247,7 @@ pub fn openapi() -> Value {
             "syncs": {"type": "integer"}, "sync_micros_total": {"type": "integer"}, "sync_micros_max": {"type": "integer"},
             "size_bytes": {"type": "integer"}, "segments": {"type": "integer"}, "start_offset": {"type": "integer"}, "end_offset": {"type": "integer"}}},
           "TopicDescription": {"type": "object", "properties": {"name": {"type": "string"}, "spec": schema("TopicSpec"), "partitions": {"type": "array", "items": schema("PartitionStats")}}},
-          "Join": {"type": "object", "required": ["topics"], "additionalProperties": false, "properties": {"topics": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "session_timeout_ms": {"type": "integer"}}},
+          "Join": {"type": "object", "required": ["topics"], "additionalProperties": false, "properties": {"topics": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "session_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 86400000}}},
           "Membership": {"type": "object", "properties": {"member_id": {"type": "string"}, "generation": {"type": "integer"},
             "assignments": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "description": "[topic, partition]"}}}},
           "Delivery": {"type": "object", "properties": {"delivery_id": {"type": "string", "description": "topic:partition:offset:attempt"},

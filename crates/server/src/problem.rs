@@ -225,6 +225,21 @@ impl Problem {
             BrokerError::InvalidSetting { field, .. } => {
                 p(S::BAD_REQUEST, "invalid-setting", "Invalid setting").with_field(*field)
             }
+            BrokerError::InvalidGroupName(e) => {
+                p(S::BAD_REQUEST, "invalid-group-name", "Invalid consumer group name")
+                    .with_group(&e.name)
+                    .with_field("group")
+            }
+            BrokerError::DeadLetterNotWritten { group, .. } => p(
+                S::SERVICE_UNAVAILABLE,
+                "dead-letter-not-written",
+                "Dead letter not written; the event stays pending",
+            )
+            .with_group(group),
+            BrokerError::InternalTopicPoisoned { topic, .. } => {
+                p(S::SERVICE_UNAVAILABLE, "partition-poisoned", "Partition refuses writes")
+                    .with_topic(*topic)
+            }
             BrokerError::UnknownGroup(g) => {
                 p(S::NOT_FOUND, "unknown-group", "Unknown consumer group").with_group(g)
             }

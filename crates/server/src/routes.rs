@@ -54,8 +54,16 @@ pub(crate) fn now_ms() -> i64 {
 /// The instant at which the broker's epoch-ms deadline `due_ms` has passed (plus 1 ms so a
 /// wake-up never lands just before it).
 pub(crate) fn instant_for(due_ms: i64) -> Instant {
-    let delta = due_ms.saturating_sub(now_ms()).max(0) as u64 + 1;
-    Instant::now() + Duration::from_millis(delta)
+    // The broker's deadlines are at most a day ahead; the clamp keeps a wild one from
+    // overflowing the instant (a wake-up a day early is harmless: the caller fetches again).
+    let delta = u64::try_from(due_ms.saturating_sub(now_ms())).unwrap_or(0);
+    after(Duration::from_millis(delta.min(driftless_broker::GROUP_DURATION_MS_MAX) + 1))
+}
+
+/// `Instant::now() + d`, saturating at a day from now instead of overflowing.
+pub(crate) fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now + Duration::from_secs(86_400))
 }
 
 // ---- operations ----------------------------------------------------------------------------
@@ -65,20 +73,51 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the broker is open and the server is not shutting down.
+/// `GET /readyz`: the broker is open, no partition refuses writes, and the server is not
+/// shutting down. A poisoned partition (a failed write or fsync; internal topics included) makes
+/// it not ready until a restart: a poisoned `__offsets` fails every group's acknowledgements.
 pub async fn readyz(State(state): Shared) -> Response {
     if state.shutting_down() {
-        Problem::new(
+        return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting-down",
             "Shutting down",
             "the server is shutting down and accepts no new work",
         )
-        .into_response()
-    } else {
-        "ready".into_response()
+        .into_response();
     }
+    // Reads one flag per partition: cheap enough to run on the async thread.
+    let poisoned = state.broker.poisoned_partitions();
+    if poisoned.is_empty() {
+        return "ready".into_response();
+    }
+    let names: Vec<String> = poisoned
+        .iter()
+        .take(POISONED_NAMED_MAX)
+        .map(|p| format!("{}/{} ({})", p.topic, p.partition, p.cause))
+        .collect();
+    let more = poisoned.len().saturating_sub(POISONED_NAMED_MAX);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let mut problem = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "partition-poisoned",
+        "Partition refuses writes",
+        format!(
+            "{} partition(s) refuse writes after a failed write or fsync: {}{more}. Check the \
+             disk (space, errors), then restart Driftless: recovery verifies the log and the \
+             partitions accept writes again",
+            poisoned.len(),
+            names.join("; ")
+        ),
+    );
+    if let [only] = &poisoned[..] {
+        problem = problem.with_topic(&only.topic);
+    }
+    problem.into_response()
 }
+
+/// Poisoned partitions named in a `/readyz` answer (the count covers the rest).
+const POISONED_NAMED_MAX: usize = 20;
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
@@ -266,7 +305,7 @@ pub async fn fetch(
     ApiQuery(q): ApiQuery<FetchQuery>,
 ) -> ApiResult<Response> {
     let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
-    let deadline = Instant::now() + wait;
+    let deadline = after(wait);
     let mut stopping = state.shutdown.subscribe();
     loop {
         // Listen before fetching: activity after the fetch's snapshot still wakes us.

@@ -58,6 +58,11 @@ pub fn config(broker: BrokerConfig) -> ServerConfig {
 pub fn start(config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let broker = Arc::new(Broker::open(dir.path(), config.broker.clone()).unwrap());
+    start_with(config, broker, dir)
+}
+
+/// Serves `broker`, opened by the caller over `dir` (with a `FaultFs`, say).
+pub fn start_with(config: ServerConfig, broker: Arc<Broker>, dir: tempfile::TempDir) -> Server {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
