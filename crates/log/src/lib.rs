@@ -52,6 +52,7 @@
 
 mod config;
 mod error;
+mod file_cache;
 pub mod fs;
 mod log;
 mod partition;
@@ -61,11 +62,13 @@ mod sync_pool;
 
 pub use config::{Cleanup, Durability, TopicConfig, PARTITIONS_MAX, SEGMENT_BYTES_MAX_LIMIT};
 pub use error::{LogError, Result};
+pub use file_cache::{OPEN_FILES_MAX_DEFAULT, OPEN_FILES_MIN};
 pub use event_listener::Listener;
 pub use log::{Log, LogOptions, Topic};
 pub use partition::{
     Appended, CompactionOutcome, Partition, PartitionStats, ReadBatch, RetentionOutcome,
-    PREALLOCATE_BYTES, SYNC_BUCKET_BOUNDS_US,
+    PREALLOCATE_BYTES, PREALLOCATE_BYTES_MIN, PREALLOCATE_GROW_MS, PREALLOCATE_SHRINK_MS,
+    SYNC_BUCKET_BOUNDS_US,
 };
 pub use record::{NewRecord, Record, RECORD_HEADER_BYTES};
 pub use sync_pool::{SYNC_QUEUE_JOBS_MAX, SYNC_THREADS};

@@ -6,18 +6,35 @@
 //! topics/<name>/topic.json           the topic's TopicConfig (written to a temp file, fsynced,
 //!                                    renamed into place, directory fsynced)
 //! topics/<name>/<partition>/…        segments, see crate::segment
+//! trash/<n>/                         a deleted topic's directory, being removed
 //! ```
 //!
-//! Invariant: a topic directory without `topic.json` is an interrupted creation and is removed on
-//! open; a topic directory named `*.deleting` is an interrupted deletion and is finished on open.
+//! Invariants:
+//! - `topics/` holds topic directories only, named exactly as their topics: no suffix or marker
+//!   is ever added there, so every valid topic name (1 to 249 characters, any ending) is safe.
+//! - A topic directory without `topic.json` is an interrupted creation: removed on open, and
+//!   removed by a new creation of the name. One *with* `topic.json` is never removed or
+//!   overwritten by a creation.
+//! - **Deletion** is one atomic rename of `topics/<name>` to `trash/<n>` (a short generated name,
+//!   so no name length or suffix can make it fail), then an fsync of both directories; only then
+//!   does the topic leave the map, and the trash entry is removed afterwards. A crash before the
+//!   rename is durable leaves the topic intact; after it, the topic is gone and the next open
+//!   empties `trash/`. A failure before that point leaves the topic listed and writable.
+//! - Creating and deleting run outside the topics lock (opening 1,024 partitions takes a while):
+//!   the name is reserved first, so two creations (or deletions) of one name cannot both run, and
+//!   lookups and appends of other topics never wait for them.
+//!
 //! A background thread flushes `interval_ms` topics and runs retention and compaction; a few
 //! helper threads (`sync_pool.rs`) let [`Topic::wait_appended_all`] overlap partitions' fsyncs.
+//! Files are opened on demand through a bounded cache (`file_cache.rs`), so an idle partition
+//! holds no descriptor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +42,7 @@ use driftless_core::{Clock, SystemClock, TopicName};
 
 use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
+use crate::file_cache::{FileCache, OPEN_FILES_MAX_DEFAULT};
 use crate::fs::{Fs, OpenMode, StdFs};
 use crate::partition::{Appended, Partition};
 use crate::sync_pool::SyncPool;
@@ -41,6 +59,14 @@ pub struct LogOptions {
     /// How often the background thread runs retention and compaction; `None` disables the
     /// thread's maintenance (tests call it directly). Interval flushes run regardless.
     pub maintenance_interval_ms: Option<u64>,
+    /// Segment and index files the log keeps open at once, at most (default
+    /// [`OPEN_FILES_MAX_DEFAULT`], 512; at least 16). Files are opened on demand and the least
+    /// recently used clean ones closed, so the number of partitions is not bounded by the
+    /// process's open-file limit. Set it well below that limit: files with unsynced writes and
+    /// files being read are never closed, so the log can briefly hold a few more. Appends to a
+    /// partition whose files were closed reopen them, so size it above the partitions written
+    /// concurrently (two files each).
+    pub open_files_max: usize,
 }
 
 impl LogOptions {
@@ -51,6 +77,7 @@ impl LogOptions {
             fs: Arc::new(StdFs),
             clock: Arc::new(SystemClock),
             maintenance_interval_ms: Some(30_000),
+            open_files_max: OPEN_FILES_MAX_DEFAULT,
         }
     }
 }
@@ -119,9 +146,26 @@ impl Topic {
 struct Shared {
     dir: PathBuf,
     fs: Arc<dyn Fs>,
+    cache: Arc<FileCache>,
     clock: Arc<dyn Clock>,
     topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    /// Names being created or deleted right now. Lock order: `topics` → `busy`.
+    busy: Mutex<HashSet<TopicName>>,
+    /// Names the next trash entries get.
+    trash_seq: AtomicU64,
     sync: Arc<SyncPool>,
+}
+
+/// Releases a name reserved in [`Shared::busy`] however the creation or deletion ends.
+struct Reservation<'a> {
+    shared: &'a Shared,
+    name: TopicName,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.shared.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+    }
 }
 
 /// The embedded log. Dropping it stops the background thread and flushes interval topics; the
@@ -135,14 +179,18 @@ pub struct Log {
 }
 
 const TOPIC_FILE: &str = "topic.json";
+const TOPICS_DIR: &str = "topics";
+const TRASH_DIR: &str = "trash";
 
 impl Log {
     /// Opens the data directory, creating it if needed, and recovers every partition.
     pub fn open(options: LogOptions) -> Result<Self> {
-        let LogOptions { dir, fs, clock, maintenance_interval_ms } = options;
-        let topics_dir = dir.join("topics");
-        fs.create_dir_all(&topics_dir)
-            .map_err(|e| LogError::io("create data directory", &topics_dir, e))?;
+        let LogOptions { dir, fs, clock, maintenance_interval_ms, open_files_max } = options;
+        for sub in [TOPICS_DIR, TRASH_DIR] {
+            let path = dir.join(sub);
+            fs.create_dir_all(&path)
+                .map_err(|e| LogError::io("create data directory", &path, e))?;
+        }
         let lock_path = dir.join("LOCK");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -160,8 +208,18 @@ impl Log {
             }
         }
         let sync = Arc::new(SyncPool::start(&dir)?);
-        let shared =
-            Arc::new(Shared { dir, fs, clock, topics: RwLock::new(BTreeMap::new()), sync });
+        let cache = FileCache::new(Arc::clone(&fs), open_files_max);
+        let shared = Arc::new(Shared {
+            dir,
+            fs,
+            cache,
+            clock,
+            topics: RwLock::new(BTreeMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            trash_seq: AtomicU64::new(0),
+            sync,
+        });
+        shared.empty_trash()?;
         shared.load_topics()?;
         let (stop, stopped) = mpsc::sync_channel(1);
         let thread_shared = Arc::clone(&shared);
@@ -177,40 +235,19 @@ impl Log {
         &self.shared.dir
     }
 
-    /// Creates a topic; fails if it exists.
+    /// Creates a topic; fails if it exists. Lookups and appends of other topics go on while the
+    /// partitions are created.
     pub fn create_topic(&self, name: &TopicName, config: TopicConfig) -> Result<Arc<Topic>> {
         config.validate()?;
-        let mut topics = self.shared.topics.write().unwrap_or_else(|e| e.into_inner());
-        if topics.contains_key(name) {
-            return Err(LogError::TopicExists(name.to_string()));
-        }
-        let fs = &*self.shared.fs;
-        let topics_dir = self.shared.dir.join("topics");
-        let dir = topics_dir.join(name.as_str());
-        if fs.exists(&dir) {
-            // Left by an interrupted creation that load_topics could not clean.
-            fs.remove_dir_all(&dir).map_err(|e| LogError::io("remove partial topic", &dir, e))?;
-        }
-        fs.create_dir_all(&dir).map_err(|e| LogError::io("create topic directory", &dir, e))?;
-        fs.sync_dir(&topics_dir)
-            .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
-        let topic = self.shared.open_topic(name, &dir, config.clone())?;
-        // topic.json last: its presence marks the creation complete.
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| LogError::BadMetadata {
-            path: dir.join(TOPIC_FILE),
-            reason: e.to_string(),
+        let _reserved = self.shared.reserve(name, |exists| {
+            exists.then(|| LogError::TopicExists(name.to_string()))
         })?;
-        let tmp = dir.join("topic.json.tmp");
-        let file = fs
-            .open(&tmp, OpenMode::CreateNew)
-            .map_err(|e| LogError::io("create topic metadata", &tmp, e))?;
-        file.write_all_at(&json, 0).map_err(|e| LogError::io("write topic metadata", &tmp, e))?;
-        file.sync_data().map_err(|e| LogError::io("fdatasync topic metadata", &tmp, e))?;
-        let path = dir.join(TOPIC_FILE);
-        fs.rename(&tmp, &path).map_err(|e| LogError::io("install topic metadata", &path, e))?;
-        fs.sync_dir(&dir).map_err(|e| LogError::io("fsync topic directory", &dir, e))?;
-        let topic = Arc::new(topic);
-        topics.insert(name.clone(), Arc::clone(&topic));
+        let topic = Arc::new(self.shared.create_files(name, config)?);
+        self.shared
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -224,26 +261,16 @@ impl Log {
         self.shared.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    /// Deletes a topic and its data. Handles still held elsewhere refuse appends afterwards.
+    /// Deletes a topic and its data. Handles still held elsewhere refuse appends afterwards. On
+    /// an error the topic is still there and writable (unless the error says otherwise).
     pub fn delete_topic(&self, name: &TopicName) -> Result<()> {
-        let topic = self
-            .shared
-            .topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
-        for p in topic.partitions() {
-            p.mark_deleted();
-        }
-        let fs = &*self.shared.fs;
-        let topics_dir = self.shared.dir.join("topics");
-        let dir = topics_dir.join(name.as_str());
-        let doomed = topics_dir.join(format!("{name}.deleting"));
-        fs.rename(&dir, &doomed).map_err(|e| LogError::io("rename topic for deletion", &dir, e))?;
-        fs.sync_dir(&topics_dir)
-            .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
-        fs.remove_dir_all(&doomed).map_err(|e| LogError::io("delete topic", &doomed, e))
+        let _reserved = self.shared.reserve(name, |exists| {
+            (!exists).then(|| LogError::UnknownTopic(name.to_string()))
+        })?;
+        let Some(topic) = self.topic(name) else {
+            return Err(LogError::UnknownTopic(name.to_string()));
+        };
+        self.shared.delete_files(&topic)
     }
 
     /// Runs retention and compaction on every partition now.
@@ -309,25 +336,199 @@ fn background_loop(shared: &Shared, stopped: &mpsc::Receiver<()>, maintenance_ms
 }
 
 impl Shared {
+    /// Reserves `name` for a creation or deletion. `refuse` is given whether the topic exists
+    /// and says why the operation cannot go on; a name already reserved is refused as busy.
+    fn reserve(
+        &self,
+        name: &TopicName,
+        refuse: impl FnOnce(bool) -> Option<LogError>,
+    ) -> Result<Reservation<'_>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(err) = refuse(topics.contains_key(name)) {
+            return Err(err);
+        }
+        if !busy.insert(name.clone()) {
+            return Err(LogError::TopicBusy(name.to_string()));
+        }
+        Ok(Reservation { shared: self, name: name.clone() })
+    }
+
+    /// Creates the topic's directory, partitions and, last, `topic.json`. The name is reserved.
+    fn create_files(&self, name: &TopicName, config: TopicConfig) -> Result<Topic> {
+        let fs = &*self.fs;
+        let topics_dir = self.dir.join(TOPICS_DIR);
+        let dir = topics_dir.join(name.as_str());
+        if fs.exists(&dir) {
+            let meta = dir.join(TOPIC_FILE);
+            if fs.exists(&meta) {
+                // A complete topic the map does not know: never overwrite stored events.
+                return Err(LogError::BadMetadata {
+                    path: meta,
+                    reason: "a complete topic is stored here but not loaded; restart Driftless \
+                             to load it, or move the directory away to create the topic anew"
+                        .into(),
+                });
+            }
+            // Left by an interrupted creation (no topic.json): nothing was ever acknowledged.
+            fs.remove_dir_all(&dir).map_err(|e| LogError::io("remove partial topic", &dir, e))?;
+            fs.sync_dir(&topics_dir)
+                .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
+        }
+        fs.create_dir_all(&dir).map_err(|e| LogError::io("create topic directory", &dir, e))?;
+        fs.sync_dir(&topics_dir)
+            .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
+        let topic = self.open_topic(name, &dir, config.clone())?;
+        // topic.json last: its presence marks the creation complete.
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| LogError::BadMetadata {
+            path: dir.join(TOPIC_FILE),
+            reason: e.to_string(),
+        })?;
+        let tmp = dir.join("topic.json.tmp");
+        let file = fs
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(|e| LogError::io("create topic metadata", &tmp, e))?;
+        file.write_all_at(&json, 0).map_err(|e| LogError::io("write topic metadata", &tmp, e))?;
+        file.sync_data().map_err(|e| LogError::io("fdatasync topic metadata", &tmp, e))?;
+        drop(file);
+        let path = dir.join(TOPIC_FILE);
+        fs.rename(&tmp, &path).map_err(|e| LogError::io("install topic metadata", &path, e))?;
+        fs.sync_dir(&dir).map_err(|e| LogError::io("fsync topic directory", &dir, e))?;
+        Ok(topic)
+    }
+
+    /// Moves the topic to the trash durably, forgets it, then removes its files. The name is
+    /// reserved.
+    fn delete_files(&self, topic: &Topic) -> Result<()> {
+        let name = topic.name();
+        // No append or maintenance touches the files from here on (until an undo).
+        for p in topic.partitions() {
+            p.begin_delete();
+        }
+        let undo = |err: LogError| {
+            for p in topic.partitions() {
+                p.undo_delete();
+            }
+            err
+        };
+        let fs = &*self.fs;
+        let topics_dir = self.dir.join(TOPICS_DIR);
+        let trash_dir = self.dir.join(TRASH_DIR);
+        let dir = topics_dir.join(name.as_str());
+        let doomed = loop {
+            let n = self.trash_seq.fetch_add(1, Ordering::Relaxed);
+            let path = trash_dir.join(n.to_string());
+            if !fs.exists(&path) {
+                break path;
+            }
+        };
+        fs.rename(&dir, &doomed)
+            .map_err(|e| undo(LogError::io("move topic to the trash", &dir, e)))?;
+        let synced = fs
+            .sync_dir(&trash_dir)
+            .map_err(|e| LogError::io("fsync trash directory", &trash_dir, e))
+            .and_then(|()| {
+                fs.sync_dir(&topics_dir)
+                    .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))
+            });
+        if let Err(err) = synced {
+            // Whether the rename reached the disk is unknown: put the topic back as it was.
+            return match fs.rename(&doomed, &dir) {
+                Ok(()) => {
+                    let _ = fs.sync_dir(&topics_dir);
+                    Err(undo(err))
+                }
+                Err(back) => {
+                    tracing::error!(topic = %name, error = %back, trash = %doomed.display(),
+                        "could not move a topic back after its deletion failed");
+                    self.forget(topic);
+                    Err(LogError::DeletionUncertain { topic: name.to_string(), cause: Box::new(err) })
+                }
+            };
+        }
+        self.forget(topic);
+        if let Err(e) = fs.remove_dir_all(&doomed).and_then(|()| fs.sync_dir(&trash_dir)) {
+            // The topic is gone; its bytes go at the next open.
+            tracing::warn!(topic = %name, dir = %doomed.display(), error = %e,
+                "could not remove a deleted topic's files; they are removed at the next start");
+        }
+        Ok(())
+    }
+
+    fn forget(&self, topic: &Topic) {
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).remove(topic.name());
+        for p in topic.partitions() {
+            p.close_deleted_files();
+        }
+    }
+
+    /// Finishes deletions a crash interrupted: everything in `trash/` was a topic whose removal
+    /// was durable.
+    fn empty_trash(&self) -> Result<()> {
+        let trash_dir = self.dir.join(TRASH_DIR);
+        let entries =
+            self.fs.read_dir(&trash_dir).map_err(|e| LogError::io("list trash", &trash_dir, e))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in entries {
+            tracing::info!(dir = %entry.display(), "finishing the deletion of a topic");
+            self.fs
+                .remove_dir_all(&entry)
+                .map_err(|e| LogError::io("finish topic deletion", &entry, e))?;
+        }
+        self.fs.sync_dir(&trash_dir).map_err(|e| LogError::io("fsync trash directory", &trash_dir, e))
+    }
+
+    /// Opens (or creates) the topic's partitions, several at a time: each open fsyncs, and
+    /// the fsyncs of different files overlap.
     fn open_topic(&self, name: &TopicName, dir: &Path, config: TopicConfig) -> Result<Topic> {
-        let partitions = (0..config.partitions)
-            .map(|id| {
-                Partition::open(
-                    name.as_str(),
-                    id,
-                    &dir.join(id.to_string()),
-                    Arc::clone(&self.fs),
-                    Arc::clone(&self.clock),
-                    config.clone(),
-                )
-                .map(Arc::new)
+        const OPEN_THREADS_MAX: u32 = 8;
+        let count = config.partitions;
+        let threads = count.min(OPEN_THREADS_MAX);
+        let open = |id: u32| {
+            Partition::open(
+                name.as_str(),
+                id,
+                &dir.join(id.to_string()),
+                Arc::clone(&self.fs),
+                Arc::clone(&self.cache),
+                Arc::clone(&self.clock),
+                config.clone(),
+            )
+            .map(Arc::new)
+        };
+        let mut opened: Vec<(u32, Result<Arc<Partition>>)> = if threads <= 1 {
+            (0..count).map(|id| (id, open(id))).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let open = &open;
+                        scope.spawn(move || {
+                            (t..count)
+                                .step_by(threads as usize)
+                                .map(|id| (id, open(id)))
+                                .collect::<Vec<(u32, Result<Arc<Partition>>)>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| {
+                        w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect::<Vec<(u32, Result<Arc<Partition>>)>>()
             })
-            .collect::<Result<Vec<_>>>()?;
+        };
+        opened.sort_by_key(|(id, _)| *id);
+        let partitions =
+            opened.into_iter().map(|(_, p)| p).collect::<Result<Vec<Arc<Partition>>>>()?;
         Ok(Topic { name: name.clone(), config, partitions, sync: Arc::clone(&self.sync) })
     }
 
     fn load_topics(&self) -> Result<()> {
-        let topics_dir = self.dir.join("topics");
+        let topics_dir = self.dir.join(TOPICS_DIR);
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         for dir in self
             .fs
@@ -337,18 +538,15 @@ impl Shared {
             let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
                 continue;
             };
-            if name.ends_with(".deleting") {
-                self.fs
-                    .remove_dir_all(&dir)
-                    .map_err(|e| LogError::io("finish topic deletion", &dir, e))?;
-                continue;
-            }
             let meta = dir.join(TOPIC_FILE);
             if !self.fs.exists(&meta) {
                 tracing::warn!(dir = %dir.display(), "removing a topic whose creation was interrupted");
                 self.fs
                     .remove_dir_all(&dir)
                     .map_err(|e| LogError::io("remove partial topic", &dir, e))?;
+                self.fs
+                    .sync_dir(&topics_dir)
+                    .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
                 continue;
             }
             let topic_name = TopicName::new(name)?;
