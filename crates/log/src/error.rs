@@ -115,9 +115,7 @@ pub enum LogError {
     },
 
     /// Another request is creating or deleting a topic of this name right now.
-    #[error(
-        "topic {0} is being created or deleted by another request; retry once that finished"
-    )]
+    #[error("topic {0} is being created or deleted by another request; retry once that finished")]
     TopicBusy(String),
 
     /// A deletion failed after the topic's directory was moved to the trash, and moving it back

@@ -102,7 +102,12 @@ impl FileCache {
     }
 
     /// A handle for a file that `open` has just opened (a new file, or one being recovered).
-    pub fn adopt(self: &Arc<Self>, path: &Path, mode: OpenMode, file: Arc<dyn FsFile>) -> CachedFile {
+    pub fn adopt(
+        self: &Arc<Self>,
+        path: &Path,
+        mode: OpenMode,
+        file: Arc<dyn FsFile>,
+    ) -> CachedFile {
         let handle = self.file(path, mode);
         lock(&handle.slot.inner).file = Some(file);
         handle.touch();

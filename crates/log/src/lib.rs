@@ -62,8 +62,8 @@ mod sync_pool;
 
 pub use config::{Cleanup, Durability, TopicConfig, PARTITIONS_MAX, SEGMENT_BYTES_MAX_LIMIT};
 pub use error::{LogError, Result};
-pub use file_cache::{OPEN_FILES_MAX_DEFAULT, OPEN_FILES_MIN};
 pub use event_listener::Listener;
+pub use file_cache::{OPEN_FILES_MAX_DEFAULT, OPEN_FILES_MIN};
 pub use log::{Log, LogOptions, Topic};
 pub use partition::{
     Appended, CompactionOutcome, Partition, PartitionStats, ReadBatch, RetentionOutcome,

@@ -239,9 +239,12 @@ impl Log {
     /// partitions are created.
     pub fn create_topic(&self, name: &TopicName, config: TopicConfig) -> Result<Arc<Topic>> {
         config.validate()?;
-        let _reserved = self.shared.reserve(name, |exists| {
-            exists.then(|| LogError::TopicExists(name.to_string()))
-        })?;
+        // A creation of the same name in flight counts as existing: it is about to.
+        let _reserved = self.shared.reserve(
+            name,
+            |exists| exists.then(|| LogError::TopicExists(name.to_string())),
+            || LogError::TopicExists(name.to_string()),
+        )?;
         let topic = Arc::new(self.shared.create_files(name, config)?);
         self.shared
             .topics
@@ -264,9 +267,11 @@ impl Log {
     /// Deletes a topic and its data. Handles still held elsewhere refuse appends afterwards. On
     /// an error the topic is still there and writable (unless the error says otherwise).
     pub fn delete_topic(&self, name: &TopicName) -> Result<()> {
-        let _reserved = self.shared.reserve(name, |exists| {
-            (!exists).then(|| LogError::UnknownTopic(name.to_string()))
-        })?;
+        let _reserved = self.shared.reserve(
+            name,
+            |exists| (!exists).then(|| LogError::UnknownTopic(name.to_string())),
+            || LogError::TopicBusy(name.to_string()),
+        )?;
         let Some(topic) = self.topic(name) else {
             return Err(LogError::UnknownTopic(name.to_string()));
         };
@@ -337,19 +342,20 @@ fn background_loop(shared: &Shared, stopped: &mpsc::Receiver<()>, maintenance_ms
 
 impl Shared {
     /// Reserves `name` for a creation or deletion. `refuse` is given whether the topic exists
-    /// and says why the operation cannot go on; a name already reserved is refused as busy.
+    /// and says why the operation cannot go on; a name already reserved is refused with `busy`.
     fn reserve(
         &self,
         name: &TopicName,
         refuse: impl FnOnce(bool) -> Option<LogError>,
+        busy: impl FnOnce() -> LogError,
     ) -> Result<Reservation<'_>> {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(err) = refuse(topics.contains_key(name)) {
             return Err(err);
         }
-        if !busy.insert(name.clone()) {
-            return Err(LogError::TopicBusy(name.to_string()));
+        if !reserved.insert(name.clone()) {
+            return Err(busy());
         }
         Ok(Reservation { shared: self, name: name.clone() })
     }
@@ -442,7 +448,10 @@ impl Shared {
                     tracing::error!(topic = %name, error = %back, trash = %doomed.display(),
                         "could not move a topic back after its deletion failed");
                     self.forget(topic);
-                    Err(LogError::DeletionUncertain { topic: name.to_string(), cause: Box::new(err) })
+                    Err(LogError::DeletionUncertain {
+                        topic: name.to_string(),
+                        cause: Box::new(err),
+                    })
                 }
             };
         }
@@ -477,7 +486,9 @@ impl Shared {
                 .remove_dir_all(&entry)
                 .map_err(|e| LogError::io("finish topic deletion", &entry, e))?;
         }
-        self.fs.sync_dir(&trash_dir).map_err(|e| LogError::io("fsync trash directory", &trash_dir, e))
+        self.fs
+            .sync_dir(&trash_dir)
+            .map_err(|e| LogError::io("fsync trash directory", &trash_dir, e))
     }
 
     /// Opens (or creates) the topic's partitions, several at a time: each open fsyncs, and
@@ -515,9 +526,7 @@ impl Shared {
                     .collect();
                 workers
                     .into_iter()
-                    .flat_map(|w| {
-                        w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
+                    .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                     .collect::<Vec<(u32, Result<Arc<Partition>>)>>()
             })
         };

@@ -784,7 +784,11 @@ impl Partition {
             idx.sync_data()
         });
         if let Err(e) = sealed {
-            return Err(self.poison_with(LogError::io("write and fdatasync index", &old.idx_path, e)));
+            return Err(self.poison_with(LogError::io(
+                "write and fdatasync index",
+                &old.idx_path,
+                e,
+            )));
         }
         if let Some((_, writes)) = w.idx_file.begin_sync() {
             w.idx_file.end_sync(writes);
