@@ -246,6 +246,7 @@ impl Durable {
 pub struct FaultFs {
     faults: Mutex<Vec<Fault>>,
     sync_data_calls: AtomicU64,
+    opens: AtomicU64,
     bytes_read: AtomicU64,
     files: Mutex<std::collections::HashMap<PathBuf, Durable>>,
     frozen: std::sync::atomic::AtomicBool,
@@ -307,6 +308,11 @@ impl FaultFs {
     /// How many `fdatasync` calls reached this filesystem (failed ones included).
     pub fn sync_data_calls(&self) -> u64 {
         self.sync_data_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many files were opened (or created) so far, for tests of the open-file cache.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::SeqCst)
     }
 
     /// Bytes read from files so far (what `read_at` returned), for tests of how much a read
@@ -483,6 +489,7 @@ impl Fs for Arc<FaultFs> {
             self.check(FaultOp::Write, path)?;
         }
         let inner = StdFs.open(path, mode)?;
+        self.opens.fetch_add(1, Ordering::SeqCst);
         let durable = match mode {
             OpenMode::CreateNew => Durable::new(0, false),
             OpenMode::Read | OpenMode::ReadWrite => Durable::new(inner.size()?, true),

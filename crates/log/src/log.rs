@@ -179,6 +179,8 @@ pub struct Log {
 }
 
 const TOPIC_FILE: &str = "topic.json";
+/// Present only between a clean shutdown and the next open.
+const CLEAN_FILE: &str = "CLEAN";
 const TOPICS_DIR: &str = "topics";
 const TRASH_DIR: &str = "trash";
 
@@ -220,7 +222,23 @@ impl Log {
             sync,
         });
         shared.empty_trash()?;
-        shared.load_topics()?;
+        // After a clean shutdown every segment was fdatasynced and nothing has written since:
+        // recovery need not fdatasync each active segment again (3-4 ms each here, 20,000
+        // partitions took over a minute).
+        let clean_path = shared.dir.join(CLEAN_FILE);
+        let clean_shutdown = shared.fs.exists(&clean_path);
+        shared.load_topics(clean_shutdown)?;
+        if clean_shutdown {
+            // Gone before the first write, so a crash from here on is recovered in full.
+            shared
+                .fs
+                .remove_file(&clean_path)
+                .map_err(|e| LogError::io("remove clean-shutdown marker", &clean_path, e))?;
+            shared
+                .fs
+                .sync_dir(&shared.dir)
+                .map_err(|e| LogError::io("fsync data directory", &shared.dir, e))?;
+        }
         let (stop, stopped) = mpsc::sync_channel(1);
         let thread_shared = Arc::clone(&shared);
         let background = std::thread::Builder::new()
@@ -300,12 +318,29 @@ impl Drop for Log {
         if let Some(handle) = self.background.take() {
             let _ = handle.join();
         }
-        for topic in self.topics() {
+        let topics = std::mem::take(&mut *self.shared.topics.write().unwrap_or_else(|e| e.into_inner()));
+        let mut clean = true;
+        for topic in topics.values() {
             for p in topic.partitions() {
                 if let Err(e) = p.close() {
                     tracing::error!(topic = %topic.name(), partition = p.id(), error = %e,
                         "flush on close failed");
+                    clean = false;
                 }
+            }
+        }
+        // The marker promises that every segment is durable and that nothing writes after it:
+        // no poisoned partition, no `never` topic (its close does not sync), and no handle held
+        // elsewhere that could still append.
+        clean &= topics.values().all(|t| {
+            Arc::strong_count(t) == 1
+                && t.config().durability != crate::Durability::Never
+                && t.partitions().iter().all(|p| Arc::strong_count(p) == 1 && p.poisoned().is_none())
+        });
+        if clean {
+            if let Err(e) = self.shared.write_clean_marker() {
+                tracing::warn!(error = %e, "could not record the clean shutdown; the next start \
+                    fdatasyncs every active segment");
             }
         }
     }
@@ -384,7 +419,7 @@ impl Shared {
         fs.create_dir_all(&dir).map_err(|e| LogError::io("create topic directory", &dir, e))?;
         fs.sync_dir(&topics_dir)
             .map_err(|e| LogError::io("fsync topics directory", &topics_dir, e))?;
-        let topic = self.open_topic(name, &dir, config.clone())?;
+        let topic = self.open_topic(name, &dir, config.clone(), false)?;
         // topic.json last: its presence marks the creation complete.
         let json = serde_json::to_vec_pretty(&config).map_err(|e| LogError::BadMetadata {
             path: dir.join(TOPIC_FILE),
@@ -493,7 +528,13 @@ impl Shared {
 
     /// Opens (or creates) the topic's partitions, several at a time: each open fsyncs, and
     /// the fsyncs of different files overlap.
-    fn open_topic(&self, name: &TopicName, dir: &Path, config: TopicConfig) -> Result<Topic> {
+    fn open_topic(
+        &self,
+        name: &TopicName,
+        dir: &Path,
+        config: TopicConfig,
+        clean_shutdown: bool,
+    ) -> Result<Topic> {
         const OPEN_THREADS_MAX: u32 = 8;
         let count = config.partitions;
         let threads = count.min(OPEN_THREADS_MAX);
@@ -506,6 +547,7 @@ impl Shared {
                 Arc::clone(&self.cache),
                 Arc::clone(&self.clock),
                 config.clone(),
+                clean_shutdown,
             )
             .map(Arc::new)
         };
@@ -536,7 +578,17 @@ impl Shared {
         Ok(Topic { name: name.clone(), config, partitions, sync: Arc::clone(&self.sync) })
     }
 
-    fn load_topics(&self) -> Result<()> {
+    fn write_clean_marker(&self) -> Result<()> {
+        let path = self.dir.join(CLEAN_FILE);
+        if !self.fs.exists(&path) {
+            self.fs
+                .open(&path, OpenMode::CreateNew)
+                .map_err(|e| LogError::io("create clean-shutdown marker", &path, e))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(|e| LogError::io("fsync data directory", &self.dir, e))
+    }
+
+    fn load_topics(&self, clean_shutdown: bool) -> Result<()> {
         let topics_dir = self.dir.join(TOPICS_DIR);
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         for dir in self
@@ -566,7 +618,7 @@ impl Shared {
             config
                 .validate()
                 .map_err(|e| LogError::BadMetadata { path: meta.clone(), reason: e.to_string() })?;
-            let topic = self.open_topic(&topic_name, &dir, config)?;
+            let topic = self.open_topic(&topic_name, &dir, config, clean_shutdown)?;
             topics.insert(topic_name, Arc::new(topic));
         }
         Ok(())

@@ -317,6 +317,7 @@ impl Partition {
         cache: Arc<FileCache>,
         clock: Arc<dyn Clock>,
         config: TopicConfig,
+        clean_shutdown: bool,
     ) -> Result<Self> {
         fs.create_dir_all(dir).map_err(|e| LogError::io("create partition directory", dir, e))?;
         let entries = fs.read_dir(dir).map_err(|e| LogError::io("list partition", dir, e))?;
@@ -339,7 +340,15 @@ impl Partition {
         bases.sort_unstable();
 
         let body_max = body_bytes_max(config.record_bytes_max);
-        let p = PartitionOpener { topic, dir, fs: &*fs, cache: &cache, config: &config, body_max };
+        let p = PartitionOpener {
+            topic,
+            dir,
+            fs: &*fs,
+            cache: &cache,
+            config: &config,
+            body_max,
+            clean_shutdown,
+        };
         let mut segments = BTreeMap::new();
         let (active, writer_state) = match bases.split_last() {
             None => p.create_segment(0)?,
@@ -801,6 +810,7 @@ impl Partition {
             cache: &self.cache,
             config: &self.config,
             body_max: self.body_bytes_max,
+            clean_shutdown: false,
         };
         let (active, (idx_file, idx_len, _, since)) =
             opener.create_segment(w.next_offset).map_err(|e| self.poison_with(e))?;
@@ -1289,6 +1299,8 @@ struct PartitionOpener<'a> {
     cache: &'a Arc<FileCache>,
     config: &'a TopicConfig,
     body_max: usize,
+    /// The log was closed cleanly (every segment fdatasynced) and nothing wrote since.
+    clean_shutdown: bool,
 }
 
 /// The active segment's index file, its length, the last record's position and the bytes
@@ -1436,8 +1448,10 @@ impl PartitionOpener<'_> {
         let (log_path, idx_path) = Segment::paths(self.dir, base);
         let handle = self.cache.file(&log_path, OpenMode::ReadWrite);
         // for_write: a truncation below must be covered by the fsync below, through this
-        // descriptor; the fsync makes the file clean again.
-        let file = handle.for_write().map_err(|e| LogError::io("open segment", &log_path, e))?;
+        // descriptor; the fsync makes the file clean again. After a clean shutdown there is
+        // nothing to sync unless recovery truncates.
+        let file = if self.clean_shutdown { handle.get() } else { handle.for_write() }
+            .map_err(|e| LogError::io("open segment", &log_path, e))?;
         let len = file.size().map_err(|e| LogError::io("stat segment", &log_path, e))?;
         // Past the durable records lie at most `unsynced_bytes_max` of unsynced ones and then
         // the preallocated zeros (whole pages): only there may a tear be truncated.
@@ -1529,15 +1543,15 @@ impl PartitionOpener<'_> {
                 tracing::warn!(topic = self.topic, segment = %log_path.display(), cut,
                     dropped_bytes = len - cut, reason, "truncating an unacknowledged torn tail");
             }
-            file.set_len(cut).map_err(|e| LogError::io("truncate torn tail", &log_path, e))?;
+            let truncated = handle.for_write().and_then(|file| file.set_len(cut));
+            truncated.map_err(|e| LogError::io("truncate torn tail", &log_path, e))?;
         }
         // What we are about to serve must be durable, whatever the crash left in the page cache.
-        let (synced, writes) = handle.begin_sync().unwrap_or_else(|| {
-            unreachable!("for_write above marked the segment dirty and keeps it open")
-        });
-        synced.sync_data().map_err(|e| LogError::io("fdatasync segment", &log_path, e))?;
-        handle.end_sync(writes);
-        drop((file, synced));
+        if let Some((synced, writes)) = handle.begin_sync() {
+            synced.sync_data().map_err(|e| LogError::io("fdatasync segment", &log_path, e))?;
+            handle.end_sync(writes);
+        }
+        drop(file);
         let mut entries = builder.entries;
         entries.truncate(kept_entries);
         let idx_file = self.write_index(
