@@ -124,13 +124,18 @@ impl FileCache {
     fn register(&self, slot: &Arc<Slot>) {
         let mut open = lock(&self.open);
         open.insert(slot.id, Arc::clone(slot));
+        self.evict(&mut open, slot.id);
+    }
+
+    /// Closes the least recently used clean files (never `keep`) while over budget.
+    fn evict(&self, open: &mut HashMap<u64, Arc<Slot>>, keep: u64) {
         if open.len() <= self.open_files_max {
             return;
         }
         let target = self.open_files_max - self.open_files_max / 8;
         let mut candidates: Vec<(u64, u64)> = open
             .values()
-            .filter(|s| s.id != slot.id)
+            .filter(|s| s.id != keep)
             .map(|s| (s.last_used.load(Ordering::Relaxed), s.id))
             .collect();
         candidates.sort_unstable();
@@ -228,8 +233,14 @@ impl CachedFile {
 
     /// After a successful fsync that began at `writes` (from [`begin_sync`](Self::begin_sync)).
     pub fn end_sync(&self, writes: u64) {
-        let mut inner = lock(&self.slot.inner);
-        inner.synced_writes = inner.synced_writes.max(writes);
+        {
+            let mut inner = lock(&self.slot.inner);
+            inner.synced_writes = inner.synced_writes.max(writes);
+        }
+        // Files left over budget while dirty (many partitions written at once) go as soon as
+        // they are clean, not only when some other file is opened.
+        let mut open = lock(&self.cache.open);
+        self.cache.evict(&mut open, u64::MAX);
     }
 
     /// Never reopen this path again (it was replaced or deleted); an open descriptor stays

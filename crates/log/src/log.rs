@@ -318,15 +318,17 @@ impl Drop for Log {
         if let Some(handle) = self.background.take() {
             let _ = handle.join();
         }
-        let topics = std::mem::take(&mut *self.shared.topics.write().unwrap_or_else(|e| e.into_inner()));
+        let topics =
+            std::mem::take(&mut *self.shared.topics.write().unwrap_or_else(|e| e.into_inner()));
+        let partitions: Vec<&Arc<Partition>> =
+            topics.values().flat_map(|t| t.partitions()).collect();
+        // Each close may fdatasync; thousands of partitions close in parallel.
         let mut clean = true;
-        for topic in topics.values() {
-            for p in topic.partitions() {
-                if let Err(e) = p.close() {
-                    tracing::error!(topic = %topic.name(), partition = p.id(), error = %e,
-                        "flush on close failed");
-                    clean = false;
-                }
+        for (p, closed) in partitions.iter().zip(in_parallel(&partitions, |p| p.close())) {
+            if let Err(e) = closed {
+                tracing::error!(topic = %p.topic(), partition = p.id(), error = %e,
+                    "flush on close failed");
+                clean = false;
             }
         }
         // The marker promises that every segment is durable and that nothing writes after it:
@@ -335,7 +337,9 @@ impl Drop for Log {
         clean &= topics.values().all(|t| {
             Arc::strong_count(t) == 1
                 && t.config().durability != crate::Durability::Never
-                && t.partitions().iter().all(|p| Arc::strong_count(p) == 1 && p.poisoned().is_none())
+                && t.partitions()
+                    .iter()
+                    .all(|p| Arc::strong_count(p) == 1 && p.poisoned().is_none())
         });
         if clean {
             if let Err(e) = self.shared.write_clean_marker() {
@@ -345,6 +349,38 @@ impl Drop for Log {
         }
     }
 }
+
+/// Runs `f` on every item on up to [`IO_THREADS_MAX`] threads, for work that mostly waits on
+/// fsyncs (opening and closing partitions); results in the items' order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = items.len().min(IO_THREADS_MAX);
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope
+                    .spawn(move || items.iter().skip(t).step_by(threads).map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        let mut per_thread: Vec<std::vec::IntoIter<R>> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).into_iter())
+            .collect();
+        (0..items.len())
+            .map(|i| {
+                per_thread[i % threads]
+                    .next()
+                    .unwrap_or_else(|| unreachable!("thread i % threads took item i"))
+            })
+            .collect()
+    })
+}
+
+/// Threads that open or close partitions at once: enough to overlap fsyncs on an SSD.
+const IO_THREADS_MAX: usize = 8;
 
 fn background_loop(shared: &Shared, stopped: &mpsc::Receiver<()>, maintenance_ms: Option<u64>) {
     const TICK: Duration = Duration::from_millis(5);
@@ -535,10 +571,8 @@ impl Shared {
         config: TopicConfig,
         clean_shutdown: bool,
     ) -> Result<Topic> {
-        const OPEN_THREADS_MAX: u32 = 8;
-        let count = config.partitions;
-        let threads = count.min(OPEN_THREADS_MAX);
-        let open = |id: u32| {
+        let ids: Vec<u32> = (0..config.partitions).collect();
+        let partitions = in_parallel(&ids, |&id| {
             Partition::open(
                 name.as_str(),
                 id,
@@ -550,31 +584,9 @@ impl Shared {
                 clean_shutdown,
             )
             .map(Arc::new)
-        };
-        let mut opened: Vec<(u32, Result<Arc<Partition>>)> = if threads <= 1 {
-            (0..count).map(|id| (id, open(id))).collect()
-        } else {
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let open = &open;
-                        scope.spawn(move || {
-                            (t..count)
-                                .step_by(threads as usize)
-                                .map(|id| (id, open(id)))
-                                .collect::<Vec<(u32, Result<Arc<Partition>>)>>()
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                    .collect::<Vec<(u32, Result<Arc<Partition>>)>>()
-            })
-        };
-        opened.sort_by_key(|(id, _)| *id);
-        let partitions =
-            opened.into_iter().map(|(_, p)| p).collect::<Result<Vec<Arc<Partition>>>>()?;
+        })
+        .into_iter()
+        .collect::<Result<Vec<Arc<Partition>>>>()?;
         Ok(Topic { name: name.clone(), config, partitions, sync: Arc::clone(&self.sync) })
     }
 
