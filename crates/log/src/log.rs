@@ -44,7 +44,7 @@ use crate::config::TopicConfig;
 use crate::error::{LogError, Result};
 use crate::file_cache::{FileCache, OPEN_FILES_MAX_DEFAULT};
 use crate::fs::{Fs, OpenMode, StdFs};
-use crate::partition::{Appended, Partition};
+use crate::partition::{Appended, Env, Partition};
 use crate::sync_pool::SyncPool;
 
 /// How to open a [`Log`].
@@ -572,14 +572,17 @@ impl Shared {
         clean_shutdown: bool,
     ) -> Result<Topic> {
         let ids: Vec<u32> = (0..config.partitions).collect();
+        let env = Env {
+            fs: Arc::clone(&self.fs),
+            cache: Arc::clone(&self.cache),
+            clock: Arc::clone(&self.clock),
+        };
         let partitions = in_parallel(&ids, |&id| {
             Partition::open(
                 name.as_str(),
                 id,
                 &dir.join(id.to_string()),
-                Arc::clone(&self.fs),
-                Arc::clone(&self.cache),
-                Arc::clone(&self.clock),
+                &env,
                 config.clone(),
                 clean_shutdown,
             )

@@ -208,6 +208,14 @@ pub struct Partition {
     counters: Counters,
 }
 
+/// What every partition of a log shares: the filesystem, the open-file cache and the clock.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub fs: Arc<dyn Fs>,
+    pub cache: Arc<FileCache>,
+    pub clock: Arc<dyn Clock>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a partition lock is a bug; the state it guards is still consistent
     // enough to report errors, and poisoning every later call would hide the original panic.
@@ -313,12 +321,11 @@ impl Partition {
         topic: &str,
         id: u32,
         dir: &Path,
-        fs: Arc<dyn Fs>,
-        cache: Arc<FileCache>,
-        clock: Arc<dyn Clock>,
+        env: &Env,
         config: TopicConfig,
         clean_shutdown: bool,
     ) -> Result<Self> {
+        let Env { fs, cache, clock } = env.clone();
         fs.create_dir_all(dir).map_err(|e| LogError::io("create partition directory", dir, e))?;
         let entries = fs.read_dir(dir).map_err(|e| LogError::io("list partition", dir, e))?;
         let mut bases = Vec::new();
