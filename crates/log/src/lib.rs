@@ -45,7 +45,15 @@
 //! never served. Indexes are caches: validated on open and rebuilt from the records when stale.
 //!
 //! **Limits.** `record_bytes_max`, `batch_bytes_max`, `segment_bytes_max` (at most 1 GiB) and
-//! `unsynced_bytes_max` are per topic, in [`TopicConfig`].
+//! `unsynced_bytes_max` are per topic, in [`TopicConfig`]. [`LogOptions::open_files_max`] bounds
+//! the files the log keeps open (soft: a file with unsynced writes is never closed, see
+//! `file_cache.rs`), so the number of partitions is not bounded by the open-file limit.
+//! Preallocated zeros follow each partition's write rate, from [`PREALLOCATE_BYTES_MIN`] to
+//! [`PREALLOCATE_BYTES`].
+//!
+//! **Topics.** `topics/<name>/` holds topics under their exact names; deletion moves a topic to
+//! `trash/` in one durable rename before forgetting it, so a crash leaves it intact or gone and
+//! no valid name can collide with a marker (see `log.rs`).
 //!
 //! This crate knows nothing about HTTP, Postgres, consumer groups or CloudEvents: it stores keys
 //! and values.

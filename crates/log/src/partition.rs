@@ -22,13 +22,19 @@
 //!   retried;
 //! - only the active segment can hold unsynced bytes, at most `unsynced_bytes_max` of them, so
 //!   recovery may truncate only within that window of its tail (plus the preallocated zeros);
-//! - the active segment's file runs up to [`PREALLOCATE_BYTES`] of zeros past its last record:
+//! - the active segment's file runs up to [`PREALLOCATE_BYTES`] of zeros past its last record
+//!   (about a second of the partition's writes, at least a page: `next_preallocation`):
 //!   an fdatasync that neither grows the file nor allocates blocks skips the inode and
 //!   block-bitmap writes, which made it ~35% cheaper on ext4 here. A sealed segment is truncated
 //!   to its records before its seal is written, so only the active segment ever has a zero tail,
 //!   and an all-zero region never decodes as a record (see [`crate::record`]);
 //! - lock order is `maintenance` → `writer` → `sync`; no thread waits on `writer` while holding
-//!   `sync`.
+//!   `sync`;
+//! - every write that an fsync must cover goes through `CachedFile::for_write` and every fsync of
+//!   a segment through `begin_sync`/`end_sync`, so the open-file cache never closes a file with
+//!   unsynced writes (see [`crate::file_cache`]);
+//! - a deleted partition (`begin_delete`) touches none of its files: appends get `TopicDeleted`
+//!   and maintenance does nothing, until the deletion completes or is undone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
