@@ -861,6 +861,16 @@ impl Partition {
     /// offset `from`. Only visible records are returned; every one has a verified checksum.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
         retry_replaced(|| self.read_once(from, max_records, max_bytes))
+            .map_err(|e| self.deleted_or(e))
+    }
+
+    /// A read of a deleted topic fails because its files are gone: say so instead.
+    fn deleted_or(&self, err: LogError) -> LogError {
+        if self.is_deleted() && matches!(err, LogError::Io { .. }) {
+            LogError::TopicDeleted(self.topic.clone())
+        } else {
+            err
+        }
     }
 
     fn read_once(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
@@ -941,7 +951,7 @@ impl Partition {
     /// The first visible offset whose append time is at least `timestamp_ms`, or `None` if every
     /// visible record is older.
     pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        retry_replaced(|| self.offset_for_time_once(timestamp_ms))
+        retry_replaced(|| self.offset_for_time_once(timestamp_ms)).map_err(|e| self.deleted_or(e))
     }
 
     fn offset_for_time_once(&self, timestamp_ms: i64) -> Result<Option<u64>> {

@@ -277,6 +277,17 @@ fn deleting_a_topic_does_not_stall_other_topics_and_a_second_deletion_is_refused
     assert_eq!(listed(&log), ["busy"]);
 }
 
+#[test]
+fn a_handle_to_a_deleted_topic_says_the_topic_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    create_written(&log, "doomed", 1, b"x");
+    let p = Arc::clone(log.topic(&name("doomed")).unwrap().partition(0).unwrap());
+    log.delete_topic(&name("doomed")).unwrap();
+    assert!(matches!(p.read(0, 10, 1 << 20), Err(LogError::TopicDeleted(_))));
+    assert!(matches!(p.append(&[NewRecord::unkeyed(b"y")]), Err(LogError::TopicDeleted(_))));
+}
+
 fn topic_name() -> impl Strategy<Value = String> {
     let suffix = prop::sample::select(vec![
         "",
