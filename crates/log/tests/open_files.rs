@@ -170,3 +170,43 @@ fn a_clean_shutdown_spares_the_next_start_a_fsync_per_partition() {
         assert_eq!(read_all(p).len(), 1);
     }
 }
+
+/// The fsyncgate rule, end to end: an `interval_ms` partition's unsynced writes sit through
+/// enough other files to evict everything clean several times over; its flush must still fsync
+/// them through the descriptor they were written with (an evicted one would leave nothing to
+/// sync), so they survive a power cut.
+#[test]
+fn unsynced_writes_outlive_eviction_and_their_flush_makes_them_survive_a_power_cut() {
+    use driftless_log::Durability;
+    let _serial = FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    {
+        let options = LogOptions {
+            fs: Arc::new(Arc::clone(&fs)) as Arc<dyn Fs>,
+            ..budget_options(dir.path(), 16)
+        };
+        let log = Log::open(options).unwrap();
+        let lazy =
+            TopicConfig { durability: Durability::IntervalMs(3_600_000), ..TopicConfig::default() };
+        let lazy = log.create_topic(&name("lazy"), lazy).unwrap();
+        let p = Arc::clone(lazy.partition(0).unwrap());
+        for i in 0..10u32 {
+            p.append(&[NewRecord::unkeyed(format!("unsynced {i}").as_bytes())]).unwrap();
+        }
+        let busy = TopicConfig { partitions: 100, ..TopicConfig::default() };
+        let busy = log.create_topic(&name("busy"), busy).unwrap();
+        for q in busy.partitions() {
+            q.append(&[NewRecord::unkeyed(b"b")]).unwrap();
+            q.read(0, 1, 1 << 10).unwrap();
+        }
+        let syncs = fs.sync_data_calls();
+        p.flush().unwrap();
+        assert!(fs.sync_data_calls() > syncs, "the flush found nothing to fsync");
+        fs.freeze();
+    }
+    fs.power_loss(7).unwrap();
+    let log = Log::open(budget_options(dir.path(), 16)).unwrap();
+    let p = Arc::clone(log.topic(&name("lazy")).unwrap().partition(0).unwrap());
+    assert_eq!(read_all(&p).len(), 10, "flushed records were lost");
+}
