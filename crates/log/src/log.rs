@@ -571,13 +571,31 @@ impl Shared {
         config: TopicConfig,
         clean_shutdown: bool,
     ) -> Result<Topic> {
-        let ids: Vec<u32> = (0..config.partitions).collect();
+        let found = (name.clone(), dir.to_path_buf(), config);
+        let mut opened = self.open_topics(vec![found], clean_shutdown)?;
+        Ok(opened.pop().unwrap_or_else(|| unreachable!("one topic in, one topic out")))
+    }
+
+    /// Opens (or creates) the partitions of every topic given, on several threads at once
+    /// whatever the topics' sizes: each open fsyncs, and the fsyncs of different files overlap
+    /// (20,000 one-partition topics open as fast as 20 of 1,000 partitions).
+    fn open_topics(
+        &self,
+        found: Vec<(TopicName, PathBuf, TopicConfig)>,
+        clean_shutdown: bool,
+    ) -> Result<Vec<Topic>> {
         let env = Env {
             fs: Arc::clone(&self.fs),
             cache: Arc::clone(&self.cache),
             clock: Arc::clone(&self.clock),
         };
-        let partitions = in_parallel(&ids, |&id| {
+        let work: Vec<(usize, u32)> = found
+            .iter()
+            .enumerate()
+            .flat_map(|(t, (_, _, config))| (0..config.partitions).map(move |id| (t, id)))
+            .collect();
+        let mut opened = in_parallel(&work, |&(t, id)| {
+            let (name, dir, config) = &found[t];
             Partition::open(
                 name.as_str(),
                 id,
@@ -588,9 +606,16 @@ impl Shared {
             )
             .map(Arc::new)
         })
-        .into_iter()
-        .collect::<Result<Vec<Arc<Partition>>>>()?;
-        Ok(Topic { name: name.clone(), config, partitions, sync: Arc::clone(&self.sync) })
+        .into_iter();
+        let mut topics = Vec::with_capacity(found.len());
+        for (name, _, config) in found {
+            let partitions = opened
+                .by_ref()
+                .take(config.partitions as usize)
+                .collect::<Result<Vec<Arc<Partition>>>>()?;
+            topics.push(Topic { name, config, partitions, sync: Arc::clone(&self.sync) });
+        }
+        Ok(topics)
     }
 
     fn write_clean_marker(&self) -> Result<()> {
@@ -606,6 +631,7 @@ impl Shared {
     fn load_topics(&self, clean_shutdown: bool) -> Result<()> {
         let topics_dir = self.dir.join(TOPICS_DIR);
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let mut found = Vec::new();
         for dir in self
             .fs
             .read_dir(&topics_dir)
@@ -633,8 +659,10 @@ impl Shared {
             config
                 .validate()
                 .map_err(|e| LogError::BadMetadata { path: meta.clone(), reason: e.to_string() })?;
-            let topic = self.open_topic(&topic_name, &dir, config, clean_shutdown)?;
-            topics.insert(topic_name, Arc::new(topic));
+            found.push((topic_name, dir, config));
+        }
+        for topic in self.open_topics(found, clean_shutdown)? {
+            topics.insert(topic.name.clone(), Arc::new(topic));
         }
         Ok(())
     }
