@@ -222,13 +222,30 @@ impl CachedFile {
     /// Before an fsync: the descriptor every unsynced write went through and the number of
     /// writes begun so far, or `None` if there is nothing to sync (no unsynced write; the file
     /// may even be closed). Call it while no write is in progress (the writer lock).
-    pub fn begin_sync(&self) -> Option<(Arc<dyn FsFile>, u64)> {
+    pub fn begin_sync(&self) -> io::Result<Option<(Arc<dyn FsFile>, u64)>> {
         let inner = lock(&self.slot.inner);
         if inner.is_clean() {
-            return None;
+            return Ok(None);
         }
         // A dirty file is never closed, so `file` is the descriptor the writes went through.
-        inner.file.as_ref().map(|f| (Arc::clone(f), inner.writes))
+        match &inner.file {
+            Some(file) => Ok(Some((Arc::clone(file), inner.writes))),
+            // Only if the invariant broke: an fsync of a new descriptor could report success
+            // for writes the kernel dropped, so there is no honest way to make them durable.
+            None => Err(io::Error::other(
+                "a file with unsynced writes lost its descriptor; their durability cannot be \
+                 verified",
+            )),
+        }
+    }
+
+    /// `begin_sync`, `sync` on the descriptor if there is anything to sync, then `end_sync`.
+    pub fn sync_now(&self, sync: impl FnOnce(&dyn FsFile) -> io::Result<()>) -> io::Result<()> {
+        if let Some((file, writes)) = self.begin_sync()? {
+            sync(&*file)?;
+            self.end_sync(writes);
+        }
+        Ok(())
     }
 
     /// After a successful fsync that began at `writes` (from [`begin_sync`](Self::begin_sync)).
@@ -337,9 +354,7 @@ mod tests {
         }
         // Synced through the same descriptor, they become ordinary candidates.
         for h in &handles[..10] {
-            let (file, writes) = h.begin_sync().unwrap();
-            file.sync_data().unwrap();
-            h.end_sync(writes);
+            h.sync_now(|file| file.sync_data()).unwrap();
             assert!(!h.is_dirty());
         }
         for h in &handles[10..] {
@@ -354,7 +369,7 @@ mod tests {
         let (_dir, _cache, handles) = files(1);
         let h = &handles[0];
         h.for_write().unwrap().write_all_at(b"a", 0).unwrap();
-        let (file, writes) = h.begin_sync().unwrap();
+        let (file, writes) = h.begin_sync().unwrap().unwrap();
         h.for_write().unwrap().write_all_at(b"b", 0).unwrap();
         file.sync_data().unwrap();
         h.end_sync(writes);

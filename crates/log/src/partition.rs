@@ -699,12 +699,9 @@ impl Partition {
     /// fdatasync while holding the writer lock (segment roll, unsynced window full).
     fn sync_under_writer(&self, w: &Writer) -> Result<()> {
         let len = w.active.len();
-        if let Some((file, writes)) = w.active.file.begin_sync() {
-            if let Err(e) = self.timed_sync(&*file) {
-                let err = LogError::io("fdatasync segment", &w.active.log_path, e);
-                return Err(self.poison_with(err));
-            }
-            w.active.file.end_sync(writes);
+        if let Err(e) = w.active.file.sync_now(|file| self.timed_sync(file)) {
+            let err = LogError::io("fdatasync segment", &w.active.log_path, e);
+            return Err(self.poison_with(err));
         }
         w.active.synced_len.fetch_max(len, Ordering::AcqRel);
         self.mark_durable(w.next_offset);
@@ -734,15 +731,16 @@ impl Partition {
                 (Arc::clone(&w.active), w.next_offset, w.active.len(), w.active.file.begin_sync())
             };
             let result = match &to_sync {
-                Some((file, _)) => self.timed_sync(&**file),
+                Ok(Some((file, _))) => self.timed_sync(&**file),
                 // Nothing written since the last fsync (another path synced it).
-                None => Ok(()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             s = lock(&self.sync);
             s.syncing = false;
             match result {
                 Ok(()) => {
-                    if let Some((_, writes)) = to_sync {
+                    if let Ok(Some((_, writes))) = to_sync {
                         segment.file.end_sync(writes);
                     }
                     segment.synced_len.fetch_max(len, Ordering::AcqRel);
@@ -801,19 +799,17 @@ impl Partition {
         }
         let raw = encode_index(old.base_offset, &index);
         drop(index);
-        let sealed = w.idx_file.for_write().and_then(|idx| {
-            idx.write_all_at(&raw, 0)?;
-            idx.sync_data()
-        });
+        let sealed = w
+            .idx_file
+            .for_write()
+            .and_then(|idx| idx.write_all_at(&raw, 0))
+            .and_then(|()| w.idx_file.sync_now(|idx| idx.sync_data()));
         if let Err(e) = sealed {
             return Err(self.poison_with(LogError::io(
                 "write and fdatasync index",
                 &old.idx_path,
                 e,
             )));
-        }
-        if let Some((_, writes)) = w.idx_file.begin_sync() {
-            w.idx_file.end_sync(writes);
         }
         // 3. The next segment's files, made durable by fsyncing the directory.
         let opener = PartitionOpener {
@@ -1570,10 +1566,9 @@ impl PartitionOpener<'_> {
             truncated.map_err(|e| LogError::io("truncate torn tail", &log_path, e))?;
         }
         // What we are about to serve must be durable, whatever the crash left in the page cache.
-        if let Some((synced, writes)) = handle.begin_sync() {
-            synced.sync_data().map_err(|e| LogError::io("fdatasync segment", &log_path, e))?;
-            handle.end_sync(writes);
-        }
+        handle
+            .sync_now(|file| file.sync_data())
+            .map_err(|e| LogError::io("fdatasync segment", &log_path, e))?;
         drop(file);
         let mut entries = builder.entries;
         entries.truncate(kept_entries);
