@@ -114,6 +114,25 @@ pub enum LogError {
         count: u32,
     },
 
+    /// Another request is creating or deleting a topic of this name right now.
+    #[error("topic {0} is being created or deleted by another request; retry once that finished")]
+    TopicBusy(String),
+
+    /// A deletion failed after the topic's directory was moved to the trash, and moving it back
+    /// failed too: the topic is gone from this process, and whether it is gone from the disk
+    /// depends on whether the move reached it.
+    #[error(
+        "deleting topic {topic} failed midway: {cause}; the topic is no longer served. If the disk \
+         kept the move, the next start removes the topic; otherwise it comes back. Check the disk \
+         and restart Driftless"
+    )]
+    DeletionUncertain {
+        /// Topic name.
+        topic: String,
+        /// The failure that interrupted the deletion.
+        cause: Box<LogError>,
+    },
+
     /// The topic was deleted while this handle was held.
     #[error("topic {0} was deleted")]
     TopicDeleted(String),

@@ -143,8 +143,14 @@ pub enum FaultOp {
     SyncData,
     /// `fsync` of a directory.
     SyncDir,
-    /// A positional write.
+    /// A positional write (also creating a file and changing its length).
     Write,
+    /// A rename of a file or directory.
+    Rename,
+    /// Creating a directory.
+    CreateDir,
+    /// Removing a directory tree.
+    RemoveDir,
 }
 
 #[derive(Debug)]
@@ -156,7 +162,54 @@ struct Fault {
     skip: u64,
     /// Once fired, every later matching call fails too (a dead disk), instead of just one.
     sticky: bool,
+    /// When it fires, the filesystem freezes as well: the process "dies" at this step.
+    crash: bool,
     fired: bool,
+}
+
+/// A point where matching operations wait until released (see [`FaultFs::pause`]).
+#[derive(Debug, Default)]
+pub struct Pause {
+    op: Option<FaultOp>,
+    path_contains: String,
+    state: Mutex<PauseState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    reached: u64,
+    released: bool,
+}
+
+impl Pause {
+    /// Blocks until some call reached the pause, or `timeout` passes; returns whether one did.
+    pub fn wait_reached(&self, timeout: std::time::Duration) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.reached == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        state.reached > 0
+    }
+
+    /// Lets every waiting and later matching call through.
+    pub fn release(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).released = true;
+        self.changed.notify_all();
+    }
+
+    fn hold(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.released {
+            return;
+        }
+        state.reached += 1;
+        self.changed.notify_all();
+        while !state.released {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// What a [`FaultFs`] knows about a file for power-loss simulation.
@@ -193,9 +246,11 @@ impl Durable {
 pub struct FaultFs {
     faults: Mutex<Vec<Fault>>,
     sync_data_calls: AtomicU64,
+    opens: AtomicU64,
     bytes_read: AtomicU64,
     files: Mutex<std::collections::HashMap<PathBuf, Durable>>,
     frozen: std::sync::atomic::AtomicBool,
+    pauses: Mutex<Vec<Arc<Pause>>>,
 }
 
 impl FaultFs {
@@ -213,8 +268,36 @@ impl FaultFs {
             path_contains: path_contains.to_string(),
             skip,
             sticky,
+            crash: false,
             fired: false,
         });
+    }
+
+    /// Arms a crash: after `skip` successful matching calls, `op` on paths containing
+    /// `path_contains` fails with `EIO` and the filesystem freezes ([`FaultFs::freeze`]), so
+    /// nothing after that step reaches the disk — as if the process died right there.
+    pub fn crash_at(&self, op: FaultOp, path_contains: &str, skip: u64) {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.push(Fault {
+            op,
+            path_contains: path_contains.to_string(),
+            skip,
+            sticky: true,
+            crash: true,
+            fired: false,
+        });
+    }
+
+    /// Makes every `op` on a path containing `path_contains` wait until the returned
+    /// [`Pause`] is released: a deterministic way to catch another operation mid-way.
+    pub fn pause(&self, op: FaultOp, path_contains: &str) -> Arc<Pause> {
+        let pause = Arc::new(Pause {
+            op: Some(op),
+            path_contains: path_contains.to_string(),
+            ..Pause::default()
+        });
+        self.pauses.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&pause));
+        pause
     }
 
     /// Disarms every fault.
@@ -225,6 +308,11 @@ impl FaultFs {
     /// How many `fdatasync` calls reached this filesystem (failed ones included).
     pub fn sync_data_calls(&self) -> u64 {
         self.sync_data_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many files were opened (or created) so far, for tests of the open-file cache.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::SeqCst)
     }
 
     /// Bytes read from files so far (what `read_at` returned), for tests of how much a read
@@ -290,11 +378,22 @@ impl FaultFs {
     }
 
     fn check(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        let path = path.to_string_lossy();
+        let pauses: Vec<Arc<Pause>> = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|p| p.op == Some(op) && path.contains(p.path_contains.as_str()))
+            .cloned()
+            .collect();
+        for pause in pauses {
+            pause.hold();
+        }
         if self.frozen.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc_eio()));
         }
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let path = path.to_string_lossy();
         for fault in faults.iter_mut() {
             if fault.op != op || !path.contains(fault.path_contains.as_str()) {
                 continue;
@@ -307,6 +406,9 @@ impl FaultFs {
                 continue;
             }
             fault.fired = true;
+            if fault.crash {
+                self.frozen.store(true, Ordering::SeqCst);
+            }
             return Err(io::Error::from_raw_os_error(libc_eio()));
         }
         Ok(())
@@ -387,6 +489,7 @@ impl Fs for Arc<FaultFs> {
             self.check(FaultOp::Write, path)?;
         }
         let inner = StdFs.open(path, mode)?;
+        self.opens.fetch_add(1, Ordering::SeqCst);
         let durable = match mode {
             OpenMode::CreateNew => Durable::new(0, false),
             OpenMode::Read | OpenMode::ReadWrite => Durable::new(inner.size()?, true),
@@ -396,6 +499,7 @@ impl Fs for Arc<FaultFs> {
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::CreateDir, path)?;
         StdFs.create_dir_all(path)
     }
 
@@ -412,7 +516,7 @@ impl Fs for Arc<FaultFs> {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(FaultOp::Write, from)?;
+        self.check(FaultOp::Rename, from)?;
         StdFs.rename(from, to)?;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut d) = files.remove(from) {
@@ -429,6 +533,7 @@ impl Fs for Arc<FaultFs> {
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::RemoveDir, path)?;
         StdFs.remove_dir_all(path)
     }
 

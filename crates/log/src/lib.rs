@@ -45,13 +45,22 @@
 //! never served. Indexes are caches: validated on open and rebuilt from the records when stale.
 //!
 //! **Limits.** `record_bytes_max`, `batch_bytes_max`, `segment_bytes_max` (at most 1 GiB) and
-//! `unsynced_bytes_max` are per topic, in [`TopicConfig`].
+//! `unsynced_bytes_max` are per topic, in [`TopicConfig`]. [`LogOptions::open_files_max`] bounds
+//! the files the log keeps open (soft: a file with unsynced writes is never closed, see
+//! `file_cache.rs`), so the number of partitions is not bounded by the open-file limit.
+//! Preallocated zeros follow each partition's write rate, from [`PREALLOCATE_BYTES_MIN`] to
+//! [`PREALLOCATE_BYTES`].
+//!
+//! **Topics.** `topics/<name>/` holds topics under their exact names; deletion moves a topic to
+//! `trash/` in one durable rename before forgetting it, so a crash leaves it intact or gone and
+//! no valid name can collide with a marker (see `log.rs`).
 //!
 //! This crate knows nothing about HTTP, Postgres, consumer groups or CloudEvents: it stores keys
 //! and values.
 
 mod config;
 mod error;
+mod file_cache;
 pub mod fs;
 mod log;
 mod partition;
@@ -66,10 +75,12 @@ pub use config::{
 };
 pub use error::{LogError, Result};
 pub use event_listener::Listener;
+pub use file_cache::{OPEN_FILES_MAX_DEFAULT, OPEN_FILES_MIN};
 pub use log::{Log, LogOptions, Topic};
 pub use partition::{
     Appended, CompactionOutcome, Partition, PartitionStats, ReadBatch, RetentionOutcome,
-    PREALLOCATE_BYTES, SYNC_BUCKET_BOUNDS_US,
+    PREALLOCATE_BYTES, PREALLOCATE_BYTES_MIN, PREALLOCATE_GROW_MS, PREALLOCATE_SHRINK_MS,
+    SYNC_BUCKET_BOUNDS_US,
 };
 pub use record::{NewRecord, Record, RECORD_HEADER_BYTES};
 pub use sync_pool::{SYNC_QUEUE_JOBS_MAX, SYNC_THREADS};

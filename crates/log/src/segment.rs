@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::file_cache::CachedFile;
 use crate::fs::{read_into, FsFile};
 use crate::record::{decode, Decoded, Header};
 
@@ -82,7 +83,8 @@ pub(crate) struct Segment {
     pub base_offset: u64,
     pub log_path: PathBuf,
     pub idx_path: PathBuf,
-    pub file: Arc<dyn FsFile>,
+    /// The record file, opened on demand (see [`crate::file_cache`]).
+    pub file: CachedFile,
     /// Bytes of complete records. Readers never look past it; only the writer raises it, after
     /// the bytes are written.
     pub len: AtomicU64,
@@ -105,7 +107,7 @@ impl Segment {
     pub fn new(
         dir: &Path,
         base_offset: u64,
-        file: Arc<dyn FsFile>,
+        file: CachedFile,
         len: u64,
         summary: Summary,
         index: Vec<IndexEntry>,
@@ -165,8 +167,9 @@ impl Segment {
         }
     }
 
-    pub fn scanner(&self, from: u64, to: u64, body_bytes_max: usize) -> Scanner<'_> {
-        Scanner::new(&*self.file, from, to, body_bytes_max)
+    /// The record file, for a scan: the caller holds it open for the scan's duration.
+    pub fn open_file(&self) -> std::io::Result<Arc<dyn FsFile>> {
+        self.file.get()
     }
 }
 

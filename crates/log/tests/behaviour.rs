@@ -438,3 +438,60 @@ fn every_fsync_is_counted_in_exactly_one_latency_bucket() {
     assert_eq!(stats.sync_buckets.iter().sum::<u64>(), stats.syncs);
     assert_eq!(stats.sync_buckets.len(), driftless_log::SYNC_BUCKET_BOUNDS_US.len() + 1);
 }
+
+/// Bytes of zeros past the records of a partition's only segment.
+fn zero_tail(p: &driftless_log::Partition) -> u64 {
+    let files = segment_files(p.dir());
+    assert_eq!(files.len(), 1);
+    std::fs::metadata(&files[0]).unwrap().len() - p.stats().size_bytes
+}
+
+/// 2,000 topics written once each held a whole MiB of preallocated zeros.
+#[test]
+fn a_partition_written_once_preallocates_a_page_or_two_not_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    let p = open_topic(&log, "once", TopicConfig::default());
+    p.append(&[NewRecord::unkeyed(b"x")]).unwrap();
+    // One page past the record, rounded up to the page boundary.
+    assert!(zero_tail(&p) <= 2 * 4096, "{} bytes of zeros", zero_tail(&p));
+}
+
+#[test]
+fn preallocation_grows_to_a_mebibyte_for_a_fast_writer_and_shrinks_when_it_slows_down() {
+    use driftless_log::{PREALLOCATE_BYTES, PREALLOCATE_BYTES_MIN};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let log = Log::open(options(dir.path(), &clock)).unwrap();
+    // `never`: the test is about file lengths, not fsyncs.
+    let p = open_topic(
+        &log,
+        "rate",
+        TopicConfig { durability: Durability::Never, ..TopicConfig::default() },
+    );
+    let value = [7u8; 4000];
+    let mut largest = 0;
+    // Fast: 8 MB written without the clock moving.
+    for _ in 0..2000 {
+        p.append(&[NewRecord::unkeyed(&value)]).unwrap();
+        largest = largest.max(zero_tail(&p));
+    }
+    assert!(largest >= PREALLOCATE_BYTES / 2, "a fast writer preallocated at most {largest}");
+    assert!(largest <= PREALLOCATE_BYTES + 4096, "{largest}");
+    // Slow: one append every 5 s; each preallocation lasts longer than 4 s, so they halve.
+    for _ in 0..700 {
+        clock.advance_ms(5_000);
+        p.append(&[NewRecord::unkeyed(&value)]).unwrap();
+    }
+    let mut tail_max = 0;
+    for _ in 0..10 {
+        clock.advance_ms(5_000);
+        p.append(&[NewRecord::unkeyed(&value)]).unwrap();
+        tail_max = tail_max.max(zero_tail(&p));
+    }
+    assert!(
+        tail_max <= PREALLOCATE_BYTES_MIN + 4096,
+        "a slow writer still preallocates {tail_max}"
+    );
+}
