@@ -286,7 +286,7 @@ impl Fields<'_> {
             ty,
             time,
             has_data: self.has_data,
-            has_data_base64: data_base64.is_some(),
+            data_base64,
         };
         // In name order, as `Event::validate` walks its sorted map: both name the same one of
         // several bad extensions.
