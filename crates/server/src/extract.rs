@@ -3,13 +3,19 @@
 //! Invariants: a body is read only up to `request_body_bytes_max` (the router's
 //! `DefaultBodyLimit`), and a longer one is answered 413; JSON bodies are accepted whatever
 //! their `Content-Type` (clients need not set it) but must parse, and a parse failure names the
-//! line and column, or the field when serde says which.
+//! line and column, or the field when serde says which; a JSON body with a member given twice in
+//! one object (at any depth) is refused 400 naming it — parsers disagree on which occurrence
+//! counts (`serde_json` keeps the last, so `{"name":"a","name":"b"}` created `b`).
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use std::collections::HashSet;
+use std::fmt;
+
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 use crate::problem::Problem;
 
@@ -60,10 +66,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON body, telling syntax errors (with line and column) from shape errors.
+/// Parses a JSON body, telling syntax errors (with line and column) from shape errors, and
+/// refusing a member given twice in one object.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Problem::malformed_json("the request body", &e))?;
+    // A second, allocation-light pass (the body is bounded by `request_body_bytes_max`): the
+    // tree above already kept the last of two members, so the repeat must be found in the text.
+    if let Err(e) = serde_json::from_slice::<NoRepeat>(bytes) {
+        let text = e.to_string();
+        // Between the first and the last backquote: the name itself may hold one.
+        let member = match (text.find('`'), text.rfind('`')) {
+            (Some(a), Some(b)) if a < b => text[a + 1..b].to_string(),
+            _ => String::new(),
+        };
+        return Err(Problem::bad_request(format!(
+            "the request body gives the member `{member}` more than once in one object; \
+             give each member once"
+        ))
+        .with_field(member));
+    }
     serde_json::from_value(value).map_err(|e| Problem::invalid_body("the request body", &e))
 }
 
@@ -104,5 +126,61 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// The member name under which serde_json's `arbitrary_precision` passes a number's digits.
+const ARBITRARY_PRECISION_NUMBER: &str = "$serde_json::private::Number";
+
+/// A JSON value walked only to prove that no object in it repeats a member; the error's text
+/// carries the repeated name between backquotes.
+struct NoRepeat;
+
+impl<'de> Deserialize<'de> for NoRepeat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoRepeat;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoRepeat, A::Error> {
+                while seq.next_element::<NoRepeat>()?.is_some() {}
+                Ok(NoRepeat)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoRepeat, A::Error> {
+                let mut seen = HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == ARBITRARY_PRECISION_NUMBER {
+                        map.next_value::<de::IgnoredAny>()?;
+                        continue;
+                    }
+                    if !seen.insert(key.clone()) {
+                        return Err(de::Error::custom(format_args!("repeated member `{key}`")));
+                    }
+                    map.next_value::<NoRepeat>()?;
+                }
+                Ok(NoRepeat)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
