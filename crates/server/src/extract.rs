@@ -1,7 +1,10 @@
 //! Request extractors whose rejections are problem documents instead of axum's plain text.
 //!
 //! Invariants: a body is read only up to `request_body_bytes_max` (the router's
-//! `DefaultBodyLimit`), and a longer one is answered 413; JSON bodies are accepted whatever
+//! `DefaultBodyLimit`), and a longer one is answered 413; all of it must arrive within
+//! `body_read_timeout_ms` of the handler asking for it, else 408 (a client trickling a body
+//! holds its connection no longer than that; hyper then closes the connection, whose body was
+//! left unread); JSON bodies are accepted whatever
 //! their `Content-Type` (clients need not set it) but must parse, and a parse failure names the
 //! line and column, or the field when serde says which; a JSON body with a member given twice in
 //! one object (at any depth) is refused 400 naming it — parsers disagree on which occurrence
@@ -12,22 +15,38 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::problem::Problem;
+use crate::AppState;
 
 /// The raw request body, bounded by the body limit.
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<Arc<AppState>> for Body {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let timeout = state.body_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await;
+        let Ok(read) = read else {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                format!(
+                    "the request body did not arrive within body_read_timeout_ms ({} ms); send \
+                     it at once, or smaller",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        match read {
             Ok(b) => Ok(Self(b)),
             Err(rejection) => {
                 let status = rejection.status();
@@ -57,10 +76,10 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let Body(bytes) = Body::from_request(req, state).await?;
         parse_json(&bytes).map(Self)
     }

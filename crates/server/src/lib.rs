@@ -28,10 +28,12 @@
 
 mod cloudevents;
 mod config;
+mod conn;
 mod dashboard;
 mod error;
 mod extract;
 pub mod metrics;
+pub mod open_files;
 mod openapi;
 mod problem;
 mod routes;
@@ -39,7 +41,7 @@ mod stream;
 mod wire;
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +72,8 @@ pub(crate) struct AppState {
     pub reconcilers: Arc<Reconcilers>,
     pub fetch_wait_ms_max: u64,
     pub stream_credit_max: u64,
+    /// How long a handler waits for a request's whole body.
+    pub body_read_timeout: Duration,
     /// Open streams by (group, member), holding their credit.
     pub streams: Mutex<HashMap<(String, String), Arc<stream::Credit>>>,
     /// Becomes `true` when shutdown starts.
@@ -91,7 +95,8 @@ impl AppState {
 }
 
 /// The API's routes over `broker`, configured by `config`'s `[server]` limits. Serve it with
-/// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
+/// `axum::serve` on any listener (tests bind `127.0.0.1:0`); [`serve`] adds the connection
+/// timeouts and bound.
 /// Sources and sinks are not started here; [`serve`] starts them.
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let none = (Arc::new(Sources::none()), Arc::new(Sinks::none()), Arc::new(Reconcilers::none()));
@@ -111,6 +116,7 @@ fn build(
         reconcilers,
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
+        body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,
     });
@@ -214,20 +220,23 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (listener, app) = listener_app;
-    let mut stopping = state.shutdown.subscribe();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let s = &config.server;
+    let limits = conn::Limits {
+        connections_max: s.connections_max,
+        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+        keep_alive_idle: Duration::from_millis(s.keep_alive_idle_ms),
+    };
+    let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(ServerError::Serve),
+        () = &mut server => return Ok(()),
         () = signal => {}
     }
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     state.shutdown.send_replace(true);
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     match tokio::time::timeout(grace, &mut server).await {
-        Ok(result) => result.map_err(ServerError::Serve),
+        Ok(()) => Ok(()),
         Err(_) => {
             tracing::warn!(
                 shutdown_grace_ms = config.server.shutdown_grace_ms,
@@ -240,9 +249,14 @@ where
 
 /// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
 /// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
-pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
     config.validate()?;
+    let budget = open_files_budget(&mut config)?;
     let dir = config.server.data_dir.clone();
+    // TODO(issue 20, after the log's file cache lands): give the log its budget, i.e.
+    // `Broker::open_with(LogOptions { open_files_max: budget.log_open_files_max,
+    // ..LogOptions::new(&dir) }, Arc::new(SystemClock), config.broker.clone())`.
+    let _ = budget.log_open_files_max;
     let broker = Arc::new(
         Broker::open(&dir, config.broker.clone())
             .map_err(|source| ServerError::OpenBroker { dir: dir.clone(), source })?,
@@ -271,6 +285,33 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     }
     tracing::info!("stopped");
     result
+}
+
+/// Raises the open-file limit to the hard limit, logs it, and shares it between the log and the
+/// connections: `config.server.connections_max` is lowered to what the limit allows.
+fn open_files_budget(config: &mut ServerConfig) -> Result<open_files::FileBudget, ServerError> {
+    let limit = open_files::raise_open_files_limit();
+    let configured = config.server.connections_max;
+    let budget = open_files::open_file_budget(limit.soft, limit.hard, configured)?;
+    tracing::info!(
+        soft_before = limit.before,
+        soft = limit.soft,
+        hard = limit.hard,
+        log_open_files_max = budget.log_open_files_max,
+        connections_max = budget.connections_max,
+        "open-file limit"
+    );
+    if budget.connections_max < configured {
+        tracing::warn!(
+            "server.connections_max lowered from {configured} to {} so that the log keeps half \
+             of the open-file limit ({}); raise the limit (`ulimit -n`, systemd `LimitNOFILE=`) \
+             to allow more",
+            budget.connections_max,
+            limit.soft
+        );
+    }
+    config.server.connections_max = budget.connections_max;
+    Ok(budget)
 }
 
 /// `driftless serve`: resolves the configuration from the file and the overrides, then [`run`]s.
