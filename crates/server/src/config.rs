@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub body_read_timeout_ms: u64,
     /// Longest a connection may stay open with no request (before its first, between two).
     pub keep_alive_idle_ms: u64,
+    /// Most per-partition series in one `/metrics` family; beyond it, consumer-group figures are
+    /// per group and end offsets per topic.
+    pub metrics_partition_series_max: usize,
 }
 
 /// Largest accepted value of any `…_ms` setting of the `[server]` table: one day. Durations are
@@ -88,6 +91,7 @@ impl Default for ServerSettings {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 60_000,
             keep_alive_idle_ms: 60_000,
+            metrics_partition_series_max: 10_000,
         }
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     pub stream_credit_max: u64,
     /// How long a handler waits for a request's whole body.
     pub body_read_timeout: Duration,
+    /// Most per-partition series of one `/metrics` family.
+    pub metrics_partition_series_max: usize,
     /// Open streams by (group, member), holding their credit.
     pub streams: Mutex<HashMap<(String, String), Arc<stream::Credit>>>,
     /// Becomes `true` when shutdown starts.
@@ -117,6 +119,7 @@ fn build(
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+        metrics_partition_series_max: s.metrics_partition_series_max,
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,
     });

@@ -84,9 +84,11 @@ pub async fn readyz(State(state): Shared) -> Response {
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
     let (sources, sinks) = (Arc::clone(&state.sources), Arc::clone(&state.sinks));
     let reconcilers = Arc::clone(&state.reconcilers);
-    let text =
-        blocking(&state, move |b| Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers)))
-            .await?;
+    let series_max = state.metrics_partition_series_max;
+    let text = blocking(&state, move |b| {
+        Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers, series_max))
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
