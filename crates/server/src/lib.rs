@@ -20,8 +20,12 @@
 //! - everything is bounded: request bodies by `request_body_bytes_max`, long-poll waits by
 //!   `fetch_wait_ms_max`, a stream's unsent deliveries by the credit its client granted (at most
 //!   `stream_credit_max`);
-//! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish (up to
-//!   `shutdown_grace_ms`), then drops the broker, which flushes the log.
+//! - every connection has a header, body and idle timeout and at most `connections_max` are
+//!   open (`conn.rs`); the open-file limit is raised to the hard limit at start and shared
+//!   between the log and the connections (`open_files.rs`);
+//! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish and
+//!   stops every task, all within one `shutdown_grace_ms`, then drops the broker, which flushes
+//!   the log.
 
 // The OpenAPI document is one `json!` literal, nested deeper than the default limit allows.
 #![recursion_limit = "256"]
@@ -171,9 +175,10 @@ fn build(
 }
 
 /// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
-/// shuts down gracefully: stops accepting, ends long-polls and streams, waits up to
-/// `shutdown_grace_ms` for in-flight requests, and stops the sources (what they had not made
-/// durable is read again on the next start). The broker is not dropped here (the caller owns
+/// shuts down gracefully within `shutdown_grace_ms`: stops accepting, ends long-polls and
+/// streams, lets in-flight requests finish, and stops reconciliations, sinks and sources (what
+/// they had not made durable is read again on the next start) — all at once, so the whole
+/// shutdown takes at most the grace period. The broker is not dropped here (the caller owns
 /// it).
 pub async fn serve<F>(
     listener: TcpListener,
@@ -205,24 +210,6 @@ where
         };
     let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
     let (app, state) = build(broker, config, parts);
-    let result = serve_app((listener, app), &state, config, signal).await;
-    reconcilers.shutdown().await;
-    // Sinks first: a sink's unacknowledged batch is simply delivered again after restart.
-    sinks.shutdown().await;
-    sources.shutdown().await;
-    result
-}
-
-async fn serve_app<F>(
-    listener_app: (TcpListener, Router),
-    state: &AppState,
-    config: &ServerConfig,
-    signal: F,
-) -> Result<(), ServerError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let (listener, app) = listener_app;
     let s = &config.server;
     let limits = conn::Limits {
         connections_max: s.connections_max,
@@ -231,24 +218,41 @@ where
     };
     let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
     let mut server = std::pin::pin!(server);
+    let mut server_done = false;
     tokio::select! {
-        () = &mut server => return Ok(()),
+        () = &mut server => server_done = true,
         () = signal => {}
     }
-    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    tracing::info!("shutting down: no new connections; finishing in-flight requests and tasks");
+    // Everything stops at once and within one grace period: the HTTP side (no new connections,
+    // long-polls and streams end, in-flight requests finish) and every task (reconciliations,
+    // then sinks — a sink's unacknowledged batch is simply delivered again after restart —
+    // then sources, whose unacknowledged reads are read again). A task that does not end in
+    // time is left behind, and the process exits anyway.
     state.shutdown.send_replace(true);
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            tracing::warn!(
-                shutdown_grace_ms = config.server.shutdown_grace_ms,
-                "requests still running after the shutdown grace period; closing them"
-            );
-            Ok(())
+    let http = async {
+        if !server_done {
+            (&mut server).await;
         }
+    };
+    let tasks = async {
+        reconcilers.shutdown().await;
+        sinks.shutdown().await;
+        sources.shutdown().await;
+    };
+    let grace = Duration::from_millis(s.shutdown_grace_ms);
+    if tokio::time::timeout(grace, async { tokio::join!(http, tasks) }).await.is_err() {
+        tracing::warn!(
+            shutdown_grace_ms = s.shutdown_grace_ms,
+            "requests or tasks still running after the shutdown grace period; stopping anyway"
+        );
     }
+    Ok(())
 }
+
+/// After [`serve`] returns, how long blocking calls still running may take before the process
+/// exits without them.
+const RUNTIME_STOP_MS: u64 = 1_000;
 
 /// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
 /// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
@@ -281,7 +285,9 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
         serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
     });
-    runtime.shutdown_timeout(Duration::from_millis(config.server.shutdown_grace_ms));
+    // `serve` already spent the grace period; blocking broker calls still running (an fsync)
+    // get a moment more, so the broker can usually be dropped (flushed) cleanly.
+    runtime.shutdown_timeout(Duration::from_millis(RUNTIME_STOP_MS));
     match Arc::try_unwrap(broker) {
         Ok(broker) => drop(broker),
         Err(_) => tracing::warn!("a broker call outlived the shutdown grace period"),
