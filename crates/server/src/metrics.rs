@@ -397,7 +397,7 @@ fn render_sources(f: &mut Family, sources: &Sources) {
     f.header(SOURCE_FRESHNESS_SECONDS, "gauge", "Age of the newest event the source appended.");
     let now = now_ms();
     for r in reports.iter().filter(|r| r.last_event_ms > 0) {
-        let age = (now - r.last_event_ms).max(0) as f64 / 1000.0;
+        let age = now.saturating_sub(r.last_event_ms).max(0) as f64 / 1000.0;
         f.sample(SOURCE_FRESHNESS_SECONDS, &[("source", &r.name)], age);
     }
     f.header(SLOT_LAG_BYTES, "gauge", "WAL bytes the replication slot holds behind the server.");
@@ -525,7 +525,7 @@ fn render_sinks(f: &mut Family, sinks: &Sinks) {
     );
     let now = now_ms();
     for r in reports.iter().filter(|r| r.newest_event_ms > 0) {
-        let age = (now - r.newest_event_ms).max(0) as f64 / 1000.0;
+        let age = now.saturating_sub(r.newest_event_ms).max(0) as f64 / 1000.0;
         f.sample(PROJECTION_FRESHNESS_SECONDS, &[("sink", &r.name), ("group", &r.group)], age);
     }
     f.header(SINK_BATCH_EVENTS, "histogram", "Events per batch the sink committed.");

@@ -87,3 +87,32 @@ fn data_base64_that_is_not_base64_is_refused_in_every_mode() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(s.end_offsets("b").iter().sum::<u64>(), 1, "only the binary event is stored");
 }
+
+/// Numbers in query strings are range-checked before any arithmetic: a clear 400 naming the
+/// parameter, never a panic, a clamp to nonsense or a silent zero.
+#[test]
+fn out_of_range_numbers_in_query_strings_are_refused_naming_them() {
+    let s = start(config(BrokerConfig::default()));
+    s.create_topic("n", 1);
+    let m = s.join("g", &["n"]);
+    let base = format!("/v1/groups/g/members/{m}/events");
+    for (query, field) in [
+        ("max=0", Some("max")),
+        ("max=100001", Some("max")),
+        ("max=18446744073709551616", None),
+        ("max=-1", None),
+        ("wait_ms=86400001", Some("wait_ms")),
+        ("wait_ms=18446744073709551615", Some("wait_ms")),
+        ("wait_ms=1e3", None),
+    ] {
+        let p = s.get(&format!("{base}?{query}")).problem(400);
+        if let Some(field) = field {
+            assert_eq!(p["field"], field, "{query}: {p}");
+        }
+    }
+    let ok = s.get(&format!("{base}?max=100000&wait_ms=0"));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    // Stream credit beyond what a u64 holds is refused; within it, capped (documented).
+    let p = s.get(&format!("/v1/groups/g/members/{m}/stream?credit=18446744073709551616"));
+    p.problem(400);
+}
