@@ -6,8 +6,8 @@
 
 mod support;
 
-use std::net::TcpStream;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +24,8 @@ struct Limited {
 impl Limited {
     fn start(data_dir: &Path) -> Self {
         let limit = driftless_server::open_files::raise_open_files_limit();
-        let hard = if limit.hard == u64::MAX { "unlimited".to_string() } else { limit.hard.to_string() };
+        let hard =
+            if limit.hard == u64::MAX { "unlimited".to_string() } else { limit.hard.to_string() };
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new("prlimit")
             .arg(format!("--nofile=1024:{hard}"))
@@ -45,8 +46,7 @@ impl Limited {
             if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("driftless serve exited at start under a soft limit of 1,024: {status}");
             }
-            if http(&server.addr, "GET", "/healthz", "text/plain", "").is_some_and(|r| r.0 == 200)
-            {
+            if http(&server.addr, "GET", "/healthz", "text/plain", "").is_some_and(|r| r.0 == 200) {
                 return server;
             }
             assert!(Instant::now() < deadline, "driftless serve never became healthy");

@@ -278,7 +278,7 @@ fn sextet(b: u8) -> Option<u8> {
 /// the same way): why not, else `Ok`. Linear in the text, no allocation.
 pub fn check_base64(text: &str) -> Result<(), String> {
     let b = text.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(format!(
             "its length {} is not a multiple of 4 (standard base64 is padded with `=`)",
             b.len()

@@ -106,7 +106,7 @@ pub async fn serve(
         });
     }
     drop(listener); // no new connections from here: they are refused, not left waiting
-    // Every slot free means every connection closed.
+                    // Every slot free means every connection closed.
     let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
 }
@@ -151,7 +151,8 @@ impl Activity {
 
     /// Bytes were read from the socket.
     fn read_some(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0 && !self.head_started.swap(true, Ordering::AcqRel)
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.head_started.swap(true, Ordering::AcqRel)
         {
             self.set_since(Instant::now());
             self.changed.notify_one();

@@ -58,8 +58,7 @@ pub fn raise_open_files_limit() -> OpenFilesLimit {
     if target <= before {
         return OpenFilesLimit { before, soft: before, hard };
     }
-    match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: current.maximum })
-    {
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: current.maximum }) {
         Ok(()) => OpenFilesLimit { before, soft: target, hard },
         Err(e) => {
             tracing::warn!(
