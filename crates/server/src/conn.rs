@@ -14,11 +14,13 @@
 //!   within `body_read_timeout_ms`, else answers 408 and the connection closes.
 //!
 //! Invariants:
-//! - at most `connections_max` connections are open: a slot (a semaphore permit) is taken
-//!   *before* `accept`, so beyond the bound new connections wait in the kernel's listen backlog,
-//!   unaccepted, holding no file descriptor or memory of ours; they are served as soon as a
-//!   slot frees (idle and slow connections free theirs within the timeouts above). Accepting and
-//!   closing them instead would turn a burst into errors for well-behaved clients;
+//! - at most `connections_max` connections are served: at the bound the loop accepts one more
+//!   client and holds it (one descriptor) without reading it, and every connection idle for at
+//!   least [`RECLAIM_IDLE_MIN`] closes (asked again every [`RECLAIM_RETRY`]), so an idle flood
+//!   cannot lock clients (or `/healthz`) out; further clients wait in the kernel's listen
+//!   backlog, unaccepted, holding nothing of ours, until a slot frees. Accepting and closing
+//!   them instead would turn a burst into errors for well-behaved clients, and an idle
+//!   connection closed by the server is one every HTTP client expects and reopens;
 //! - a slot is held exactly as long as its connection task runs (the permit moves into it), so
 //!   "every slot free" is "every connection closed", which graceful shutdown waits for;
 //! - shutdown: the loop stops accepting, every connection is told to finish (an idle one closes
@@ -60,6 +62,11 @@ pub struct Limits {
 
 /// Pause after a failed `accept` (typically EMFILE), so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// At the bound, connections idle at least this long are closed for a waiting client (younger
+/// ones are likely about to send their request).
+const RECLAIM_IDLE_MIN: Duration = Duration::from_millis(250);
+/// At the bound, how often a waiting client asks again for idle connections to close.
+const RECLAIM_RETRY: Duration = Duration::from_millis(50);
 
 /// Serves `app` on `listener` until `stopping` becomes true, then waits for every connection to
 /// close (the caller bounds that wait with its grace period).
@@ -70,14 +77,9 @@ pub async fn serve(
     mut stopping: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break, // never closed; nothing to serve without slots
-            },
-            () = stopped(&mut stopping) => break,
-        };
+    // Bumped when a client was accepted but every slot is taken: idle connections then close.
+    let reclaim = watch::channel(0u64).0;
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -94,14 +96,32 @@ pub async fn serve(
             },
             () = stopped(&mut stopping) => break,
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => loop {
+                // Every slot is taken and a client is waiting: connections idle for at least
+                // `RECLAIM_IDLE_MIN` close (an idle flood cannot lock clients out), and the
+                // client is served as soon as a slot frees.
+                reclaim.send_modify(|n| *n = n.wrapping_add(1));
+                tokio::select! {
+                    p = Arc::clone(&slots).acquire_owned() => match p {
+                        Ok(p) => break p,
+                        Err(_) => break 'accept, // never closed
+                    },
+                    () = tokio::time::sleep(RECLAIM_RETRY) => {}
+                    () = stopped(&mut stopping) => break 'accept,
+                }
+            },
+        };
         // Deliveries and SSE messages are small and latency-bound.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
         let app = app.clone();
         let stopping = stopping.clone();
+        let reclaim = reclaim.subscribe();
         tokio::spawn(async move {
-            connection(stream, app, limits, stopping).await;
+            connection(stream, app, limits, stopping, reclaim).await;
             drop(permit);
         });
     }
@@ -167,9 +187,9 @@ impl Activity {
         InFlight(Arc::clone(self))
     }
 
-    /// Completes when the connection has been idle, or reading a head, for too long; returns
-    /// which.
-    async fn expired(&self, limits: &Limits) -> &'static str {
+    /// Completes when the connection has been idle, or reading a head, for too long, or is idle
+    /// while a client waits for a slot; returns which limit.
+    async fn expired(&self, limits: &Limits, reclaim: &mut watch::Receiver<u64>) -> &'static str {
         loop {
             let changed = self.changed.notified();
             let phase = if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -179,6 +199,7 @@ impl Activity {
             } else {
                 Some(("keep_alive_idle_ms", limits.keep_alive_idle))
             };
+            let idle = phase.is_some_and(|(name, _)| name == "keep_alive_idle_ms");
             match phase {
                 None => changed.await,
                 Some((name, limit)) => {
@@ -191,6 +212,17 @@ impl Activity {
                                 && Instant::now() >= self.since() + limit
                             {
                                 return name;
+                            }
+                        }
+                        r = reclaim.changed(), if idle => {
+                            if r.is_err() {
+                                // The accept loop is gone: no more reclaiming.
+                                std::future::pending::<()>().await;
+                            }
+                            let still_idle = self.in_flight.load(Ordering::Acquire) == 0
+                                && !self.head_started.load(Ordering::Acquire);
+                            if still_idle && self.since().elapsed() >= RECLAIM_IDLE_MIN {
+                                return "connections_max";
                             }
                         }
                     }
@@ -293,6 +325,7 @@ async fn connection(
     app: Router,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
+    mut reclaim: watch::Receiver<u64>,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { stream, activity: Arc::clone(&activity) });
@@ -326,7 +359,7 @@ async fn connection(
                 }
                 return;
             }
-            reason = activity.expired(&limits) => {
+            reason = activity.expired(&limits, &mut reclaim) => {
                 tracing::debug!(limit = reason, "closing a connection past its timeout");
                 return; // dropping the connection closes the socket
             }
