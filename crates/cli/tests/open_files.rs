@@ -178,3 +178,35 @@ fn twenty_thousand_partitions_restart_under_a_soft_limit_of_1024() {
     }
     server.stop();
 }
+
+#[test]
+fn a_hard_open_file_limit_too_low_stops_start_up_naming_the_figures_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=300:300")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_driftless"))
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DRIFTLESS_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("driftless serve started with a hard open-file limit of 300");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["300", "384", "ulimit -n", "LimitNOFILE"] {
+        assert!(stderr.contains(needle), "the error names {needle:?}: {stderr}");
+    }
+}

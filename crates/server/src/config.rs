@@ -332,6 +332,26 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_server_limits_are_refused_naming_the_key() {
+        for (line, key) in [
+            ("connections_max = 0", "connections_max"),
+            ("connections_max = 2000000", "connections_max"),
+            ("header_read_timeout_ms = 0", "header_read_timeout_ms"),
+            ("body_read_timeout_ms = 0", "body_read_timeout_ms"),
+            ("keep_alive_idle_ms = 86400001", "keep_alive_idle_ms"),
+            ("fetch_wait_ms_max = 18446744073709551615", "fetch_wait_ms_max"),
+            ("shutdown_grace_ms = 18446744073709551615", "shutdown_grace_ms"),
+            ("stream_credit_max = 18446744073709551615", "stream_credit_max"),
+        ] {
+            let text = format!("[server]\n{line}\n");
+            let err = ServerConfig::from_toml(&text, Path::new("l.toml")).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let ok = "[server]\nconnections_max = 1\nkeep_alive_idle_ms = 86400000\n";
+        ServerConfig::from_toml(ok, Path::new("l.toml")).unwrap();
+    }
+
+    #[test]
     fn an_empty_file_is_the_defaults() {
         let c = ServerConfig::from_toml("", Path::new("x.toml")).unwrap();
         assert_eq!(c, ServerConfig::default());
