@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub body_read_timeout_ms: u64,
     /// Longest a connection may stay open with no request (before its first, between two).
     pub keep_alive_idle_ms: u64,
+    /// Longest a response write may make no progress (the client stopped reading) before the
+    /// connection is closed.
+    pub response_write_timeout_ms: u64,
     /// Most per-partition series in one `/metrics` family; beyond it, consumer-group figures are
     /// per group and end offsets per topic.
     pub metrics_partition_series_max: usize,
@@ -91,6 +94,7 @@ impl Default for ServerSettings {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 60_000,
             keep_alive_idle_ms: 60_000,
+            response_write_timeout_ms: 60_000,
             metrics_partition_series_max: 10_000,
         }
     }
@@ -150,6 +154,7 @@ impl ServerConfig {
             ("header_read_timeout_ms", s.header_read_timeout_ms),
             ("body_read_timeout_ms", s.body_read_timeout_ms),
             ("keep_alive_idle_ms", s.keep_alive_idle_ms),
+            ("response_write_timeout_ms", s.response_write_timeout_ms),
         ] {
             if value > SERVER_MS_MAX {
                 return Err(ServerError::InvalidConfig(format!(

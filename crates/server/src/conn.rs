@@ -7,11 +7,13 @@
 //! - **reading a request head** (a byte has come, the head is not complete): closed after
 //!   `header_read_timeout_ms` from that first byte — a slowloris sending one header byte at a
 //!   time holds a slot no longer than that;
-//! - **serving a request** (from the complete head until the response body's end): no connection
+//! - **serving a request** (from the complete head until the response body's end): no overall
 //!   timeout, because long-polls and SSE streams are long by design and end on their own
 //!   (long-polls after `fetch_wait_ms_max`, streams when the client leaves or at shutdown); the
 //!   request *body* is bounded by the extractor (`extract::Body`), which must read all of it
-//!   within `body_read_timeout_ms`, else answers 408 and the connection closes.
+//!   within `body_read_timeout_ms`, else answers 408 and the connection closes; and a response
+//!   write that makes no progress for `response_write_timeout_ms` (the client stopped reading)
+//!   closes the connection.
 //!
 //! Invariants:
 //! - at most `connections_max` connections are served: at the bound the loop accepts one more
@@ -58,6 +60,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Longest a connection may sit idle between requests (or before its first).
     pub keep_alive_idle: Duration,
+    /// Longest a response write may make no progress (the client stopped reading).
+    pub response_write_stall: Duration,
 }
 
 /// Pause after a failed `accept` (typically EMFILE), so the loop does not spin.
@@ -147,6 +151,8 @@ struct Activity {
     /// When the connection became idle (accepted, or its last response ended), or when the
     /// first byte of a request head came.
     since: Mutex<Instant>,
+    /// Since when a write to the socket has been waiting for the client to read (no progress).
+    write_stalled_since: Mutex<Option<Instant>>,
     /// Pinged on every phase change.
     changed: Notify,
 }
@@ -157,6 +163,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_started: AtomicBool::new(false),
             since: Mutex::new(Instant::now()),
+            write_stalled_since: Mutex::new(None),
             changed: Notify::new(),
         }
     }
@@ -167,6 +174,24 @@ impl Activity {
 
     fn since(&self) -> Instant {
         *self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write made progress (`stalled == false`) or is waiting for the client (`true`).
+    fn write_progress(&self, stalled: bool) {
+        let mut since = self.write_stalled_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (stalled, since.is_some()) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                drop(since);
+                self.changed.notify_one();
+            }
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+
+    fn write_stalled_since(&self) -> Option<Instant> {
+        *self.write_stalled_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes were read from the socket.
@@ -192,7 +217,11 @@ impl Activity {
     async fn expired(&self, limits: &Limits, reclaim: &mut watch::Receiver<u64>) -> &'static str {
         loop {
             let changed = self.changed.notified();
-            let phase = if self.in_flight.load(Ordering::Acquire) > 0 {
+            // A response still being written (hyper flushing what the body handed it) is a
+            // request in progress too, not idle.
+            let serving =
+                self.in_flight.load(Ordering::Acquire) > 0 || self.write_stalled_since().is_some();
+            let phase = if serving {
                 None
             } else if self.head_started.load(Ordering::Acquire) {
                 Some(("header_read_timeout_ms", limits.header_read_timeout))
@@ -201,7 +230,20 @@ impl Activity {
             };
             let idle = phase.is_some_and(|(name, _)| name == "keep_alive_idle_ms");
             match phase {
-                None => changed.await,
+                None => match self.write_stalled_since() {
+                    None => changed.await,
+                    Some(stalled) => {
+                        let limit = limits.response_write_stall;
+                        tokio::select! {
+                            () = changed => {}
+                            () = tokio::time::sleep_until(stalled + limit) => {
+                                if self.write_stalled_since() == Some(stalled) {
+                                    return "response_write_timeout_ms";
+                                }
+                            }
+                        }
+                    }
+                },
                 Some((name, limit)) => {
                     let deadline = self.since() + limit;
                     tokio::select! {
@@ -209,6 +251,7 @@ impl Activity {
                         () = tokio::time::sleep_until(deadline) => {
                             // Still the same phase since the same instant? Then it expired.
                             if self.in_flight.load(Ordering::Acquire) == 0
+                                && self.write_stalled_since().is_none()
                                 && Instant::now() >= self.since() + limit
                             {
                                 return name;
@@ -220,7 +263,8 @@ impl Activity {
                                 std::future::pending::<()>().await;
                             }
                             let still_idle = self.in_flight.load(Ordering::Acquire) == 0
-                                && !self.head_started.load(Ordering::Acquire);
+                                && !self.head_started.load(Ordering::Acquire)
+                                && self.write_stalled_since().is_none();
                             if still_idle && self.since().elapsed() >= RECLAIM_IDLE_MIN {
                                 return "connections_max";
                             }
@@ -274,7 +318,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.write_progress(polled.is_pending());
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
@@ -287,7 +333,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.write_progress(polled.is_pending());
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()

@@ -215,6 +215,7 @@ where
         connections_max: s.connections_max,
         header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
         keep_alive_idle: Duration::from_millis(s.keep_alive_idle_ms),
+        response_write_stall: Duration::from_millis(s.response_write_timeout_ms),
     };
     let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
     let mut server = std::pin::pin!(server);

@@ -183,3 +183,32 @@ fn two_thousand_idle_connections_do_not_stop_healthz_from_answering_within_100_m
     }
     assert_eq!(idle.len(), 2_000);
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answer_is_closed_after_response_write_timeout_ms() {
+    let s = start(with(|s| s.response_write_timeout_ms = 500));
+    s.create_topic("big", 1);
+    let data = "x".repeat(100_000);
+    for b in 0..10 {
+        let events: Vec<_> = (0..10)
+            .map(|i| {
+                json!({"specversion": "1.0", "id": format!("e-{b}-{i}"), "source": "/t",
+                       "type": "t", "subject": format!("k-{b}-{i}"), "data": data})
+            })
+            .collect();
+        s.produce("big", &events);
+    }
+    let m = s.join("g", &["big"]);
+    // Asks for 10 MB (a stream with credit for all 100 events) and reads none of it: the
+    // server's writes stall once the socket buffers are full.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(c, "GET /v1/groups/g/members/{m}/stream?credit=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut buf = Vec::new();
+    let closed = closed_within(&mut c, &mut buf, Duration::from_secs(10));
+    assert!(closed.is_some(), "the connection stayed open; {} bytes read", buf.len());
+    assert!(buf.len() < 10_000_000, "the whole answer arrived: {} bytes", buf.len());
+    // Others are still served.
+    assert!(healthz(s.addr) < Duration::from_secs(1));
+}
