@@ -1368,6 +1368,17 @@ impl Broker {
 
     /// The group's members, partitions, lag and dead-letter count.
     pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        self.describe_group_with(group, true)
+    }
+
+    /// [`Broker::describe_group`] without reading the log: every partition's `lag_ms` is 0.
+    /// For callers that describe many groups at once (`/metrics`), where reading one record per
+    /// lagging partition of every group was most of the time.
+    pub fn describe_group_counts(&self, group: &str) -> Result<GroupDescription> {
+        self.describe_group_with(group, false)
+    }
+
+    fn describe_group_with(&self, group: &str, ages: bool) -> Result<GroupDescription> {
         let gh = self.group(group, false)?;
         let mut g = lock(&gh.state);
         self.expire_members(&mut g);
@@ -1377,7 +1388,7 @@ impl Broker {
             let Ok(state) = self.topic_state(topic) else { continue };
             let p = state.topic.partition(*partition)?;
             let end = p.end_offset();
-            let lag_ms = if c.committed < end {
+            let lag_ms = if ages && c.committed < end {
                 p.read(c.committed.max(p.start_offset()), 1, 1)?
                     .records
                     .first()

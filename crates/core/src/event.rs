@@ -2,7 +2,9 @@
 //!
 //! Invariants of a validated [`Event`]: `specversion` is `"1.0"`; `id`, `source` and `type` are
 //! non-empty; `time`, when present, is an RFC 3339 timestamp; at most one of `data` and
-//! `data_base64` is present; extension names are 1 to 20 lowercase ASCII letters or digits and
+//! `data_base64` is present, and `data_base64` is canonical standard base64 with padding (RFC 4648
+//! §4: only the 64-letter alphabet, a length that is a multiple of 4, `=` only as the last one or
+//! two characters, unused bits zero), so every reader decodes it to the same bytes; extension names are 1 to 20 lowercase ASCII letters or digits and
 //! their values are strings, numbers or booleans. The placement key is `partitionkey`, else
 //! `subject`, else `id` — never random, so a retried event lands on the partition of its first try.
 
@@ -155,7 +157,7 @@ impl Event {
             ty: &self.ty,
             time: self.time.as_deref(),
             has_data: self.data.is_some(),
-            has_data_base64: self.data_base64.is_some(),
+            data_base64: self.data_base64.as_deref(),
         };
         check_head(
             &head,
@@ -186,7 +188,7 @@ pub(crate) struct Head<'a> {
     pub(crate) ty: &'a str,
     pub(crate) time: Option<&'a str>,
     pub(crate) has_data: bool,
-    pub(crate) has_data_base64: bool,
+    pub(crate) data_base64: Option<&'a str>,
 }
 
 /// An extension value's JSON type, as far as validation cares.
@@ -227,8 +229,13 @@ pub(crate) fn check_head<'a>(
             return Err(invalid("time", format!("must be an RFC 3339 timestamp, got {time:?}")));
         }
     }
-    if head.has_data && head.has_data_base64 {
-        return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
+    if let Some(b64) = head.data_base64 {
+        if head.has_data {
+            return Err(invalid("data_base64", "an event carries data or data_base64, not both"));
+        }
+        if let Err(reason) = check_base64(b64) {
+            return Err(invalid("data_base64", format!("is not valid base64: {reason}")));
+        }
     }
     let mut partitionkey = None;
     for (name, kind) in extensions {
@@ -251,6 +258,53 @@ pub(crate) fn check_head<'a>(
     }
     if partitionkey.is_some_and(|kind| kind != ExtensionKind::String) {
         return Err(invalid("partitionkey", "must be a string"));
+    }
+    Ok(())
+}
+
+/// The base64 alphabet's value of `b` (RFC 4648 §4, standard alphabet), `None` outside it.
+fn sextet(b: u8) -> Option<u8> {
+    match b {
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+/// Checks that `text` is canonical standard base64 with padding (the form every decoder reads
+/// the same way): why not, else `Ok`. Linear in the text, no allocation.
+pub fn check_base64(text: &str) -> Result<(), String> {
+    let b = text.as_bytes();
+    if !b.len().is_multiple_of(4) {
+        return Err(format!(
+            "its length {} is not a multiple of 4 (standard base64 is padded with `=`)",
+            b.len()
+        ));
+    }
+    let body_len = b.len() - b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    for (i, &c) in b[..body_len].iter().enumerate() {
+        if sextet(c).is_none() {
+            let shown = text[i..].chars().next().unwrap_or('?');
+            return Err(format!(
+                "character {shown:?} at byte {i} is not in the base64 alphabet (A-Z a-z 0-9 + /)"
+            ));
+        }
+    }
+    // The unused low bits of the last character before the padding must be zero, else two
+    // texts decode to the same bytes (and strict decoders refuse the text).
+    let pad = b.len() - body_len;
+    if pad > 0 {
+        let last = sextet(b[body_len - 1]).unwrap_or(0);
+        let unused_mask = if pad == 2 { 0b1111 } else { 0b11 };
+        if last & unused_mask != 0 {
+            return Err(format!(
+                "the character before the padding, at byte {}, has non-zero unused bits",
+                body_len - 1
+            ));
+        }
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ mod topic;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{
-    is_rfc3339, json_kind, pg_sequence, Event, InvalidEvent, EXTENSION_NAME_BYTES_MAX,
-    NAMED_ATTRIBUTES, SPEC_VERSION,
+    check_base64, is_rfc3339, json_kind, pg_sequence, Event, InvalidEvent,
+    EXTENSION_NAME_BYTES_MAX, NAMED_ATTRIBUTES, SPEC_VERSION,
 };
 pub use partitioning::{murmur2, partition_for_key};
 pub use raw_event::RawEvent;

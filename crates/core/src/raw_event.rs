@@ -279,15 +279,7 @@ impl Fields<'_> {
         string(&self.datacontenttype, "datacontenttype", false)?;
         string(&self.dataschema, "dataschema", false)?;
         let data_base64 = string(&self.data_base64, "data_base64", false)?;
-        let head = Head {
-            specversion,
-            id,
-            source,
-            ty,
-            time,
-            has_data: self.has_data,
-            has_data_base64: data_base64.is_some(),
-        };
+        let head = Head { specversion, id, source, ty, time, has_data: self.has_data, data_base64 };
         // In name order, as `Event::validate` walks its sorted map: both name the same one of
         // several bad extensions.
         let mut extensions: Vec<&(Text<'_>, Attr<'_>)> = self.extensions.iter().collect();

@@ -52,10 +52,31 @@ pub struct ServerSettings {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the server
     /// stops anyway.
     pub shutdown_grace_ms: u64,
+    /// Most connections open at once; further ones wait in the listen backlog until one closes.
+    pub connections_max: usize,
+    /// Longest from a request's first byte to its complete head (slow clients are closed).
+    pub header_read_timeout_ms: u64,
+    /// Longest a handler waits for a request's whole body once it asks for it (408 after).
+    pub body_read_timeout_ms: u64,
+    /// Longest a connection may stay open with no request (before its first, between two).
+    pub keep_alive_idle_ms: u64,
+    /// Longest a response write may make no progress (the client stopped reading) before the
+    /// connection is closed.
+    pub response_write_timeout_ms: u64,
+    /// Most per-partition series in one `/metrics` family; beyond it, consumer-group figures are
+    /// per group and end offsets per topic.
+    pub metrics_partition_series_max: usize,
 }
 
 /// Largest `server.fetch_wait_ms_max`: one hour (a long poll longer than that is a mistake).
 pub const FETCH_WAIT_MS_MAX_LIMIT: u64 = 3_600_000;
+/// Largest accepted value of any `…_ms` setting of the `[server]` table: one day. Durations are
+/// added to clock readings, and an unbounded one overflows them.
+pub const SERVER_MS_MAX: u64 = 86_400_000;
+/// Largest accepted `stream_credit_max` (credit is summed with what a client grants).
+pub const STREAM_CREDIT_MAX_MAX: u64 = 1 << 32;
+/// Largest accepted `connections_max` (each connection needs a file descriptor).
+pub const CONNECTIONS_MAX_MAX: usize = 1 << 20;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -71,6 +92,12 @@ impl Default for ServerSettings {
             fetch_wait_ms_max: 30_000,
             stream_credit_max: 10_000,
             shutdown_grace_ms: 10_000,
+            connections_max: 4_096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            keep_alive_idle_ms: 60_000,
+            response_write_timeout_ms: 60_000,
+            metrics_partition_series_max: 10_000,
         }
     }
 }
@@ -122,6 +149,38 @@ impl ServerConfig {
             return Err(ServerError::InvalidConfig(
                 "server.stream_credit_max must be at least 1".into(),
             ));
+        }
+        for (name, value) in [
+            ("fetch_wait_ms_max", s.fetch_wait_ms_max),
+            ("shutdown_grace_ms", s.shutdown_grace_ms),
+            ("header_read_timeout_ms", s.header_read_timeout_ms),
+            ("body_read_timeout_ms", s.body_read_timeout_ms),
+            ("keep_alive_idle_ms", s.keep_alive_idle_ms),
+            ("response_write_timeout_ms", s.response_write_timeout_ms),
+        ] {
+            if value > SERVER_MS_MAX {
+                return Err(ServerError::InvalidConfig(format!(
+                    "server.{name} is {value}; at most {SERVER_MS_MAX} (one day) is accepted"
+                )));
+            }
+            let zero_ok = matches!(name, "fetch_wait_ms_max" | "shutdown_grace_ms");
+            if value == 0 && !zero_ok {
+                return Err(ServerError::InvalidConfig(format!(
+                    "server.{name} must be at least 1"
+                )));
+            }
+        }
+        if s.connections_max == 0 || s.connections_max > CONNECTIONS_MAX_MAX {
+            return Err(ServerError::InvalidConfig(format!(
+                "server.connections_max is {}; it must be between 1 and {CONNECTIONS_MAX_MAX}",
+                s.connections_max
+            )));
+        }
+        if s.stream_credit_max > STREAM_CREDIT_MAX_MAX {
+            return Err(ServerError::InvalidConfig(format!(
+                "server.stream_credit_max is {}; at most {STREAM_CREDIT_MAX_MAX} is accepted",
+                s.stream_credit_max
+            )));
         }
         let b = &self.broker;
         if b.topics_max == 0 || b.partitions_total_max == 0 {
@@ -318,6 +377,26 @@ mod tests {
         let dup = text.replace("name = \"customers\"", "name = \"app\"");
         let err = ServerConfig::from_toml(&dup, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("`app`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_server_limits_are_refused_naming_the_key() {
+        for (line, key) in [
+            ("connections_max = 0", "connections_max"),
+            ("connections_max = 2000000", "connections_max"),
+            ("header_read_timeout_ms = 0", "header_read_timeout_ms"),
+            ("body_read_timeout_ms = 0", "body_read_timeout_ms"),
+            ("keep_alive_idle_ms = 86400001", "keep_alive_idle_ms"),
+            ("fetch_wait_ms_max = 18446744073709551615", "fetch_wait_ms_max"),
+            ("shutdown_grace_ms = 18446744073709551615", "shutdown_grace_ms"),
+            ("stream_credit_max = 18446744073709551615", "stream_credit_max"),
+        ] {
+            let text = format!("[server]\n{line}\n");
+            let err = ServerConfig::from_toml(&text, Path::new("l.toml")).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let ok = "[server]\nconnections_max = 1\nkeep_alive_idle_ms = 86400000\n";
+        ServerConfig::from_toml(ok, Path::new("l.toml")).unwrap();
     }
 
     #[test]

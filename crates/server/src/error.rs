@@ -64,6 +64,25 @@ pub enum ServerError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] io::Error),
+    /// The open-file limit leaves too few file descriptors for the log and the connections.
+    #[error(
+        "the open-file limit (RLIMIT_NOFILE) is {limit} (hard limit {hard}), but driftless needs \
+         at least {needed}: {reserve} for its own files and {log_min} each for the log's \
+         partition files and for connections; raise it (`ulimit -n {needed}` or more in the \
+         shell that starts driftless, or `LimitNOFILE=` in its systemd unit)"
+    )]
+    TooFewOpenFiles {
+        /// The soft limit after raising it as far as allowed.
+        limit: u64,
+        /// The hard limit (`u64::MAX` when unlimited).
+        hard: u64,
+        /// The smallest limit that works.
+        needed: u64,
+        /// Descriptors kept for everything but the log and connections.
+        reserve: u64,
+        /// The fewest descriptors the log (and the connections) may have.
+        log_min: u64,
+    },
     /// Accepting or serving connections failed.
     #[error("serving HTTP failed")]
     Serve(#[source] io::Error),

@@ -1,27 +1,52 @@
 //! Request extractors whose rejections are problem documents instead of axum's plain text.
 //!
 //! Invariants: a body is read only up to `request_body_bytes_max` (the router's
-//! `DefaultBodyLimit`), and a longer one is answered 413; JSON bodies are accepted whatever
+//! `DefaultBodyLimit`), and a longer one is answered 413; all of it must arrive within
+//! `body_read_timeout_ms` of the handler asking for it, else 408 (a client trickling a body
+//! holds its connection no longer than that; hyper then closes the connection, whose body was
+//! left unread); JSON bodies are accepted whatever
 //! their `Content-Type` (clients need not set it) but must parse, and a parse failure names the
-//! line and column, or the field when serde says which.
+//! line and column, or the field when serde says which; a JSON body with a member given twice in
+//! one object (at any depth) is refused 400 naming it — parsers disagree on which occurrence
+//! counts (`serde_json` keeps the last, so `{"name":"a","name":"b"}` created `b`).
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 use crate::problem::Problem;
+use crate::AppState;
 
 /// The raw request body, bounded by the body limit.
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<Arc<AppState>> for Body {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let timeout = state.body_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await;
+        let Ok(read) = read else {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                format!(
+                    "the request body did not arrive within body_read_timeout_ms ({} ms); send \
+                     it at once, or smaller",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        match read {
             Ok(b) => Ok(Self(b)),
             Err(rejection) => {
                 let status = rejection.status();
@@ -51,19 +76,35 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let Body(bytes) = Body::from_request(req, state).await?;
         parse_json(&bytes).map(Self)
     }
 }
 
-/// Parses a JSON body, telling syntax errors (with line and column) from shape errors.
+/// Parses a JSON body, telling syntax errors (with line and column) from shape errors, and
+/// refusing a member given twice in one object.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Problem::malformed_json("the request body", &e))?;
+    // A second, allocation-light pass (the body is bounded by `request_body_bytes_max`): the
+    // tree above already kept the last of two members, so the repeat must be found in the text.
+    if let Err(e) = serde_json::from_slice::<NoRepeat>(bytes) {
+        let text = e.to_string();
+        // Between the first and the last backquote: the name itself may hold one.
+        let member = match (text.find('`'), text.rfind('`')) {
+            (Some(a), Some(b)) if a < b => text[a + 1..b].to_string(),
+            _ => String::new(),
+        };
+        return Err(Problem::bad_request(format!(
+            "the request body gives the member `{member}` more than once in one object; \
+             give each member once"
+        ))
+        .with_field(member));
+    }
     serde_json::from_value(value).map_err(|e| Problem::invalid_body("the request body", &e))
 }
 
@@ -104,5 +145,61 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// The member name under which serde_json's `arbitrary_precision` passes a number's digits.
+const ARBITRARY_PRECISION_NUMBER: &str = "$serde_json::private::Number";
+
+/// A JSON value walked only to prove that no object in it repeats a member; the error's text
+/// carries the repeated name between backquotes.
+struct NoRepeat;
+
+impl<'de> Deserialize<'de> for NoRepeat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoRepeat;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NoRepeat, E> {
+                Ok(NoRepeat)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoRepeat, A::Error> {
+                while seq.next_element::<NoRepeat>()?.is_some() {}
+                Ok(NoRepeat)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoRepeat, A::Error> {
+                let mut seen = HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == ARBITRARY_PRECISION_NUMBER {
+                        map.next_value::<de::IgnoredAny>()?;
+                        continue;
+                    }
+                    if !seen.insert(key.clone()) {
+                        return Err(de::Error::custom(format_args!("repeated member `{key}`")));
+                    }
+                    map.next_value::<NoRepeat>()?;
+                }
+                Ok(NoRepeat)
+            }
+        }
+        d.deserialize_any(V)
     }
 }

@@ -20,18 +20,24 @@
 //! - everything is bounded: request bodies by `request_body_bytes_max`, long-poll waits by
 //!   `fetch_wait_ms_max`, a stream's unsent deliveries by the credit its client granted (at most
 //!   `stream_credit_max`);
-//! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish (up to
-//!   `shutdown_grace_ms`), then drops the broker, which flushes the log.
+//! - every connection has a header, body and idle timeout and at most `connections_max` are
+//!   open (`conn.rs`); the open-file limit is raised to the hard limit at start and shared
+//!   between the log and the connections (`open_files.rs`);
+//! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish and
+//!   stops every task, all within one `shutdown_grace_ms`, then drops the broker, which flushes
+//!   the log.
 
 // The OpenAPI document is one `json!` literal, nested deeper than the default limit allows.
 #![recursion_limit = "256"]
 
 mod cloudevents;
 mod config;
+mod conn;
 mod dashboard;
 mod error;
 mod extract;
 pub mod metrics;
+pub mod open_files;
 mod openapi;
 mod problem;
 mod routes;
@@ -39,7 +45,7 @@ mod stream;
 mod wire;
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +76,10 @@ pub(crate) struct AppState {
     pub reconcilers: Arc<Reconcilers>,
     pub fetch_wait_ms_max: u64,
     pub stream_credit_max: u64,
+    /// How long a handler waits for a request's whole body.
+    pub body_read_timeout: Duration,
+    /// Most per-partition series of one `/metrics` family.
+    pub metrics_partition_series_max: usize,
     /// Open streams by (group, member), holding their credit.
     pub streams: Mutex<HashMap<(String, String), Arc<stream::Credit>>>,
     /// Becomes `true` when shutdown starts.
@@ -91,7 +101,8 @@ impl AppState {
 }
 
 /// The API's routes over `broker`, configured by `config`'s `[server]` limits. Serve it with
-/// `axum::serve` on any listener (tests bind `127.0.0.1:0`).
+/// `axum::serve` on any listener (tests bind `127.0.0.1:0`); [`serve`] adds the connection
+/// timeouts and bound.
 /// Sources and sinks are not started here; [`serve`] starts them.
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let none = (Arc::new(Sources::none()), Arc::new(Sinks::none()), Arc::new(Reconcilers::none()));
@@ -111,6 +122,8 @@ fn build(
         reconcilers,
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
+        body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+        metrics_partition_series_max: s.metrics_partition_series_max,
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,
     });
@@ -162,9 +175,10 @@ fn build(
 }
 
 /// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
-/// shuts down gracefully: stops accepting, ends long-polls and streams, waits up to
-/// `shutdown_grace_ms` for in-flight requests, and stops the sources (what they had not made
-/// durable is read again on the next start). The broker is not dropped here (the caller owns
+/// shuts down gracefully within `shutdown_grace_ms`: stops accepting, ends long-polls and
+/// streams, lets in-flight requests finish, and stops reconciliations, sinks and sources (what
+/// they had not made durable is read again on the next start) — all at once, so the whole
+/// shutdown takes at most the grace period. The broker is not dropped here (the caller owns
 /// it).
 pub async fn serve<F>(
     listener: TcpListener,
@@ -196,56 +210,70 @@ where
         };
     let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
     let (app, state) = build(broker, config, parts);
-    let result = serve_app((listener, app), &state, config, signal).await;
-    reconcilers.shutdown().await;
-    // Sinks first: a sink's unacknowledged batch is simply delivered again after restart.
-    sinks.shutdown().await;
-    sources.shutdown().await;
-    result
-}
-
-async fn serve_app<F>(
-    listener_app: (TcpListener, Router),
-    state: &AppState,
-    config: &ServerConfig,
-    signal: F,
-) -> Result<(), ServerError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let (listener, app) = listener_app;
-    let mut stopping = state.shutdown.subscribe();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let s = &config.server;
+    let limits = conn::Limits {
+        connections_max: s.connections_max,
+        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+        keep_alive_idle: Duration::from_millis(s.keep_alive_idle_ms),
+        response_write_stall: Duration::from_millis(s.response_write_timeout_ms),
+    };
+    let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
+    let mut server = std::pin::pin!(server);
+    let mut server_done = false;
     tokio::select! {
-        result = &mut server => return result.map_err(ServerError::Serve),
+        () = &mut server => server_done = true,
         () = signal => {}
     }
-    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    tracing::info!("shutting down: no new connections; finishing in-flight requests and tasks");
+    // Everything stops at once and within one grace period: the HTTP side (no new connections,
+    // long-polls and streams end, in-flight requests finish) and every task (reconciliations,
+    // then sinks — a sink's unacknowledged batch is simply delivered again after restart —
+    // then sources, whose unacknowledged reads are read again). A task that does not end in
+    // time is left behind, and the process exits anyway.
     state.shutdown.send_replace(true);
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(result) => result.map_err(ServerError::Serve),
-        Err(_) => {
-            tracing::warn!(
-                shutdown_grace_ms = config.server.shutdown_grace_ms,
-                "requests still running after the shutdown grace period; closing them"
-            );
-            Ok(())
+    let http = async {
+        if !server_done {
+            (&mut server).await;
         }
+    };
+    let tasks = async {
+        reconcilers.shutdown().await;
+        sinks.shutdown().await;
+        sources.shutdown().await;
+    };
+    let grace = Duration::from_millis(s.shutdown_grace_ms);
+    if tokio::time::timeout(grace, async { tokio::join!(http, tasks) }).await.is_err() {
+        tracing::warn!(
+            shutdown_grace_ms = s.shutdown_grace_ms,
+            "requests or tasks still running after the shutdown grace period; stopping anyway"
+        );
     }
+    Ok(())
 }
+
+/// After [`serve`] returns, how long blocking calls still running may take before the process
+/// exits without them.
+const RUNTIME_STOP_MS: u64 = 1_000;
 
 /// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
 /// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
-pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
     config.validate()?;
+    let budget = open_files_budget(&mut config)?;
     let dir = config.server.data_dir.clone();
+    // The log keeps at most its share of descriptors open (idle partitions hold none), so the
+    // number of partitions is not capped by the open-file limit.
+    let log_options = driftless_log::LogOptions {
+        open_files_max: budget.log_open_files_max,
+        ..driftless_log::LogOptions::new(&dir)
+    };
     let broker = Arc::new(
-        Broker::open(&dir, config.broker.clone())
-            .map_err(|source| ServerError::OpenBroker { dir: dir.clone(), source })?,
+        Broker::open_with(
+            log_options,
+            Arc::new(driftless_core::SystemClock),
+            config.broker.clone(),
+        )
+        .map_err(|source| ServerError::OpenBroker { dir: dir.clone(), source })?,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -264,13 +292,42 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
         serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
     });
-    runtime.shutdown_timeout(Duration::from_millis(config.server.shutdown_grace_ms));
+    // `serve` already spent the grace period; blocking broker calls still running (an fsync)
+    // get a moment more, so the broker can usually be dropped (flushed) cleanly.
+    runtime.shutdown_timeout(Duration::from_millis(RUNTIME_STOP_MS));
     match Arc::try_unwrap(broker) {
         Ok(broker) => drop(broker),
         Err(_) => tracing::warn!("a broker call outlived the shutdown grace period"),
     }
     tracing::info!("stopped");
     result
+}
+
+/// Raises the open-file limit to the hard limit, logs it, and shares it between the log and the
+/// connections: `config.server.connections_max` is lowered to what the limit allows.
+fn open_files_budget(config: &mut ServerConfig) -> Result<open_files::FileBudget, ServerError> {
+    let limit = open_files::raise_open_files_limit();
+    let configured = config.server.connections_max;
+    let budget = open_files::open_file_budget(limit.soft, limit.hard, configured)?;
+    tracing::info!(
+        soft_before = limit.before,
+        soft = limit.soft,
+        hard = limit.hard,
+        log_open_files_max = budget.log_open_files_max,
+        connections_max = budget.connections_max,
+        "open-file limit"
+    );
+    if budget.connections_max < configured {
+        tracing::warn!(
+            "server.connections_max lowered from {configured} to {} so that the log keeps half \
+             of the open-file limit ({}); raise the limit (`ulimit -n`, systemd `LimitNOFILE=`) \
+             to allow more",
+            budget.connections_max,
+            limit.soft
+        );
+    }
+    config.server.connections_max = budget.connections_max;
+    Ok(budget)
 }
 
 /// `driftless serve`: resolves the configuration from the file and the overrides, then [`run`]s.

@@ -3,7 +3,10 @@
 //!
 //! Invariants: every name follows `driftless_<what>_<unit>[_total]`; every sample is computed
 //! from the broker's current state when scraped (no background collection, no unbounded label
-//! sets beyond topics, partitions and groups that exist); label values are escaped per the
+//! sets beyond topics, partitions and groups that exist); per-partition series are capped by
+//! `server.metrics_partition_series_max` (per family): beyond it group figures are per group
+//! and end offsets per topic, so a scrape's size and work are linear in topics and groups
+//! (1,000 groups on a wide topic were 77 MB and 40 s); label values are escaped per the
 //! text format (`\\`, `\"`, `\n`).
 //!
 //! fsync latency: the log counts `fdatasync` calls per partition in fixed latency buckets
@@ -160,12 +163,14 @@ fn escape(v: &str) -> String {
 }
 
 /// Renders every metric. Reads partition figures and group state, so call it off the async
-/// executor (it may read one record per lagging partition to date its oldest event).
+/// executor (it may read one record per lagging partition to date its oldest event, but only
+/// while the per-partition series are within `partition_series_max`).
 pub fn render(
     broker: &Broker,
     sources: &Sources,
     sinks: &Sinks,
     reconcilers: &Reconcilers,
+    partition_series_max: usize,
 ) -> String {
     let mut f = Family { out: String::with_capacity(4096) };
     render_sources(&mut f, sources);
@@ -192,71 +197,31 @@ pub fn render(
         let n: u64 = t.partitions.iter().map(|p| p.bytes_appended).sum();
         f.sample(PRODUCED_BYTES_TOTAL, &[("topic", &t.name)], n);
     }
-    f.header(PARTITION_END_OFFSET, "gauge", "One past the newest offset of the partition.");
-    for t in &topics {
-        for (i, p) in t.partitions.iter().enumerate() {
-            f.sample(
-                PARTITION_END_OFFSET,
-                &[("topic", &t.name), ("partition", &i.to_string())],
-                p.end_offset,
-            );
+    let partitions_total: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions_total <= partition_series_max {
+        f.header(PARTITION_END_OFFSET, "gauge", "One past the newest offset of the partition.");
+        for t in &topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                f.sample(
+                    PARTITION_END_OFFSET,
+                    &[("topic", &t.name), ("partition", &i.to_string())],
+                    p.end_offset,
+                );
+            }
+        }
+    } else {
+        f.header(
+            PARTITION_END_OFFSET,
+            "gauge",
+            "Sum over the topic's partitions of one past the newest offset (per topic: the \
+             partitions exceed server.metrics_partition_series_max).",
+        );
+        for t in &topics {
+            let n: u64 = t.partitions.iter().map(|p| p.end_offset).sum();
+            f.sample(PARTITION_END_OFFSET, &[("topic", &t.name)], n);
         }
     }
-
-    let groups: Vec<_> =
-        broker.list_groups().iter().filter_map(|g| broker.describe_group(g).ok()).collect();
-    f.header(CONSUMER_LAG_EVENTS, "gauge", "Events of the partition the group has not finished.");
-    for g in &groups {
-        for p in &g.partitions {
-            let part = p.partition.to_string();
-            f.sample(
-                CONSUMER_LAG_EVENTS,
-                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
-                p.lag_events,
-            );
-        }
-    }
-    f.header(
-        CONSUMER_LAG_SECONDS,
-        "gauge",
-        "Age of the oldest event of the partition the group has not finished.",
-    );
-    for g in &groups {
-        for p in &g.partitions {
-            let part = p.partition.to_string();
-            f.sample(
-                CONSUMER_LAG_SECONDS,
-                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
-                p.lag_ms as f64 / 1000.0,
-            );
-        }
-    }
-    f.header(PARKED_KEYS, "gauge", "Keys whose first pending event waits for a retry.");
-    for g in &groups {
-        for p in &g.partitions {
-            let part = p.partition.to_string();
-            f.sample(
-                PARKED_KEYS,
-                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
-                p.parked_keys,
-            );
-        }
-    }
-    f.header(INFLIGHT_DELIVERIES, "gauge", "Deliveries awaiting acknowledgement.");
-    for g in &groups {
-        for p in &g.partitions {
-            let part = p.partition.to_string();
-            f.sample(
-                INFLIGHT_DELIVERIES,
-                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
-                p.inflight,
-            );
-        }
-    }
-    f.header(DLQ_DEPTH, "gauge", "Dead letters in the group's queue.");
-    for g in &groups {
-        f.sample(DLQ_DEPTH, &[("group", &g.group)], g.dead_letters);
-    }
+    render_groups(&mut f, broker, partition_series_max);
 
     let (mut syncs, mut micros, mut max_micros) = (0u64, 0u64, 0u64);
     let mut buckets = [0u64; driftless_log::SYNC_BUCKET_BOUNDS_US.len() + 1];
@@ -309,6 +274,115 @@ fn render_broker_health(f: &mut Family, broker: &Broker) {
     f.sample(DEAD_LETTER_FAILURES_TOTAL, &[], broker.dead_letter_failures());
 }
 
+/// The consumer-group families. While every group's partitions together are at most
+/// `partition_series_max`, one series per (group, topic, partition); beyond it, one per group
+/// (sums of events, in-flight deliveries and parked keys, no lag age), so the output is
+/// bounded by the number of groups (itself bounded by `groups_max`) and no record is read.
+fn render_groups(f: &mut Family, broker: &Broker, partition_series_max: usize) {
+    // A first pass that reads nothing: how many series per-partition figures would take.
+    let names = broker.list_groups();
+    let mut counted = Vec::with_capacity(names.len());
+    let mut pairs = 0usize;
+    for g in &names {
+        if let Ok(d) = broker.describe_group_counts(g) {
+            pairs = pairs.saturating_add(d.partitions.len());
+            counted.push(d);
+        }
+    }
+    if pairs > partition_series_max {
+        render_group_totals(f, &counted, pairs, partition_series_max);
+    } else {
+        // Within the cap: describe again with the oldest event's age (one read per lagging
+        // partition, at most `partition_series_max` reads).
+        let groups: Vec<_> = names.iter().filter_map(|g| broker.describe_group(g).ok()).collect();
+        render_group_partitions(f, &groups);
+    }
+    f.header(DLQ_DEPTH, "gauge", "Dead letters in the group's queue.");
+    for g in &counted {
+        f.sample(DLQ_DEPTH, &[("group", &g.group)], g.dead_letters);
+    }
+}
+
+fn render_group_totals(
+    f: &mut Family,
+    groups: &[driftless_broker::GroupDescription],
+    pairs: usize,
+    max: usize,
+) {
+    let why = format!(
+        "summed over the group's partitions: {pairs} group partitions exceed \
+         server.metrics_partition_series_max = {max}"
+    );
+    type Figure = fn(&driftless_broker::GroupPartition) -> u64;
+    let families: [(&str, &str, Figure); 3] = [
+        (CONSUMER_LAG_EVENTS, "Events the group has not finished", |p| p.lag_events),
+        (PARKED_KEYS, "Keys whose first pending event waits for a retry", |p| {
+            u64::try_from(p.parked_keys).unwrap_or(u64::MAX)
+        }),
+        (INFLIGHT_DELIVERIES, "Deliveries awaiting acknowledgement", |p| {
+            u64::try_from(p.inflight).unwrap_or(u64::MAX)
+        }),
+    ];
+    for (name, help, figure) in families {
+        f.header(name, "gauge", &format!("{help}, {why}."));
+        for g in groups {
+            let total = g.partitions.iter().map(figure).fold(0u64, u64::saturating_add);
+            f.sample(name, &[("group", &g.group)], total);
+        }
+    }
+}
+
+fn render_group_partitions(f: &mut Family, groups: &[driftless_broker::GroupDescription]) {
+    f.header(CONSUMER_LAG_EVENTS, "gauge", "Events of the partition the group has not finished.");
+    for g in groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                CONSUMER_LAG_EVENTS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.lag_events,
+            );
+        }
+    }
+    f.header(
+        CONSUMER_LAG_SECONDS,
+        "gauge",
+        "Age of the oldest event of the partition the group has not finished.",
+    );
+    for g in groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                CONSUMER_LAG_SECONDS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.lag_ms as f64 / 1000.0,
+            );
+        }
+    }
+    f.header(PARKED_KEYS, "gauge", "Keys whose first pending event waits for a retry.");
+    for g in groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                PARKED_KEYS,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.parked_keys,
+            );
+        }
+    }
+    f.header(INFLIGHT_DELIVERIES, "gauge", "Deliveries awaiting acknowledgement.");
+    for g in groups {
+        for p in &g.partitions {
+            let part = p.partition.to_string();
+            f.sample(
+                INFLIGHT_DELIVERIES,
+                &[("group", &g.group), ("topic", &p.topic), ("partition", &part)],
+                p.inflight,
+            );
+        }
+    }
+}
+
 fn render_sources(f: &mut Family, sources: &Sources) {
     use driftless_connect::SourceState;
     let statuses = sources.statuses();
@@ -347,7 +421,7 @@ fn render_sources(f: &mut Family, sources: &Sources) {
     f.header(SOURCE_FRESHNESS_SECONDS, "gauge", "Age of the newest event the source appended.");
     let now = now_ms();
     for r in reports.iter().filter(|r| r.last_event_ms > 0) {
-        let age = (now - r.last_event_ms).max(0) as f64 / 1000.0;
+        let age = now.saturating_sub(r.last_event_ms).max(0) as f64 / 1000.0;
         f.sample(SOURCE_FRESHNESS_SECONDS, &[("source", &r.name)], age);
     }
     f.header(SLOT_LAG_BYTES, "gauge", "WAL bytes the replication slot holds behind the server.");
@@ -475,7 +549,7 @@ fn render_sinks(f: &mut Family, sinks: &Sinks) {
     );
     let now = now_ms();
     for r in reports.iter().filter(|r| r.newest_event_ms > 0) {
-        let age = (now - r.newest_event_ms).max(0) as f64 / 1000.0;
+        let age = now.saturating_sub(r.newest_event_ms).max(0) as f64 / 1000.0;
         f.sample(PROJECTION_FRESHNESS_SECONDS, &[("sink", &r.name), ("group", &r.group)], age);
     }
     f.header(SINK_BATCH_EVENTS, "histogram", "Events per batch the sink committed.");

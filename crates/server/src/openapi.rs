@@ -113,19 +113,19 @@ pub fn openapi() -> Value {
         },
         "/v1/groups/{group}/members/{member}/events": {
           "parameters": [group, member,
-            {"name": "max", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 100}, "description": "Most deliveries to return"},
-            {"name": "wait_ms", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "Long-poll: wait up to this long (capped by fetch_wait_ms_max) when nothing is ready"}],
+            {"name": "max", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 100}, "description": "Most deliveries to return"},
+            {"name": "wait_ms", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 86400000, "default": 0}, "description": "Long-poll: wait up to this long (capped by fetch_wait_ms_max) when nothing is ready"}],
           "get": {"summary": "Fetch deliveries (long-poll)", "responses": errors(json!({"200": ok("deliveries", schema("Fetched"))}), &["400", "404"])}
         },
         "/v1/groups/{group}/members/{member}/stream": {
           "parameters": [group, member,
-            {"name": "credit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "Initial credit: deliveries the server may send (capped by stream_credit_max)"}],
+            {"name": "credit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 18446744073709551615u64, "default": 0}, "description": "Initial credit: deliveries the server may send (capped by stream_credit_max)"}],
           "get": {"summary": "Stream deliveries as server-sent events (`event: delivery`, data: Delivery JSON); never more than the credit granted",
             "responses": errors(json!({"200": {"description": "SSE stream; a broker error ends it with `event: error` holding a problem document", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}), &["404", "409"])}
         },
         "/v1/groups/{group}/members/{member}/credit": {
           "parameters": [group, member],
-          "post": {"summary": "Grant an open stream more credit", "requestBody": body(json!({"type": "object", "required": ["credit"], "additionalProperties": false, "properties": {"credit": {"type": "integer", "minimum": 0}}})),
+          "post": {"summary": "Grant an open stream more credit", "requestBody": body(json!({"type": "object", "required": ["credit"], "additionalProperties": false, "properties": {"credit": {"type": "integer", "minimum": 0, "maximum": 18446744073709551615u64}}})),
             "responses": errors(json!({"200": ok("outstanding credit", json!({"type": "object", "properties": {"credit": {"type": "integer"}}}))}), &["400", "404"])}
         },
         "/v1/groups/{group}/ack": {

@@ -300,6 +300,13 @@ impl Problem {
                         .with_topic(&e.name)
                         .with_field("name")
                 }
+                LogError::TopicBusy(t) => {
+                    p(S::CONFLICT, "topic-busy", "Topic being created or deleted").with_topic(t)
+                }
+                LogError::DeletionUncertain { topic, .. } => {
+                    p(S::INTERNAL_SERVER_ERROR, "deletion-uncertain", "Topic deletion uncertain")
+                        .with_topic(topic)
+                }
                 _ => p(S::INTERNAL_SERVER_ERROR, "log-failure", "Log failure"),
             },
             BrokerError::CorruptState { .. } => {

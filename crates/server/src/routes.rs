@@ -5,7 +5,8 @@
 //! one it ignores (`_ignored: Body`): hyper closes a keep-alive connection whose request body
 //! was left unread when the answer went out, and a client reusing it sees "peer disconnected";
 //! a long-poll creates its broker listener before each fetch, so activity between the fetch and
-//! the wait is never missed, and it waits at most `min(wait_ms, fetch_wait_ms_max)` in total.
+//! the wait is never missed, and it waits at most `min(wait_ms, fetch_wait_ms_max)` in total;
+//! every number from a query string is range-checked (400 naming it) before any arithmetic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,11 +54,11 @@ pub(crate) fn now_ms() -> i64 {
 
 /// The instant at which the broker's epoch-ms deadline `due_ms` has passed (plus 1 ms so a
 /// wake-up never lands just before it).
+/// A deadline further than [`WAKE_MS_MAX`] away is treated as that far: waits are re-checked,
+/// and an instant that far out could overflow the clock.
 pub(crate) fn instant_for(due_ms: i64) -> Instant {
-    // The broker's deadlines are at most a day ahead; the clamp keeps a wild one from
-    // overflowing the instant (a wake-up a day early is harmless: the caller fetches again).
     let delta = u64::try_from(due_ms.saturating_sub(now_ms())).unwrap_or(0);
-    after(Duration::from_millis(delta.min(driftless_broker::GROUP_DURATION_MS_MAX) + 1))
+    after(Duration::from_millis(delta.min(WAKE_MS_MAX).saturating_add(1)))
 }
 
 /// `Instant::now() + d`, saturating at a day from now instead of overflowing.
@@ -65,6 +66,12 @@ pub(crate) fn after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d).unwrap_or(now + Duration::from_secs(86_400))
 }
+
+/// The furthest a computed wake-up may lie ahead (an hour); the waiter re-checks then.
+pub(crate) const WAKE_MS_MAX: u64 = 3_600_000;
+/// Most deliveries one fetch may ask for (the broker also caps it by the member's in-flight
+/// room).
+pub const FETCH_EVENTS_MAX: usize = 100_000;
 
 // ---- operations ----------------------------------------------------------------------------
 
@@ -123,9 +130,11 @@ const POISONED_NAMED_MAX: usize = 20;
 pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
     let (sources, sinks) = (Arc::clone(&state.sources), Arc::clone(&state.sinks));
     let reconcilers = Arc::clone(&state.reconcilers);
-    let text =
-        blocking(&state, move |b| Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers)))
-            .await?;
+    let series_max = state.metrics_partition_series_max;
+    let text = blocking(&state, move |b| {
+        Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers, series_max))
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -304,6 +313,30 @@ pub async fn fetch(
     ApiPath((group, member)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<FetchQuery>,
 ) -> ApiResult<Response> {
+    if q.max == 0 || q.max > FETCH_EVENTS_MAX {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query string",
+            format!("max is {}; it must be between 1 and {FETCH_EVENTS_MAX}", q.max),
+        )
+        .with_field("max"));
+    }
+    if q.wait_ms > crate::config::SERVER_MS_MAX {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query string",
+            format!(
+                "wait_ms is {}; at most {} (one day) is accepted, and the server waits at most \
+                 fetch_wait_ms_max = {} anyway",
+                q.wait_ms,
+                crate::config::SERVER_MS_MAX,
+                state.fetch_wait_ms_max
+            ),
+        )
+        .with_field("wait_ms"));
+    }
     let wait = Duration::from_millis(q.wait_ms.min(state.fetch_wait_ms_max));
     let deadline = after(wait);
     let mut stopping = state.shutdown.subscribe();

@@ -179,7 +179,7 @@ async fn pump(reg: Registration, tx: mpsc::Sender<SseEvent>) {
         }
         let listener = state.broker.listen(group);
         let (g, m) = (group.clone(), member.clone());
-        let want = available.min(FETCH_CHUNK) as usize;
+        let want = usize::try_from(available.min(FETCH_CHUNK)).unwrap_or(1);
         let fetched = match blocking(state, move |b| b.fetch_raw(&g, &m, want)).await {
             Ok(f) => f,
             Err(p) => {
@@ -200,7 +200,7 @@ async fn pump(reg: Registration, tx: mpsc::Sender<SseEvent>) {
             }
             continue;
         }
-        reg.credit.spend(fetched.deliveries.len() as u64);
+        reg.credit.spend(u64::try_from(fetched.deliveries.len()).unwrap_or(u64::MAX));
         for d in &fetched.deliveries {
             let event = match crate::wire::delivery_sse(d) {
                 Ok(json) => SseEvent::default().event("delivery").data(json),

@@ -163,11 +163,15 @@ pub(crate) async fn run(
     paused.send_replace(true);
     let result = async {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(PAUSE_WAIT_MS_MAX);
+        // A live sink that stops for shutdown never reports paused: the wait ends on shutdown
+        // too (it was the one wait here that did not, and SIGTERM then waited for it).
         while !status.all_paused() {
             if tokio::time::Instant::now() > deadline {
                 return Err(unavailable(&name, "the live sink did not pause within 60 s"));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if !ctx.control.sleep(Duration::from_millis(10)).await {
+                return Err(unavailable(&name, "the server is shutting down"));
+            }
         }
         run_sink(&shadow, &mapper, &mut ctx, true).await?;
         match &config.target {
