@@ -94,7 +94,19 @@ fn extreme_numbers_on_group_paths_answer_without_overflow() {
     s.create_topic("t", 1);
     s.produce("t", &[json!({"specversion":"1.0","id":"a","source":"/s","type":"x.y"})]);
     let member = s.join("g", &["t"]);
-    let r = s.get(&format!("/v1/groups/g/members/{member}/events?max={0}&wait_ms={0}", u64::MAX));
+    // Out of range: refused naming the parameter, before any arithmetic.
+    let r = s.get(&format!("/v1/groups/g/members/{member}/events?max={0}&wait_ms=0", u64::MAX));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["field"], "max", "{}", r.text);
+    let r = s.get(&format!("/v1/groups/g/members/{member}/events?max=1&wait_ms={}", u64::MAX));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["field"], "wait_ms", "{}", r.text);
+    // The largest accepted values work.
+    let r = s.get(&format!(
+        "/v1/groups/g/members/{member}/events?max={}&wait_ms={}",
+        100_000, // routes::FETCH_EVENTS_MAX
+        86_400_000 // config::SERVER_MS_MAX (one day)
+    ));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["deliveries"].as_array().unwrap().len(), 1);
     let ids = [
