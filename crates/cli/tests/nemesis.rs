@@ -52,8 +52,8 @@
 //!    for what it stored (1.); `partition-poisoned` only after a full disk; after each fault
 //!    producing and acknowledging resume within 30 s; the group's dead-letter queue stays empty;
 //!    the server never exits by itself, and SIGTERM ends it within 10 s. Each fault must bite:
-//!    every SIGSTOP times out a client request, every full disk refuses a write. (`/readyz`
-//!    saying ready while writes are answered poisoned is counted in the summary, not failed.)
+//!    every SIGSTOP times out a client request, every full disk refuses a write. `/readyz` is
+//!    not ready once a write was answered `partition-poisoned` (until the restart).
 //!
 //! A failure names the seed (`DRIFTLESS_SEED=<n>` replays the fault plan and the clients' random
 //! choices; thread timing still varies) and, for each violation, the key's history around it.
@@ -273,7 +273,7 @@ impl Shared {
         // `urn:driftless:problem:<slug>`
         let kind =
             body["type"].as_str().and_then(|t| t.rsplit([':', '/']).next()).unwrap_or_default();
-        if kind == "partition-poisoned" {
+        if poison(status, kind) {
             self.poisoned_sent.fetch_max(at.sent, SeqCst);
         }
         if status >= 500 && matches!(what, "produce" | "ack") {
@@ -315,6 +315,13 @@ impl Shared {
         self.in_requests.fetch_sub(1, SeqCst);
         Some((incarnation, Stamp { sent, answered }, out))
     }
+}
+
+/// Whether an answer says a partition is poisoned: `partition-poisoned`, or a batch that failed
+/// on a poisoned partition after other partitions stored their part (`partially-durable` with
+/// the poisoned partition's 503).
+fn poison(status: u16, kind: &str) -> bool {
+    kind == "partition-poisoned" || (status, kind) == (503, "partially-durable")
 }
 
 /// Stops the load threads when dropped, so a failing assertion does not leave them running.
@@ -586,7 +593,7 @@ struct Stats {
     /// Writes refused per full disk.
     full_refusals: Vec<u64>,
     operator_restarts: usize,
-    /// Full disks after which `/readyz` said ready while a write was answered poisoned.
+    /// Server processes whose `/readyz` said ready while a write was answered poisoned.
     ready_while_poisoned: usize,
     /// Restarts that recovered a committed offset below a sample taken after a failed ack.
     non_durable_taken_back: usize,
@@ -607,6 +614,8 @@ struct Nemesis {
     started: u64,
     /// Whether the disk was full since the current server process started.
     full_since_start: bool,
+    /// When the current server process said it was ready while poisoned (reported once each).
+    ready_while_poisoned_at: Option<u64>,
     full_disks: Vec<FullDisk>,
     /// (SIGTERM sent, process gone) on the clock: `shutting-down` answers are accepted inside.
     shutdowns: Vec<(u64, u64)>,
@@ -758,6 +767,7 @@ impl Nemesis {
         self.server = Some(ServeProcess::start_at(&self.addr, &self.data, &args, &env));
         self.started = self.sh.tick();
         self.full_since_start = false;
+        self.ready_while_poisoned_at = None;
         self.note(format!("incarnation {inc} started ({why})"));
         self.record_committed(&format!("recovered {why}"), true, true);
         self.open_gate();
@@ -809,8 +819,36 @@ impl Nemesis {
                     self.cycle
                 ));
             }
+            self.ready(self.started);
             self.operator_restart("a write was answered partition-poisoned");
         }
+    }
+
+    /// Whether `/readyz` answers 200; a violation if it does after a write was answered
+    /// `partition-poisoned` (sent after the tick `since`): a poisoned partition refuses writes
+    /// until a restart, so the server is not ready. The poison is read before asking, so it was
+    /// in force when `/readyz` answered.
+    fn ready(&mut self, since: u64) -> bool {
+        let poisoned = self.sh.poisoned_sent.load(SeqCst);
+        let url = format!("{}/readyz", self.sh.base);
+        let asked = self.sh.tick();
+        let ready = matches!(request(&self.verifier, "GET", &url, None), Ok((200, _)));
+        if ready && poisoned > since && self.ready_while_poisoned_at.is_none() {
+            self.ready_while_poisoned_at = Some(asked);
+            self.stats.ready_while_poisoned += 1;
+            let h = self.sh.history();
+            let refusal = h.refusals.iter().rev().find(|r| poison(r.status, &r.kind));
+            let what = refusal.map_or(String::new(), |r| {
+                format!(": {} {} sent t{}: {}", r.who, r.what, r.at.sent, r.detail)
+            });
+            drop(h);
+            self.violations.push(format!(
+                "READYZ: GET /readyz answered 200 (asked at t{asked}, cycle {}) after a write was \
+                 answered partition-poisoned{what}",
+                self.cycle
+            ));
+        }
+        ready
     }
 
     /// Lets the load run for a while, and at least until producing and acknowledging both made
@@ -899,19 +937,14 @@ impl Nemesis {
         self.stats.full_refusals.push(self.sh.write_refusals.load(SeqCst) - refusals);
         self.note("room back: filler deleted".into());
         // The operator watches readiness and the answers for a moment.
-        let readyz = format!("{}/readyz", self.sh.base);
         let watch_end = Instant::now() + OPERATOR_WATCH;
-        let (mut not_ready, mut ready_while_poisoned) = (false, false);
+        let mut not_ready = false;
         while Instant::now() < watch_end {
             std::thread::sleep(Duration::from_millis(100));
-            let ready = matches!(request(&self.verifier, "GET", &readyz, None), Ok((200, _)));
-            let poisoned = self.sh.poisoned_sent.load(SeqCst) > start;
-            not_ready |= !ready;
-            ready_while_poisoned |= ready && poisoned;
+            not_ready |= !self.ready(start);
         }
         let settled = self.sh.tick();
         self.full_disks.last_mut().unwrap().settled = settled;
-        self.stats.ready_while_poisoned += usize::from(ready_while_poisoned);
         let poisoned = self.sh.poisoned_sent.load(SeqCst) > start;
         if poisoned || not_ready {
             let why = if not_ready { "/readyz not ready" } else { "writes answered poisoned" };
@@ -1345,6 +1378,7 @@ fn nemesis_kill_stop_and_full_disk_lose_no_acknowledged_event_and_keep_key_order
         cycle: 0,
         started: 0,
         full_since_start: false,
+        ready_while_poisoned_at: None,
         full_disks: Vec::new(),
         shutdowns: Vec::new(),
         starts: BTreeMap::new(),
@@ -1416,7 +1450,7 @@ fn nemesis_kill_stop_and_full_disk_lose_no_acknowledged_event_and_keep_key_order
         let explained = match (r.status, r.kind.as_str()) {
             (404, "unknown-member" | "unknown-group") => matches!(r.what, "fetch" | "ack"),
             (503, "shutting-down") => n.shutdowns.iter().any(|&(a, b)| overlaps(&r.at, a, b)),
-            (503, "partition-poisoned") => {
+            (status, kind) if poison(status, kind) => {
                 n.full_disks.iter().any(|f| overlaps(&r.at, f.start, f.server_end))
             }
             (500..=599, _) => n.full_disks.iter().any(|f| overlaps(&r.at, f.start, f.settled)),
@@ -1439,7 +1473,7 @@ fn nemesis_kill_stop_and_full_disk_lose_no_acknowledged_event_and_keep_key_order
          acknowledged to producers ({} answered duplicate), {} stored; {} deliveries of {} \
          events ({} redeliveries), {} acknowledgements ({} refused, {} unanswered); {} requests \
          timed out; client timeouts per SIGSTOP {:?}; per full disk: filler bytes {:?}, writes \
-         refused {:?}; {} operator restarts, {} with /readyz ready while a write was answered \
+         refused {:?}; {} operator restarts, {} processes with /readyz ready after a write was answered \
          poisoned; {} restarts took back an offset shown after a failed ack; {} answers not 2xx",
         started.elapsed().as_secs_f64(),
         n.stats.faults,
