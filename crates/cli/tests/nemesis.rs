@@ -133,7 +133,7 @@ shutdown_grace_ms = 2000
 [broker]
 visibility_timeout_ms = 2000
 session_timeout_ms = 10000
-max_attempts = 1000000
+max_attempts = 1000
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
