@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{free_port, ServeProcess};
+use support::{agent, free_port, ServeProcess};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -30,14 +30,6 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long any one condition may take to hold (a browser on a busy 2-core machine is slow).
 const WAIT: Duration = Duration::from_secs(45);
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most [`WAIT`]; panics naming `what`.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{json, Value};
+use support::{agent, delete, get, must, post};
 
 const CYCLES: usize = 20;
 const PARTITIONS: u32 = 4;
@@ -42,49 +43,6 @@ const BATCH_CT: &str = "application/cloudevents-batch+json";
 // ---- the server ---------------------------------------------------------------------------------
 
 type Server = support::ServeProcess;
-
-// ---- HTTP ---------------------------------------------------------------------------------------
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(1)))
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-/// The status and JSON body of an answered request; `None` when the request or the reading of
-/// its answer failed. A body that is not JSON comes back as a string.
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Option<(u16, Value)> {
-    let mut response = result.ok()?;
-    let status = response.status().as_u16();
-    let bytes = response.body_mut().with_config().limit(64 << 20).read_to_vec().ok()?;
-    if bytes.is_empty() {
-        return Some((status, Value::Null));
-    }
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Some((status, body))
-}
-
-fn get(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
-    answer(agent.get(url).call())
-}
-
-fn post(agent: &ureq::Agent, url: &str, content_type: &str, body: &Value) -> Option<(u16, Value)> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    answer(agent.post(url).header("content-type", content_type).send(&bytes[..]))
-}
-
-/// A request the verifier needs answered with `expect`; anything else fails the test.
-fn must(what: &str, got: Option<(u16, Value)>, expect: u16) -> Value {
-    match got {
-        Some((status, body)) if status == expect => body,
-        Some((status, body)) => panic!("{what}: expected {expect}, got {status}: {body}"),
-        None => panic!("{what}: the server did not answer"),
-    }
-}
 
 // ---- load ---------------------------------------------------------------------------------------
 
@@ -419,7 +377,7 @@ fn check_log(agent: &ureq::Agent, base: &str, cycle: usize, h: &History) {
         );
     }
     let url = format!("{base}/v1/groups/{group}/members/{member}");
-    must("leave verify", answer(agent.delete(&url).call()), 204);
+    must("leave verify", delete(agent, &url), 204);
 }
 
 /// (b) The main group's committed offsets never move backwards; (c) every delivered but

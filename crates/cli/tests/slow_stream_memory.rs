@@ -84,11 +84,7 @@ fn populate(dir: &Path) {
 type Server = support::ServeProcess;
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+    support::agent(Duration::from_secs(30))
 }
 
 fn post(agent: &ureq::Agent, url: &str, body: &Value) -> (u16, Value) {

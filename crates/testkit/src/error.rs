@@ -131,6 +131,21 @@ pub enum TestkitError {
         log_tail: String,
     },
 
+    /// Mounting a tmpfs failed (not root, or no `CAP_SYS_ADMIN` in a container).
+    #[error(
+        "could not mount a tmpfs of {size_bytes} bytes on {path}: {detail}; tests that fill a \
+         disk mount their own tmpfs and must run as root (or with CAP_SYS_ADMIN: in Docker, \
+         `--privileged` or `--cap-add SYS_ADMIN`)"
+    )]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The size asked for.
+        size_bytes: u64,
+        /// What `mount` said.
+        detail: String,
+    },
+
     /// The crash harness could not start its child.
     #[error("crash harness: could not {reason}")]
     CrashChild {

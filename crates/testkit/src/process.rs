@@ -115,9 +115,10 @@ pub(crate) fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Sends `signal` (a name such as "INT" or "KILL") to `pid` with the `kill` program. Returns
-/// whether it was delivered; a process that is already gone is not an error worth reporting.
-pub(crate) fn send_signal(pid: u32, signal: &str) -> bool {
+/// Sends `signal` (a name such as "INT", "KILL", "STOP" or "CONT") to `pid` with the `kill`
+/// program. Returns whether it was delivered; a process that is already gone is not an error
+/// worth reporting.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
     Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
