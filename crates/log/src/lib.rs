@@ -53,6 +53,8 @@
 mod config;
 mod error;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 mod partition;
 mod record;
