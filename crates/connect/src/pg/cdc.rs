@@ -1711,6 +1711,11 @@ fn column_value(
     text_to_json(catalog, type_oid, &text).map(Some)
 }
 
+/// What [`fuzz_decode_pgoutput`] made of one frame: the decode error, or each column value's
+/// conversion (`Ok(None)`: an unchanged TOASTed value).
+#[doc(hidden)]
+pub type FuzzFrame = std::result::Result<Vec<std::result::Result<Option<Value>, String>>, String>;
+
 /// Entry point for the fuzz target `pgoutput` in `fuzz/` (not an API: hidden from the docs, may
 /// change at any time).
 ///
@@ -1720,9 +1725,7 @@ fn column_value(
 /// catalog. Returns, per frame, the decode error or the converted values (a conversion error
 /// as `Err`); a change for an unknown relation converts nothing, as the stream refuses it.
 #[doc(hidden)]
-pub fn fuzz_decode_pgoutput(
-    frames: &[&[u8]],
-) -> Vec<std::result::Result<Vec<std::result::Result<Option<Value>, String>>, String>> {
+pub fn fuzz_decode_pgoutput(frames: &[&[u8]]) -> Vec<FuzzFrame> {
     let catalog = TypeCatalog::builtin();
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
     let mut relations: HashMap<u32, Vec<u32>> = HashMap::new();
