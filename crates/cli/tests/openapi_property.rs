@@ -10,7 +10,7 @@
 //! as an error, which fails this test).
 //!
 //! Bounded for CI: a fixed seed and at most `MAX_EXAMPLES` cases per operation (about one
-//! minutes in all). Path parameters `topic` and `group` name a topic and a group that exist, so
+//! minute in all). Path parameters `topic` and `group` name a topic and a group that exist, so
 //! the operations on them get past the 404; the others are generated. A failure prints
 //! schemathesis's report, with a `curl` command reproducing each finding. Needs schemathesis
 //! (`scripts/install-test-deps.sh` installs the pinned version in a virtualenv).

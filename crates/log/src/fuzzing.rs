@@ -16,7 +16,9 @@ use std::io;
 use std::sync::Mutex;
 
 use crate::fs::FsFile;
-use crate::record::{body_bytes_max, decode, encode, materialize, Decoded, NewRecord};
+use crate::record::{
+    body_bytes_max, decode, encode, materialize, Decoded, NewRecord, RECORD_HEADER_BYTES,
+};
 use crate::segment::{IndexEntry, Scanner, Step};
 
 /// The payload limit the fuzz targets decode with, in bytes: small, so that lengths near it are
@@ -155,6 +157,11 @@ fn model_scan(file: &[u8], from: u64, to: u64, body_max: usize) -> Vec<Seen> {
     loop {
         if pos as u64 >= to {
             seen.push(Seen::End);
+            return seen;
+        }
+        if to - (pos as u64) < RECORD_HEADER_BYTES as u64 {
+            // Too short for any record: a tear, whatever the bytes.
+            seen.push(Seen::Incomplete { position: pos as u64 });
             return seen;
         }
         let rest = file.get(pos..held).unwrap_or_default();
