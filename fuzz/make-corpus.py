@@ -147,7 +147,14 @@ def pgoutput_corpus():
     write("pgoutput", "message", frames(message))
 
 
+def field(text: bytes) -> bytes:
+    return struct.pack(">H", len(text)) + text
+
+
 def broker_keys_corpus():
+    # Version-1 keys (driftless_broker::keys): prefix 00 01, length-prefixed fields, partition.
+    write("broker_keys", "offset-v1", b"\x00\x01" + field(b"billing") + field(b"orders") + struct.pack(">I", 3))
+    write("broker_keys", "dlq-v1", b"\x00\x01" + field(b"billing") + field(b"orders:0:17"))
     # Keys as the broker wrote them before names were validated (group \0 topic \0 partition),
     # and a group with a NUL in it: the decoders must answer either without panicking.
     write("broker_keys", "offset", b"billing\x00orders\x000")
