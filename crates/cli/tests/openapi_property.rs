@@ -82,8 +82,10 @@ fn the_http_api_answers_every_generated_request_as_its_openapi_document_says() {
             SEED,
             "--max-examples",
             MAX_EXAMPLES,
+            // One worker: with two, hypothesis once failed inside its own code ("AST constructor
+            // recursion depth mismatch", a runtime error of the tool, not a finding).
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "10",
             "--suppress-health-check",
