@@ -25,3 +25,24 @@ if [ "${#need[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# The fuzz targets (scripts/fuzz.sh) build with the nightly toolchain and cargo-fuzz.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "installing: the nightly Rust toolchain" >&2
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing: cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked
+fi
+
+# The OpenAPI property test (crates/cli/tests/openapi_property.rs) runs schemathesis, pinned, from
+# its own virtualenv so that it never disturbs the machine's Python packages.
+schemathesis_version="4.32.5"
+venv="${HOME}/.cache/driftless/schemathesis-venv"
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "installing: schemathesis $schemathesis_version in $venv" >&2
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
+fi

@@ -62,6 +62,8 @@ mod config;
 mod error;
 mod file_cache;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 mod partition;
 mod record;

@@ -282,6 +282,12 @@ impl<'a> Scanner<'a> {
         if self.pos >= self.to {
             return Ok(Step::End);
         }
+        if self.to - self.pos < crate::record::RECORD_HEADER_BYTES as u64 {
+            // A tail shorter than the smallest record is a tear, whatever its bytes say: decoding
+            // them only when an earlier read happened to bring them in would call the same tail
+            // invalid from one start position and torn from another.
+            return Ok(Step::Incomplete { position: self.pos });
+        }
         loop {
             let at = (self.pos - self.chunk_pos) as usize;
             let decoded = if self.pos >= self.chunk_pos && at < self.filled {
@@ -317,8 +323,16 @@ impl<'a> Scanner<'a> {
                     self.chunk_bytes = (self.chunk_bytes * 2).min(self.chunk_bytes_max);
                     let short = self.filled < need;
                     if short {
-                        // The file ends before the range does: the range ends in a tear.
-                        return Ok(Step::Incomplete { position: self.pos });
+                        // The file ends before the range does: the range ends in a tear, unless
+                        // what the file still holds is no record at all (a length no record can
+                        // have), which a scan that had those bytes buffered calls invalid.
+                        let held = decode(&self.buf[..self.filled], self.body_bytes_max);
+                        return Ok(match held {
+                            Decoded::Invalid { reason } => {
+                                Step::Invalid { position: self.pos, reason }
+                            }
+                            _ => Step::Incomplete { position: self.pos },
+                        });
                     }
                 }
             }
@@ -370,6 +384,63 @@ mod tests {
         let (offsets, end) = count(&paths[1], long.len() as u64);
         assert_eq!(offsets, vec![0, 1, 2], "only the records the short file holds");
         assert!(end.starts_with("Incomplete"), "{end}");
+    }
+
+    /// Found by the `segment` fuzz target: 16 bytes of garbage after a record were "invalid"
+    /// when the scan had read them with the record and "torn" when it started at them.
+    #[test]
+    fn a_range_tail_shorter_than_a_record_is_torn_whatever_the_scan_read_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &NewRecord::keyed(b"k", b"value"), 0, 1, true);
+        let record_len = bytes.len() as u64;
+        // A length field below the minimum: invalid if decoded.
+        bytes.extend_from_slice(&[0, 0, 0, 0, 5, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9]);
+        let path = dir.path().join("log");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = StdFs.open(&path, OpenMode::Read).unwrap();
+        let last_step = |from: u64| {
+            let mut scan = Scanner::new(&*file, from, bytes.len() as u64, 1 << 10);
+            loop {
+                match scan.next_step().unwrap() {
+                    Step::Record { .. } => continue,
+                    other => return format!("{other:?}"),
+                }
+            }
+        };
+        let torn = format!("Incomplete {{ position: {record_len} }}");
+        assert_eq!(last_step(record_len), torn, "scanning from the tail");
+        assert_eq!(last_step(0), torn, "scanning from the record before it");
+    }
+
+    /// Found by the `segment` fuzz target: a file that ends before its range, holding 16 bytes
+    /// whose length no record can have, was "invalid" when the scan had read them with the
+    /// record before them and "torn" when it started at them.
+    #[test]
+    fn an_invalid_tail_of_a_file_shorter_than_its_range_is_invalid_whatever_the_scan_read_before_it(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &NewRecord::keyed(b"k", b"value"), 0, 1, true);
+        let record_len = bytes.len() as u64;
+        bytes.extend_from_slice(&[0, 0, 0, 0, 255, 255, 255, 255, 9, 9, 9, 9, 9, 9, 9, 9]);
+        let path = dir.path().join("log");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = StdFs.open(&path, OpenMode::Read).unwrap();
+        let last_step = |from: u64| {
+            let mut scan = Scanner::new(&*file, from, bytes.len() as u64 + 1000, 1 << 10);
+            loop {
+                match scan.next_step().unwrap() {
+                    Step::Record { .. } => continue,
+                    other => return format!("{other:?}"),
+                }
+            }
+        };
+        let invalid = format!(
+            "Invalid {{ position: {record_len}, reason: \"length above record_bytes_max\" }}"
+        );
+        assert_eq!(last_step(0), invalid, "scanning from the record before it");
+        assert_eq!(last_step(record_len), invalid, "scanning from the tail");
     }
 
     /// A scan whose chunks grew from an odd size up to a full chunk leaves its buffer for the

@@ -62,6 +62,13 @@ use tokio::sync::watch;
 pub use config::{Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 pub use error::ServerError;
 pub use openapi::openapi;
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: hidden from the docs, may change at
+/// any time): the CloudEvents HTTP binding's decoder of a produce request.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cloudevents::{parse_request, BATCH, STRUCTURED};
+}
 pub use problem::{FaultAt, Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX};
 
 /// State shared by every handler.

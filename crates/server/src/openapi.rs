@@ -37,8 +37,39 @@ fn errors(mut responses: Value, codes: &[&str]) -> Value {
     responses
 }
 
+/// The settings of a topic (`TopicSpec`), as JSON Schema properties.
+fn topic_spec_properties() -> Value {
+    json!({
+      "partitions": {"type": "integer", "minimum": 1, "maximum": driftless_log::PARTITIONS_MAX, "default": 1},
+      "retention_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": driftless_log::MS_LIMIT,
+        "description": "null keeps events forever"},
+      "retention_bytes": {"type": ["integer", "null"], "minimum": 1,
+        "maximum": driftless_log::RETENTION_BYTES_LIMIT, "description": "per partition; null: no size limit"},
+      "compact": {"type": "boolean", "default": false},
+      "dedup_window_ms": {"type": "integer", "minimum": 0,
+        "maximum": driftless_broker::DEDUP_WINDOW_MS_MAX, "default": 120000},
+      "durability": {"description": "\"always\" (default), \"never\", or {\"interval_ms\": N}",
+        "oneOf": [{"type": "string", "enum": ["always", "never"]},
+                  {"type": "object", "required": ["interval_ms"], "additionalProperties": false,
+                   "properties": {"interval_ms": {"type": "integer", "minimum": 1,
+                     "maximum": driftless_log::DURABILITY_INTERVAL_MS_LIMIT}}}]}
+    })
+}
+
+/// The body of `POST /v1/topics`: a topic's settings and its name, in one object. (An `allOf`
+/// of `TopicSpec` and `{name}` could never be satisfied: `TopicSpec` allows no other property.)
+fn create_topic() -> Value {
+    let mut properties = topic_spec_properties();
+    if let Value::Object(map) = &mut properties {
+        map.insert("name".into(), json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}));
+    }
+    json!({"type": "object", "required": ["name"], "additionalProperties": false,
+           "properties": properties})
+}
+
 /// The OpenAPI document.
 pub fn openapi() -> Value {
+    let create_topic = create_topic();
     let topic = path_param("topic", "Topic name");
     let group = json!({"name": "group", "in": "path", "required": true,
         "description": "Consumer group name: 1 to 249 characters from [A-Za-z0-9._-], not . or ..",
@@ -121,7 +152,7 @@ pub fn openapi() -> Value {
           "parameters": [group, member,
             {"name": "credit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 18446744073709551615u64, "default": 0}, "description": "Initial credit: deliveries the server may send (capped by stream_credit_max)"}],
           "get": {"summary": "Stream deliveries as server-sent events (`event: delivery`, data: Delivery JSON); never more than the credit granted",
-            "responses": errors(json!({"200": {"description": "SSE stream; a broker error ends it with `event: error` holding a problem document", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}), &["404", "409"])}
+            "responses": errors(json!({"200": {"description": "SSE stream; a broker error ends it with `event: error` holding a problem document", "content": {"text/event-stream": {"schema": {"description": "one message (OpenAPI 3.1: the schema of each event): `event: delivery` with a Delivery, or `event: error` with a problem document, as JSON in `data`", "type": "object", "required": ["data"], "properties": {"event": {"type": "string", "enum": ["delivery", "error"]}, "data": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}}}}}), &["404", "409"])}
         },
         "/v1/groups/{group}/members/{member}/credit": {
           "parameters": [group, member],
@@ -143,7 +174,7 @@ pub fn openapi() -> Value {
         "/v1/groups/{group}/seek": {
           "parameters": [group],
           "post": {"summary": "Move the group's position on a topic (replay)", "requestBody": body(schema("Seek")),
-            "responses": errors(json!({"200": ok("new positions", json!({"type": "object", "properties": {"moved": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "integer"}], "description": "[partition, offset]"}}}}))}), &["400", "404"])}
+            "responses": errors(json!({"200": ok("new positions", json!({"type": "object", "properties": {"moved": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer"}, "description": "[partition, offset]"}}}}))}), &["400", "404"])}
         },
         "/v1/groups/{group}/dlq": {
           "parameters": [group],
@@ -234,14 +265,8 @@ pub fn openapi() -> Value {
             "additionalProperties": {"type": ["string", "number", "boolean"]}},
           "Produced": {"type": "object", "properties": {"id": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
           "ProduceResult": {"type": "object", "properties": {"results": {"type": "array", "items": schema("Produced")}}},
-          "TopicSpec": {"type": "object", "additionalProperties": false, "properties": {
-            "partitions": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1},
-            "retention_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": driftless_log::MS_LIMIT, "description": "null keeps events forever"},
-            "retention_bytes": {"type": ["integer", "null"], "minimum": 1, "maximum": driftless_log::RETENTION_BYTES_LIMIT, "description": "per partition; null: no size limit"},
-            "compact": {"type": "boolean", "default": false},
-            "dedup_window_ms": {"type": "integer", "minimum": 0, "maximum": driftless_broker::DEDUP_WINDOW_MS_MAX, "default": 120000},
-            "durability": {"description": "\"always\" (default), \"never\", or {\"interval_ms\": N} with N from 1 to 86400000"}}},
-          "CreateTopic": {"allOf": [schema("TopicSpec"), {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}}}]},
+          "TopicSpec": {"type": "object", "additionalProperties": false, "properties": topic_spec_properties()},
+          "CreateTopic": create_topic,
           "PartitionStats": {"type": "object", "properties": {
             "records_appended": {"type": "integer"}, "bytes_appended": {"type": "integer"}, "appends": {"type": "integer"},
             "syncs": {"type": "integer"}, "sync_micros_total": {"type": "integer"}, "sync_micros_max": {"type": "integer"},
@@ -249,7 +274,7 @@ pub fn openapi() -> Value {
           "TopicDescription": {"type": "object", "properties": {"name": {"type": "string"}, "spec": schema("TopicSpec"), "partitions": {"type": "array", "items": schema("PartitionStats")}}},
           "Join": {"type": "object", "required": ["topics"], "additionalProperties": false, "properties": {"topics": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "session_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 86400000}}},
           "Membership": {"type": "object", "properties": {"member_id": {"type": "string"}, "generation": {"type": "integer"},
-            "assignments": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "description": "[topic, partition]"}}}},
+            "assignments": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": ["string", "integer"]}, "description": "[topic, partition]"}}}},
           "Delivery": {"type": "object", "properties": {"delivery_id": {"type": "string", "description": "topic:partition:offset:attempt"},
             "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "attempt": {"type": "integer"},
             "event": schema("CloudEvent"), "dead_letter_id": {"type": "string"}}},

@@ -1376,19 +1376,12 @@ impl Cdc<'_> {
 
     /// One column's value; `None` when it is an unchanged TOASTed value Postgres did not send.
     fn value(&self, rel: &Relation, col: &Column, data: &ColumnData) -> Result<Option<Value>> {
-        if data.is_unchanged() {
-            return Ok(None);
-        }
-        if data.is_null() {
-            return Ok(Some(Value::Null));
-        }
-        let text = data.as_str().ok_or_else(|| ConnectError::Value {
+        column_value(&self.catalog, col.type_oid, data).map_err(|reason| ConnectError::Value {
             source_name: self.name.into(),
             table: rel.qualified(),
             column: col.name.clone(),
-            reason: "the value is not valid UTF-8 text".into(),
-        })?;
-        self.text_value(rel, col, &text).map(Some)
+            reason,
+        })
     }
 
     /// A value in its type's text output form, as JSON.
@@ -1699,6 +1692,83 @@ impl Cdc<'_> {
         };
         row_to_event(self.name, &columns, outbox_row)
     }
+}
+
+/// One column's value of a pgoutput tuple as JSON; `None` when it is an unchanged TOASTed value
+/// Postgres did not send. Errors are the reason only (the caller names the table and column).
+fn column_value(
+    catalog: &TypeCatalog,
+    type_oid: u32,
+    data: &ColumnData,
+) -> std::result::Result<Option<Value>, String> {
+    if data.is_unchanged() {
+        return Ok(None);
+    }
+    if data.is_null() {
+        return Ok(Some(Value::Null));
+    }
+    let text = data.as_str().ok_or_else(|| "the value is not valid UTF-8 text".to_string())?;
+    text_to_json(catalog, type_oid, &text).map(Some)
+}
+
+/// What [`fuzz_decode_pgoutput`] made of one frame: the decode error, or each column value's
+/// conversion (`Ok(None)`: an unchanged TOASTed value).
+#[doc(hidden)]
+pub type FuzzFrame = std::result::Result<Vec<std::result::Result<Option<Value>, String>>, String>;
+
+/// Entry point for the fuzz target `pgoutput` in `fuzz/` (not an API: hidden from the docs, may
+/// change at any time).
+///
+/// Decodes `frames` (the payloads of `XLogData` messages, in order) as the stream does, with
+/// protocol version 1, keeps each `Relation` message's column types as the stream does, and
+/// converts every column of every row change with [`column_value`] and the built-in type
+/// catalog. Returns, per frame, the decode error or the converted values (a conversion error
+/// as `Err`); a change for an unknown relation converts nothing, as the stream refuses it.
+#[doc(hidden)]
+pub fn fuzz_decode_pgoutput(frames: &[&[u8]]) -> Vec<FuzzFrame> {
+    let catalog = TypeCatalog::builtin();
+    let mut parser = LogicalReplicationParser::with_protocol_version(1);
+    let mut relations: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut out = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let message = match parser.parse_wal_message_bytes(bytes::Bytes::copy_from_slice(frame)) {
+            Ok(m) => m.message,
+            Err(e) => {
+                out.push(Err(e.to_string()));
+                continue;
+            }
+        };
+        let mut tuples: Vec<(u32, &TupleData)> = Vec::new();
+        match &message {
+            LogicalReplicationMessage::Relation { relation_id, columns, .. } => {
+                relations.insert(*relation_id, columns.iter().map(|c| c.type_id).collect());
+            }
+            LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                tuples.push((*relation_id, tuple));
+            }
+            LogicalReplicationMessage::Update { relation_id, old_tuple, new_tuple, .. } => {
+                if let Some(old) = old_tuple {
+                    tuples.push((*relation_id, old));
+                }
+                tuples.push((*relation_id, new_tuple));
+            }
+            LogicalReplicationMessage::Delete { relation_id, old_tuple, .. } => {
+                tuples.push((*relation_id, old_tuple));
+            }
+            _ => {}
+        }
+        let mut values = Vec::new();
+        for (relation_id, tuple) in tuples {
+            let Some(types) = relations.get(&relation_id) else { continue };
+            for (i, &type_oid) in types.iter().enumerate() {
+                if let Some(data) = tuple.get_column(i) {
+                    values.push(column_value(&catalog, type_oid, data));
+                }
+            }
+        }
+        out.push(Ok(values));
+    }
+    out
 }
 
 /// Key columns in the table's key order (a JSON object would sort them by name).
