@@ -24,7 +24,7 @@ use std::process::Command;
 use support::{http, ServeProcess};
 
 /// Cases per operation; the seed fixes which.
-const MAX_EXAMPLES: &str = "200";
+const MAX_EXAMPLES: &str = "100";
 const SEED: &str = "42";
 
 /// The schemathesis executable: `DRIFTLESS_SCHEMATHESIS`, else the virtualenv that
@@ -47,7 +47,7 @@ fn the_http_api_answers_every_generated_request_as_its_openapi_document_says() {
     let dir = tempfile::tempdir().unwrap();
     // Long polls end well within schemathesis's request timeout.
     let config = dir.path().join("driftless.toml");
-    std::fs::write(&config, "[server]\nfetch_wait_ms_max = 1000\n").unwrap();
+    std::fs::write(&config, "[server]\nfetch_wait_ms_max = 200\n").unwrap();
     let data = dir.path().join("data");
     let server = ServeProcess::start_with_args(&data, &["--config", config.to_str().unwrap()]);
     let post = |path: &str, content_type: &str, body: &str| {
