@@ -58,8 +58,13 @@ impl IndexEntry {
             let position = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
             let mut ts = [0; 8];
             ts.copy_from_slice(&raw[8..16]);
+            // A base offset near u64::MAX (a damaged file name) cannot wrap: the entry and
+            // everything after it are dropped, and the index is rebuilt from the records.
+            let Some(offset) = base_offset.checked_add(u64::from(rel)) else {
+                break;
+            };
             let entry = IndexEntry {
-                offset: base_offset + u64::from(rel),
+                offset,
                 position: u64::from(position),
                 timestamp_ms: i64::from_le_bytes(ts),
             };
@@ -346,6 +351,22 @@ mod tests {
     use super::*;
     use crate::fs::{Fs, OpenMode, StdFs};
     use crate::record::{encode, NewRecord};
+
+    /// `base_offset + rel` overflowed (a panic in debug builds, a wrapped offset in release) for
+    /// an index whose segment's base offset is near `u64::MAX`; such entries are dropped.
+    #[test]
+    fn an_index_entry_past_u64_max_is_dropped_not_wrapped() {
+        let base = u64::MAX - 1;
+        let mut bytes = Vec::new();
+        IndexEntry { offset: base, position: 0, timestamp_ms: 1 }.encode(base, &mut bytes);
+        // rel = 5 from the same base: base + 5 does not fit in u64.
+        let mut far = Vec::new();
+        IndexEntry { offset: 5, position: 40, timestamp_ms: 2 }.encode(0, &mut far);
+        bytes.extend_from_slice(&far);
+        let entries = IndexEntry::decode_all(base, &bytes);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].offset, base);
+    }
 
     /// The scratch buffer comes back holding the previous scan's bytes: a scan of a shorter
     /// file must stop at what it read, not decode those stale bytes as records.

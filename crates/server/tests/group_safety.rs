@@ -104,8 +104,8 @@ fn extreme_numbers_on_group_paths_answer_without_overflow() {
     // The largest accepted values work.
     let r = s.get(&format!(
         "/v1/groups/g/members/{member}/events?max={}&wait_ms={}",
-        100_000, // routes::FETCH_EVENTS_MAX
-        86_400_000 // config::SERVER_MS_MAX (one day)
+        100_000,    // routes::FETCH_EVENTS_MAX
+        86_400_000  // config::SERVER_MS_MAX (one day)
     ));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["deliveries"].as_array().unwrap().len(), 1);
