@@ -13,28 +13,11 @@
 
 mod support;
 
-use std::process::Output;
-
 use serde_json::Value;
 
-/// A running `driftless serve` over its own temporary data directory.
-struct Server {
-    serve: support::ServeProcess,
-    _dir: tempfile::TempDir,
-}
+use support::TempServer as Server;
 
 impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let serve = support::ServeProcess::start(dir.path());
-        Self { serve, _dir: dir }
-    }
-
-    /// Runs `driftless ARGS` against this server with `stdin` as input.
-    fn run(&self, args: &[&str], stdin: &str) -> Output {
-        self.serve.run_cli(args, stdin)
-    }
-
     /// `driftless ARGS`, which must succeed; its stdout.
     fn ok(&self, args: &[&str], stdin: &str) -> String {
         let out = self.run(args, stdin);

@@ -15,24 +15,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// A running `driftless serve` over its own temporary data directory.
-struct Server {
-    serve: support::ServeProcess,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let serve = support::ServeProcess::start(dir.path());
-        Self { serve, _dir: dir }
-    }
-
-    /// Runs `driftless ARGS` against this server with `stdin` as input.
-    fn run(&self, args: &[&str], stdin: &str) -> Output {
-        self.serve.run_cli(args, stdin)
-    }
-}
+use support::TempServer as Server;
 
 fn lines(out: &Output) -> Vec<Value> {
     String::from_utf8(out.stdout.clone())

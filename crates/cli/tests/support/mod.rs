@@ -314,3 +314,22 @@ pub fn must(what: &str, got: Option<(u16, serde_json::Value)>, expect: u16) -> s
         None => panic!("{what}: the server did not answer"),
     }
 }
+
+/// A running `driftless serve` over its own temporary data directory, removed with it.
+pub struct TempServer {
+    pub serve: ServeProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl TempServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = ServeProcess::start(dir.path());
+        Self { serve, _dir: dir }
+    }
+
+    /// Runs `driftless ARGS` against this server with `stdin` as input.
+    pub fn run(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        self.serve.run_cli(args, stdin)
+    }
+}
