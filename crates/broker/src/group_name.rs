@@ -10,7 +10,7 @@ use std::fmt;
 
 /// Longest accepted group name, in bytes (the topic limit, so a sink's group can be named after
 /// its topic).
-pub const GROUP_NAME_BYTES_MAX: usize = 249;
+pub const GROUP_NAME_BYTES_MAX: usize = driftless_core::TOPIC_NAME_BYTES_MAX;
 
 /// A consumer-group name that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -39,20 +39,7 @@ impl GroupName {
 
     /// Why `name` is not valid, if it is not (no allocation: the broker checks every call).
     pub fn check(name: &str) -> Option<&'static str> {
-        if name.is_empty() {
-            Some("it is empty; use 1 to 249 characters from [A-Za-z0-9._-]")
-        } else if name.len() > GROUP_NAME_BYTES_MAX {
-            Some("it is longer than 249 bytes; use 1 to 249 characters from [A-Za-z0-9._-]")
-        } else if name == "." || name == ".." {
-            Some("'.' and '..' are reserved path names")
-        } else if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
-        } else {
-            None
-        }
+        driftless_core::TopicName::check(name)
     }
 
     /// The name as a string slice.

@@ -28,10 +28,19 @@ impl TopicName {
     /// Validates `name`.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidTopicName> {
         let name = name.into();
-        let reason = if name.is_empty() {
+        match Self::check(&name) {
+            Some(reason) => Err(InvalidTopicName { name, reason }),
+            None => Ok(Self(name)),
+        }
+    }
+
+    /// Why `name` breaks the naming rules, if it does (no allocation). Consumer-group names
+    /// follow the same rules and share this check.
+    pub fn check(name: &str) -> Option<&'static str> {
+        if name.is_empty() {
             Some("it is empty; use 1 to 249 characters from [A-Za-z0-9._-]")
         } else if name.len() > TOPIC_NAME_BYTES_MAX {
-            Some("it is longer than 249 bytes")
+            Some("it is longer than 249 bytes; use 1 to 249 characters from [A-Za-z0-9._-]")
         } else if name == "." || name == ".." {
             Some("'.' and '..' are reserved path names")
         } else if !name
@@ -41,10 +50,6 @@ impl TopicName {
             Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
         } else {
             None
-        };
-        match reason {
-            Some(reason) => Err(InvalidTopicName { name, reason }),
-            None => Ok(Self(name)),
         }
     }
 
