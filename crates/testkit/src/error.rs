@@ -45,6 +45,10 @@ pub enum TestkitError {
         source: io::Error,
     },
 
+    /// Generating a test certificate failed.
+    #[error("generating a test certificate failed: {0}")]
+    Tls(String),
+
     /// A filesystem operation on the server's scratch directory failed.
     #[error("could not {op} {path}: {source}; check free space and permissions there")]
     Io {

@@ -1,7 +1,8 @@
 //! Test support for Driftless: throwaway PostgreSQL 15 and NATS (JetStream) servers, started
 //! on free loopback ports from any crate's tests or benchmarks, and torn down on drop; and the
 //! crash harness ([`CrashChild`]) that re-runs a test as a child process to be SIGKILLed; signals
-//! for any process ([`send_signal`]); and a small tmpfs ([`Tmpfs`]) a test can fill to ENOSPC.
+//! for any process ([`send_signal`]); a small tmpfs ([`Tmpfs`]) a test can fill to ENOSPC; and a
+//! throwaway certificate authority ([`TestCa`]) for TLS tests.
 //!
 //! ```no_run
 //! use driftless_testkit::{NatsServer, PgServer};
@@ -42,6 +43,7 @@ mod error;
 mod nats;
 mod postgres;
 mod process;
+pub mod tls;
 mod tmpfs;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -51,6 +53,7 @@ pub use error::{Result, TestkitError};
 pub use nats::NatsServer;
 pub use postgres::PgServer;
 pub use process::send_signal;
+pub use tls::TestCa;
 pub use tmpfs::Tmpfs;
 
 /// A TCP port on `127.0.0.1` that was free a moment ago: binds port 0, reads the port the
