@@ -22,6 +22,8 @@ use crate::error::ServerError;
 pub struct ServerConfig {
     /// HTTP listener and request limits.
     pub server: ServerSettings,
+    /// Authentication and authorization.
+    pub auth: AuthSettings,
     /// Broker limits and delivery settings.
     pub broker: BrokerConfig,
     /// `[[source]]` entries: databases whose changes or outbox rows flow into topics.
@@ -66,6 +68,14 @@ pub struct ServerSettings {
     /// Most per-partition series in one `/metrics` family; beyond it, consumer-group figures are
     /// per group and end offsets per topic.
     pub metrics_partition_series_max: usize,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Whether requests must authenticate (deny by default once on).
+    pub enabled: bool,
 }
 
 /// Largest `server.fetch_wait_ms_max`: one hour (a long poll longer than that is a mistake).

@@ -39,6 +39,7 @@ mod extract;
 pub mod metrics;
 pub mod open_files;
 mod openapi;
+mod peer;
 mod problem;
 mod routes;
 mod stream;
@@ -177,8 +178,18 @@ fn build(
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
+        .layer(axum::middleware::from_fn(anonymous_principal))
         .with_state(Arc::clone(&state));
     (app, state)
+}
+
+/// Until authentication is on, every request acts as [`peer::Principal::anonymous`].
+async fn anonymous_principal(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    request.extensions_mut().insert(peer::Principal::anonymous());
+    next.run(request).await
 }
 
 /// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
