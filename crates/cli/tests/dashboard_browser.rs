@@ -384,6 +384,8 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
             api.post("/v1/topics", &json!({"name": name, "partitions": partitions}));
         assert_eq!(status, 201, "{body}");
     }
+    let owned = json!({"name": "crm.customers", "owner": "team-crm"});
+    assert_eq!(api.post("/v1/topics", &owned).0, 201);
     let orders: Vec<Value> =
         (1..=6).map(|n| event(&format!("o-{n}"), &format!("customer-{n}"))).collect();
     assert_eq!(api.produce("orders", &orders).0, 200);
@@ -426,6 +428,8 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
     // Then: it shows the topics, the live produce rate, the groups and the dead letter.
     browser.wait_text("topic-row-orders", "the topic", |t| t.contains("orders"));
     browser.wait_text("topic-events-orders", "six events", |t| t == "6");
+    browser.wait_text("topic-owner-crm.customers", "its owner", |t| t == "owned by team-crm");
+    assert!(browser.find("topic-owner-orders").is_none(), "an unowned topic names no owner");
     browser.wait_text("topic-rate-clicks", "a produce rate above 0", |t| {
         t.replace(',', "").parse::<f64>().is_ok_and(|r| r > 0.0)
     });

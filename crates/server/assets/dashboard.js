@@ -362,13 +362,19 @@ function renderTopics(topics) {
     (t) => {
       const numeric = ["parts", "events", "rate", "size"];
       const tr = row(`topic-row-${t.name}`, null, ["name", ...numeric], numeric);
-      tr.cells_.name.append(el("span", { class: "mono", text: t.name }));
       tr.cells_.events.dataset.testid = `topic-events-${t.name}`;
       tr.cells_.rate.dataset.testid = `topic-rate-${t.name}`;
       return tr;
     },
     (tr, t) => {
       const c = tr.cells_;
+      const owner = (t.spec && t.spec.owner) || null;
+      fill(c.name, [t.name, owner], () => [
+        el("span", { class: "mono", text: t.name }),
+        owner
+          ? el("span", { class: "sub", testid: `topic-owner-${t.name}`, text: `owned by ${owner}` })
+          : null,
+      ]);
       setText(c.parts, t.partitions.length);
       setText(c.events, fmtInt(t.partitions.reduce((s, p) => s + p.end_offset, 0)));
       setText(c.rate, fmtRate(currentRate(t.name)));
@@ -620,7 +626,8 @@ function renderReconciliations({ list: recs, error }) {
 /** The audit trail, newest first: when, who, what, on which resource, and how it ended. */
 function renderAudit({ list, error }) {
   const note = $("audit-empty");
-  setText(note, error ? `Audit trail unavailable: ${error}` : "No administrative actions recorded yet.");
+  const none = "No administrative actions recorded yet.";
+  setText(note, error ? `Audit trail unavailable: ${error}` : none);
   note.hidden = list.length > 0;
   // Records have no id: the key is the record itself, numbered among identical ones.
   const seen = new Map();

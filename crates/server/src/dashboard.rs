@@ -28,6 +28,7 @@
 //! Stable `data-testid` attributes for tests: `panel-{throughput,lag,sources,topics,groups,dlq,
 //! reconciliations}`, `chart-throughput`, `chart-lag`, `updated`, `error-banner`,
 //! `action-status`, `topic-row-<topic>`, `topic-rate-<topic>`, `topic-events-<topic>`,
+//! `topic-owner-<topic>` (an owned topic's owner),
 //! `group-row-<group>`, `group-lag-<group>`, `group-dead-<group>`, `group-sink-<group>`,
 //! `group-partition-<group>-<topic>-<partition>`, `source-row-<source>`,
 //! `reconciliation-row-<name>`, `panel-audit`, `audit-empty`, per audit record by its place
