@@ -37,6 +37,8 @@ use crate::AppState;
 
 /// Longest principal or resource kept in a record, in bytes.
 pub const NAME_BYTES_MAX: usize = 1_024;
+// Both names, every byte escaped to six (`\u00XX`), plus the other fields fit in one record.
+const _: () = assert!(2 * 6 * NAME_BYTES_MAX + 1_024 <= driftless_broker::AUDIT_RECORD_BYTES_MAX);
 /// Records `GET /v1/audit` returns without `limit`.
 pub const AUDIT_LIMIT_DEFAULT: usize = 100;
 /// Most records one `GET /v1/audit` returns.
@@ -278,9 +280,18 @@ mod tests {
         assert!(r.principal.len() <= NAME_BYTES_MAX && r.principal.starts_with('é'));
         let r = AuditRecord::new(0, "a", Action::SinkRebuild, "sink/s", StatusCode::ACCEPTED);
         assert_eq!((r.outcome.as_str(), r.action.as_str()), ("ok", "sink.rebuild"));
-        let longest =
-            AuditRecord::new(i64::MAX, &long, Action::DeadLetterDiscard, &long, StatusCode::OK);
+        // The largest record: both names at the cut, of control characters (six bytes each
+        // once escaped as `\u00XX`), still fits the topic's record limit.
+        let escaped = "\u{1}".repeat(2 * NAME_BYTES_MAX);
+        let longest = AuditRecord::new(
+            i64::MAX,
+            &escaped,
+            Action::ReconciliationRun,
+            &escaped,
+            StatusCode::NETWORK_AUTHENTICATION_REQUIRED,
+        );
         let bytes = serde_json::to_vec(&longest).unwrap();
+        assert!(bytes.len() > 12 * NAME_BYTES_MAX, "{}", bytes.len());
         assert!(bytes.len() <= driftless_broker::AUDIT_RECORD_BYTES_MAX, "{}", bytes.len());
     }
 }
