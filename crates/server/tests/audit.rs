@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-//! The audit trail over HTTP: every administrative action appends exactly one record to
-//! `__audit` — who (`anonymous` with authentication off), what, on which resource, when, with
-//! its outcome and status — a failing action is recorded `failed`, `GET /v1/audit` reads the
-//! newest first within its `limit`, and clients can neither produce to nor delete `__audit`.
+//! The audit trail over HTTP: every administrative action on topics, groups, dead letters,
+//! sources, sinks and reconciliations appends exactly one record to `__audit` — who
+//! (`anonymous` with authentication off), what, on which resource, when, with its outcome and
+//! status; a failing action is recorded `failed`; a record that cannot be written is counted and
+//! the action stands; `GET /v1/audit` reads the newest first within its `limit`; and clients can
+//! neither produce to nor delete `__audit`.
 
 mod support;
 
@@ -296,4 +298,52 @@ fn an_audit_record_that_cannot_be_written_is_counted_and_does_not_undo_the_actio
         metrics.lines().filter(|l| l.contains("audit")).collect::<Vec<_>>().join("\n")
     );
     assert!(trail(&s).is_empty());
+}
+
+#[test]
+fn running_a_configured_reconciliation_is_recorded_with_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, projection) = (dir.path().join("customers.db"), dir.path().join("crm.db"));
+    let exec = |db: &std::path::Path, sql: &str| {
+        rusqlite::Connection::open(db).unwrap().execute_batch(sql).unwrap();
+    };
+    exec(&source, "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT)");
+    exec(
+        &projection,
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT)",
+    );
+    let text = format!(
+        r#"
+        [[sink]]
+        name = "crm"
+        topics = ["customers"]
+        target = {{ kind = "sqlite", path = "{projection}" }}
+        [[sink.mapping]]
+        types = ["customer.changed"]
+        table = "contacts"
+        key = ["id"]
+        columns = {{ id = ".subject", city = ".data.city" }}
+
+        [[reconcile]]
+        name = "crm-contacts"
+        sink = "crm"
+        source = {{ kind = "sqlite", path = "{source}", table = "customers" }}
+        lag_window_ms = 100
+        "#,
+        projection = projection.display(),
+        source = source.display()
+    );
+    let mut config =
+        driftless_server::ServerConfig::from_toml(&text, std::path::Path::new("a.toml")).unwrap();
+    config.server.shutdown_grace_ms = 5_000;
+    let s = support::start(config);
+    s.create_topic("customers", 1);
+    one_record(&s, "reconciliation.run", "reconciliation/crm-contacts", 200, || {
+        let r = s.post("/v1/reconciliations/crm-contacts/run", &json!({}));
+        assert_eq!(r.status, 200, "{}", r.text);
+    });
+    // A body the run refuses before running is not an action: no record.
+    let before = trail(&s).len();
+    s.post_raw("/v1/reconciliations/crm-contacts/run", &[], b"{").problem(400);
+    assert_eq!(trail(&s).len(), before);
 }
