@@ -60,6 +60,10 @@ use groups::{
     PendingState,
 };
 use state::KvTopic;
+pub use state::{
+    AUDIT as AUDIT_TOPIC, AUDIT_RECORD_BYTES_MAX, AUDIT_RETENTION_BYTES, AUDIT_RETENTION_MS,
+    AUDIT_SEGMENT_BYTES_MAX,
+};
 use topics::TopicState;
 
 /// Limits and delivery settings. Every limit has its unit in its name.
@@ -311,7 +315,14 @@ pub struct Broker {
     activity: Notify,
     /// Dead letters that could not be written (their events stayed pending), since open.
     dead_letter_failures: AtomicU64,
+    /// The audit trail, `__audit` (see [`Broker::append_audit`]).
+    audit: Arc<driftless_log::Partition>,
+    /// Audit records that could not be written, since open.
+    audit_failures: AtomicU64,
 }
+
+/// Most audit records one [`Broker::audit_newest`] call returns.
+pub const AUDIT_READ_RECORDS_MAX: usize = 1_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -335,6 +346,7 @@ impl Broker {
         let offsets_kv = KvTopic::open(&log, state::OFFSETS, state::EVENT_RECORD_BYTES_MAX)?;
         let dlq_kv = KvTopic::open(&log, state::DLQ, state::DLQ_RECORD_BYTES_MAX)?;
         let connectors_kv = KvTopic::open(&log, state::CONNECTORS, state::EVENT_RECORD_BYTES_MAX)?;
+        let audit = state::open_audit(&log)?;
         let mut connectors = BTreeMap::new();
         for (key, (_, value)) in connectors_kv.load()? {
             if let Some(v) = value {
@@ -355,10 +367,15 @@ impl Broker {
             if topic.name().is_internal() {
                 continue;
             }
-            let spec = specs.remove(&name).unwrap_or_else(|| TopicSpec {
+            let mut spec = specs.remove(&name).unwrap_or_else(|| TopicSpec {
                 partitions: topic.config().partitions,
                 ..TopicSpec::default()
             });
+            // Both are written at creation; the log's copy covers a `__topics` record lost or
+            // written by a version without owners.
+            if spec.owner.is_none() {
+                spec.owner.clone_from(&topic.config().owner);
+            }
             topics
                 .insert(name, Arc::new(TopicState::open(topic, spec, now, config.dedup_ids_max)?));
         }
@@ -379,7 +396,58 @@ impl Broker {
             groups: Mutex::new(BTreeMap::new()),
             activity: Notify::new(),
             dead_letter_failures: AtomicU64::new(0),
+            audit,
+            audit_failures: AtomicU64::new(0),
         })
+    }
+
+    /// Appends one audit record (opaque bytes, at most [`AUDIT_RECORD_BYTES_MAX`]) to
+    /// `__audit`, durably: it is fsynced before this returns. A failure is counted (see
+    /// [`Broker::audit_failures`]) and returned; the caller logs it. Nothing else writes to
+    /// `__audit`: clients cannot produce to internal topics.
+    pub fn append_audit(&self, record: &[u8]) -> Result<()> {
+        match self.audit.append(&[driftless_log::NewRecord::unkeyed(record)]) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.audit_failures.fetch_add(1, Ordering::Relaxed);
+                Err(match e {
+                    driftless_log::LogError::Poisoned { cause, .. } => {
+                        BrokerError::InternalTopicPoisoned {
+                            topic: state::AUDIT,
+                            consequence: "administrative actions are not recorded in the audit \
+                                          trail",
+                            cause: cause.to_string(),
+                        }
+                    }
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    /// Audit records that could not be written since open (each was logged by the caller).
+    pub fn audit_failures(&self) -> u64 {
+        self.audit_failures.load(Ordering::Relaxed)
+    }
+
+    /// The newest `limit` audit records (at most [`AUDIT_READ_RECORDS_MAX`]), newest first.
+    pub fn audit_newest(&self, limit: usize) -> Result<Vec<Bytes>> {
+        let limit = limit.min(AUDIT_READ_RECORDS_MAX);
+        let end = self.audit.end_offset();
+        let from = end.saturating_sub(limit as u64).max(self.audit.start_offset());
+        let mut out = Vec::with_capacity(limit);
+        let mut next = from;
+        while next < end && out.len() < limit {
+            let room = limit - out.len();
+            let batch = self.audit.read(next, room, room.saturating_mul(AUDIT_RECORD_BYTES_MAX))?;
+            out.extend(batch.records.into_iter().filter_map(|r| r.value));
+            if batch.next_offset <= next {
+                break;
+            }
+            next = batch.next_offset;
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Every partition (internal topics included) that refuses writes after a failed write or
@@ -525,6 +593,12 @@ impl Broker {
     pub fn list_topics(&self) -> Vec<TopicDescription> {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         topics.iter().map(|(n, s)| describe_topic(n, s)).collect()
+    }
+
+    /// The principal owning `name`, if it has one (see [`TopicSpec::owner`]); reads no
+    /// partition figures, so it is cheap enough for every produce.
+    pub fn topic_owner(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.topic_state(name)?.spec.owner.clone())
     }
 
     /// One topic's settings and figures.

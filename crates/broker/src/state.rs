@@ -8,10 +8,16 @@
 //!   JSON, tombstone when gone. Its records may be larger than an event: see
 //!   [`DLQ_RECORD_BYTES_MAX`];
 //! - `__connectors`: key = connector (source or sink) name, value = its position, opaque bytes
-//!   owned by the connector (the broker never interprets them).
+//!   owned by the connector (the broker never interprets them);
+//! - `__audit`: the audit trail of administrative actions, unkeyed records (the server's JSON,
+//!   opaque here) in append order. Not compacted: bounded by retention instead, whichever of
+//!   [`AUDIT_RETENTION_MS`] (30 days) and [`AUDIT_RETENTION_BYTES`] (64 MiB, plus at most one
+//!   [`AUDIT_SEGMENT_BYTES_MAX`] segment being filled) is reached first.
 //!
 //! Invariant: every write is an `always`-durability append, so state acknowledged to a client
-//! survives a crash; on open the newest value per key wins.
+//! survives a crash; on open the newest value per key wins. Like every `__` topic, `__audit` can be
+//! neither created, deleted nor produced to through the broker's topic API (`ReservedTopic`, and
+//! internal topics are not in the user topic table, so a produce finds no such topic).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +32,22 @@ pub(crate) const TOPICS: &str = "__topics";
 pub(crate) const OFFSETS: &str = "__offsets";
 pub(crate) const DLQ: &str = "__dlq";
 pub(crate) const CONNECTORS: &str = "__connectors";
+/// The audit trail's internal topic.
+pub const AUDIT: &str = "__audit";
+
+/// How long audit records are kept: 30 days (sealed segments older than that are deleted).
+pub const AUDIT_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most bytes of audit records kept: 64 MiB (the oldest sealed segments go first). At a few
+/// hundred bytes a record, that is a few hundred thousand administrative actions.
+pub const AUDIT_RETENTION_BYTES: u64 = 64 << 20;
+/// Size of one `__audit` segment, the unit in which retention deletes: 4 MiB.
+pub const AUDIT_SEGMENT_BYTES_MAX: u64 = 4 << 20;
+/// Largest audit record: 16 KiB (the server's records are a few hundred bytes; names in them
+/// are bounded).
+pub const AUDIT_RECORD_BYTES_MAX: usize = 16 << 10;
+/// An `__audit` segment is sealed after a day, so retention by age also works when actions are
+/// rare.
+const AUDIT_SEGMENT_MS_MAX: u64 = 24 * 3600 * 1000;
 
 /// Largest event record the broker stores: the log's default `record_bytes_max`, which every
 /// user topic has (a test checks the two agree).
@@ -151,6 +173,30 @@ impl KvTopic {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Opens (or creates) `__audit`: one partition, deletion by age and size (see the module
+/// documentation), every append fsynced.
+pub(crate) fn open_audit(log: &Log) -> Result<Arc<Partition>> {
+    let topic_name = TopicName::new(AUDIT)?;
+    let topic = match log.topic(&topic_name) {
+        Some(t) => t,
+        None => log.create_topic(
+            &topic_name,
+            TopicConfig {
+                cleanup: Cleanup::Delete,
+                retention_ms: Some(AUDIT_RETENTION_MS),
+                retention_bytes: Some(AUDIT_RETENTION_BYTES),
+                segment_bytes_max: AUDIT_SEGMENT_BYTES_MAX,
+                segment_ms_max: AUDIT_SEGMENT_MS_MAX,
+                record_bytes_max: AUDIT_RECORD_BYTES_MAX,
+                batch_bytes_max: 1 << 20,
+                unsynced_bytes_max: 1 << 20,
+                ..TopicConfig::default()
+            },
+        )?,
+    };
+    Ok(Arc::clone(topic.partition(0)?))
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(

@@ -46,6 +46,13 @@ pub struct TopicSpec {
     pub dedup_window_ms: u64,
     /// When a produce is acknowledged; `always` (fsynced) unless you accept losing data.
     pub durability: Durability,
+    /// The principal that owns the topic: once the server authenticates requests, only it may
+    /// produce to the topic. Checked like a topic name. Stored with the topic's settings (here,
+    /// in `__topics`, and in the log's `topic.json`); absent from settings written before owners
+    /// existed, which load as unowned. Left out when absent, so an unowned topic's settings read
+    /// exactly as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Default for TopicSpec {
@@ -57,6 +64,7 @@ impl Default for TopicSpec {
             compact: false,
             dedup_window_ms: 120_000,
             durability: Durability::Always,
+            owner: None,
         }
     }
 }
@@ -548,9 +556,18 @@ pub(crate) fn log_config(spec: &TopicSpec) -> Result<driftless_log::TopicConfig>
             " ms for interval_ms (1 day); or \"always\" / \"never\"",
         )?;
     }
+    if let Some(owner) = &spec.owner {
+        if let Some(reason) = driftless_core::TopicName::check(owner) {
+            return Err(BrokerError::InvalidSetting {
+                field: "owner",
+                reason: format!("owner {owner:?} is not a valid principal name: {reason}"),
+            });
+        }
+    }
     let config = driftless_log::TopicConfig {
         partitions: spec.partitions,
         durability: spec.durability,
+        owner: spec.owner.clone(),
         retention_ms: spec.retention_ms,
         retention_bytes: spec.retention_bytes,
         cleanup: if spec.compact {

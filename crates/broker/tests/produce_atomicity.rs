@@ -273,6 +273,7 @@ proptest! {
             compact: false,
             dedup_window_ms,
             durability: interval.map_or(Durability::Always, Durability::IntervalMs),
+            owner: None,
         };
         match b.create_topic("t", spec.clone()) {
             Ok(created) => {

@@ -3,8 +3,11 @@
 //! with events, a group that dead-lettered one of them, and Debian's Chromium driven through
 //! ChromeDriver's W3C WebDriver HTTP API. The page shows the topic, its live produce rate and the
 //! group; inspecting the dead letter shows its event and error history; its retry button
-//! delivers the event to the group again; acknowledging it empties the queue on the page; a
-//! stopped server raises the error banner. A screenshot goes to `target/artifacts/dashboard.png`.
+//! delivers the event to the group again, and the audit panel shows that retry (who, what,
+//! outcome) as the newest administrative action; acknowledging it empties the queue on the page;
+//! a stopped server raises the error banner. The sign-in flow (a 401 shows the form, the token
+//! goes to `POST /v1/session`) needs a server with authentication on: its browser test comes
+//! with the authentication layer. A screenshot goes to `target/artifacts/dashboard.png`.
 //!
 //! Invariants of the harness: every wait polls with a deadline and fails naming what it waited
 //! for; ChromeDriver runs in its own process group, which is killed with Chromium in it on drop,
@@ -381,6 +384,8 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
             api.post("/v1/topics", &json!({"name": name, "partitions": partitions}));
         assert_eq!(status, 201, "{body}");
     }
+    let owned = json!({"name": "crm.customers", "owner": "team-crm"});
+    assert_eq!(api.post("/v1/topics", &owned).0, 201);
     let orders: Vec<Value> =
         (1..=6).map(|n| event(&format!("o-{n}"), &format!("customer-{n}"))).collect();
     assert_eq!(api.produce("orders", &orders).0, 200);
@@ -423,6 +428,8 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
     // Then: it shows the topics, the live produce rate, the groups and the dead letter.
     browser.wait_text("topic-row-orders", "the topic", |t| t.contains("orders"));
     browser.wait_text("topic-events-orders", "six events", |t| t == "6");
+    browser.wait_text("topic-owner-crm.customers", "its owner", |t| t == "owned by team-crm");
+    assert!(browser.find("topic-owner-orders").is_none(), "an unowned topic names no owner");
     browser.wait_text("topic-rate-clicks", "a produce rate above 0", |t| {
         t.replace(',', "").parse::<f64>().is_ok_and(|r| r > 0.0)
     });
@@ -460,6 +467,20 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
     assert_eq!(again["dead_letter_id"], json!(dead_id), "{again}");
     browser.wait_text(&format!("dlq-state-{key}"), "retrying", |t| t == "retrying");
     browser.wait_text("action-status", "the retry", |t| t.contains("being delivered again"));
+
+    // The audit panel shows the retry as the newest administrative action: who, what, outcome;
+    // and, further down, the creation of both topics.
+    let resource = format!("group/billing/dlq/{dead_id}");
+    browser.wait_text("audit-action-0", "the retry, newest", |t| t == "dead_letter.retry");
+    browser.wait_text("audit-resource-0", "the dead letter retried", |t| t == resource);
+    browser.wait_text("audit-principal-0", "who retried it", |t| t == "anonymous");
+    browser.wait_text("audit-outcome-0", "its outcome", |t| t == "ok (200)");
+    browser.wait_text("panel-audit", "the topics' creation", |t| {
+        t.contains("topic.create") && t.contains("topic/orders") && t.contains("topic/clicks")
+    });
+    assert_eq!(browser.text("audit-empty").as_deref(), Some(""), "the empty note is hidden");
+    // Nobody asked for a token: the sign-in form stays hidden without authentication.
+    assert_eq!(browser.text("login-form").as_deref(), Some(""), "no sign-in without auth");
 
     let png = browser.screenshot_png();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG: {:?}", &png[..png.len().min(16)]);

@@ -72,6 +72,13 @@ pub struct TopicConfig {
     pub unsynced_bytes_max: u64,
     /// Memory for the key map of one compaction run.
     pub compaction_map_bytes_max: usize,
+    /// The principal that owns the topic (the only one allowed to produce to it once the server
+    /// authenticates requests), if any. The log stores it and never interprets it; it is checked
+    /// like a topic name (1 to [`driftless_core::TOPIC_NAME_BYTES_MAX`] bytes of
+    /// `[A-Za-z0-9._-]`). Absent from `topic.json` files written before owners existed, which
+    /// therefore load as unowned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Most partitions a topic may have.
@@ -106,6 +113,7 @@ impl Default for TopicConfig {
             index_interval_bytes: 4096,
             unsynced_bytes_max: 32 << 20,
             compaction_map_bytes_max: 256 << 20,
+            owner: None,
         }
     }
 }
@@ -209,6 +217,13 @@ impl TopicConfig {
             COMPACTION_MAP_BYTES_MAX_LIMIT,
             " (1 TiB)",
         )?;
+        if let Some(owner) = &self.owner {
+            if let Some(reason) = driftless_core::TopicName::check(owner) {
+                return Err(LogError::InvalidConfig(format!(
+                    "owner {owner:?} is not a valid principal name: {reason}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -289,6 +304,23 @@ mod tests {
         assert_eq!(json(Durability::Always), "\"always\"");
         assert_eq!(json(Durability::IntervalMs(50)), "{\"interval_ms\":50}");
         assert_eq!(json(Durability::Never), "\"never\"");
+    }
+
+    #[test]
+    fn a_topic_json_without_an_owner_loads_as_unowned_and_an_owner_round_trips() {
+        let old = serde_json::to_string(&TopicConfig::default()).unwrap();
+        assert!(!old.contains("owner"), "an unowned topic.json is what older versions wrote");
+        let back: TopicConfig = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.owner, None);
+        let owned = TopicConfig { owner: Some("team-crm".into()), ..Default::default() };
+        owned.validate().unwrap();
+        let back: TopicConfig =
+            serde_json::from_str(&serde_json::to_string(&owned).unwrap()).unwrap();
+        assert_eq!(back.owner.as_deref(), Some("team-crm"));
+        for bad in ["", "a b", "x/y", ".."] {
+            let c = TopicConfig { owner: Some(bad.into()), ..Default::default() };
+            assert!(c.validate().unwrap_err().to_string().contains("owner"), "{bad:?}");
+        }
     }
 
     #[test]

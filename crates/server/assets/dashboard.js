@@ -7,13 +7,19 @@
 // - rows are updated in place, keyed by name, so a focused button or an open dialog survives a
 //   refresh;
 // - history is bounded: the plots keep the last 5 minutes of polls, nothing more;
-// - a failed poll keeps the last figures on screen, dimmed, under an error banner.
+// - a failed poll keeps the last figures on screen, dimmed, under an error banner;
+// - a 401 from any API call hides the figures and shows the sign-in form; the token typed there
+//   is read once, sent in a JSON body to POST /v1/session (same origin), and cleared from the
+//   field: it is never kept in a variable beyond that request, in web storage, in a cookie the
+//   script can read, or in a URL (the server's dashboard test rejects the APIs that would). The
+//   session cookie the server sets is HttpOnly: the script never sees it.
 "use strict";
 
 const POLL_MS = 2000;
 const WINDOW_MS = 5 * 60 * 1000;
 const REQUEST_TIMEOUT_MS = 5000;
 const GROUPS_MAX = 200; // groups described per poll; more are counted, not shown
+const AUDIT_ROWS = 50; // newest audit records shown
 const SERIES_MAX = 8; // lines per plot (the largest series); the palette has 8 colours
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -21,6 +27,7 @@ const ui = {
   history: [], // [{t, rates: Map(topic → events/s), lags: Map(group → events)}], oldest first
   ends: new Map(), // topic → {t, end}: the previous poll's summed end offsets
   lastSuccess: 0,
+  signInNeeded: false, // a 401 was answered; polling waits for a sign-in
 };
 
 // ---- DOM helpers -----------------------------------------------------------------------------
@@ -160,16 +167,23 @@ class Unreachable extends Error {}
 
 const seg = encodeURIComponent;
 
-/** A request to the API; resolves to the parsed JSON (or null for 204), rejects otherwise. */
-async function api(method, path) {
+/**
+ * A request to the API; resolves to the parsed JSON (or null for 204), rejects otherwise. A
+ * `body` is sent as JSON with its content type. Only this origin is ever asked (paths only).
+ */
+async function api(method, path, body) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+  const headers = { accept: "application/json" };
+  if (body !== undefined) headers["content-type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
       method,
       cache: "no-store",
-      headers: { accept: "application/json" },
+      credentials: "same-origin",
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       signal: abort.signal,
     });
   } catch (e) {
@@ -217,6 +231,22 @@ async function reconciliations() {
   }
 }
 
+/**
+ * The newest audit records: none when the server has no audit trail (404); a refusal (403: this
+ * principal may not read it) or another error of that endpoint alone is shown in its panel.
+ */
+async function auditTrail() {
+  try {
+    const list = await get(`/v1/audit?limit=${AUDIT_ROWS}`);
+    return { list: Array.isArray(list) ? list : [], error: null };
+  } catch (e) {
+    if (e instanceof ApiError && e.status !== 401) {
+      return { list: [], error: e.status === 404 ? null : e.message };
+    }
+    throw e;
+  }
+}
+
 // ---- polling -------------------------------------------------------------------------------
 
 let timer = null;
@@ -225,6 +255,7 @@ let pollAgain = false;
 
 /** One refresh of every panel; then the next in POLL_MS (or at once if asked for meanwhile). */
 async function poll() {
+  if (ui.signInNeeded) return; // resumed by a sign-in
   if (polling) {
     pollAgain = true;
     return;
@@ -232,12 +263,13 @@ async function poll() {
   polling = true;
   clearTimeout(timer);
   try {
-    const [topics, groupNames, sources, sinks, recs] = await Promise.all([
+    const [topics, groupNames, sources, sinks, recs, audit] = await Promise.all([
       get("/v1/topics"),
       get("/v1/groups"),
       get("/v1/sources"),
       get("/v1/sinks"),
       reconciliations(),
+      auditTrail(),
     ]);
     const t = Date.now();
     const described = await Promise.all(groupNames.slice(0, GROUPS_MAX).map(describeGroup));
@@ -249,13 +281,15 @@ async function poll() {
     renderDlq(queues.filter((q) => q.letters.length > 0));
     renderSources(sources);
     renderReconciliations(recs);
+    renderAudit(audit);
     renderCharts(t);
     succeeded(t);
   } catch (e) {
-    failed(e);
+    if (e instanceof ApiError && e.status === 401) signInNeeded();
+    else failed(e);
   } finally {
     polling = false;
-    timer = setTimeout(poll, pollAgain ? 0 : POLL_MS);
+    if (!ui.signInNeeded) timer = setTimeout(poll, pollAgain ? 0 : POLL_MS);
     pollAgain = false;
   }
 }
@@ -328,13 +362,19 @@ function renderTopics(topics) {
     (t) => {
       const numeric = ["parts", "events", "rate", "size"];
       const tr = row(`topic-row-${t.name}`, null, ["name", ...numeric], numeric);
-      tr.cells_.name.append(el("span", { class: "mono", text: t.name }));
       tr.cells_.events.dataset.testid = `topic-events-${t.name}`;
       tr.cells_.rate.dataset.testid = `topic-rate-${t.name}`;
       return tr;
     },
     (tr, t) => {
       const c = tr.cells_;
+      const owner = (t.spec && t.spec.owner) || null;
+      fill(c.name, [t.name, owner], () => [
+        el("span", { class: "mono", text: t.name }),
+        owner
+          ? el("span", { class: "sub", testid: `topic-owner-${t.name}`, text: `owned by ${owner}` })
+          : null,
+      ]);
       setText(c.parts, t.partitions.length);
       setText(c.events, fmtInt(t.partitions.reduce((s, p) => s + p.end_offset, 0)));
       setText(c.rate, fmtRate(currentRate(t.name)));
@@ -583,6 +623,137 @@ function renderReconciliations({ list: recs, error }) {
   );
 }
 
+/** The audit trail, newest first: when, who, what, on which resource, and how it ended. */
+function renderAudit({ list, error }) {
+  const note = $("audit-empty");
+  const none = "No administrative actions recorded yet.";
+  setText(note, error ? `Audit trail unavailable: ${error}` : none);
+  note.hidden = list.length > 0;
+  // Records have no id: the key is the record itself, numbered among identical ones.
+  const seen = new Map();
+  const items = list.map((r, i) => {
+    const base = [r.at, r.principal, r.action, r.resource, r.status].join("\u0000");
+    const n = (seen.get(base) || 0) + 1;
+    seen.set(base, n);
+    return { r, i, key: `${base}\u0000${n}` };
+  });
+  const names = ["at", "principal", "action", "resource", "outcome"];
+  syncChildren(
+    $("audit"),
+    items,
+    (item) => item.key,
+    ({ r }) => {
+      const tr = row(null, null, names, []);
+      const at = new Date(r.at);
+      tr.cells_.at.append(el("span", { text: fmtClock(at.getTime()), title: at.toLocaleString() }));
+      tr.cells_.principal.append(el("span", { class: "mono", text: r.principal }));
+      tr.cells_.action.append(el("span", { class: "mono", text: r.action }));
+      tr.cells_.resource.append(el("span", { class: "mono", text: r.resource }));
+      const outcome = r.outcome === "ok" ? "ok" : "failed";
+      const label = outcome === "ok" ? `ok (${r.status})` : `failed (${r.status})`;
+      tr.cells_.outcome.append(el("span", { class: `outcome-${outcome}`, text: label }));
+      return tr;
+    },
+    (tr, { i }) => {
+      // Positions move as actions arrive: the row's test id names its place, newest first.
+      tr.dataset.testid = `audit-row-${i}`;
+      tr.cells_.action.dataset.testid = `audit-action-${i}`;
+      tr.cells_.resource.dataset.testid = `audit-resource-${i}`;
+      tr.cells_.principal.dataset.testid = `audit-principal-${i}`;
+      tr.cells_.outcome.dataset.testid = `audit-outcome-${i}`;
+    },
+  );
+}
+
+// ---- sign-in -------------------------------------------------------------------------------
+
+/** The API answered 401: hide the figures (they may be another principal's) and ask for a token. */
+function signInNeeded() {
+  ui.signInNeeded = true;
+  clearTimeout(timer);
+  $("main").hidden = true;
+  $("error-banner").hidden = true;
+  $("logout").hidden = true;
+  $("principal").hidden = true;
+  setText($("updated"), "sign-in required");
+  const login = $("login");
+  if (login.hidden) {
+    login.hidden = false;
+    $("login-token").focus();
+  }
+}
+
+/** Submits the sign-in form: the token goes in a JSON body to this origin, and nowhere else. */
+async function signIn(event) {
+  event.preventDefault(); // never a native submission: it could put the token in a URL
+  const field = $("login-token");
+  const problem = $("login-error");
+  const button = $("login-submit");
+  const token = field.value.trim();
+  field.value = "";
+  if (!token) {
+    setText(problem, "Paste an API token first.");
+    problem.hidden = false;
+    return;
+  }
+  button.disabled = true;
+  try {
+    await api("POST", "/v1/session", { token });
+  } catch (e) {
+    const why =
+      e instanceof ApiError && (e.status === 401 || e.status === 403)
+        ? "The server did not accept this token (unknown, revoked or expired)."
+        : `Could not sign in: ${e.message}`;
+    setText(problem, why);
+    problem.hidden = false;
+    field.focus();
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  problem.hidden = true;
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("logout").hidden = false;
+  ui.signInNeeded = false;
+  whoAmI();
+  poll();
+}
+
+/** Ends the session (DELETE /v1/session); the next poll then asks for a token again. */
+async function signOut() {
+  try {
+    await api("DELETE", "/v1/session");
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) {
+      say(`Could not sign out: ${e.message}`, true);
+      return;
+    }
+  }
+  $("logout").hidden = true;
+  $("principal").hidden = true;
+  say("Signed out.");
+  poll();
+}
+
+/**
+ * Who the page acts as, if the server tells (GET /v1/session answering `{"principal": name}`):
+ * then the sign-out button shows even after a reload. Any other answer changes nothing.
+ */
+async function whoAmI() {
+  let who = null;
+  try {
+    who = await get("/v1/session");
+  } catch (_) {
+    return; // no such endpoint, or not signed in: nothing to show
+  }
+  const name = who && (who.principal || who.name);
+  if (typeof name !== "string" || name === "anonymous") return;
+  setText($("principal"), `signed in as ${name}`);
+  $("principal").hidden = false;
+  $("logout").hidden = false;
+}
+
 // ---- plots ---------------------------------------------------------------------------------
 
 /** The smallest 1, 2 or 5 × 10^k at or above `v` (at least 1). */
@@ -700,6 +871,7 @@ async function act(what, group, id, button) {
     const dialog = $("dlq-dialog");
     if (dialog.open && dialog.dataset.key === `${group}/${id}`) dialog.close();
   } catch (e) {
+    if (e instanceof ApiError && e.status === 401) signInNeeded();
     say(`Could not ${what} dead letter ${id} of group ${group}: ${e.message}`, true);
   } finally {
     if (button) {
@@ -715,6 +887,7 @@ async function inspect(group, id, path) {
   try {
     d = await get(path);
   } catch (e) {
+    if (e instanceof ApiError && e.status === 401) signInNeeded();
     say(`Could not load dead letter ${id} of group ${group}: ${e.message}`, true);
     return;
   }
@@ -739,5 +912,8 @@ async function inspect(group, id, path) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("dlq-dialog-close").addEventListener("click", () => $("dlq-dialog").close());
+  $("login-form").addEventListener("submit", signIn);
+  $("logout").addEventListener("click", signOut);
+  whoAmI();
   poll();
 });

@@ -1,9 +1,17 @@
 //! The dashboard: a single page at `GET /` with its stylesheet and script at `GET /ui/{asset}`
 //! (`dashboard.css`, `dashboard.js`), hand-written HTML, CSS and JavaScript from
 //! `crates/server/assets/`. The page polls the public JSON API (`/v1/topics`, `/v1/groups`,
-//! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations` and the dead-letter routes) every 2 s and
-//! draws topics with their produce rates, consumer lag, sink freshness, sources, dead letters
-//! (inspect, retry, discard) and reconciliation runs; the server keeps no state for it.
+//! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations`, `/v1/audit` and the dead-letter routes)
+//! every 2 s and draws topics with their produce rates, consumer lag, sink freshness, sources,
+//! dead letters (inspect, retry, discard), reconciliation runs and the audit trail (the newest
+//! administrative actions: when, who, what, outcome); the server keeps no state for it.
+//!
+//! Sign-in: when any API call answers 401, the page hides its figures and shows a sign-in form;
+//! the token typed there is sent once as `{"token": ...}` (JSON, same origin) to
+//! `POST /v1/session`, which sets the HttpOnly session cookie, and the field is cleared — the
+//! token is never kept in storage, a cookie the script can read, or a URL. "Sign out" sends
+//! `DELETE /v1/session`. On load the page asks `GET /v1/session` who it acts as, and shows the
+//! principal and the sign-out button when the answer is `{"principal": name}`.
 //!
 //! Invariants:
 //! - the assets are compiled into the binary (`include_str!`), so the page works offline and
@@ -20,9 +28,14 @@
 //! Stable `data-testid` attributes for tests: `panel-{throughput,lag,sources,topics,groups,dlq,
 //! reconciliations}`, `chart-throughput`, `chart-lag`, `updated`, `error-banner`,
 //! `action-status`, `topic-row-<topic>`, `topic-rate-<topic>`, `topic-events-<topic>`,
+//! `topic-owner-<topic>` (an owned topic's owner),
 //! `group-row-<group>`, `group-lag-<group>`, `group-dead-<group>`, `group-sink-<group>`,
 //! `group-partition-<group>-<topic>-<partition>`, `source-row-<source>`,
-//! `reconciliation-row-<name>`, `dlq-group-<group>`, and per dead letter (its id is
+//! `reconciliation-row-<name>`, `panel-audit`, `audit-empty`, per audit record by its place
+//! newest first (`<n>` from 0; they move as actions arrive) `audit-row-<n>`,
+//! `audit-principal-<n>`, `audit-action-<n>`, `audit-resource-<n>`, `audit-outcome-<n>`; for
+//! signing in `login` (the section), `login-form`, `login-token`, `login-submit`, `login-error`,
+//! and in the header `principal` and `logout`; `dlq-group-<group>`, and per dead letter (its id is
 //! `topic:partition:offset`, unique only within its group, hence the group in the name)
 //! `dlq-row-<group>/<id>`, `dlq-state-<group>/<id>`, `dlq-inspect-<group>/<id>`,
 //! `dlq-retry-<group>/<id>`, `dlq-discard-<group>/<id>`; the inspect dialog is `dlq-detail`

@@ -93,10 +93,15 @@ pub const PARTITIONS_POISONED: &str = "driftless_partitions_poisoned";
 /// Dead letters that could not be written since start; their events stayed pending (counter).
 pub const DEAD_LETTER_FAILURES_TOTAL: &str = "driftless_dead_letter_failures_total";
 
+/// Audit records (administrative actions) that could not be written to `__audit` since start;
+/// the actions themselves stood (counter).
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "driftless_audit_write_failures_total";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 32] = [
+pub const ALL: [&str; 33] = [
     PARTITIONS_POISONED,
     DEAD_LETTER_FAILURES_TOTAL,
+    AUDIT_WRITE_FAILURES_TOTAL,
     DRIFT_ROWS,
     RECONCILE_DURATION_SECONDS,
     RECONCILE_ROWS_SHIPPED,
@@ -272,6 +277,12 @@ fn render_broker_health(f: &mut Family, broker: &Broker) {
         "Dead letters that could not be written; their events stayed pending.",
     );
     f.sample(DEAD_LETTER_FAILURES_TOTAL, &[], broker.dead_letter_failures());
+    f.header(
+        AUDIT_WRITE_FAILURES_TOTAL,
+        "counter",
+        "Audit records that could not be written to __audit; the actions themselves stood.",
+    );
+    f.sample(AUDIT_WRITE_FAILURES_TOTAL, &[], broker.audit_failures());
 }
 
 /// The consumer-group families. While every group's partitions together are at most

@@ -52,7 +52,9 @@ fn topic_spec_properties() -> Value {
         "oneOf": [{"type": "string", "enum": ["always", "never"]},
                   {"type": "object", "required": ["interval_ms"], "additionalProperties": false,
                    "properties": {"interval_ms": {"type": "integer", "minimum": 1,
-                     "maximum": driftless_log::DURABILITY_INTERVAL_MS_LIMIT}}}]}
+                     "maximum": driftless_log::DURABILITY_INTERVAL_MS_LIMIT}}}]},
+      "owner": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$",
+        "description": "The principal that owns the topic: with authentication on, only it may produce to it (403 `not-topic-owner` for anyone else, whatever their scopes). With authentication off it is recorded but not enforced. Absent: unowned."}
     })
 }
 
@@ -96,13 +98,13 @@ pub fn openapi() -> Value {
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"}))}}},
         "/v1/topics": {
           "get": {"summary": "List topics", "responses": errors(json!({"200": ok("topics", json!({"type": "array", "items": schema("TopicDescription")}))}), &[])},
-          "post": {"summary": "Create a topic", "description": "409 `topic-exists`, or `server-limit-reached` naming the limit (`topics_max`, `partitions_total_max`) in `limit`. An out-of-range number is a 400 `invalid-setting` naming the field, the value and the allowed range.", "requestBody": body(schema("CreateTopic")),
+          "post": {"summary": "Create a topic (recorded in the audit trail as `topic.create`)", "description": "409 `topic-exists`, or `server-limit-reached` naming the limit (`topics_max`, `partitions_total_max`) in `limit`. An out-of-range number is a 400 `invalid-setting` naming the field, the value and the allowed range.", "requestBody": body(schema("CreateTopic")),
             "responses": errors(json!({"201": ok("created", schema("TopicDescription"))}), &["400", "409"])}
         },
         "/v1/topics/{topic}": {
           "parameters": [topic],
           "get": {"summary": "Describe a topic", "responses": errors(json!({"200": ok("topic", schema("TopicDescription"))}), &["404"])},
-          "delete": {"summary": "Delete a topic and its events", "responses": errors(json!({"204": {"description": "deleted"}}), &["404"])}
+          "delete": {"summary": "Delete a topic and its events (audited: `topic.delete`)", "responses": errors(json!({"204": {"description": "deleted"}}), &["404"])}
         },
         "/v1/topics/{topic}/events": {
           "parameters": [topic],
@@ -120,14 +122,14 @@ pub fn openapi() -> Value {
               "application/cloudevents-batch+json": {"schema": {"type": "array", "items": schema("CloudEvent")}},
               "*/*": {"schema": {"description": "binary mode: the event's data"}}
             }},
-            "responses": errors(json!({"200": ok("one result per event, in order", schema("ProduceResult"))}), &["400", "404", "413", "415", "500", "503"])
+            "responses": errors(json!({"200": ok("one result per event, in order", schema("ProduceResult"))}), &["400", "403", "404", "413", "415", "500", "503"])
           }
         },
         "/v1/groups": {"get": {"summary": "List consumer groups", "responses": errors(json!({"200": ok("group names", json!({"type": "array", "items": {"type": "string"}}))}), &[])}},
         "/v1/groups/{group}": {
           "parameters": [group],
           "get": {"summary": "Describe a group: members, partitions, lag, dead letters", "responses": errors(json!({"200": ok("group", schema("GroupDescription"))}), &["404"])},
-          "delete": {"summary": "Delete a group that has no members, with its committed offsets and dead letters", "responses": errors(json!({"204": {"description": "deleted"}}), &["404", "409"])}
+          "delete": {"summary": "Delete a group that has no members, with its committed offsets and dead letters (audited: `group.delete`)", "responses": errors(json!({"204": {"description": "deleted"}}), &["404", "409"])}
         },
         "/v1/groups/{group}/members": {
           "parameters": [group],
@@ -173,7 +175,7 @@ pub fn openapi() -> Value {
         },
         "/v1/groups/{group}/seek": {
           "parameters": [group],
-          "post": {"summary": "Move the group's position on a topic (replay)", "requestBody": body(schema("Seek")),
+          "post": {"summary": "Move the group's position on a topic (replay; audited: `group.seek`)", "requestBody": body(schema("Seek")),
             "responses": errors(json!({"200": ok("new positions", json!({"type": "object", "properties": {"moved": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer"}, "description": "[partition, offset]"}}}}))}), &["400", "404"])}
         },
         "/v1/groups/{group}/dlq": {
@@ -183,11 +185,11 @@ pub fn openapi() -> Value {
         "/v1/groups/{group}/dlq/{id}": {
           "parameters": [group, dlq_id],
           "get": {"summary": "Inspect a dead letter", "responses": errors(json!({"200": ok("dead letter", schema("DeadLetter"))}), &["404"])},
-          "delete": {"summary": "Discard a dead letter", "responses": errors(json!({"204": {"description": "discarded"}}), &["404"])}
+          "delete": {"summary": "Discard a dead letter (audited: `dead_letter.discard`)", "responses": errors(json!({"204": {"description": "discarded"}}), &["404"])}
         },
         "/v1/groups/{group}/dlq/{id}/retry": {
           "parameters": [group, dlq_id],
-          "post": {"summary": "Deliver a dead letter again with a fresh attempt budget", "responses": errors(json!({"200": ok("dead letter, now retrying", schema("DeadLetter"))}), &["404"])}
+          "post": {"summary": "Deliver a dead letter again with a fresh attempt budget (audited: `dead_letter.retry`)", "responses": errors(json!({"200": ok("dead letter, now retrying", schema("DeadLetter"))}), &["404"])}
         },
         "/v1/sources": {
           "get": {"summary": "Every configured source: state, error, events, slot lag, outbox backlog, snapshot progress", "responses": errors(json!({"200": ok("sources", json!({"type": "array", "items": schema("Source")}))}), &[])}
@@ -198,11 +200,11 @@ pub fn openapi() -> Value {
         },
         "/v1/sources/{source}/pause": {
           "parameters": [source.clone()],
-          "post": {"summary": "Stop reading after the current batch", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
+          "post": {"summary": "Stop reading after the current batch (audited: `source.pause`)", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
         },
         "/v1/sources/{source}/resume": {
           "parameters": [source],
-          "post": {"summary": "Resume a paused source", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
+          "post": {"summary": "Resume a paused source (audited: `source.resume`)", "responses": errors(json!({"200": ok("source", schema("Source"))}), &["404"])}
         },
         "/v1/sinks": {
           "get": {"summary": "Every configured sink: state, error, applied, skipped and rejected events, freshness", "responses": errors(json!({"200": ok("sinks", json!({"type": "array", "items": schema("Sink")}))}), &[])}
@@ -213,11 +215,11 @@ pub fn openapi() -> Value {
         },
         "/v1/sinks/{sink}/pause": {
           "parameters": [sink.clone()],
-          "post": {"summary": "Stop applying after the current batch", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
+          "post": {"summary": "Stop applying after the current batch (audited: `sink.pause`)", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
         },
         "/v1/sinks/{sink}/rebuild": {
           "parameters": [sink.clone()],
-          "post": {"summary": "Replay the sink's topics into shadow tables and swap them in atomically (progress in the sink's `rebuild` field)", "responses": errors(json!({"202": ok("sink, rebuild started", schema("Sink"))}), &["404", "409"])}
+          "post": {"summary": "Replay the sink's topics into shadow tables and swap them in atomically (progress in the sink's `rebuild` field; audited: `sink.rebuild`)", "responses": errors(json!({"202": ok("sink, rebuild started", schema("Sink"))}), &["404", "409"])}
         },
         "/v1/reconciliations": {
           "get": {"summary": "Every configured reconciliation with its latest run", "responses": errors(json!({"200": ok("reconciliations", json!({"type": "array", "items": schema("Reconciliation")}))}), &[])}
@@ -228,11 +230,17 @@ pub fn openapi() -> Value {
         },
         "/v1/reconciliations/{name}/run": {
           "parameters": [reconcile],
-          "post": {"summary": "Run now (body optional: {\"repair\": true|false}, default the configured policy); answers when the run is done", "responses": errors(json!({"200": ok("the run's report", schema("ReconcileRun"))}), &["400", "404", "409", "502"])}
+          "post": {"summary": "Run now (body optional: {\"repair\": true|false}, default the configured policy); answers when the run is done (audited: `reconciliation.run`)", "responses": errors(json!({"200": ok("the run's report", schema("ReconcileRun"))}), &["400", "404", "409", "502"])}
+        },
+        "/v1/audit": {
+          "get": {"summary": "The newest administrative actions, newest first",
+            "description": "The audit trail kept in the internal topic `__audit`: one record per administrative action taken through the API (topic create/delete, group delete, seek, dead-letter retry/discard, source and sink pause/resume, sink rebuild, reconciliation run), written after the action with its outcome. Kept 30 days or 64 MiB, whichever comes first. Clients cannot write or delete it.",
+            "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::audit::AUDIT_LIMIT_MAX, "default": crate::audit::AUDIT_LIMIT_DEFAULT}, "description": "Most records to return"}],
+            "responses": errors(json!({"200": ok("audit records, newest first", json!({"type": "array", "items": schema("AuditRecord")}))}), &["400"])}
         },
         "/v1/sinks/{sink}/resume": {
           "parameters": [sink],
-          "post": {"summary": "Resume a paused sink", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
+          "post": {"summary": "Resume a paused sink (audited: `sink.resume`)", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
         }
       },
       "components": {
@@ -327,6 +335,13 @@ pub fn openapi() -> Value {
             "policy": {"enum": ["report", "repair"]}, "interval_ms": {"type": "integer"},
             "runs_total": {"type": "integer"}, "last_run": {"type": ["object", "null"]},
             "history": {"type": "array", "items": {"type": "object"}}}},
+          "AuditRecord": {"type": "object", "required": ["at", "principal", "action", "resource", "outcome", "status"], "properties": {
+            "at": {"type": "string", "format": "date-time", "description": "when the action finished, RFC 3339 UTC"},
+            "principal": {"type": "string", "description": "who took it (`anonymous` with authentication off)"},
+            "action": {"type": "string", "enum": ["topic.create", "topic.delete", "group.delete", "group.seek", "dead_letter.retry", "dead_letter.discard", "source.pause", "source.resume", "sink.pause", "sink.resume", "sink.rebuild", "reconciliation.run"]},
+            "resource": {"type": "string", "description": "`topic/<name>`, `group/<name>`, `group/<name>/topic/<topic>` (seek), `group/<name>/dlq/<id>`, `source/<name>`, `sink/<name>` or `reconciliation/<name>`"},
+            "outcome": {"type": "string", "enum": ["ok", "failed"]},
+            "status": {"type": "integer", "description": "the HTTP status the action was answered with"}}},
           "DeadLetter": {"type": "object", "properties": {"id": {"type": "string"}, "group": {"type": "string"}, "topic": {"type": "string"},
             "partition": {"type": "integer"}, "offset": {"type": "integer"}, "event": schema("CloudEvent"), "attempts": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}, "dead_at_ms": {"type": "integer"}, "state": {"enum": ["dead", "retrying"]}}}

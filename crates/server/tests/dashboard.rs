@@ -46,6 +46,12 @@ fn the_page_at_root_has_every_panel_and_its_files_load() {
         "error-banner",
         "dlq-detail",
         "reconciliations-empty",
+        "panel-audit",
+        "audit-empty",
+        "login-form",
+        "login-token",
+        "login-submit",
+        "logout",
     ] {
         assert!(html.contains(&format!("data-testid=\"{testid}\"")), "no {testid} in the page");
     }
@@ -63,15 +69,51 @@ fn the_page_at_root_has_every_panel_and_its_files_load() {
     for route in ["/v1/topics", "/v1/groups", "/v1/sources", "/v1/sinks", "/v1/reconciliations"] {
         assert!(js.contains(&format!("\"{route}\"")), "the script does not poll {route}");
     }
+    assert!(js.contains("`/v1/audit?limit="), "the script does not read the audit trail");
     assert!(js.contains("/retry`"), "the script cannot retry a dead letter");
     for parses_html in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
         assert!(!js.contains(parses_html), "the script must not insert HTML ({parses_html})");
     }
 
+    // The token field is a password field the browser does not fill or remember, and the form
+    // is never submitted natively (that could put the token in a URL).
+    let field = html.split("data-testid=\"login-token\"").nth(1).unwrap_or("");
+    let field = &field[..field.find('>').unwrap_or(0)];
+    assert!(html.contains("type=\"password\" id=\"login-token\""), "{html}");
+    assert!(field.contains("autocomplete=\"off\""), "{field}");
+    assert!(js.contains("event.preventDefault()"), "the sign-in form must not submit natively");
+
     let (status, _, body) = fetch(&s, "/ui/nope.js");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no-such-asset"), "{body}");
     s.get("/ui/../Cargo.toml").problem(404);
+}
+
+/// The sign-in token goes only to `POST /v1/session` as JSON, and is never stored where a script
+/// or a URL keeps it.
+#[test]
+fn the_sign_in_token_is_posted_as_json_and_never_stored() {
+    let s = start(config(BrokerConfig::default()));
+    let (_, _, js) = fetch(&s, "/ui/dashboard.js");
+    assert!(js.contains("api(\"POST\", \"/v1/session\", { token })"), "sign-in request");
+    assert!(js.contains("headers[\"content-type\"] = \"application/json\""));
+    assert!(js.contains("api(\"DELETE\", \"/v1/session\")"), "sign-out request");
+    for keeps in [
+        "localStorage",
+        "sessionStorage",
+        "document.cookie",
+        "indexedDB",
+        "location.hash",
+        "location.search",
+        "history.pushState",
+        "history.replaceState",
+    ] {
+        assert!(!js.contains(keeps), "the script must not use {keeps}");
+    }
+    // The field is cleared as soon as it is read.
+    let read = js.find("const token = field.value").expect("the token is read from the field");
+    let cleared = js.find("field.value = \"\"").expect("the field is cleared");
+    assert!(cleared > read && cleared - read < 80, "cleared right after it is read");
 }
 
 #[test]

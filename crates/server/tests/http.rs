@@ -533,6 +533,7 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/reconciliations", "get"),
         ("/v1/reconciliations/{name}", "get"),
         ("/v1/reconciliations/{name}/run", "post"),
+        ("/v1/audit", "get"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
