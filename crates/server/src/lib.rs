@@ -30,6 +30,7 @@
 // The OpenAPI document is one `json!` literal, nested deeper than the default limit allows.
 #![recursion_limit = "256"]
 
+mod auth;
 mod cloudevents;
 mod config;
 mod conn;
@@ -72,6 +73,13 @@ pub mod fuzzing {
 }
 pub use problem::{FaultAt, Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX};
 
+/// The authorization policy table's rows as `(METHOD, route template)`, for the acceptance test
+/// that checks it against the OpenAPI document (not an API: hidden from the docs).
+#[doc(hidden)]
+pub fn authorization_policy_routes() -> Vec<(&'static str, &'static str)> {
+    auth::policy::POLICIES.iter().map(|p| (p.method, p.route)).collect()
+}
+
 /// State shared by every handler.
 #[derive(Debug)]
 pub(crate) struct AppState {
@@ -92,6 +100,8 @@ pub(crate) struct AppState {
     pub streams: Mutex<HashMap<(String, String), Arc<stream::Credit>>>,
     /// Becomes `true` when shutdown starts.
     pub shutdown: watch::Sender<bool>,
+    /// Authentication: tokens, sessions, client subjects, refusal counts.
+    pub auth: Arc<auth::AuthState>,
 }
 
 impl AppState {
@@ -112,15 +122,23 @@ impl AppState {
 /// `axum::serve` on any listener (tests bind `127.0.0.1:0`); [`serve`] adds the connection
 /// timeouts and bound.
 /// Sources and sinks are not started here; [`serve`] starts them.
+/// With `[auth] enabled`, a tokens file that cannot be opened is logged and every token is
+/// refused ([`serve`] refuses to start instead).
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let none = (Arc::new(Sources::none()), Arc::new(Sinks::none()), Arc::new(Reconcilers::none()));
-    build(broker, config, none).0
+    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
+    let auth = auth::AuthState::new(config, Arc::clone(&clock)).unwrap_or_else(|e| {
+        tracing::error!("authentication cannot use its tokens file ({e}); refusing every token");
+        auth::AuthState::refusing_tokens(config, clock)
+    });
+    build(broker, config, none, Arc::new(auth)).0
 }
 
 fn build(
     broker: Arc<Broker>,
     config: &ServerConfig,
     (sources, sinks, reconcilers): (Arc<Sources>, Arc<Sinks>, Arc<Reconcilers>),
+    auth: Arc<auth::AuthState>,
 ) -> (Router, Arc<AppState>) {
     let s = &config.server;
     let state = Arc::new(AppState {
@@ -134,6 +152,7 @@ fn build(
         metrics_partition_series_max: s.metrics_partition_series_max,
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,
+        auth: Arc::clone(&auth),
     });
     let member = "/v1/groups/{group}/members/{member}";
     let app = Router::new()
@@ -142,6 +161,7 @@ fn build(
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/session", post(auth::sign_in).delete(auth::sign_out))
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .route("/v1/topics", get(routes::list_topics).post(routes::create_topic))
         .route("/v1/topics/{topic}", get(routes::describe_topic).delete(routes::delete_topic))
@@ -178,18 +198,11 @@ fn build(
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
-        .layer(axum::middleware::from_fn(anonymous_principal))
+        // Authentication and authorization by the policy table (`auth.rs`); with `[auth]`
+        // off, every request is `anonymous` and allowed.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .with_state(Arc::clone(&state));
     (app, state)
-}
-
-/// Until authentication is on, every request acts as [`peer::Principal::anonymous`].
-async fn anonymous_principal(
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    request.extensions_mut().insert(peer::Principal::anonymous());
-    next.run(request).await
 }
 
 /// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
@@ -226,8 +239,18 @@ where
                 return Err(ServerError::Reconcile(e));
             }
         };
+    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
+    let auth = match auth::AuthState::new(config, clock) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            reconcilers.shutdown().await;
+            sinks.shutdown().await;
+            sources.shutdown().await;
+            return Err(ServerError::InvalidConfig(format!("[auth] {e}")));
+        }
+    };
     let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
-    let (app, state) = build(broker, config, parts);
+    let (app, state) = build(broker, config, parts, auth);
     let s = &config.server;
     let limits = conn::Limits {
         connections_max: s.connections_max,

@@ -131,10 +131,11 @@ pub async fn metrics(State(state): Shared) -> ApiResult<Response> {
     let (sources, sinks) = (Arc::clone(&state.sources), Arc::clone(&state.sinks));
     let reconcilers = Arc::clone(&state.reconcilers);
     let series_max = state.metrics_partition_series_max;
-    let text = blocking(&state, move |b| {
+    let mut text = blocking(&state, move |b| {
         Ok(crate::metrics::render(b, &sources, &sinks, &reconcilers, series_max))
     })
     .await?;
+    crate::metrics::render_auth_denied(&mut text, &state.auth.denied().snapshot());
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -167,6 +168,7 @@ pub async fn method_not_allowed(uri: Uri) -> Problem {
 /// `POST /v1/topics` with `{"name": "...", ...TopicSpec}`.
 pub async fn create_topic(
     State(state): Shared,
+    access: crate::auth::Access,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
     let Value::Object(mut fields) = body else {
@@ -177,6 +179,8 @@ pub async fn create_topic(
         Some(_) => return Err(Problem::bad_request("\"name\" must be a string").with_field("name")),
         None => return Err(Problem::bad_request("\"name\" is required").with_field("name")),
     };
+    // The policy layer cannot see the name (it is in the body): checked here.
+    access.require(driftless_auth::Operation::Admin, driftless_auth::Kind::Topic, &name)?;
     let spec: TopicSpec = serde_json::from_value(Value::Object(fields))
         .map_err(|e| Problem::invalid_body("topic settings", &e))?;
     let location = format!("/v1/topics/{name}");
@@ -265,9 +269,15 @@ pub async fn delete_group(
 /// `POST /v1/groups/{group}/members`.
 pub async fn join(
     State(state): Shared,
+    access: crate::auth::Access,
     ApiPath(group): ApiPath<String>,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> ApiResult<(StatusCode, Json<Membership>)> {
+    // Joining consumes every topic named in the body: each needs `consume` (the policy layer
+    // checked the group).
+    for topic in &body.topics {
+        access.require(driftless_auth::Operation::Consume, driftless_auth::Kind::Topic, topic)?;
+    }
     let m =
         blocking(&state, move |b| b.join(&group, &body.topics, body.session_timeout_ms)).await?;
     Ok((StatusCode::CREATED, Json(m)))

@@ -500,6 +500,8 @@ fn metrics_and_openapi_describe_the_server() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
+        ("/v1/session", "post"),
+        ("/v1/session", "delete"),
         ("/v1/topics", "get"),
         ("/v1/topics", "post"),
         ("/v1/topics/{topic}", "get"),
