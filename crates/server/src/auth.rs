@@ -496,3 +496,102 @@ pub(crate) fn documented_scope(method: &str, route: &str) -> Option<Option<Strin
         Rule::Need(op, kind, target) => Some(policy::scope_text(op, kind, target, None)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! What needs a connection's facts ([`PeerIdentity`]), which only the TLS accept loop
+    //! provides: requests are given the extension directly and sent through the real router.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use axum::body::Body;
+    use tower_service::Service;
+
+    fn router(dir: &std::path::Path, clients: &[(&str, &[&str])]) -> axum::Router {
+        let broker = Arc::new(
+            driftless_broker::Broker::open(&dir.join("data"), Default::default()).unwrap(),
+        );
+        let mut config = ServerConfig::default();
+        config.auth.enabled = true;
+        config.auth.tokens_file = Some(dir.join("tokens.json"));
+        for (subject, scopes) in clients {
+            config
+                .auth
+                .clients
+                .insert(subject.to_string(), scopes.iter().map(|s| s.to_string()).collect());
+        }
+        crate::router(broker, &config)
+    }
+
+    async fn call(router: &mut axum::Router, request: axum::http::Request<Body>) -> Response {
+        std::future::poll_fn(|cx| Service::<axum::http::Request<Body>>::poll_ready(router, cx))
+            .await
+            .unwrap();
+        router.call(request).await.unwrap()
+    }
+
+    fn request(
+        method: &str,
+        path: &str,
+        peer: PeerIdentity,
+        body: &str,
+    ) -> axum::http::Request<Body> {
+        let mut r = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        r.extensions_mut().insert(peer);
+        r
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_subject_acts_with_its_configured_scopes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = router(dir.path(), &[("billing-svc", &["read:topic:*"])]);
+        let peer = |subject: &str| PeerIdentity { tls: true, client_subject: Some(subject.into()) };
+        let r = call(&mut app, request("GET", "/v1/topics", peer("billing-svc"), "")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let r =
+            call(&mut app, request("POST", "/v1/topics", peer("billing-svc"), r#"{"name":"x"}"#))
+                .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // A verified subject that is not configured is authenticated but may do nothing.
+        let r = call(&mut app, request("GET", "/v1/topics", peer("stranger"), "")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // TLS without a client certificate is not a credential.
+        let r = call(
+            &mut app,
+            request("GET", "/v1/topics", PeerIdentity { tls: true, client_subject: None }, ""),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn a_session_cookie_set_over_tls_is_secure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = driftless_auth::TokenStore::new(dir.path().join("tokens.json"));
+        let created = store
+            .create(
+                "op",
+                &["read:topic:*".to_string()],
+                None,
+                crate::routes::now_ms(),
+                &mut driftless_auth::OsRandom,
+            )
+            .unwrap();
+        let mut app = router(dir.path(), &[]);
+        let body = serde_json::json!({"token": created.token.text}).to_string();
+        let tls = PeerIdentity { tls: true, client_subject: None };
+        let r = call(&mut app, request("POST", "/v1/session", tls.clone(), &body)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_string();
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "; Secure"] {
+            assert!(cookie.contains(attr), "{attr}: {cookie}");
+        }
+        let r = call(&mut app, request("DELETE", "/v1/session", tls, "")).await;
+        let cleared = r.headers()[header::SET_COOKIE].to_str().unwrap();
+        assert!(cleared.contains("Max-Age=0") && cleared.contains("Secure"), "{cleared}");
+    }
+}
