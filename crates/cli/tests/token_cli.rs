@@ -149,6 +149,22 @@ fn token_create_refuses_bad_scopes_and_names_with_the_reason() {
     assert!(!file.exists());
 }
 
+#[test]
+fn token_commands_find_the_tokens_file_the_server_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let custom = dir.path().join("custom-tokens.json");
+    let config = dir.path().join("driftless.toml");
+    std::fs::write(&config, format!("[auth]\ntokens_file = {:?}\n", custom.to_str().unwrap()))
+        .unwrap();
+    let c = config.to_str().unwrap();
+    let out =
+        driftless(&["token", "create", "--name", "a", "--scope", "read:topic:*", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(custom.exists(), "the config's tokens_file was not used");
+    let out = driftless(&["token", "list", "--config", c]);
+    assert_eq!(text(&out.stdout).lines().count(), 1, "{}", text(&out.stdout));
+}
+
 /// A one-connection https server with `cert`/`key`: answers `[]` to one request and returns
 /// the request's head (or the handshake error).
 fn https_once(cert: &Path, key: &Path) -> (u16, std::thread::JoinHandle<Result<String, String>>) {

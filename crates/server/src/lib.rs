@@ -61,7 +61,9 @@ use driftless_sink::Sinks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+pub use config::{
+    AuthSettings, Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+};
 pub use error::ServerError;
 pub use openapi::openapi;
 
@@ -199,7 +201,8 @@ fn build(
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
         // Authentication and authorization by the policy table (`auth.rs`); with `[auth]`
-        // off, every request is `anonymous` and allowed.
+        // off, every request is `anonymous` and allowed. `Router::layer` wraps only the routes
+        // added before it: every route goes above this line, with a row in `auth/policy.rs`.
         .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .with_state(Arc::clone(&state));
     (app, state)

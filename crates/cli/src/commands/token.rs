@@ -18,14 +18,20 @@ use serde::Serialize;
 /// Flags of `driftless token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The tokens file (default `<data-dir>/tokens.json`; the server's `[auth] tokens_file`).
+    /// The tokens file (the server's `[auth] tokens_file`). Without it: the one the --config
+    /// file names, else `<data-dir>/tokens.json`.
     #[arg(long, global = true, env = "DRIFTLESS_TOKENS_FILE", value_name = "FILE")]
     tokens_file: Option<PathBuf>,
 
-    /// The server's data directory, whose `tokens.json` is used unless --tokens-file is given.
-    #[arg(long, global = true, env = "DRIFTLESS_DATA_DIR", value_name = "DIR",
-          default_value = driftless_server::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// The server's config file, whose `[auth] tokens_file` (or `[server] data_dir`) locates
+    /// the tokens file.
+    #[arg(long, global = true, env = "DRIFTLESS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The server's data directory (default ./driftless-data), whose `tokens.json` is used
+    /// unless --tokens-file or the config's `[auth] tokens_file` says otherwise.
+    #[arg(long, global = true, env = "DRIFTLESS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: TokenCommand,
@@ -71,9 +77,25 @@ fn now_ms() -> i64 {
     driftless_core::Clock::now_ms(&driftless_core::SystemClock)
 }
 
+/// The tokens file: `--tokens-file`, else the config's (with `--data-dir` overriding its data
+/// directory, as for `serve`), else `<data-dir>/tokens.json`.
+fn tokens_path(args: &TokenArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.tokens_file {
+        return Ok(path.clone());
+    }
+    let mut config = match &args.config {
+        Some(path) => driftless_server::ServerConfig::load(path)?,
+        None => driftless_server::ServerConfig::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.server.data_dir.clone_from(dir);
+    }
+    Ok(config.auth.tokens_path(&config.server.data_dir))
+}
+
 /// Runs `driftless token ...`.
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let path = args.tokens_file.unwrap_or_else(|| args.data_dir.join("tokens.json"));
+    let path = tokens_path(&args)?;
     let store = TokenStore::new(&path);
     match args.command {
         TokenCommand::Create { name, scopes, expires_in_days } => {
