@@ -193,7 +193,8 @@ fn https_once(cert: &Path, key: &Path) -> (u16, std::thread::JoinHandle<Result<S
             tls.read_exact(&mut byte).map_err(|e| e.to_string())?;
             head.push(byte[0]);
         }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]";
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                      content-length: 2\r\nconnection: close\r\n\r\n[]";
         tls.write_all(answer.as_bytes()).map_err(|e| e.to_string())?;
         tls.flush().map_err(|e| e.to_string())?;
         tls.conn.send_close_notify();

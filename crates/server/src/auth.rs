@@ -177,6 +177,18 @@ impl AuthState {
         &self.denied
     }
 
+    /// Counts a refusal and logs it at debug level: the reason, the route and the principal
+    /// when known — never a credential.
+    fn refuse(&self, reason: Reason, route: &str, principal: Option<&str>) {
+        self.denied.add(reason);
+        tracing::debug!(
+            reason = reason.label(),
+            route,
+            principal = principal.unwrap_or("-"),
+            "request refused"
+        );
+    }
+
     fn token(&self, text: &str) -> Result<Identity, Denied> {
         match &self.authenticator {
             Some(a) => a.authenticate(text, self.clock.now_ms()),
@@ -207,7 +219,7 @@ impl Access {
             return Ok(());
         }
         if let Some(auth) = &self.auth {
-            auth.denied.add(Reason::Forbidden);
+            auth.refuse(Reason::Forbidden, "(a name in the body)", Some(&self.principal));
         }
         Err(forbidden(
             &self.principal,
@@ -352,11 +364,12 @@ pub(crate) async fn layer(
         Ok(Who::Token(identity)) => (identity.name, identity.grants),
         Ok(Who::Client(name, grants)) => (name, grants),
         Err((reason, presented)) => {
-            auth.denied.add(reason);
+            auth.refuse(reason, route.as_deref().unwrap_or("(no route)"), None);
             return unauthenticated(reason, presented);
         }
     };
     let (mut parts, body) = request.into_parts();
+    let at = route.as_deref().unwrap_or("");
     match lookup {
         Lookup::Found(Rule::Need(op, kind, target)) => {
             let allowed = match target {
@@ -370,7 +383,11 @@ pub(crate) async fn layer(
                     match value {
                         Some(value) if grants.allows(op, kind, &value) => true,
                         value => {
-                            auth.denied.add(Reason::Forbidden);
+                            auth.refuse(
+                                Reason::Forbidden,
+                                route.as_deref().unwrap_or(""),
+                                Some(&name),
+                            );
                             let scope = policy::scope_text(op, kind, target, value.as_deref());
                             return forbidden(&name, &scope).into_response();
                         }
@@ -378,14 +395,14 @@ pub(crate) async fn layer(
                 }
             };
             if !allowed {
-                auth.denied.add(Reason::Forbidden);
+                auth.refuse(Reason::Forbidden, at, Some(&name));
                 return forbidden(&name, &policy::scope_text(op, kind, target, None))
                     .into_response();
             }
         }
         Lookup::Found(Rule::Public) | Lookup::OtherMethod => {}
         Lookup::NoPolicy => {
-            auth.denied.add(Reason::NoPolicy);
+            auth.refuse(Reason::NoPolicy, at, Some(&name));
             tracing::error!(
                 route = route.as_deref().unwrap_or(""),
                 method = %parts.method,
@@ -439,13 +456,14 @@ pub(crate) async fn sign_in(
             StatusCode::CONFLICT,
             "auth-disabled",
             "Authentication is off",
-            "this server does not authenticate requests ([auth] enabled = false), so no session is needed",
+            "this server does not authenticate requests ([auth] enabled = false), so no \
+             session is needed",
         )
         .into_response());
     }
     let identity = auth.token(&body.token).map_err(|d| {
         let reason = Reason::from_denied(d);
-        auth.denied.add(reason);
+        auth.refuse(reason, "/v1/session", None);
         unauthenticated(reason, true)
     })?;
     let now = auth.clock.now_ms();

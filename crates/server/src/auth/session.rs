@@ -40,7 +40,10 @@ pub(crate) struct Sessions {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
     /// `sessions_max` sessions are open.
-    #[error("{0} sessions are open, the most auth.sessions_max allows; sign out of another, or raise it")]
+    #[error(
+        "{0} sessions are open, the most auth.sessions_max allows; sign out of another, or \
+         raise it"
+    )]
     Full(usize),
     /// No random bytes.
     #[error(transparent)]
