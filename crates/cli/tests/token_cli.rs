@@ -242,3 +242,77 @@ fn client_commands_verify_an_https_server_with_the_ca_file_and_send_the_token() 
     assert!(!stderr.contains(&token), "{stderr}");
     assert!(server.join().unwrap().is_err(), "the request reached the untrusted server");
 }
+
+#[test]
+fn no_token_or_session_cookie_reaches_the_server_log_even_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("driftless.toml");
+    std::fs::write(&config, "[auth]\nenabled = true\n").unwrap();
+    let d = data.to_str().unwrap();
+    let out = driftless(&[
+        "token",
+        "create",
+        "--name",
+        "ops",
+        "--scope",
+        "read:topic:*",
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let log_path = dir.path().join("server.log");
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(["serve", "--listen", &addr, "--data-dir", d, "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .env_remove("DRIFTLESS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let start = Instant::now();
+    while support::http(&addr, "GET", "/healthz", "text/plain", "").is_none_or(|r| r.0 != 200) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent = support::agent(Duration::from_secs(10));
+    let wrong = format!("dlt_{}_{}", "7".repeat(16), "8".repeat(64));
+    for t in [&token, &wrong] {
+        let r =
+            agent.get(format!("{base}/v1/topics")).header("authorization", format!("Bearer {t}"));
+        r.call().unwrap();
+    }
+    let r = agent
+        .post(format!("{base}/v1/session"))
+        .header("content-type", "application/json")
+        .send(serde_json::json!({"token": token}).to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set["driftless_session=".len()..].split(';').next().unwrap().to_string();
+    for path in ["/v1/topics", "/v1/groups"] {
+        let r = agent
+            .get(format!("{base}{path}"))
+            .header("cookie", format!("driftless_session={cookie}"));
+        r.call().unwrap();
+    }
+    let r = agent.delete(format!("{base}/v1/session"));
+    r.header("cookie", format!("driftless_session={cookie}")).call().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("request refused"), "the refusals were not logged:\n{log}");
+    for (what, secret) in [
+        ("token", token.as_str()),
+        ("token secret", token.rsplit('_').next().unwrap()),
+        ("wrong token", wrong.as_str()),
+        ("wrong token's secret", wrong.rsplit('_').next().unwrap()),
+        ("session cookie", cookie.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the {what} is in the server log:\n{log}");
+    }
+}
