@@ -43,7 +43,7 @@ struct Cli {
     server: String,
 
     /// API token for client commands, sent as `Authorization: Bearer` (from
-    /// `driftless token create`).
+    /// `driftless token create`). Prefer DRIFTLESS_TOKEN: other users can read a flag in `ps`.
     #[arg(
         long,
         global = true,
