@@ -15,6 +15,9 @@
 //!   blocking pool, never on an executor thread;
 //! - waiting (long-poll, streaming) holds no thread: it awaits [`Broker::listen`], created
 //!   *before* the fetch it follows so no wake-up is lost, or the broker's next retry deadline;
+//! - every request passes the authentication layer (`auth.rs`) before its handler: with
+//!   `[auth] enabled` it is authenticated and authorized by the (method, route) policy table,
+//!   and a route without a row is refused; otherwise it acts as `anonymous`;
 //! - every error is an RFC 9457 problem document ([`Problem`]); broker errors get their status
 //!   from one table, [`Problem::from_broker`];
 //! - everything is bounded: request bodies by `request_body_bytes_max`, long-poll waits by
@@ -223,6 +226,11 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // Authentication first: a tokens file it cannot use stops the start before any task runs.
+    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
+    let auth = auth::AuthState::new(config, clock)
+        .map(Arc::new)
+        .map_err(|e| ServerError::InvalidConfig(format!("[auth] {e}")))?;
     let sources = Arc::new(
         Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
     );
@@ -242,16 +250,6 @@ where
                 return Err(ServerError::Reconcile(e));
             }
         };
-    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
-    let auth = match auth::AuthState::new(config, clock) {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            reconcilers.shutdown().await;
-            sinks.shutdown().await;
-            sources.shutdown().await;
-            return Err(ServerError::InvalidConfig(format!("[auth] {e}")));
-        }
-    };
     let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
     let (app, state) = build(broker, config, parts, auth);
     let s = &config.server;
