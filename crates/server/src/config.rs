@@ -1,4 +1,4 @@
-//! The server's configuration: a TOML file with a `[server]` and a `[broker]` table and
+//! The server's configuration: a TOML file with `[server]`, `[auth]` and `[broker]` tables and
 //! `[[source]]`, `[[sink]]` and `[[reconcile]]` entries, overridden by
 //! command-line flags and `DRIFTLESS_*` environment variables.
 //!
