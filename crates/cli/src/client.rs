@@ -1,6 +1,14 @@
 //! A small blocking HTTP client for the Driftless server's `/v1` API, used by the client commands
 //! (`produce`, `consume`, `topic`, `group`, `dlq`).
 //!
+//! Credentials and TLS: the API token (`--token` / `DRIFTLESS_TOKEN`) goes in an
+//! `Authorization: Bearer` header of every request, and `https://` servers are verified against
+//! `--ca-file` / `DRIFTLESS_CA_FILE` (PEM) when given, else the public web roots. They are set
+//! once per process with [`configure`] (main does it before running a command), so every
+//! command's `Client::new(server)` picks them up without each command passing them along. The
+//! token is never printed: not in errors (they name the URL, which never carries it), not in
+//! `Debug`.
+//!
 //! Invariants: every request goes to the one base URL given by `--server`, else
 //! `DRIFTLESS_SERVER`, else [`DEFAULT_SERVER`]; path segments taken from the user (topic, group,
 //! member and dead-letter ids) are percent-encoded, so a name can never change the route; a
@@ -11,6 +19,8 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -180,14 +190,14 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-/// Normalizes and checks a server base URL: `http://host:port`, any trailing `/` removed.
+/// Normalizes and checks a server base URL: `http://host:port` or `https://host:port`, any
+/// trailing `/` removed.
 pub fn normalize_server(server: &str) -> anyhow::Result<String> {
     let s = server.trim().trim_end_matches('/');
-    if s.starts_with("https://") {
-        anyhow::bail!("server URL {s:?}: https is not supported yet; use http://");
-    }
-    let Some(host) = s.strip_prefix("http://") else {
-        anyhow::bail!("server URL {s:?} must start with http:// (e.g. {DEFAULT_SERVER})");
+    let Some(host) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) else {
+        anyhow::bail!(
+            "server URL {s:?} must start with http:// or https:// (e.g. {DEFAULT_SERVER})"
+        );
     };
     if host.is_empty() {
         anyhow::bail!("server URL {s:?} has no host (e.g. {DEFAULT_SERVER})");
@@ -195,25 +205,120 @@ pub fn normalize_server(server: &str) -> anyhow::Result<String> {
     Ok(s.to_string())
 }
 
+/// Largest CA file read, in bytes.
+pub const CA_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// How every client of this process authenticates and verifies the server.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// The API token sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// PEM file of the certificate authorities an `https://` server's certificate must chain
+    /// to; the public web roots when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+static OPTIONS: OnceLock<ClientOptions> = OnceLock::new();
+
+/// Sets the options every [`Client::new`] of this process uses (the first call wins).
+pub fn configure(options: ClientOptions) {
+    let _ = OPTIONS.set(options);
+}
+
+/// Reads the certificates of a PEM CA file.
+fn ca_certificates(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the CA file {} (--ca-file)", path.display()))?;
+    let mut pem = Vec::new();
+    file.take(CA_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut pem)
+        .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+    if pem.len() as u64 > CA_FILE_BYTES_MAX {
+        anyhow::bail!(
+            "the CA file {} is larger than {CA_FILE_BYTES_MAX} bytes; give a PEM file of CA \
+             certificates",
+            path.display()
+        );
+    }
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("the CA file {} is not valid PEM: {e}", path.display()),
+        }
+    }
+    if certs.is_empty() {
+        anyhow::bail!("the CA file {} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
 /// A client for one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     agent: Agent,
+    /// `Bearer <token>`, when a token was given.
+    authorization: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).finish_non_exhaustive()
+    }
 }
 
 impl Client {
-    /// A client for the server at `server` (see [`normalize_server`]).
+    /// A client for the server at `server` (see [`normalize_server`]), with the options given
+    /// to [`configure`].
     pub fn new(server: &str) -> anyhow::Result<Self> {
+        let default = ClientOptions::default();
+        Self::with_options(server, OPTIONS.get().unwrap_or(&default))
+    }
+
+    /// A client for the server at `server` with `options`.
+    pub fn with_options(server: &str, options: &ClientOptions) -> anyhow::Result<Self> {
         let base = normalize_server(server)?;
-        let agent: Agent = Agent::config_builder()
+        let mut config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
-            .user_agent(concat!("driftless-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        Ok(Self { base, agent })
+            .user_agent(concat!("driftless-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &options.ca_file {
+            let roots = ureq::tls::RootCerts::new_with_certs(&ca_certificates(path)?);
+            config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        let agent: Agent = config.build().into();
+        let authorization = match options.token.as_deref().map(str::trim) {
+            None => None,
+            Some("") => anyhow::bail!("the API token (--token / DRIFTLESS_TOKEN) is empty"),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => anyhow::bail!(
+                "the API token (--token / DRIFTLESS_TOKEN) has spaces or control characters; \
+                 give it as `driftless token create` printed it"
+            ),
+            Some(t) => Some(Arc::from(format!("Bearer {t}"))),
+        };
+        Ok(Self { base, agent, authorization })
+    }
+
+    /// Adds the `Authorization` header when a token was given.
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("authorization", &**value),
+            None => request,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -274,7 +379,7 @@ impl Client {
         wait: Duration,
     ) -> Result<T, ClientError> {
         let url = self.url(path);
-        let mut request = self.agent.get(&url);
+        let mut request = self.authorize(self.agent.get(&url));
         for (k, v) in query {
             request = request.query(*k, v);
         }
@@ -312,8 +417,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let url = self.url(path);
         let result = self
-            .agent
-            .post(&url)
+            .authorize(self.agent.post(&url))
             .header("content-type", content_type)
             .header("accept", "application/json")
             .send(bytes);
@@ -324,7 +428,8 @@ impl Client {
     /// `POST path` without a body; the JSON answer, or `None` when the body is empty.
     pub fn post_empty(&self, path: &str) -> Result<Option<serde_json::Value>, ClientError> {
         let url = self.url(path);
-        let result = self.agent.post(&url).header("accept", "application/json").send_empty();
+        let result =
+            self.authorize(self.agent.post(&url)).header("accept", "application/json").send_empty();
         let body = self.finish("POST", url.clone(), result)?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
@@ -335,7 +440,8 @@ impl Client {
     /// `DELETE path`, ignoring any answer body.
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
         let url = self.url(path);
-        let result = self.agent.delete(&url).header("accept", "application/json").call();
+        let result =
+            self.authorize(self.agent.delete(&url)).header("accept", "application/json").call();
         self.finish("DELETE", url, result).map(|_| ())
     }
 }
@@ -382,7 +488,8 @@ mod tests {
     fn server_urls_are_checked_and_normalized() {
         assert_eq!(normalize_server("http://127.0.0.1:7070/").unwrap(), "http://127.0.0.1:7070");
         assert_eq!(normalize_server(" http://h ").unwrap(), "http://h");
-        for bad in ["127.0.0.1:7070", "https://h", "http://", "ftp://h"] {
+        assert_eq!(normalize_server("https://h:7070/").unwrap(), "https://h:7070");
+        for bad in ["127.0.0.1:7070", "https://", "http://", "ftp://h"] {
             assert!(normalize_server(bad).is_err(), "{bad}");
         }
     }

@@ -42,6 +42,22 @@ struct Cli {
           default_value = client::DEFAULT_SERVER)]
     server: String,
 
+    /// API token for client commands, sent as `Authorization: Bearer` (from
+    /// `driftless token create`). Prefer DRIFTLESS_TOKEN: other users can read a flag in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "DRIFTLESS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+
+    /// PEM file of the certificate authorities an https:// server's certificate must chain to
+    /// (default: the public web roots).
+    #[arg(long, global = true, env = "DRIFTLESS_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +82,8 @@ enum Command {
     Sink(commands::sink::SinkArgs),
     /// Compare a projection with its source of truth now; report (and with --repair, fix) drift.
     Reconcile(commands::reconcile::ReconcileArgs),
+    /// API tokens in the tokens file: create (prints it once), list, revoke.
+    Token(commands::token::TokenArgs),
     /// Create a service's outbox table in Postgres or SQLite.
     Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
@@ -181,6 +199,7 @@ fn run() -> anyhow::Result<()> {
     // retries, the outage) are part of it and would only interleave.
     let default = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
     init_logging(cli.log_level.as_deref().or(Some(default)))?;
+    client::configure(client::ClientOptions { token: cli.token, ca_file: cli.ca_file });
     match cli.command {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
         Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
@@ -208,6 +227,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox(args) => commands::outbox::run(args),
+        Command::Token(args) => commands::token::run(args),
         Command::Serve(a) => {
             Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {
                 config: a.config,

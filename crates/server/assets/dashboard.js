@@ -737,18 +737,18 @@ async function signOut() {
 }
 
 /**
- * Who the page acts as, if the server tells (GET /v1/session answering `{"principal": name}`):
- * then the sign-out button shows even after a reload. Any other answer changes nothing.
+ * Who the page acts as (GET /v1/session: `{"auth_enabled", "principal"}`): the name and the
+ * sign-out button show only when the server authenticates and a session is open.
  */
 async function whoAmI() {
   let who = null;
   try {
     who = await get("/v1/session");
   } catch (_) {
-    return; // no such endpoint, or not signed in: nothing to show
+    return; // the server is unreachable: the next poll says so
   }
-  const name = who && (who.principal || who.name);
-  if (typeof name !== "string" || name === "anonymous") return;
+  const name = who && who.auth_enabled === true ? who.principal : null;
+  if (typeof name !== "string") return;
   setText($("principal"), `signed in as ${name}`);
   $("principal").hidden = false;
   $("logout").hidden = false;

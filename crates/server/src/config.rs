@@ -1,4 +1,4 @@
-//! The server's configuration: a TOML file with a `[server]` and a `[broker]` table and
+//! The server's configuration: a TOML file with `[server]`, `[auth]` and `[broker]` tables and
 //! `[[source]]`, `[[sink]]` and `[[reconcile]]` entries, overridden by
 //! command-line flags and `DRIFTLESS_*` environment variables.
 //!
@@ -70,13 +70,100 @@ pub struct ServerSettings {
     pub metrics_partition_series_max: usize,
 }
 
-/// The `[auth]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The `[auth]` table: whether requests must authenticate, where the API tokens are, the
+/// dashboard's sessions, and what each mutual-TLS client subject may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Whether requests must authenticate (deny by default once on).
     pub enabled: bool,
+    /// The tokens file `driftless token` writes; `<data_dir>/tokens.json` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// How long a dashboard session lasts after sign-in (it also ends with its token).
+    pub session_ttl_ms: u64,
+    /// Most dashboard sessions open at once; a sign-in beyond it is refused (429).
+    pub sessions_max: usize,
+    /// Scopes of each mutual-TLS client, by its certificate's subject common name (which is
+    /// the principal); a verified subject not listed here may do nothing.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub clients: std::collections::BTreeMap<String, Vec<String>>,
 }
+
+/// Default `auth.session_ttl_ms`: 12 hours.
+pub const SESSION_TTL_MS_DEFAULT: u64 = 43_200_000;
+/// Largest accepted `auth.session_ttl_ms`: 7 days.
+pub const SESSION_TTL_MS_MAX: u64 = 604_800_000;
+/// Largest accepted `auth.sessions_max`.
+pub const SESSIONS_MAX_MAX: usize = 1_000_000;
+/// Most `[auth.clients]` entries.
+pub const AUTH_CLIENTS_MAX: usize = 10_000;
+/// Longest client subject accepted in `[auth.clients]`, in bytes.
+pub const CLIENT_SUBJECT_BYTES_MAX: usize = 256;
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tokens_file: None,
+            session_ttl_ms: SESSION_TTL_MS_DEFAULT,
+            sessions_max: 10_000,
+            clients: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The tokens file: `tokens_file`, else `<data_dir>/tokens.json`.
+    pub fn tokens_path(&self, data_dir: &Path) -> PathBuf {
+        self.tokens_file.clone().unwrap_or_else(|| data_dir.join(TOKENS_FILE_NAME))
+    }
+
+    /// Checks the table's ranges, subjects and scopes.
+    fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::InvalidConfig(m));
+        if self.session_ttl_ms == 0 || self.session_ttl_ms > SESSION_TTL_MS_MAX {
+            return bad(format!(
+                "auth.session_ttl_ms is {}; it must be between 1 and {SESSION_TTL_MS_MAX} (7 days)",
+                self.session_ttl_ms
+            ));
+        }
+        if self.sessions_max == 0 || self.sessions_max > SESSIONS_MAX_MAX {
+            return bad(format!(
+                "auth.sessions_max is {}; it must be between 1 and {SESSIONS_MAX_MAX}",
+                self.sessions_max
+            ));
+        }
+        if self.clients.len() > AUTH_CLIENTS_MAX {
+            return bad(format!(
+                "[auth.clients] has {} entries; at most {AUTH_CLIENTS_MAX} are accepted",
+                self.clients.len()
+            ));
+        }
+        for (subject, scopes) in &self.clients {
+            if subject.is_empty() || subject.len() > CLIENT_SUBJECT_BYTES_MAX {
+                return bad(format!(
+                    "[auth.clients] subject {subject:?} must be 1 to {CLIENT_SUBJECT_BYTES_MAX} \
+                     bytes (a client certificate's subject common name)"
+                ));
+            }
+            if scopes.len() > driftless_auth::SCOPES_PER_TOKEN_MAX {
+                return bad(format!(
+                    "[auth.clients] `{subject}` has {} scopes; at most {} are accepted",
+                    scopes.len(),
+                    driftless_auth::SCOPES_PER_TOKEN_MAX
+                ));
+            }
+            driftless_auth::Grants::parse(scopes).map_err(|e| {
+                ServerError::InvalidConfig(format!("[auth.clients] `{subject}`: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The tokens file's name in the data directory (unless `auth.tokens_file` says otherwise).
+pub const TOKENS_FILE_NAME: &str = "tokens.json";
 
 /// Largest `server.fetch_wait_ms_max`: one hour (a long poll longer than that is a mistake).
 pub const FETCH_WAIT_MS_MAX_LIMIT: u64 = 3_600_000;
@@ -237,6 +324,7 @@ impl ServerConfig {
             }
         }
         // ---- end of consumer groups ----
+        self.auth.validate()?;
         let mut reconcile_names = std::collections::BTreeSet::new();
         for r in &self.reconciles {
             driftless_reconcile::runtime::validate(r, &self.sinks)
@@ -407,6 +495,34 @@ mod tests {
         }
         let ok = "[server]\nconnections_max = 1\nkeep_alive_idle_ms = 86400000\n";
         ServerConfig::from_toml(ok, Path::new("l.toml")).unwrap();
+    }
+
+    #[test]
+    fn the_auth_table_parses_and_bad_values_are_refused_naming_them() {
+        let c = ServerConfig::from_toml(
+            "[auth]\nenabled = true\nsession_ttl_ms = 60000\n[auth.clients]\n\"billing-svc\" = \
+             [\"produce:topic:billing.*\"]\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert!(c.auth.enabled);
+        assert_eq!(c.auth.session_ttl_ms, 60_000);
+        assert_eq!(c.auth.clients["billing-svc"], ["produce:topic:billing.*"]);
+        assert_eq!(c.auth.tokens_path(Path::new("/d")), PathBuf::from("/d/tokens.json"));
+        for (text, needle) in [
+            ("[auth]\nsession_ttl_ms = 0\n", "auth.session_ttl_ms"),
+            ("[auth]\nsession_ttl_ms = 604800001\n", "auth.session_ttl_ms"),
+            ("[auth]\nsessions_max = 0\n", "auth.sessions_max"),
+            ("[auth.clients]\nsvc = [\"write:topic:*\"]\n", "unknown operation"),
+            ("[auth]\nenable = true\n", "enable"),
+        ] {
+            let err = ServerConfig::from_toml(text, Path::new("a.toml")).unwrap_err();
+            let all = format!(
+                "{err} {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
+            assert!(all.contains(needle), "{text}: {all}");
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   blocking pool, never on an executor thread;
 //! - waiting (long-poll, streaming) holds no thread: it awaits [`Broker::listen`], created
 //!   *before* the fetch it follows so no wake-up is lost, or the broker's next retry deadline;
+//! - every request passes the authentication layer (`auth.rs`) before its handler: with
+//!   `[auth] enabled` it is authenticated and authorized by the (method, route) policy table,
+//!   and a route without a row is refused; otherwise it acts as `anonymous`;
 //! - every error is an RFC 9457 problem document ([`Problem`]); broker errors get their status
 //!   from one table, [`Problem::from_broker`];
 //! - everything is bounded: request bodies by `request_body_bytes_max`, long-poll waits by
@@ -31,6 +34,7 @@
 #![recursion_limit = "256"]
 
 mod audit;
+mod auth;
 mod cloudevents;
 mod config;
 mod conn;
@@ -61,7 +65,9 @@ use driftless_sink::Sinks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+pub use config::{
+    AuthSettings, Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+};
 pub use error::ServerError;
 pub use openapi::openapi;
 
@@ -72,6 +78,13 @@ pub mod fuzzing {
     pub use crate::cloudevents::{parse_request, BATCH, STRUCTURED};
 }
 pub use problem::{FaultAt, Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX};
+
+/// The authorization policy table's rows as `(METHOD, route template)`, for the acceptance test
+/// that checks it against the OpenAPI document (not an API: hidden from the docs).
+#[doc(hidden)]
+pub fn authorization_policy_routes() -> Vec<(&'static str, &'static str)> {
+    auth::policy::POLICIES.iter().map(|p| (p.method, p.route)).collect()
+}
 
 /// State shared by every handler.
 #[derive(Debug)]
@@ -96,6 +109,8 @@ pub(crate) struct AppState {
     /// `[auth] enabled`: requests act as authenticated principals, so topic ownership is
     /// enforced (with it off every request is `anonymous` and ownership is only recorded).
     pub auth_enabled: bool,
+    /// Authentication: tokens, sessions, client subjects, refusal counts.
+    pub auth: Arc<auth::AuthState>,
 }
 
 impl AppState {
@@ -116,15 +131,23 @@ impl AppState {
 /// `axum::serve` on any listener (tests bind `127.0.0.1:0`); [`serve`] adds the connection
 /// timeouts and bound.
 /// Sources and sinks are not started here; [`serve`] starts them.
+/// With `[auth] enabled`, a tokens file that cannot be opened is logged and every token is
+/// refused ([`serve`] refuses to start instead).
 pub fn router(broker: Arc<Broker>, config: &ServerConfig) -> Router {
     let none = (Arc::new(Sources::none()), Arc::new(Sinks::none()), Arc::new(Reconcilers::none()));
-    build(broker, config, none).0
+    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
+    let auth = auth::AuthState::new(config, Arc::clone(&clock)).unwrap_or_else(|e| {
+        tracing::error!("authentication cannot use its tokens file ({e}); refusing every token");
+        auth::AuthState::refusing_tokens(config, clock)
+    });
+    build(broker, config, none, Arc::new(auth)).0
 }
 
 fn build(
     broker: Arc<Broker>,
     config: &ServerConfig,
     (sources, sinks, reconcilers): (Arc<Sources>, Arc<Sinks>, Arc<Reconcilers>),
+    auth: Arc<auth::AuthState>,
 ) -> (Router, Arc<AppState>) {
     let s = &config.server;
     let state = Arc::new(AppState {
@@ -139,6 +162,7 @@ fn build(
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,
         auth_enabled: config.auth.enabled,
+        auth: Arc::clone(&auth),
     });
     let member = "/v1/groups/{group}/members/{member}";
     let app = Router::new()
@@ -147,6 +171,7 @@ fn build(
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/session", get(auth::who_am_i).post(auth::sign_in).delete(auth::sign_out))
         .route("/v1/openapi.json", get(routes::openapi_doc))
         .route("/v1/topics", get(routes::list_topics).post(routes::create_topic))
         .route("/v1/topics/{topic}", get(routes::describe_topic).delete(routes::delete_topic))
@@ -184,21 +209,12 @@ fn build(
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
-        .layer(axum::middleware::from_fn(anonymous_principal))
+        // Authentication and authorization by the policy table (`auth.rs`); with `[auth]`
+        // off, every request is `anonymous` and allowed. `Router::layer` wraps only the routes
+        // added before it: every route goes above this line, with a row in `auth/policy.rs`.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .with_state(Arc::clone(&state));
     (app, state)
-}
-
-/// Until authentication is on, every request acts as [`peer::Principal::anonymous`] (unless an
-/// outer in-process layer already set one: the crate's tests act as named principals so).
-async fn anonymous_principal(
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if request.extensions().get::<peer::Principal>().is_none() {
-        request.extensions_mut().insert(peer::Principal::anonymous());
-    }
-    next.run(request).await
 }
 
 /// Starts the configured sources and sinks, serves the API on `listener` until `signal` completes, then
@@ -216,6 +232,11 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // Authentication first: a tokens file it cannot use stops the start before any task runs.
+    let clock: Arc<dyn driftless_core::Clock> = Arc::new(driftless_core::SystemClock);
+    let auth = auth::AuthState::new(config, clock)
+        .map(Arc::new)
+        .map_err(|e| ServerError::InvalidConfig(format!("[auth] {e}")))?;
     let sources = Arc::new(
         Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
     );
@@ -236,7 +257,7 @@ where
             }
         };
     let parts = (Arc::clone(&sources), Arc::clone(&sinks), Arc::clone(&reconcilers));
-    let (app, state) = build(broker, config, parts);
+    let (app, state) = build(broker, config, parts, auth);
     let s = &config.server;
     let limits = conn::Limits {
         connections_max: s.connections_max,

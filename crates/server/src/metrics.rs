@@ -97,8 +97,13 @@ pub const DEAD_LETTER_FAILURES_TOTAL: &str = "driftless_dead_letter_failures_tot
 /// the actions themselves stood (counter).
 pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "driftless_audit_write_failures_total";
 
+/// Requests refused by authentication or authorization since start, by `reason` (`missing`,
+/// `malformed`, `unknown`, `expired`, `unavailable`, `session`, `forbidden`, `no_policy`).
+pub const AUTH_DENIED_TOTAL: &str = "driftless_auth_denied_total";
+
 /// Every metric name this endpoint exposes.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 34] = [
+    AUTH_DENIED_TOTAL,
     PARTITIONS_POISONED,
     DEAD_LETTER_FAILURES_TOTAL,
     AUDIT_WRITE_FAILURES_TOTAL,
@@ -161,6 +166,20 @@ impl Family {
         }
         let _ = writeln!(self.out, " {value}");
     }
+}
+
+/// Appends `driftless_auth_denied_total`, one sample per reason (zeros included), to `out`.
+pub(crate) fn render_auth_denied(out: &mut String, counts: &[(&'static str, u64)]) {
+    let mut f = Family { out: std::mem::take(out) };
+    f.header(
+        AUTH_DENIED_TOTAL,
+        "counter",
+        "Requests refused by authentication or authorization since the server started.",
+    );
+    for (reason, n) in counts {
+        f.sample(AUTH_DENIED_TOTAL, &[("reason", reason)], n);
+    }
+    *out = f.out;
 }
 
 fn escape(v: &str) -> String {

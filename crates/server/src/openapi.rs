@@ -71,6 +71,49 @@ fn create_topic() -> Value {
 
 /// The OpenAPI document.
 pub fn openapi() -> Value {
+    let mut doc = document();
+    secure(&mut doc);
+    doc
+}
+
+/// Adds authentication to the document: the three ways to authenticate (`securitySchemes`),
+/// and on every operation either `security: []` (public) or the scope it needs
+/// (`x-driftless-scope`, from the policy table in `auth/policy.rs`) with its 401 and 403.
+/// The schemes apply only when `[auth] enabled = true`; without it every request is allowed.
+fn secure(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "dlt_<id>_<secret>",
+          "description": "An API token from `driftless token create`"},
+        "session": {"type": "apiKey", "in": "cookie", "name": "driftless_session",
+          "description": "The dashboard's session, from POST /v1/session"},
+        "mtls": {"type": "mutualTLS",
+          "description": "A client certificate; its subject CN is the principal, granted the scopes of `[auth.clients]`"}
+    });
+    doc["security"] = json!([{"bearer": []}, {"session": []}, {"mtls": []}]);
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for (route, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, op) in item.iter_mut() {
+            if method == "parameters" {
+                continue;
+            }
+            match crate::auth::documented_scope(method, route) {
+                Some(None) => op["security"] = json!([]),
+                Some(Some(scope)) => {
+                    op["x-driftless-scope"] = json!(scope);
+                    if let Some(responses) = op["responses"].as_object_mut() {
+                        responses.insert("401".into(), problem());
+                        responses.insert("403".into(), problem());
+                    }
+                }
+                // No policy row: the acceptance test in tests/auth.rs fails on it.
+                None => {}
+            }
+        }
+    }
+}
+
+fn document() -> Value {
     let create_topic = create_topic();
     let topic = path_param("topic", "Topic name");
     let group = json!({"name": "group", "in": "path", "required": true,
@@ -95,6 +138,16 @@ pub fn openapi() -> Value {
           "responses": {"200": {"description": "`ready`", "content": {"text/plain": {"schema": {"type": "string"}}}}, "503": problem()}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)",
           "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/v1/session": {
+          "get": {"summary": "Who this request acts as: the principal of the session cookie, token or client certificate presented (`null` when none, or not valid), and whether the server authenticates at all",
+            "responses": {"200": {"description": "who", "content": {"application/json": {"schema": {"type": "object", "required": ["auth_enabled", "principal"], "properties": {"auth_enabled": {"type": "boolean"}, "principal": {"type": ["string", "null"]}}}}}}}},
+          "post": {"summary": "Sign in (the dashboard): trade an API token for a session cookie `driftless_session` (HttpOnly, SameSite=Strict, Secure under TLS). 409 `auth-disabled` when the server does not authenticate; 429 `sessions-full` at auth.sessions_max",
+            "requestBody": body(json!({"type": "object", "required": ["token"], "additionalProperties": false, "properties": {"token": {"type": "string"}}})),
+            "responses": errors(json!({"200": {"description": "signed in", "headers": {"Set-Cookie": {"schema": {"type": "string"}, "description": "driftless_session=<random>; HttpOnly; SameSite=Strict; Path=/; Max-Age=<s>[; Secure]"}},
+              "content": {"application/json": {"schema": {"type": "object", "properties": {"principal": {"type": "string"}, "expires_at_ms": {"type": "integer"}}}}}}}), &["400", "401", "409", "415", "429"])},
+          "delete": {"summary": "Sign out: end the session and clear its cookie",
+            "responses": {"204": {"description": "signed out", "headers": {"Set-Cookie": {"schema": {"type": "string"}, "description": "driftless_session=; Max-Age=0"}}}}}
+        },
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"}))}}},
         "/v1/topics": {
           "get": {"summary": "List topics", "responses": errors(json!({"200": ok("topics", json!({"type": "array", "items": schema("TopicDescription")}))}), &[])},

@@ -30,7 +30,7 @@ pub(crate) struct Principal {
 
 impl Principal {
     /// The name requests act as when authentication is off.
-    pub const ANONYMOUS: &'static str = "anonymous";
+    pub const ANONYMOUS: &'static str = driftless_auth::ANONYMOUS;
 
     /// The principal of every request when authentication is off.
     pub fn anonymous() -> Self {

@@ -14,6 +14,7 @@ pub mod produce;
 pub mod reconcile;
 pub mod sink;
 pub mod source;
+pub mod token;
 pub mod topic;
 
 use std::io::Write;
