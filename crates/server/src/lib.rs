@@ -36,6 +36,7 @@ mod conn;
 mod dashboard;
 mod error;
 mod extract;
+mod guard;
 pub mod metrics;
 pub mod open_files;
 mod openapi;
@@ -43,6 +44,7 @@ mod peer;
 mod problem;
 mod routes;
 mod stream;
+mod tls;
 mod wire;
 
 use std::collections::HashMap;
@@ -60,9 +62,12 @@ use driftless_sink::Sinks;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+pub use config::{
+    Overrides, ServerConfig, ServerSettings, TlsSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+};
 pub use error::ServerError;
 pub use openapi::openapi;
+pub use tls::TlsError;
 
 /// Entry points for the fuzz targets in `fuzz/` (not an API: hidden from the docs, may change at
 /// any time): the CloudEvents HTTP binding's decoder of a produce request.
@@ -179,6 +184,8 @@ fn build(
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
         .layer(axum::middleware::from_fn(anonymous_principal))
+        // Outermost: cross-site and rebinding refusals come before authentication.
+        .layer(axum::middleware::from_fn_with_state(Arc::new(guard::Guard::new(s)), guard::check))
         .with_state(Arc::clone(&state));
     (app, state)
 }
@@ -207,6 +214,11 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // Before anything starts: a bad certificate stops the start-up with nothing to undo.
+    let tls = match &config.server.tls {
+        Some(settings) => Some(tls::TlsServer::load(settings).map_err(ServerError::Tls)?),
+        None => None,
+    };
     let sources = Arc::new(
         Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
     );
@@ -235,7 +247,11 @@ where
         keep_alive_idle: Duration::from_millis(s.keep_alive_idle_ms),
         response_write_stall: Duration::from_millis(s.response_write_timeout_ms),
     };
-    let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
+    let acceptor = tls.map(|t| {
+        tokio::spawn(tls::watch(Arc::clone(&t.cert), state.shutdown.subscribe()));
+        t.acceptor
+    });
+    let server = conn::serve(listener, app, limits, acceptor, state.shutdown.subscribe());
     let mut server = std::pin::pin!(server);
     let mut server_done = false;
     tokio::select! {
@@ -274,9 +290,12 @@ where
 const RUNTIME_STOP_MS: u64 = 1_000;
 
 /// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
-/// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
+/// (flushing the log). Prints `listening on http://ADDR` (`https://` under TLS) to stderr once
+/// bound. Refuses a non-loopback listen address without authentication
+/// ([`ServerConfig::check_exposure`]).
 pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
     config.validate()?;
+    config.check_exposure()?;
     let budget = open_files_budget(&mut config)?;
     let dir = config.server.data_dir.clone();
     // The log keeps at most its share of descriptors open (idle partitions hold none), so the
@@ -306,7 +325,8 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         let local = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-        eprintln!("listening on http://{local}");
+        let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+        eprintln!("listening on {scheme}://{local}");
         tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
         serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
     });
