@@ -607,4 +607,67 @@ mod tests {
         let o = Overrides { topics_max: Some(0), ..Overrides::default() };
         assert!(o.resolve().unwrap_err().to_string().contains("topics_max"));
     }
+
+    #[test]
+    fn listening_beyond_loopback_without_auth_is_refused_unless_explicitly_insecure() {
+        let mut c = ServerConfig::default();
+        for loopback in ["127.0.0.1:7070", "[::1]:7070", "localhost:7070", "127.0.0.9:1"] {
+            c.server.listen = loopback.into();
+            c.check_exposure().unwrap();
+        }
+        for remote in ["0.0.0.0:7070", "[::]:7070", "10.1.2.3:7070"] {
+            c.server.listen = remote.into();
+            let err = c.check_exposure().unwrap_err().to_string();
+            assert!(err.contains(remote), "{err}");
+            assert!(err.contains("[auth] enabled = true"), "{err}");
+            assert!(err.contains("--insecure-allow-unauthenticated-remote"), "{err}");
+        }
+        c.server.insecure_allow_unauthenticated_remote = true;
+        c.check_exposure().unwrap();
+        c.server.insecure_allow_unauthenticated_remote = false;
+        c.auth.enabled = true;
+        c.check_exposure().unwrap();
+        let o = Overrides {
+            listen: Some("0.0.0.0:7070".into()),
+            insecure_allow_unauthenticated_remote: true,
+            ..Overrides::default()
+        };
+        o.resolve().unwrap().check_exposure().unwrap();
+    }
+
+    #[test]
+    fn the_tls_table_and_the_allow_lists_parse_and_bad_entries_are_named() {
+        let text = r#"
+            [server]
+            allowed_hosts = ["driftless.internal", "10.0.0.7"]
+            allowed_origins = ["https://console.example"]
+            [server.tls]
+            cert_file = "/etc/driftless/tls.crt"
+            key_file = "/etc/driftless/tls.key"
+            client_ca_file = "/etc/driftless/clients.pem"
+        "#;
+        let c = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.key_file, PathBuf::from("/etc/driftless/tls.key"));
+        assert!(!tls.client_cert_required);
+        for (bad, key) in [
+            ("[server]\nallowed_hosts = [\"http://x\"]\n", "allowed_hosts"),
+            ("[server]\nallowed_hosts = [\"x:80\"]\n", "allowed_hosts"),
+            ("[server]\nallowed_origins = [\"console.example\"]\n", "allowed_origins"),
+            (
+                "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_cert_required = true\n",
+                "client_ca_file",
+            ),
+            ("[server.tls]\ncert_file = \"c\"\n", "key_file"),
+        ] {
+            let err = ServerConfig::from_toml(bad, Path::new("t.toml")).unwrap_err();
+            let chain = format!(
+                "{err} {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
+            assert!(chain.contains(key), "{bad}: {chain}");
+        }
+        let half = Overrides { tls_cert: Some("c.pem".into()), ..Overrides::default() };
+        assert!(half.resolve().unwrap_err().to_string().contains("--tls-key"));
+    }
 }
