@@ -215,10 +215,29 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     // Before anything starts: a bad certificate stops the start-up with nothing to undo.
-    let tls = match &config.server.tls {
-        Some(settings) => Some(tls::TlsServer::load(settings).map_err(ServerError::Tls)?),
-        None => None,
-    };
+    let tls = load_tls(config)?;
+    serve_with(listener, broker, config, tls, signal).await
+}
+
+/// `[server.tls]` loaded, if configured.
+fn load_tls(config: &ServerConfig) -> Result<Option<tls::TlsServer>, ServerError> {
+    match &config.server.tls {
+        Some(settings) => Ok(Some(tls::TlsServer::load(settings).map_err(ServerError::Tls)?)),
+        None => Ok(None),
+    }
+}
+
+/// [`serve`] with `[server.tls]` already loaded.
+async fn serve_with<F>(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: &ServerConfig,
+    tls: Option<tls::TlsServer>,
+    signal: F,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let sources = Arc::new(
         Sources::start(config.sources.clone(), Arc::clone(&broker)).map_err(ServerError::Source)?,
     );
@@ -318,6 +337,8 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         .build()
         .map_err(ServerError::Runtime)?;
     let result = runtime.block_on(async {
+        // Loaded before binding, so `listening on https://…` is announced only when it is true.
+        let tls = load_tls(&config)?;
         let addr = &config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -328,7 +349,7 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         let scheme = if config.server.tls.is_some() { "https" } else { "http" };
         eprintln!("listening on {scheme}://{local}");
         tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
-        serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
+        serve_with(listener, Arc::clone(&broker), &config, tls, shutdown_signal()).await
     });
     // `serve` already spent the grace period; blocking broker calls still running (an fsync)
     // get a moment more, so the broker can usually be dropped (flushed) cleanly.
