@@ -617,3 +617,29 @@ fn run_jetstream(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
     let (e2e, produce) = (lock(&e2e), lock(&produce));
     Ok(SideReport::new("nats-jetstream", fsync_before_ack, params.events, elapsed, &e2e, &produce))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The TLS run carries the whole workload over https with a verified certificate (a client
+    /// that did not trust the test CA would fail the first request, and the run with it).
+    #[test]
+    fn the_tls_run_serves_the_same_workload_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = BrokerBenchParams {
+            events: 600,
+            producers: 2,
+            consumers: 1,
+            timeout_s: 60,
+            dir: dir.path().to_path_buf(),
+            ..BrokerBenchParams::default()
+        };
+        let report = run_driftless(&params, Transport::TlsAuth).unwrap();
+        assert_eq!(report.system, "driftless-tls-auth");
+        assert!(report.events_per_sec > 0.0 && report.e2e_p99_us > 0, "{report:?}");
+        // The run's data directory is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
