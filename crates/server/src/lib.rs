@@ -21,7 +21,9 @@
 //!   `fetch_wait_ms_max`, a stream's unsent deliveries by the credit its client granted (at most
 //!   `stream_credit_max`);
 //! - every connection has a header, body and idle timeout and at most `connections_max` are
-//!   open (`conn.rs`); the open-file limit is raised to the hard limit at start and shared
+//!   open (`conn.rs`); under `[server.tls]` every connection is TLS (`tls.rs`);
+//! - every request passes the cross-site and rebinding guard (`guard.rs`) before anything else,
+//!   with or without authentication; the open-file limit is raised to the hard limit at start and shared
 //!   between the log and the connections (`open_files.rs`);
 //! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish and
 //!   stops every task, all within one `shutdown_grace_ms`, then drops the broker, which flushes
@@ -204,7 +206,8 @@ async fn anonymous_principal(
 /// streams, lets in-flight requests finish, and stops reconciliations, sinks and sources (what
 /// they had not made durable is read again on the next start) — all at once, so the whole
 /// shutdown takes at most the grace period. The broker is not dropped here (the caller owns
-/// it).
+/// it). With `[server.tls]`, the listener speaks https only, and the certificate is reloaded
+/// when its files change.
 pub async fn serve<F>(
     listener: TcpListener,
     broker: Arc<Broker>,
