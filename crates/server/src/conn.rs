@@ -32,8 +32,9 @@
 //!   never a busy loop and never the end of the server;
 //! - under TLS (`tls.rs`) the handshake happens in the connection's task, holding its slot, and
 //!   must finish within `header_read_timeout_ms` (a client that opens and never says hello holds
-//!   a slot no longer than a slowloris); a failed handshake closes the connection, so a
-//!   plaintext request to the https port gets no answer;
+//!   a slot no longer than a slowloris), and at the bound one unfinished for [`RECLAIM_IDLE_MIN`]
+//!   is closed for a waiting client like an idle connection; a failed handshake closes the
+//!   connection, so a plaintext request to the https port gets no answer;
 //! - every request carries the connection's [`PeerIdentity`] (`tls`, and the verified client
 //!   certificate's subject under mutual TLS) as an extension.
 
@@ -134,7 +135,7 @@ pub async fn serve(
         }
         let app = app.clone();
         let mut stopping = stopping.clone();
-        let reclaim = reclaim.subscribe();
+        let mut reclaim = reclaim.subscribe();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
@@ -143,25 +144,40 @@ pub async fn serve(
                         .await
                 }
                 Some(acceptor) => {
+                    let accepted_at = Instant::now();
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                    let stream = tokio::select! {
-                        done = handshake => match done {
-                            Ok(Ok(s)) => Some(s),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                None
+                    let mut handshake = std::pin::pin!(handshake);
+                    let mut reclaim_open = true;
+                    let stream = loop {
+                        tokio::select! {
+                            done = &mut handshake => break match done {
+                                Ok(Ok(s)) => Some(s),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!(
+                                        %peer,
+                                        limit = "header_read_timeout_ms",
+                                        "TLS handshake not complete in time"
+                                    );
+                                    None
+                                }
+                            },
+                            () = stopped(&mut stopping) => break None,
+                            // A handshake still unfinished after `RECLAIM_IDLE_MIN` yields its
+                            // slot to a waiting client, as an idle connection does: a flood of
+                            // silent connects cannot lock clients out for the header timeout.
+                            r = reclaim.changed(), if reclaim_open => {
+                                reclaim_open = r.is_ok();
+                                if reclaim_open && accepted_at.elapsed() >= RECLAIM_IDLE_MIN {
+                                    tracing::debug!(%peer, limit = "connections_max", "closing an unfinished TLS handshake");
+                                    break None;
+                                }
                             }
-                            Err(_) => {
-                                tracing::debug!(
-                                    %peer,
-                                    limit = "header_read_timeout_ms",
-                                    "TLS handshake not complete in time"
-                                );
-                                None
-                            }
-                        },
-                        () = stopped(&mut stopping) => None,
+                        }
                     };
                     if let Some(stream) = stream {
                         let identity = crate::tls::peer_identity(stream.get_ref().1);

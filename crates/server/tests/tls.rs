@@ -233,6 +233,24 @@ fn a_silent_client_is_closed_after_the_header_timeout() {
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
 }
 
+/// At `connections_max`, silent connects (no ClientHello) do not lock a real client out for
+/// the header timeout: an unfinished handshake yields its slot like an idle connection.
+#[test]
+fn silent_connects_at_the_bound_yield_their_slot_to_a_real_client() {
+    let ca = TestCa::new("api-ca").unwrap();
+    let mut c = tls_config(&ca.server().cert_path, &ca.server().key_path, None, false);
+    c.server.connections_max = 1;
+    c.server.header_read_timeout_ms = 20_000;
+    let s = start(c);
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let a = https(s.addr, &client_config(&ca, None), "GET", "/v1/topics", "").unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(t.elapsed() < Duration::from_secs(10), "waited {:?}", t.elapsed());
+    drop(silent);
+}
+
 /// A certificate file that does not load stops the start-up, naming the file.
 #[test]
 fn a_bad_certificate_file_stops_the_start_up() {
