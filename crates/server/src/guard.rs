@@ -85,6 +85,13 @@ impl Guard {
 
     /// Whether a request may proceed; the refusal says what to configure.
     pub fn verdict(&self, method: &Method, path: &str, headers: &HeaderMap, tls: bool) -> Verdict {
+        // Two of either header: which one counts is ambiguous between proxies, so neither does.
+        if headers.get_all(header::HOST).iter().nth(1).is_some() {
+            return Verdict::BadHost("the request has more than one Host header");
+        }
+        if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+            return Verdict::ForeignOrigin;
+        }
         let host = match headers.get(header::HOST).map(|v| v.to_str()) {
             Some(Ok(h)) if h.len() <= NAME_BYTES_MAX => h,
             Some(_) => return Verdict::BadHost("the Host header is too long or not ASCII"),
@@ -295,7 +302,7 @@ mod tests {
     fn verdict(g: &Guard, method: Method, path: &str, headers: &[(&str, &str)]) -> Verdict {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         g.verdict(&method, path, &map, false)
     }
@@ -316,6 +323,10 @@ mod tests {
             let v = verdict(&g, Method::GET, "/v1/topics", &[("host", bad)]);
             assert!(matches!(v, Verdict::BadHost(_)), "{bad:?}: {v:?}");
         }
+        let twice = [("host", "localhost"), ("host", "evil.example")];
+        assert!(matches!(verdict(&g, Method::GET, "/v1/topics", &twice), Verdict::BadHost(_)));
+        let origins = [("host", "localhost"), ("origin", "http://localhost"), ("origin", "null")];
+        assert_eq!(verdict(&g, Method::GET, "/v1/topics", &origins), Verdict::ForeignOrigin);
         // The probes answer under any name (orchestrators probe by IP).
         let probe = verdict(&g, Method::GET, "/healthz", &[("host", "10.1.2.3:7070")]);
         assert_eq!(probe, Verdict::Allowed);
