@@ -498,6 +498,72 @@ mod tests {
         }
     }
 
+    /// Through the accept loop: every request of a mutual-TLS connection carries the verified
+    /// subject in its `PeerIdentity` extension, and a plaintext server's requests carry
+    /// `tls: false`.
+    #[tokio::test]
+    async fn the_accept_loop_puts_the_peer_identity_on_every_request() {
+        use axum::routing::get;
+        use axum::Extension;
+        let ca = TestCa::new("conn-ca").unwrap();
+        let settings = TlsSettings {
+            cert_file: ca.server().cert_path.clone(),
+            key_file: ca.server().key_path.clone(),
+            client_ca_file: Some(ca.ca_path().to_path_buf()),
+            client_cert_required: true,
+        };
+        let server = TlsServer::load(&settings).unwrap();
+        let app = axum::Router::new().route(
+            "/who",
+            get(|Extension(peer): Extension<PeerIdentity>| async move {
+                format!("{}:{}", peer.tls, peer.client_subject.unwrap_or_default())
+            }),
+        );
+        let limits = crate::conn::Limits {
+            connections_max: 8,
+            header_read_timeout: Duration::from_secs(5),
+            keep_alive_idle: Duration::from_secs(5),
+            response_write_stall: Duration::from_secs(5),
+        };
+        let (stop, stopping) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(crate::conn::serve(
+            listener,
+            app.clone(),
+            limits,
+            Some(server.acceptor.clone()),
+            stopping.clone(),
+        ));
+        let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_addr = plain_listener.local_addr().unwrap();
+        let plain = tokio::spawn(crate::conn::serve(plain_listener, app, limits, None, stopping));
+
+        let cert = ca.client_cert("svc-ledger").unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = client(&ca, Some(&cert)).connect(name, tcp).await.unwrap();
+        for _ in 0..2 {
+            tls.write_all(b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tls.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.ends_with("true:svc-ledger"), "{text}");
+        }
+        let mut tcp = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
+        tcp.write_all(b"GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer).to_string();
+        assert!(text.ends_with("false:"), "{text}");
+        drop(tls);
+        stop.send_replace(true);
+        served.await.unwrap();
+        plain.await.unwrap();
+    }
+
     fn client(
         ca: &TestCa,
         cert: Option<&driftless_testkit::tls::CertFiles>,
