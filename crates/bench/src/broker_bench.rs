@@ -9,6 +9,11 @@
 //! file storage acknowledges before its periodic sync (2 minutes by default), so its figures are
 //! for a weaker promise.
 //!
+//! Driftless runs twice in one invocation, on the same workload: plaintext without
+//! authentication first, then over TLS (a throwaway test CA, the client verifying the server's
+//! certificate) with authentication on (`tls_auth`); `tls_auth_vs_plaintext_ratio` is the second
+//! run's throughput over the first's (the target is at least [`TLS_AUTH_RATIO_TARGET`]).
+//!
 //! Invariants: each side runs against a fresh server in a fresh temporary directory, on loopback;
 //! memory is bounded by the fixed-size histograms and the in-flight batch; the run stops by itself
 //! after all events are consumed or `timeout_s` passes (then it fails rather than report).
@@ -65,10 +70,13 @@ impl Default for BrokerBenchParams {
     }
 }
 
+/// The least `tls_auth_vs_plaintext_ratio` the security work promises (issue 21).
+pub const TLS_AUTH_RATIO_TARGET: f64 = 0.85;
+
 /// One side's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct SideReport {
-    /// `driftless` or `nats-jetstream`.
+    /// `driftless`, `driftless-tls-auth` or `nats-jetstream`.
     pub system: &'static str,
     /// Whether a produce is acknowledged only after its bytes were fsynced.
     pub fsync_before_ack: bool,
@@ -115,8 +123,12 @@ pub struct BrokerBenchReport {
     pub bench: &'static str,
     /// The parameters.
     pub params: BrokerBenchParams,
-    /// Driftless over HTTP.
+    /// Driftless over plaintext HTTP without authentication.
     pub driftless: SideReport,
+    /// Driftless on the same workload over https with authentication on.
+    pub tls_auth: SideReport,
+    /// `tls_auth` throughput over `driftless` throughput (target: at least 0.85).
+    pub tls_auth_vs_plaintext_ratio: f64,
     /// NATS JetStream over its client protocol.
     pub jetstream: SideReport,
     /// Driftless throughput over JetStream's (target: at least 2).
@@ -227,11 +239,14 @@ pub fn run_broker_bench(params: &BrokerBenchParams) -> Result<BrokerBenchReport,
     params.validate()?;
     std::fs::create_dir_all(&params.dir)
         .map_err(|e| BenchError::io("create bench directory", &params.dir, e))?;
-    let driftless = run_driftless(params)?;
+    let driftless = run_driftless(params, Transport::Plaintext)?;
+    let tls_auth = run_driftless(params, Transport::TlsAuth)?;
     let jetstream = run_jetstream(params)?;
     Ok(BrokerBenchReport {
         bench: "broker",
         params: params.clone(),
+        tls_auth_vs_plaintext_ratio: tls_auth.events_per_sec / driftless.events_per_sec.max(1e-9),
+        tls_auth,
         throughput_ratio: driftless.events_per_sec / jetstream.events_per_sec.max(1e-9),
         e2e_p99_ratio: driftless.e2e_p99_us as f64 / (jetstream.e2e_p99_us.max(1)) as f64,
         driftless,
@@ -250,7 +265,57 @@ fn http_error(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Setup(format!("{what}: {e}"))
 }
 
-fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
+/// How the benchmark's clients reach the Driftless server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// http://, authentication off: the baseline.
+    Plaintext,
+    /// https:// with a certificate from a throwaway CA that the client verifies, and
+    /// authentication on.
+    TlsAuth,
+}
+
+/// The ureq agent of the benchmark's clients: per-phase timeouts, the test CA as the only root
+/// under TLS, and `Authorization: Bearer` on every request when a token is given.
+fn agent(tls_ca: Option<&str>, bearer: Option<String>) -> Result<ureq::Agent, BenchError> {
+    // Per-phase timeouts, not `timeout_global`: with a global timeout ureq resolves every
+    // request's address on a new thread (so the lookup can be abandoned), which cost the client
+    // ~5% of the CPU this benchmark measures. The address is a loopback literal: nothing to
+    // wait on.
+    let timeout = Some(Duration::from_secs(60));
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(timeout)
+        .timeout_send_request(timeout)
+        .timeout_send_body(timeout)
+        .timeout_recv_response(timeout)
+        .timeout_recv_body(timeout);
+    if let Some(ca_pem) = tls_ca {
+        let ca = ureq::tls::Certificate::from_pem(ca_pem.as_bytes())
+            .map_err(|e| http_error("read the test CA", e))?;
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+            .build();
+        config = config.tls_config(tls);
+    }
+    if let Some(token) = bearer {
+        let value = ureq::http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|e| http_error("bearer token", e))?;
+        config = config.middleware(
+            move |mut req: ureq::http::Request<ureq::SendBody<'_>>,
+                  next: ureq::middleware::MiddlewareNext<'_>| {
+                req.headers_mut().insert(ureq::http::header::AUTHORIZATION, value.clone());
+                next.handle(req)
+            },
+        );
+    }
+    Ok(config.build().into())
+}
+
+fn run_driftless(
+    params: &BrokerBenchParams,
+    transport: Transport,
+) -> Result<SideReport, BenchError> {
     let tmp = tempfile::Builder::new()
         .prefix("driftless-bench-broker-")
         .tempdir_in(&params.dir)
@@ -264,7 +329,29 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
         Broker::open(tmp.path(), broker_config.clone())
             .map_err(|e| http_error("open broker", e))?,
     );
-    let config = driftless_server::ServerConfig { broker: broker_config, ..Default::default() };
+    let mut config = driftless_server::ServerConfig { broker: broker_config, ..Default::default() };
+    // The CA lives (its files with it) until the run ends.
+    let ca = match transport {
+        Transport::Plaintext => None,
+        Transport::TlsAuth => {
+            let ca = driftless_testkit::TestCa::new("driftless-bench")
+                .map_err(|e| http_error("create the test CA", e))?;
+            config.server.tls = Some(driftless_server::TlsSettings {
+                cert_file: ca.server().cert_path.clone(),
+                key_file: ca.server().key_path.clone(),
+                client_ca_file: None,
+                client_cert_required: false,
+            });
+            Some(ca)
+        }
+    };
+    // ---- AUTH: to be wired when `[auth]` lands (issue 21) ----
+    // Under `Transport::TlsAuth`: set `config.auth.enabled = true`, create a token for the
+    // principal `bench` granting `admin:topic:bench` (the create), `produce:topic:bench` and
+    // `consume:group:bench`, and put its secret here; every request then sends it as
+    // `Authorization: Bearer`.
+    let bearer: Option<String> = None;
+    // ---- end AUTH ----
     let rt = runtime()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -280,20 +367,10 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
             .await;
         })
     };
-    let base = format!("http://{addr}");
-    // Per-phase timeouts, not `timeout_global`: with a global timeout ureq resolves every
-    // request's address on a new thread (so the lookup can be abandoned), which cost the client
-    // ~5% of the CPU this benchmark measures. The address is a loopback literal: nothing to wait on.
-    let timeout = Some(Duration::from_secs(60));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(timeout)
-        .timeout_send_request(timeout)
-        .timeout_send_body(timeout)
-        .timeout_recv_response(timeout)
-        .timeout_recv_body(timeout)
-        .build()
-        .into();
+    // The server certificate names 127.0.0.1: the client verifies it without a DNS lookup.
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{addr}");
+    let agent = agent(ca.as_ref().map(|ca| ca.ca_pem()), bearer)?;
     let created = agent
         .post(&format!("{base}/v1/topics"))
         .send_json(json!({ "name": "bench", "partitions": params.partitions }))
@@ -421,9 +498,14 @@ fn run_driftless(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
     let _ = stop.send(());
     let _ = rt.block_on(server);
     drop(rt);
+    drop(ca);
     result?;
     let (e2e, produce) = (lock(&e2e), lock(&produce));
-    Ok(SideReport::new("driftless", true, params.events, elapsed, &e2e, &produce))
+    let system = match transport {
+        Transport::Plaintext => "driftless",
+        Transport::TlsAuth => "driftless-tls-auth",
+    };
+    Ok(SideReport::new(system, true, params.events, elapsed, &e2e, &produce))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -534,4 +616,30 @@ fn run_jetstream(params: &BrokerBenchParams) -> Result<SideReport, BenchError> {
     let fsync_before_ack = false;
     let (e2e, produce) = (lock(&e2e), lock(&produce));
     Ok(SideReport::new("nats-jetstream", fsync_before_ack, params.events, elapsed, &e2e, &produce))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The TLS run carries the whole workload over https with a verified certificate (a client
+    /// that did not trust the test CA would fail the first request, and the run with it).
+    #[test]
+    fn the_tls_run_serves_the_same_workload_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = BrokerBenchParams {
+            events: 600,
+            producers: 2,
+            consumers: 1,
+            timeout_s: 60,
+            dir: dir.path().to_path_buf(),
+            ..BrokerBenchParams::default()
+        };
+        let report = run_driftless(&params, Transport::TlsAuth).unwrap();
+        assert_eq!(report.system, "driftless-tls-auth");
+        assert!(report.events_per_sec > 0.0 && report.e2e_p99_us > 0, "{report:?}");
+        // The run's data directory is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

@@ -115,6 +115,21 @@ struct ServeArgs {
     /// Most partitions of all topics together (`[broker] partitions_total_max`, default 100000).
     #[arg(long, env = "DRIFTLESS_PARTITIONS_TOTAL_MAX", value_name = "N")]
     partitions_total_max: Option<usize>,
+
+    /// Serve https only, with this certificate chain (PEM; `[server.tls] cert_file`, reloaded
+    /// when it changes). Needs --tls-key.
+    #[arg(long, env = "DRIFTLESS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM; `[server.tls] key_file`). Needs --tls-cert.
+    #[arg(long, env = "DRIFTLESS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Start even when listening beyond loopback with authentication off (`[server]
+    /// insecure_allow_unauthenticated_remote`): anyone who reaches the port can then do
+    /// anything. Only behind a firewall or an authenticating proxy.
+    #[arg(long)]
+    insecure_allow_unauthenticated_remote: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +250,9 @@ fn run() -> anyhow::Result<()> {
                 data_dir: a.data_dir,
                 topics_max: a.topics_max,
                 partitions_total_max: a.partitions_total_max,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                insecure_allow_unauthenticated_remote: a.insecure_allow_unauthenticated_remote,
             })?)
         }
     }

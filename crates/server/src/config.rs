@@ -68,6 +68,38 @@ pub struct ServerSettings {
     /// Most per-partition series in one `/metrics` family; beyond it, consumer-group figures are
     /// per group and end offsets per topic.
     pub metrics_partition_series_max: usize,
+    /// Names (without port) a request's `Host` may carry besides the loopback names and the
+    /// listen address's own IP: what clients type to reach this server (`driftless.internal`,
+    /// a pod IP). Anything else is refused 421, which stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://console.example:8443`) whose pages may call the API besides the
+    /// server's own; a request from any other `Origin` is refused 403.
+    pub allowed_origins: Vec<String>,
+    /// Start even when listening on a non-loopback address with `[auth]` off. Anyone who can
+    /// reach the port can then do anything: only behind a firewall or an authenticating proxy.
+    pub insecure_allow_unauthenticated_remote: bool,
+    /// `[server.tls]`: serve https only, with this certificate (and optionally mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The `[server.tls]` table: the API's certificate, and optional client certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM), leaf first. Reloaded when the file changes.
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded with the
+    /// certificate.
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign client certificates: turns on mutual TLS, and a verified
+    /// client's subject common name becomes its principal.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: refuse clients without a certificate at the handshake. When
+    /// false (the default), they may still connect and authenticate with a token.
+    #[serde(default)]
+    pub client_cert_required: bool,
 }
 
 /// The `[auth]` table: whether requests must authenticate, where the API tokens are, the
@@ -174,6 +206,12 @@ pub const SERVER_MS_MAX: u64 = 86_400_000;
 pub const STREAM_CREDIT_MAX_MAX: u64 = 1 << 32;
 /// Largest accepted `connections_max` (each connection needs a file descriptor).
 pub const CONNECTIONS_MAX_MAX: usize = 1 << 20;
+/// Most entries of `allowed_hosts` and of `allowed_origins` (each request is compared with
+/// them in turn).
+pub const ALLOWED_ENTRIES_MAX: usize = 256;
+/// Longest accepted entry of `allowed_hosts` or `allowed_origins`, in bytes (a DNS name is at
+/// most 253; an origin adds a scheme and a port).
+pub const ALLOWED_ENTRY_BYTES_MAX: usize = 300;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -195,6 +233,10 @@ impl Default for ServerSettings {
             keep_alive_idle_ms: 60_000,
             response_write_timeout_ms: 60_000,
             metrics_partition_series_max: 10_000,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            insecure_allow_unauthenticated_remote: false,
+            tls: None,
         }
     }
 }
@@ -290,6 +332,37 @@ impl ServerConfig {
         if s.listen.trim().is_empty() {
             return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
         }
+        for (key, entries) in
+            [("allowed_hosts", &s.allowed_hosts), ("allowed_origins", &s.allowed_origins)]
+        {
+            if entries.len() > ALLOWED_ENTRIES_MAX {
+                return Err(ServerError::InvalidConfig(format!(
+                    "server.{key} has {} entries; at most {ALLOWED_ENTRIES_MAX} are accepted",
+                    entries.len()
+                )));
+            }
+            for entry in entries {
+                let checked = if key == "allowed_hosts" {
+                    crate::guard::normalize_allowed_host(entry)
+                } else {
+                    crate::guard::normalize_origin(entry)
+                };
+                if let Err(reason) = checked {
+                    return Err(ServerError::InvalidConfig(format!(
+                        "server.{key} entry {entry:?}: {reason}"
+                    )));
+                }
+            }
+        }
+        if let Some(tls) = &s.tls {
+            if tls.client_cert_required && tls.client_ca_file.is_none() {
+                return Err(ServerError::InvalidConfig(
+                    "server.tls.client_cert_required = true needs server.tls.client_ca_file (the \
+                     CA that signs client certificates)"
+                        .into(),
+                ));
+            }
+        }
         let mut sink_names = std::collections::BTreeSet::new();
         for sink in &self.sinks {
             sink.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
@@ -350,6 +423,35 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Refuses to serve a non-loopback address without authentication, unless
+    /// `insecure_allow_unauthenticated_remote` says so: anyone who can reach such a port could
+    /// produce, delete topics and move consumer groups. A `listen` that names a host is resolved
+    /// here; it counts as loopback only if every address it resolves to is.
+    pub fn check_exposure(&self) -> Result<(), ServerError> {
+        let s = &self.server;
+        if self.auth.enabled || s.insecure_allow_unauthenticated_remote {
+            return Ok(());
+        }
+        let loopback = match s.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr.ip().is_loopback(),
+            Err(_) => match std::net::ToSocketAddrs::to_socket_addrs(s.listen.as_str()) {
+                Ok(addrs) => {
+                    let addrs: Vec<_> = addrs.collect();
+                    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+                }
+                // Not resolvable: binding will fail and say so.
+                Err(_) => true,
+            },
+        };
+        if loopback {
+            Ok(())
+        } else {
+            Err(ServerError::UnauthenticatedRemote { addr: s.listen.clone() })
+        }
+    }
+}
+
 /// What `driftless serve` was given on its command line (or through `DRIFTLESS_CONFIG`,
 /// `DRIFTLESS_LISTEN`, `DRIFTLESS_DATA_DIR`, `DRIFTLESS_TOPICS_MAX`,
 /// `DRIFTLESS_PARTITIONS_TOTAL_MAX`); each present value overrides the file.
@@ -365,6 +467,12 @@ pub struct Overrides {
     pub topics_max: Option<usize>,
     /// Overrides `[broker] partitions_total_max`.
     pub partitions_total_max: Option<usize>,
+    /// With `tls_key`: sets `[server.tls] cert_file` (keeping the file's other TLS settings).
+    pub tls_cert: Option<PathBuf>,
+    /// With `tls_cert`: sets `[server.tls] key_file`.
+    pub tls_key: Option<PathBuf>,
+    /// Sets `[server] insecure_allow_unauthenticated_remote = true` when true.
+    pub insecure_allow_unauthenticated_remote: bool,
 }
 
 impl Overrides {
@@ -385,6 +493,31 @@ impl Overrides {
         }
         if let Some(n) = self.partitions_total_max {
             config.broker.partitions_total_max = n;
+        }
+        match (&self.tls_cert, &self.tls_key, &mut config.server.tls) {
+            (None, None, _) => {}
+            (Some(cert), Some(key), Some(tls)) => {
+                tls.cert_file.clone_from(cert);
+                tls.key_file.clone_from(key);
+            }
+            (Some(cert), Some(key), tls @ None) => {
+                *tls = Some(TlsSettings {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                    client_ca_file: None,
+                    client_cert_required: false,
+                });
+            }
+            _ => {
+                return Err(ServerError::InvalidConfig(
+                    "--tls-cert and --tls-key go together: give both (the certificate and its \
+                     private key, PEM)"
+                        .into(),
+                ))
+            }
+        }
+        if self.insecure_allow_unauthenticated_remote {
+            config.server.insecure_allow_unauthenticated_remote = true;
         }
         config.validate()?;
         Ok(config)
@@ -589,5 +722,68 @@ mod tests {
         assert!(err.contains("topics_max = 0"), "{err}");
         let o = Overrides { topics_max: Some(0), ..Overrides::default() };
         assert!(o.resolve().unwrap_err().to_string().contains("topics_max"));
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_auth_is_refused_unless_explicitly_insecure() {
+        let mut c = ServerConfig::default();
+        for loopback in ["127.0.0.1:7070", "[::1]:7070", "localhost:7070", "127.0.0.9:1"] {
+            c.server.listen = loopback.into();
+            c.check_exposure().unwrap();
+        }
+        for remote in ["0.0.0.0:7070", "[::]:7070", "10.1.2.3:7070"] {
+            c.server.listen = remote.into();
+            let err = c.check_exposure().unwrap_err().to_string();
+            assert!(err.contains(remote), "{err}");
+            assert!(err.contains("[auth] enabled = true"), "{err}");
+            assert!(err.contains("--insecure-allow-unauthenticated-remote"), "{err}");
+        }
+        c.server.insecure_allow_unauthenticated_remote = true;
+        c.check_exposure().unwrap();
+        c.server.insecure_allow_unauthenticated_remote = false;
+        c.auth.enabled = true;
+        c.check_exposure().unwrap();
+        let o = Overrides {
+            listen: Some("0.0.0.0:7070".into()),
+            insecure_allow_unauthenticated_remote: true,
+            ..Overrides::default()
+        };
+        o.resolve().unwrap().check_exposure().unwrap();
+    }
+
+    #[test]
+    fn the_tls_table_and_the_allow_lists_parse_and_bad_entries_are_named() {
+        let text = r#"
+            [server]
+            allowed_hosts = ["driftless.internal", "10.0.0.7"]
+            allowed_origins = ["https://console.example"]
+            [server.tls]
+            cert_file = "/etc/driftless/tls.crt"
+            key_file = "/etc/driftless/tls.key"
+            client_ca_file = "/etc/driftless/clients.pem"
+        "#;
+        let c = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.key_file, PathBuf::from("/etc/driftless/tls.key"));
+        assert!(!tls.client_cert_required);
+        for (bad, key) in [
+            ("[server]\nallowed_hosts = [\"http://x\"]\n", "allowed_hosts"),
+            ("[server]\nallowed_hosts = [\"x:80\"]\n", "allowed_hosts"),
+            ("[server]\nallowed_origins = [\"console.example\"]\n", "allowed_origins"),
+            (
+                "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_cert_required = true\n",
+                "client_ca_file",
+            ),
+            ("[server.tls]\ncert_file = \"c\"\n", "key_file"),
+        ] {
+            let err = ServerConfig::from_toml(bad, Path::new("t.toml")).unwrap_err();
+            let chain = format!(
+                "{err} {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
+            assert!(chain.contains(key), "{bad}: {chain}");
+        }
+        let half = Overrides { tls_cert: Some("c.pem".into()), ..Overrides::default() };
+        assert!(half.resolve().unwrap_err().to_string().contains("--tls-key"));
     }
 }

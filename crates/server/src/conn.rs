@@ -29,7 +29,14 @@
 //!   at once, one serving a request closes after its response; long-polls and streams end
 //!   themselves on the same signal), and [`serve`] returns when all are closed;
 //! - a failed `accept` (out of file descriptors, say) is logged and retried after a pause,
-//!   never a busy loop and never the end of the server.
+//!   never a busy loop and never the end of the server;
+//! - under TLS (`tls.rs`) the handshake happens in the connection's task, holding its slot, and
+//!   must finish within `header_read_timeout_ms` (a client that opens and never says hello holds
+//!   a slot no longer than a slowloris), and at the bound one unfinished for [`RECLAIM_IDLE_MIN`]
+//!   is closed for a waiting client like an idle connection; a failed handshake closes the
+//!   connection, so a plaintext request to the https port gets no answer;
+//! - every request carries the connection's [`PeerIdentity`] (`tls`, and the verified client
+//!   certificate's subject under mutual TLS) as an extension.
 
 use std::convert::Infallible;
 use std::io;
@@ -47,9 +54,12 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::peer::PeerIdentity;
 
 /// The connection limits of the `[server]` table.
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +84,12 @@ const RECLAIM_RETRY: Duration = Duration::from_millis(50);
 
 /// Serves `app` on `listener` until `stopping` becomes true, then waits for every connection to
 /// close (the caller bounds that wait with its grace period).
+/// With `tls`, every connection speaks TLS (and only TLS).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
@@ -122,10 +134,57 @@ pub async fn serve(
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
         let app = app.clone();
-        let stopping = stopping.clone();
-        let reclaim = reclaim.subscribe();
+        let mut stopping = stopping.clone();
+        let mut reclaim = reclaim.subscribe();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection(stream, app, limits, stopping, reclaim).await;
+            match tls {
+                None => {
+                    connection(stream, PeerIdentity::default(), app, limits, stopping, reclaim)
+                        .await
+                }
+                Some(acceptor) => {
+                    let accepted_at = Instant::now();
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let mut handshake = std::pin::pin!(handshake);
+                    let mut reclaim_open = true;
+                    let stream = loop {
+                        tokio::select! {
+                            done = &mut handshake => break match done {
+                                Ok(Ok(s)) => Some(s),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!(
+                                        %peer,
+                                        limit = "header_read_timeout_ms",
+                                        "TLS handshake not complete in time"
+                                    );
+                                    None
+                                }
+                            },
+                            () = stopped(&mut stopping) => break None,
+                            // A handshake still unfinished after `RECLAIM_IDLE_MIN` yields its
+                            // slot to a waiting client, as an idle connection does: a flood of
+                            // silent connects cannot lock clients out for the header timeout.
+                            r = reclaim.changed(), if reclaim_open => {
+                                reclaim_open = r.is_ok();
+                                if reclaim_open && accepted_at.elapsed() >= RECLAIM_IDLE_MIN {
+                                    tracing::debug!(%peer, limit = "connections_max", "closing an unfinished TLS handshake");
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    if let Some(stream) = stream {
+                        let identity = crate::tls::peer_identity(stream.get_ref().1);
+                        connection(stream, identity, app, limits, stopping, reclaim).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -291,13 +350,13 @@ impl Drop for InFlight {
     }
 }
 
-/// The socket, reporting reads to the connection's [`Activity`].
-struct Watched {
-    stream: TcpStream,
+/// The socket (or its TLS stream), reporting reads to the connection's [`Activity`].
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -312,7 +371,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -368,18 +427,22 @@ impl http_body::Body for Tracked {
 }
 
 /// Drives one connection to its end: closed by the client, by a timeout, or by shutdown.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
+    peer: PeerIdentity,
     app: Router,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
     mut reclaim: watch::Receiver<u64>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { stream, activity: Arc::clone(&activity) });
     let service_activity = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = service_activity.request_started();
+        req.extensions_mut().insert(peer.clone());
         let mut app = app.clone();
         async move {
             let response: Response<AxumBody> =

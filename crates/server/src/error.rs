@@ -83,6 +83,22 @@ pub enum ServerError {
         /// The fewest descriptors the log (and the connections) may have.
         log_min: u64,
     },
+    /// Listening beyond loopback with authentication off, without the explicit insecure flag.
+    #[error(
+        "refusing to listen on {addr} without authentication: anyone who can reach it could \
+         produce, delete topics and move consumer groups. Turn authentication on (`[auth] \
+         enabled = true`, then `driftless token create`), or listen on loopback \
+         (`--listen 127.0.0.1:7070`), or, only if a firewall or an authenticating proxy guards \
+         the port, set `[server] insecure_allow_unauthenticated_remote = true` (flag \
+         --insecure-allow-unauthenticated-remote)"
+    )]
+    UnauthenticatedRemote {
+        /// The listen address.
+        addr: String,
+    },
+    /// The API's TLS certificate, key or client CA could not be loaded.
+    #[error("cannot set up TLS for the API")]
+    Tls(#[source] crate::tls::TlsError),
     /// Accepting or serving connections failed.
     #[error("serving HTTP failed")]
     Serve(#[source] io::Error),

@@ -4,15 +4,18 @@
 //! `DefaultBodyLimit`), and a longer one is answered 413; all of it must arrive within
 //! `body_read_timeout_ms` of the handler asking for it, else 408 (a client trickling a body
 //! holds its connection no longer than that; hyper then closes the connection, whose body was
-//! left unread); JSON bodies are accepted whatever
-//! their `Content-Type` (clients need not set it) but must parse, and a parse failure names the
-//! line and column, or the field when serde says which; a JSON body with a member given twice in
+//! left unread); a JSON body must say so in its `Content-Type` (`application/json` or
+//! `application/*+json`, else 415: a cross-origin page can send `text/plain` without a CORS
+//! preflight, never JSON — see `guard.rs`), and a body an endpoint ignores, if not empty, must be
+//! declared the same way, or be a CloudEvents binary-mode event (`ce-*` headers, which a page
+//! cannot send without a preflight either); JSON bodies must parse, and a parse failure names
+//! the line and column, or the field when serde says which; a JSON body with a member given twice in
 //! one object (at any depth) is refused 400 naming it — parsers disagree on which occurrence
 //! counts (`serde_json` keeps the last, so `{"name":"a","name":"b"}` created `b`).
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +35,61 @@ impl FromRequest<Arc<AppState>> for Body {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let declared = body_declared(req.headers());
+        let body = read_body(req, state).await?;
+        if !body.0.is_empty() {
+            declared?;
+        }
+        Ok(body)
+    }
+}
+
+/// Whether a non-empty body's headers declare it acceptably: JSON, or a CloudEvents binary-mode
+/// event, whose `ce-*` headers need a preflight cross-origin just as JSON does (the produce
+/// endpoint then judges its content type itself, see `cloudevents.rs`).
+fn body_declared(headers: &HeaderMap) -> Result<(), Problem> {
+    if headers.keys().any(|k| k.as_str().starts_with("ce-")) {
+        return Ok(());
+    }
+    require_json(
+        headers,
+        "a request body must be JSON (Content-Type: application/json, or a CloudEvents media \
+         type where events are produced) or a CloudEvents binary-mode event (ce-* headers)",
+    )
+}
+
+/// Refuses (415) a request whose `Content-Type` is not `application/json` or
+/// `application/*+json` (parameters such as `charset` are ignored).
+/// `expected` says what to send instead.
+pub fn require_json(headers: &HeaderMap, expected: &str) -> Result<(), Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let media = content_type
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    let json = media.as_deref().is_some_and(|m| {
+        m == "application/json"
+            || m.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+    });
+    if json {
+        return Ok(());
+    }
+    let got = match (content_type, media) {
+        (None, _) => "no Content-Type".to_string(),
+        (Some(_), Some(m)) => format!("Content-Type {m:?}"),
+        (Some(_), None) => "a Content-Type that is not ASCII".to_string(),
+    };
+    Err(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "Unsupported media type",
+        format!("{expected}; got {got}"),
+    )
+    .with_field("content-type"))
+}
+
+/// Reads the whole body within `body_read_timeout_ms` and `request_body_bytes_max`.
+async fn read_body(req: Request, state: &Arc<AppState>) -> Result<Body, Problem> {
+    {
         let timeout = state.body_read_timeout;
         let read = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await;
         let Ok(read) = read else {
@@ -47,7 +105,7 @@ impl FromRequest<Arc<AppState>> for Body {
             ));
         };
         match read {
-            Ok(b) => Ok(Self(b)),
+            Ok(b) => Ok(Body(b)),
             Err(rejection) => {
                 let status = rejection.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -80,7 +138,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let Body(bytes) = Body::from_request(req, state).await?;
+        let declared = require_json(
+            req.headers(),
+            "this endpoint takes a JSON body: send it with Content-Type: application/json",
+        );
+        // Read even when refused: a body left unread makes hyper close the connection.
+        let Body(bytes) = read_body(req, state).await?;
+        declared?;
         parse_json(&bytes).map(Self)
     }
 }

@@ -24,7 +24,9 @@
 //!   `fetch_wait_ms_max`, a stream's unsent deliveries by the credit its client granted (at most
 //!   `stream_credit_max`);
 //! - every connection has a header, body and idle timeout and at most `connections_max` are
-//!   open (`conn.rs`); the open-file limit is raised to the hard limit at start and shared
+//!   open (`conn.rs`); under `[server.tls]` every connection is TLS (`tls.rs`);
+//! - every request passes the cross-site and rebinding guard (`guard.rs`) before anything else,
+//!   with or without authentication; the open-file limit is raised to the hard limit at start and shared
 //!   between the log and the connections (`open_files.rs`);
 //! - shutdown stops accepting, ends long-polls and streams, lets in-flight requests finish and
 //!   stops every task, all within one `shutdown_grace_ms`, then drops the broker, which flushes
@@ -41,6 +43,7 @@ mod conn;
 mod dashboard;
 mod error;
 mod extract;
+mod guard;
 pub mod metrics;
 pub mod open_files;
 mod openapi;
@@ -48,6 +51,7 @@ mod peer;
 mod problem;
 mod routes;
 mod stream;
+mod tls;
 mod wire;
 
 use std::collections::HashMap;
@@ -66,10 +70,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::{
-    AuthSettings, Overrides, ServerConfig, ServerSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    AuthSettings, Overrides, ServerConfig, ServerSettings, TlsSettings, DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
 };
 pub use error::ServerError;
 pub use openapi::openapi;
+pub use tls::TlsError;
 
 /// Entry points for the fuzz targets in `fuzz/` (not an API: hidden from the docs, may change at
 /// any time): the CloudEvents HTTP binding's decoder of a produce request.
@@ -213,6 +219,8 @@ fn build(
         // off, every request is `anonymous` and allowed. `Router::layer` wraps only the routes
         // added before it: every route goes above this line, with a row in `auth/policy.rs`.
         .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
+        // Outermost: cross-site and rebinding refusals come before authentication.
+        .layer(axum::middleware::from_fn_with_state(Arc::new(guard::Guard::new(s)), guard::check))
         .with_state(Arc::clone(&state));
     (app, state)
 }
@@ -222,11 +230,36 @@ fn build(
 /// streams, lets in-flight requests finish, and stops reconciliations, sinks and sources (what
 /// they had not made durable is read again on the next start) — all at once, so the whole
 /// shutdown takes at most the grace period. The broker is not dropped here (the caller owns
-/// it).
+/// it). With `[server.tls]`, the listener speaks https only, and the certificate is reloaded
+/// when its files change.
 pub async fn serve<F>(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: &ServerConfig,
+    signal: F,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    // Before anything starts: a bad certificate stops the start-up with nothing to undo.
+    let tls = load_tls(config)?;
+    serve_with(listener, broker, config, tls, signal).await
+}
+
+/// `[server.tls]` loaded, if configured.
+fn load_tls(config: &ServerConfig) -> Result<Option<tls::TlsServer>, ServerError> {
+    match &config.server.tls {
+        Some(settings) => Ok(Some(tls::TlsServer::load(settings).map_err(ServerError::Tls)?)),
+        None => Ok(None),
+    }
+}
+
+/// [`serve`] with `[server.tls]` already loaded.
+async fn serve_with<F>(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: &ServerConfig,
+    tls: Option<tls::TlsServer>,
     signal: F,
 ) -> Result<(), ServerError>
 where
@@ -265,7 +298,11 @@ where
         keep_alive_idle: Duration::from_millis(s.keep_alive_idle_ms),
         response_write_stall: Duration::from_millis(s.response_write_timeout_ms),
     };
-    let server = conn::serve(listener, app, limits, state.shutdown.subscribe());
+    let acceptor = tls.map(|t| {
+        tokio::spawn(tls::watch(Arc::clone(&t.cert), state.shutdown.subscribe()));
+        t.acceptor
+    });
+    let server = conn::serve(listener, app, limits, acceptor, state.shutdown.subscribe());
     let mut server = std::pin::pin!(server);
     let mut server_done = false;
     tokio::select! {
@@ -304,9 +341,12 @@ where
 const RUNTIME_STOP_MS: u64 = 1_000;
 
 /// Opens the broker, serves until SIGTERM or SIGINT, shuts down gracefully and drops the broker
-/// (flushing the log). Prints `listening on http://ADDR` to stderr once bound.
+/// (flushing the log). Prints `listening on http://ADDR` (`https://` under TLS) to stderr once
+/// bound. Refuses a non-loopback listen address without authentication
+/// ([`ServerConfig::check_exposure`]).
 pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
     config.validate()?;
+    config.check_exposure()?;
     let budget = open_files_budget(&mut config)?;
     let dir = config.server.data_dir.clone();
     // The log keeps at most its share of descriptors open (idle partitions hold none), so the
@@ -329,6 +369,8 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         .build()
         .map_err(ServerError::Runtime)?;
     let result = runtime.block_on(async {
+        // Loaded before binding, so `listening on https://…` is announced only when it is true.
+        let tls = load_tls(&config)?;
         let addr = &config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -336,9 +378,10 @@ pub fn run(mut config: ServerConfig) -> Result<(), ServerError> {
         let local = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-        eprintln!("listening on http://{local}");
+        let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+        eprintln!("listening on {scheme}://{local}");
         tracing::info!(%local, data_dir = %dir.display(), "driftless server started");
-        serve(listener, Arc::clone(&broker), &config, shutdown_signal()).await
+        serve_with(listener, Arc::clone(&broker), &config, tls, shutdown_signal()).await
     });
     // `serve` already spent the grace period; blocking broker calls still running (an fsync)
     // get a moment more, so the broker can usually be dropped (flushed) cleanly.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 /// What the accept loop knows about a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[allow(dead_code)] // constructed by the accept loop once TLS lands
 pub(crate) struct PeerIdentity {
     /// Whether the connection is TLS.
     pub tls: bool,

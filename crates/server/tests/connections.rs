@@ -41,7 +41,7 @@ fn closed_within(stream: &mut TcpStream, buf: &mut Vec<u8>, window: Duration) ->
 fn healthz(addr: std::net::SocketAddr) -> Duration {
     let start = Instant::now();
     let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.read_to_string(&mut text).unwrap();
@@ -78,7 +78,7 @@ fn a_request_body_sent_too_slowly_is_answered_408_after_body_read_timeout_ms() {
     let s = start(with(|s| s.body_read_timeout_ms = 500));
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.write_all(
-        b"POST /v1/topics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /v1/topics HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{\"name\":",
     )
     .unwrap();
@@ -98,7 +98,7 @@ fn an_idle_keep_alive_connection_is_closed_after_keep_alive_idle_ms() {
     let s = start(with(|s| s.keep_alive_idle_ms = 300));
     // Used once, then idle.
     let mut used = TcpStream::connect(s.addr).unwrap();
-    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     let closed = closed_within(&mut used, &mut buf, Duration::from_secs(5));
     assert!(String::from_utf8_lossy(&buf).ends_with("ok"), "{}", String::from_utf8_lossy(&buf));
@@ -116,7 +116,7 @@ fn an_sse_stream_is_not_cut_by_the_idle_timeout() {
     s.create_topic("s", 1);
     let m = s.join("g", &["s"]);
     let mut sse = TcpStream::connect(s.addr).unwrap();
-    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=5 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
     // Five idle timeouts with nothing to send: the stream is a request in flight, not idle.
@@ -142,7 +142,7 @@ fn at_connections_max_idle_connections_make_room_and_streams_are_kept() {
     let m = s.join("g", &["s"]);
     // One slot holds a stream (a request in progress), three hold idle connections.
     let mut sse = TcpStream::connect(s.addr).unwrap();
-    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=5 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(400)); // older than the reclaim minimum
@@ -202,7 +202,7 @@ fn a_client_that_stops_reading_its_answer_is_closed_after_response_write_timeout
     // Asks for 10 MB (a stream with credit for all 100 events) and reads none of it: the
     // server's writes stall once the socket buffers are full.
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(c, "GET /v1/groups/g/members/{m}/stream?credit=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+    write!(c, "GET /v1/groups/g/members/{m}/stream?credit=100 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(2_500));
     let mut buf = Vec::new();

@@ -200,7 +200,7 @@ fn a_post_whose_body_the_endpoint_ignores_keeps_the_connection_usable() {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for round in 0..3 {
         // Headers first, the body a moment later, as a busy client's writes can arrive.
-        let head = "POST /v1/sinks/nope/pause HTTP/1.1\r\nhost: x\r\n\
+        let head = "POST /v1/sinks/nope/pause HTTP/1.1\r\nhost: localhost\r\n\
                     content-type: application/json\r\ncontent-length: 4\r\n\r\n";
         stream.write_all(head.as_bytes()).unwrap();
         stream.flush().unwrap();
@@ -416,7 +416,7 @@ fn sse_stream_never_sends_more_than_the_credit() {
 
     s.post(&format!("/v1/groups/g/members/{m}/credit"), &json!({"credit": 1})).problem(404);
     let mut sse = TcpStream::connect(s.addr).unwrap();
-    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    write!(sse, "GET /v1/groups/g/members/{m}/stream?credit=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     expect_deliveries(&mut sse, &mut text, 2);
@@ -453,7 +453,8 @@ fn sse_stream_never_sends_more_than_the_credit() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut again = TcpStream::connect(s.addr).unwrap();
-        write!(again, "GET /v1/groups/g/members/{m}/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(again, "GET /v1/groups/g/members/{m}/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
         let mut t = String::new();
         read_for(&mut again, &mut t, Duration::from_millis(200), 1);
         if t.starts_with("HTTP/1.1 200") {
