@@ -11,7 +11,7 @@
 //!
 //! Driftless runs twice in one invocation, on the same workload: plaintext without
 //! authentication first, then over TLS (a throwaway test CA, the client verifying the server's
-//! certificate) with authentication on (`tls_auth`); `tls_auth_vs_plaintext_ratio` is the second
+//! certificate) with authentication on (`tls_auth`: a bearer token on every request); `tls_auth_vs_plaintext_ratio` is the second
 //! run's throughput over the first's (the target is at least [`TLS_AUTH_RATIO_TARGET`]).
 //!
 //! Invariants: each side runs against a fresh server in a fresh temporary directory, on loopback;
@@ -345,13 +345,22 @@ fn run_driftless(
             Some(ca)
         }
     };
-    // ---- AUTH: to be wired when `[auth]` lands (issue 21) ----
-    // Under `Transport::TlsAuth`: set `config.auth.enabled = true`, create a token for the
-    // principal `bench` granting `admin:topic:bench` (the create), `produce:topic:bench` and
-    // `consume:group:bench`, and put its secret here; every request then sends it as
-    // `Authorization: Bearer`.
-    let bearer: Option<String> = None;
-    // ---- end AUTH ----
+    // Under TLS, authentication is on too: every request carries a bearer token, checked
+    // (hash, constant-time compare, scope match) like any client's.
+    let bearer = match transport {
+        Transport::Plaintext => None,
+        Transport::TlsAuth => {
+            let path = tmp.path().join("tokens.json");
+            let scopes = ["admin:topic:bench".to_string(), "consume:group:bench".to_string()];
+            let now_ms = driftless_core::Clock::now_ms(&driftless_core::SystemClock);
+            let created = driftless_auth::TokenStore::new(&path)
+                .create("bench", &scopes, None, now_ms, &mut driftless_auth::OsRandom)
+                .map_err(|e| http_error("create the bench token", e))?;
+            config.auth.enabled = true;
+            config.auth.tokens_file = Some(path);
+            Some(created.token.text)
+        }
+    };
     let rt = runtime()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

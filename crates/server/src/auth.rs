@@ -589,6 +589,7 @@ mod tests {
         let mut r = axum::http::Request::builder()
             .method(method)
             .uri(path)
+            .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();

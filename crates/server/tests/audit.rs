@@ -344,6 +344,7 @@ fn running_a_configured_reconciliation_is_recorded_with_its_outcome() {
     });
     // A body the run refuses before running is not an action: no record.
     let before = trail(&s).len();
-    s.post_raw("/v1/reconciliations/crm-contacts/run", &[], b"{").problem(400);
+    let json = [("content-type", "application/json")];
+    s.post_raw("/v1/reconciliations/crm-contacts/run", &json, b"{").problem(400);
     assert_eq!(trail(&s).len(), before);
 }

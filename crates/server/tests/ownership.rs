@@ -147,6 +147,9 @@ mod with_auth {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
+            if headers.is_empty() && !body.is_empty() {
+                req = req.header("content-type", "application/json");
+            }
             let mut r = req.send(body).unwrap();
             let text = r.body_mut().read_to_string().unwrap();
             (r.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::Null))
