@@ -17,6 +17,7 @@ mod clock;
 mod event;
 mod partitioning;
 mod raw_event;
+pub mod secret;
 pub mod sql;
 mod topic;
 
@@ -27,4 +28,5 @@ pub use event::{
 };
 pub use partitioning::{murmur2, partition_for_key};
 pub use raw_event::RawEvent;
+pub use secret::{redact, Secret, SecretError, REDACTED};
 pub use topic::{InvalidTopicName, TopicName, TOPIC_NAME_BYTES_MAX};

@@ -284,19 +284,23 @@ enum Target {
 }
 
 impl Target {
-    fn open(config: &SinkConfig) -> Self {
-        match &config.target {
+    fn open(config: &SinkConfig) -> Result<Self> {
+        Ok(match &config.target {
             TargetConfig::Postgres { url, version_column } => {
-                Target::Postgres(PgSink::new(&config.name, url, version_column))
+                Target::Postgres(PgSink::new(&config.name, url.expose(), version_column))
             }
             TargetConfig::Sqlite { path, version_column } => {
                 Target::Sqlite(SqliteSink::new(&config.name, path.clone(), version_column))
             }
             TargetConfig::Webhook(w @ WebhookConfig { .. }) => Target::Webhook(
-                Webhook::new(w),
+                Webhook::new(w).map_err(|reason| SinkError::Config {
+                    sink: config.name.clone(),
+                    field: "target.ca_file".into(),
+                    reason,
+                })?,
                 Breaker::new(w.breaker_failures_max, w.breaker_open_ms),
             ),
-        }
+        })
     }
 
     async fn check(&mut self, mapper: &Mapper) -> Result<()> {
@@ -538,7 +542,7 @@ pub(crate) async fn run_sink(
     until_caught_up: bool,
 ) -> Result<()> {
     let broker = Arc::clone(&ctx.broker);
-    let mut target = Target::open(config);
+    let mut target = Target::open(config)?;
     target.check(mapper).await?;
     let mut session = Session::join(config, &broker).await?;
     ctx.status.set_state(SinkState::Running, None);
