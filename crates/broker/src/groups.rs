@@ -283,7 +283,9 @@ pub const ERROR_BYTES_MAX: usize = 1024;
 /// Adds `entry` to an error history, cut to [`ERROR_BYTES_MAX`], dropping the oldest entries
 /// beyond [`ERRORS_KEPT_MAX`].
 pub(crate) fn push_error(errors: &mut Vec<String>, entry: String) {
-    errors.push(truncate_error(entry));
+    // The last line of defence: sinks redact what they report, and whatever slipped through
+    // (a configured secret echoed by a target) is removed before it is stored and shown.
+    errors.push(truncate_error(driftless_core::redact(&entry)));
     bound_errors(errors);
 }
 

@@ -228,22 +228,28 @@ impl PgConnect {
     /// A [`PgTlsError::Connect`] for this target from a driver error, redacted, naming a failed
     /// certificate verification plainly.
     pub fn connect_error(&self, error: &tokio_postgres::Error) -> PgTlsError {
-        let mut chain = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !chain.contains(&text) {
-                chain.push_str(": ");
-                chain.push_str(&text);
-            }
-            source = s.source();
-        }
         PgTlsError::Connect {
             target: self.describe(),
             mode: self.tls.mode.as_str(),
-            reason: explain(&chain),
+            reason: error_text(error),
         }
     }
+}
+
+/// A driver error with its causes (tokio-postgres' `Display` omits them: "error performing TLS
+/// handshake" alone), redacted.
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = s.source();
+    }
+    explain(&chain)
 }
 
 /// Redacts `text` and, when it is a certificate problem, says so in words an operator searches
