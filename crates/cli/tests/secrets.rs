@@ -398,3 +398,52 @@ fn planted_credentials_never_appear_in_responses_logs_metrics_or_dead_letters() 
     }
     assert!(leaks.is_empty(), "{} leaks (skipped {skipped:?}):\n{}", leaks.len(), leaks.join("\n"));
 }
+
+/// Runs `driftless serve` with `config_text` (expected to be refused at start) and returns its
+/// stderr.
+fn refused_start(config_text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("DRIFTLESS_CONFIG")
+        .env_remove("DRIFTLESS_TEST_SURELY_UNSET")
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the start was not refused");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+#[test]
+fn a_config_error_on_a_line_with_a_password_names_the_key_but_not_the_password() {
+    let pw = percent_encode(PASSWORD);
+    let text = format!(
+        "[[sink]]\nname = \"p\"\ntopics = [\"t\"]\n\
+         target = {{ kind = \"postgres\", url = \"postgres://u:{pw}@127.0.0.1/db\", versoin_column = \"v\" }}\n"
+    );
+    let stderr = refused_start(&text);
+    assert!(stderr.contains("versoin_column"), "{stderr}");
+    for secret in planted() {
+        assert!(!stderr.contains(&secret), "`{secret}` in: {stderr}");
+    }
+}
+
+#[test]
+fn a_secret_from_a_missing_variable_or_file_is_refused_naming_it() {
+    let stderr = refused_start(
+        "[[sink]]\nname = \"p\"\ntopics = [\"t\"]\n\
+         target = { kind = \"postgres\", url = { env = \"DRIFTLESS_TEST_SURELY_UNSET\" } }\n",
+    );
+    assert!(stderr.contains("DRIFTLESS_TEST_SURELY_UNSET"), "{stderr}");
+    let stderr = refused_start(
+        "[[sink]]\nname = \"p\"\ntopics = [\"t\"]\n\
+         target = { kind = \"webhook\", url = \"http://127.0.0.1:9/h\", secret = { file = \"/nonexistent/driftless/hook-secret\" } }\n",
+    );
+    assert!(stderr.contains("/nonexistent/driftless/hook-secret"), "{stderr}");
+}
