@@ -3,7 +3,9 @@
 //!
 //! `driftless-core` does no IO and knows nothing about storage, HTTP or databases. Everything here is
 //! deterministic given its inputs, except [`SystemClock`], which is the one door through which wall
-//! time enters; tests replace it with [`ManualClock`].
+//! time enters (tests replace it with [`ManualClock`]), and [`Secret`]'s `{ env }` / `{ file }`
+//! forms, read once when a configuration is loaded. [`redact`] is the one function every crate
+//! uses to keep credentials out of the texts it shows.
 //!
 //! ```
 //! use driftless_core::{partition_for_key, TopicName};

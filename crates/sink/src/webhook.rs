@@ -104,12 +104,21 @@ pub fn secret_key(secret: &str) -> Vec<u8> {
         .unwrap_or_else(|| secret.as_bytes().to_vec())
 }
 
-/// A webhook client.
-#[derive(Debug, Clone)]
+/// A webhook client. Its `Debug` shows the URL redacted and never the signing key.
+#[derive(Clone)]
 pub struct Webhook {
     config: WebhookConfig,
     key: Option<Vec<u8>>,
     agent: Agent,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.config.url)
+            .field("signed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Webhook {

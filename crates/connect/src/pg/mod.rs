@@ -11,8 +11,8 @@ pub mod types;
 use crate::error::{ConnectError, Result};
 
 /// Where a source connects, parsed from its `url` (with libpq's `sslmode` and `sslrootcert`,
-/// see `driftless_pgtls`).
-#[derive(Debug, Clone)]
+/// see `driftless_pgtls`). Its `Debug` shows neither the URL nor the password.
+#[derive(Clone)]
 pub struct PgTarget {
     /// The connection with its TLS policy (the replication stream uses it too).
     pub pg: driftless_pgtls::PgConnect,
@@ -28,6 +28,15 @@ pub struct PgTarget {
     pub password: String,
     /// Database.
     pub database: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("target", &self.describe())
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgTarget {
