@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The Postgres sources over TLS with `sslmode=verify-full`, against a server that accepts TCP
 //! only over TLS (`PgServer::start_tls`): the snapshot, the control queries and the replication
-//! stream (through driftless-pgtls' relay) all verify the server's certificate.
+//! stream (through driftless-pgtls' relay) all verify the server's certificate, and so does the
+//! polling outbox relay.
 
 mod support;
 
@@ -9,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftless_broker::{Broker, BrokerConfig};
-use driftless_connect::config::{PgCdcConfig, SnapshotMode};
+use driftless_connect::config::{
+    OutboxColumns, OutboxMode, PgCdcConfig, PgOutboxConfig, SnapshotMode,
+};
+use driftless_connect::outbox;
 use driftless_connect::pg::cdc;
 use driftless_testkit::{PgServer, TestCa};
 use support::{context, events};
@@ -120,4 +124,46 @@ async fn a_cdc_source_refuses_a_host_name_the_server_certificate_does_not_name()
         .to_string();
     assert!(e.contains("certificate verification failed"), "{e}");
     assert!(e.contains("not valid for this host name"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_outbox_with_verify_full_relays_rows_over_tls() {
+    let ca = TestCa::new("outbox-tls").unwrap();
+    let pg = PgServer::start_tls(ca.server()).unwrap();
+    let db = setup(&pg, &ca).await;
+    let url = tls_url(&pg, &ca, "localhost");
+    outbox::init_postgres(&url, "app.outbox").await.unwrap();
+    db.execute(
+        "INSERT INTO app.outbox (id, aggregatetype, aggregateid, type, payload) \
+         VALUES ('o1', 'customer', 'c1', 'customer.created', '{\"n\": 1}'::jsonb)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Arc::new(Broker::open(dir.path(), BrokerConfig::default()).unwrap());
+    let config = PgOutboxConfig {
+        url: url.into(),
+        mode: OutboxMode::Poll,
+        outbox: OutboxColumns {
+            table: "app.outbox".into(),
+            topic_prefix: "app.".into(),
+            event_source: None,
+        },
+        poll_interval_ms: 5,
+        batch_rows_max: 10,
+        slot: None,
+        heartbeat_interval_ms: 10_000,
+    };
+    let (mut ctx, _paused, shutdown) = context(&broker, "svc", "postgres_outbox");
+    let task = tokio::spawn(async move { outbox::run_postgres("svc", &config, &mut ctx).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events(&broker, "app.customer").is_empty() {
+        assert!(!task.is_finished(), "the relay ended: {:?}", task.await);
+        assert!(Instant::now() < deadline, "the outbox row was not relayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(events(&broker, "app.customer")[0].id, "o1");
+    shutdown.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
 }
