@@ -429,6 +429,18 @@ mod tests {
     }
 
     #[test]
+    fn stored_errors_are_redacted_whatever_a_sink_reported() {
+        let mut errors = Vec::new();
+        push_error(
+            &mut errors,
+            "attempt 1: http://h/hook?token=s3cr3t-token answered 500; postgres://u:pw-9x@db/app"
+                .into(),
+        );
+        assert!(!errors[0].contains("s3cr3t-token") && !errors[0].contains("pw-9x"), "{errors:?}");
+        assert!(errors[0].contains("token=***") && errors[0].contains("u:***@db"), "{errors:?}");
+    }
+
+    #[test]
     fn committed_follows_the_lowest_pending_and_never_goes_back() {
         let mut c = Cursor::new(10);
         c.next_read = 20;

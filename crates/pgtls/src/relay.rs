@@ -3,7 +3,7 @@
 //!
 //! The replication client (`pgwire-replication`) is used without its own TLS (that feature pulls
 //! in aws-lc-rs). For every other mode it connects to a Unix socket `.s.PGSQL.<port>` in a
-//! private directory (0700, created by `tempfile`, removed on drop), so no other user of the
+//! private directory (0700 from creation, removed on drop), so no other user of the
 //! machine can reach the relay. Per accepted connection the relay opens TCP to the server, sends
 //! `SSLRequest` as libpq does, completes the handshake with the same rustls configuration as
 //! every other connection (so `verify-full` means the same thing here), and copies bytes both
@@ -14,6 +14,7 @@
 //! accepting when the [`ReplicationEndpoint`] is dropped (connections in progress finish when
 //! either side closes).
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,8 +73,11 @@ impl ReplicationEndpoint {
         let name = ServerName::try_from(pg.host.clone()).map_err(|_| {
             connect_error(format!("`{}` is not a valid host name for TLS", pg.host))
         })?;
+        // 0700 from creation (tempfile's default follows the umask): only this user can reach
+        // the socket, so no other local user can use the relay's verified connection.
         let dir = tempfile::Builder::new()
             .prefix("driftless-pg-relay-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| connect_error(format!("creating the relay's socket directory: {e}")))?;
         let socket = dir.path().join(format!(".s.PGSQL.{}", pg.port));

@@ -96,3 +96,45 @@ async fn a_missing_sslrootcert_is_named() {
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     assert!(!e.contains("pw1234567"), "{e}");
 }
+
+#[tokio::test]
+async fn the_replication_relay_answers_a_refused_certificate_with_a_postgres_error() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new("relay-server").unwrap();
+    let other = TestCa::new("relay-other").unwrap();
+    let pg = PgServer::start_tls(ca.server()).unwrap();
+    let conn = PgConnect::parse(&url(
+        &pg,
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", other.ca_path().display()),
+    ))
+    .unwrap();
+    let endpoint = driftless_pgtls::ReplicationEndpoint::start(&conn).await.unwrap();
+    assert!(endpoint.is_tls());
+    let socket =
+        std::path::Path::new(endpoint.host()).join(format!(".s.PGSQL.{}", endpoint.port()));
+    let mut client = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), client.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.first(), Some(&b'E'), "an ErrorResponse: {answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("08006"), "{text}");
+    assert!(text.contains("certificate verification failed"), "{text}");
+    // The socket's directory is private to this process's user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(endpoint.host()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "relay directory mode {mode:o}");
+}
+
+#[tokio::test]
+async fn prefer_against_a_server_without_tls_connects_directly() {
+    let pg = PgServer::start().unwrap();
+    let conn = PgConnect::parse(&pg.url("postgres")).unwrap();
+    let endpoint = driftless_pgtls::ReplicationEndpoint::start(&conn).await.unwrap();
+    assert!(!endpoint.is_tls());
+    assert_eq!((endpoint.host(), endpoint.port()), ("127.0.0.1", pg.port()));
+    assert!(!ssl_in_use(&conn).await.unwrap());
+}
