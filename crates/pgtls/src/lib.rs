@@ -30,7 +30,7 @@
 //! implementation; `pgwire-replication` (the replication stream) has one, but it pulls in
 //! aws-lc-rs. Here `sslmode`/`sslrootcert` are parsed and stripped before tokio-postgres sees the
 //! URL, one rustls (ring) configuration is built, and it serves both: tokio-postgres through
-//! [`MakeTlsConnect`](tokio_postgres::tls::MakeTlsConnect), the replication client through a
+//! [`MakeTlsConnect`], the replication client through a
 //! relay on a Unix socket in a private (0700) directory ([`ReplicationEndpoint`]), which
 //! negotiates TLS with the server exactly like libpq and forwards the bytes.
 //!
