@@ -283,7 +283,9 @@ pub const ERROR_BYTES_MAX: usize = 1024;
 /// Adds `entry` to an error history, cut to [`ERROR_BYTES_MAX`], dropping the oldest entries
 /// beyond [`ERRORS_KEPT_MAX`].
 pub(crate) fn push_error(errors: &mut Vec<String>, entry: String) {
-    errors.push(truncate_error(entry));
+    // The last line of defence: sinks redact what they report, and whatever slipped through
+    // (a configured secret echoed by a target) is removed before it is stored and shown.
+    errors.push(truncate_error(driftless_core::redact(&entry)));
     bound_errors(errors);
 }
 
@@ -424,6 +426,18 @@ mod tests {
         assert_eq!(errors.len(), ERRORS_KEPT_MAX);
         assert!(errors[0].starts_with("attempt 15: "));
         assert!(errors.iter().all(|e| e.len() <= ERROR_BYTES_MAX && e.ends_with('…')));
+    }
+
+    #[test]
+    fn stored_errors_are_redacted_whatever_a_sink_reported() {
+        let mut errors = Vec::new();
+        push_error(
+            &mut errors,
+            "attempt 1: http://h/hook?token=s3cr3t-token answered 500; postgres://u:pw-9x@db/app"
+                .into(),
+        );
+        assert!(!errors[0].contains("s3cr3t-token") && !errors[0].contains("pw-9x"), "{errors:?}");
+        assert!(errors[0].contains("token=***") && errors[0].contains("u:***@db"), "{errors:?}");
     }
 
     #[test]

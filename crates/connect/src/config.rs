@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use driftless_core::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConnectError, Result};
@@ -81,8 +82,9 @@ pub enum SnapshotMode {
 /// `kind = "postgres_cdc"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgCdcConfig {
-    /// `postgres://user:password@host:port/database`.
-    pub url: String,
+    /// `postgres://user:password@host:port/database[?sslmode=…&sslrootcert=…]`, inline or
+    /// `{ env = "NAME" }` / `{ file = "/path" }`.
+    pub url: Secret,
     /// Replication slot name; default `driftless_<name>`.
     #[serde(default)]
     pub slot: Option<String>,
@@ -162,8 +164,8 @@ impl Default for OutboxColumns {
 /// `kind = "postgres_outbox"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgOutboxConfig {
-    /// `postgres://user:password@host:port/database`.
-    pub url: String,
+    /// As for `postgres_cdc`.
+    pub url: Secret,
     /// CDC (default) or polling.
     #[serde(default)]
     pub mode: OutboxMode,
@@ -343,7 +345,7 @@ impl SourceConfig {
 
 impl PgCdcConfig {
     /// A CDC configuration for `url` with every default.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<Secret>) -> Self {
         Self {
             url: url.into(),
             slot: None,

@@ -19,7 +19,10 @@ pub enum ConnectError {
         reason: String,
     },
     /// A Postgres query or connection failed.
-    #[error("source `{source_name}`: Postgres {what} failed: {error}")]
+    #[error(
+        "source `{source_name}`: Postgres {what} failed: {}",
+        driftless_pgtls::error_text(error)
+    )]
     Postgres {
         /// The source's name.
         source_name: String,

@@ -68,7 +68,7 @@ use driftless_core::sql::{quote_ident, quote_table};
 use driftless_core::{is_rfc3339, Event, TopicName, EXTENSION_NAME_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio_postgres::{NoTls, Statement};
+use tokio_postgres::Statement;
 
 use crate::config::{OutboxColumns, OutboxMode, PgOutboxConfig};
 use crate::emit::Emitter;
@@ -499,15 +499,22 @@ async fn pg_connect(source_name: &str, url: &str) -> Result<tokio_postgres::Clie
         what: what.into(),
         error,
     };
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| pg_err("parsing the connection URL", e))?;
+    let pg = driftless_pgtls::PgConnect::parse(url).map_err(|e| ConnectError::Config {
+        source_name: source_name.into(),
+        field: "url".into(),
+        reason: e.to_string(),
+    })?;
+    let mut config = pg.config.clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(PG_CONNECT_TIMEOUT_S));
     }
     if config.get_application_name().is_none() {
         config.application_name(format!("driftless-{source_name}"));
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connecting", e))?;
+    let (client, connection) = config
+        .connect(pg.tls.clone())
+        .await
+        .map_err(|e| pg_err(&format!("connecting to {}", pg.describe()), e))?;
     let name = source_name.to_string();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -719,7 +726,7 @@ pub async fn run_postgres(
 ) -> Result<()> {
     if config.mode == OutboxMode::Cdc {
         // Check the table first, for the same clear error as poll mode.
-        drop(PgStore::open(name, &config.url, &config.outbox.table).await?);
+        drop(PgStore::open(name, config.url.expose(), &config.outbox.table).await?);
         let table = if config.outbox.table.contains('.') {
             config.outbox.table.clone()
         } else {
@@ -732,7 +739,7 @@ pub async fn run_postgres(
         cdc.outbox = Some(OutboxColumns { table, ..config.outbox.clone() });
         return crate::pg::cdc::run(name, &cdc, ctx).await;
     }
-    let mut store = PgStore::open(name, &config.url, &config.outbox.table).await?;
+    let mut store = PgStore::open(name, config.url.expose(), &config.outbox.table).await?;
     relay_loop(
         &mut store,
         name,

@@ -155,6 +155,8 @@ impl SourceStatus {
 
     /// Sets the state (and the error shown with it).
     pub fn set_state(&self, state: SourceState, error: Option<String>) {
+        // The API and /metrics show this text: credentials never reach it.
+        let error = error.map(|e| driftless_core::redact(&e));
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state, error);
     }
 
@@ -353,7 +355,7 @@ async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
         match run_source(&config, &mut ctx).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
-                tracing::warn!(source = %config.name, error = %e, "source failed; retrying");
+                tracing::warn!(source = %config.name, error = %driftless_core::redact(&e.to_string()), "source failed; retrying");
                 ctx.status.set_state(SourceState::Retrying, Some(e.to_string()));
                 ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(60) {
@@ -364,7 +366,7 @@ async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
                 }
             }
             Err(e) => {
-                tracing::error!(source = %config.name, error = %e, "source stopped");
+                tracing::error!(source = %config.name, error = %driftless_core::redact(&e.to_string()), "source stopped");
                 ctx.status.set_state(SourceState::Failed, Some(e.to_string()));
                 return;
             }

@@ -3,7 +3,9 @@
 //!
 //! `driftless-core` does no IO and knows nothing about storage, HTTP or databases. Everything here is
 //! deterministic given its inputs, except [`SystemClock`], which is the one door through which wall
-//! time enters; tests replace it with [`ManualClock`].
+//! time enters (tests replace it with [`ManualClock`]), and [`Secret`]'s `{ env }` / `{ file }`
+//! forms, read once when a configuration is loaded. [`redact`] is the one function every crate
+//! uses to keep credentials out of the texts it shows.
 //!
 //! ```
 //! use driftless_core::{partition_for_key, TopicName};
@@ -17,6 +19,7 @@ mod clock;
 mod event;
 mod partitioning;
 mod raw_event;
+pub mod secret;
 pub mod sql;
 mod topic;
 
@@ -27,4 +30,5 @@ pub use event::{
 };
 pub use partitioning::{murmur2, partition_for_key};
 pub use raw_event::RawEvent;
+pub use secret::{redact, Secret, SecretError, REDACTED};
 pub use topic::{InvalidTopicName, TopicName, TOPIC_NAME_BYTES_MAX};

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use driftless_core::Secret;
 use driftless_sink::config::{OpKind, SinkConfig, TargetConfig};
 use serde::{Deserialize, Serialize};
 
@@ -83,8 +84,9 @@ pub enum Policy {
 pub enum SourceTable {
     /// A Postgres table.
     Postgres {
-        /// libpq-style URL.
-        url: String,
+        /// libpq-style URL (`sslmode`, `sslrootcert` as libpq), inline or `{ env = "NAME" }` /
+        /// `{ file = "/path" }`.
+        url: Secret,
         /// `schema.table` or `table`.
         table: String,
         /// Key columns, in the projection key's order (default: the projection's key names).
@@ -165,8 +167,8 @@ pub enum CorrectionSequence {
 /// Where the projection lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Db {
-    /// Postgres URL.
-    Postgres(String),
+    /// Postgres URL (a secret: it may hold a password).
+    Postgres(Secret),
     /// SQLite file.
     Sqlite(PathBuf),
     /// A topic of the log, folded through the sink's mapping.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use driftless_core::sql::quote_table;
 use rusqlite::functions::FunctionFlags;
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Db, Side};
 use crate::digest::{bucket, halves, pg_bucket_sql, pg_half_sql, BucketDigest};
@@ -135,9 +135,10 @@ impl Conn {
     pub async fn open(db: &Db) -> Result<Conn, String> {
         match db {
             Db::Postgres(url) => {
-                let (client, conn) = tokio_postgres::connect(url, NoTls)
-                    .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
+                // sslmode/sslrootcert as libpq (driftless_pgtls); errors never carry the URL.
+                let pg =
+                    driftless_pgtls::PgConnect::parse(url.expose()).map_err(|e| e.to_string())?;
+                let (client, conn) = pg.connect().await.map_err(|e| e.to_string())?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "reconcile connection ended");

@@ -211,7 +211,7 @@ impl Reconcilers {
                     }
                     let repair = e.config.policy == Policy::Repair;
                     if let Err(err) = run_entry(&e, &b, repair).await {
-                        tracing::warn!(reconcile = %e.config.name, error = %err, "reconciliation failed");
+                        tracing::warn!(reconcile = %e.config.name, error = %driftless_core::redact(&err.to_string()), "reconciliation failed");
                     }
                 }
             }));
@@ -336,7 +336,10 @@ async fn run_entry(
     e.runs_total.fetch_add(1, Ordering::Relaxed);
     let record = match &outcome {
         Ok(r) => RunRecord { report: Some(r.clone()), error: None, at_ms },
-        Err(err) => RunRecord { report: None, error: Some(err.to_string()), at_ms },
+        // Stored and shown by the API: credentials never reach it.
+        Err(err) => {
+            RunRecord { report: None, error: Some(driftless_core::redact(&err.to_string())), at_ms }
+        }
     };
     let snapshot = {
         let mut runs = e.runs.lock().unwrap_or_else(|p| p.into_inner());

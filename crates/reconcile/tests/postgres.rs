@@ -241,7 +241,7 @@ async fn postgres_and_sqlite_compute_the_same_digests() {
         key: vec!["id".into()],
         columns: vec!["city".into(), "n".into()],
     };
-    let (ps, ls) = (side(Db::Postgres(pg.url("postgres"))), side(Db::Sqlite(path)));
+    let (ps, ls) = (side(Db::Postgres(pg.url("postgres").into())), side(Db::Sqlite(path)));
     let (p, l) = (Conn::open(&ps.db).await.unwrap(), Conn::open(&ls.db).await.unwrap());
     let (dp, dl) = (p.buckets(&ps, 64).await.unwrap(), l.buckets(&ls, 64).await.unwrap());
     assert_eq!(dp.len(), 64);

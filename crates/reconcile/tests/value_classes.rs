@@ -355,7 +355,7 @@ async fn a_sqlite_blob_has_the_digest_of_the_postgres_bytea_with_its_bytes() {
     }
     let side =
         |db| Side { db, table: "t".into(), key: vec!["id".into()], columns: vec!["b".into()] };
-    let (ps, ls) = (side(Db::Postgres(pg.url("postgres"))), side(Db::Sqlite(path)));
+    let (ps, ls) = (side(Db::Postgres(pg.url("postgres").into())), side(Db::Sqlite(path)));
     let (p, l) = (Conn::open(&ps.db).await.unwrap(), Conn::open(&ls.db).await.unwrap());
     let (dp, dl) = (p.buckets(&ps, 16).await.unwrap(), l.buckets(&ls, 16).await.unwrap());
     assert_eq!(dp.len(), 16);

@@ -246,7 +246,7 @@ impl ServerConfig {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ServerError> {
         let config: Self = toml::from_str(text).map_err(|e| ServerError::ParseConfig {
             path: origin.to_path_buf(),
-            source: Box::new(e),
+            reason: driftless_core::redact(&e.to_string()),
         })?;
         // `[[source]]` tables flatten their kind's settings, which serde cannot check for
         // unknown keys: do it here, so a typo is an error rather than a default.

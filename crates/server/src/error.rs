@@ -32,13 +32,13 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The configuration file is not valid TOML or holds an unknown key or a bad value.
-    #[error("config file {path}")]
+    #[error("config file {path}: {reason}")]
     ParseConfig {
         /// The file (or `<inline>` for text given directly).
         path: PathBuf,
-        /// The parser's error, naming the key and its line.
-        #[source]
-        source: Box<toml::de::Error>,
+        /// The parser's error, naming the key and quoting its line — redacted, since that line
+        /// may hold a credential (`driftless_core::redact`).
+        reason: String,
     },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use driftless_core::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SinkError};
@@ -63,8 +64,9 @@ pub const WORKERS_MAX: usize = 16;
 pub enum TargetConfig {
     /// Tables in a Postgres database.
     Postgres {
-        /// libpq-style URL, e.g. `postgres://billing@127.0.0.1/billing`.
-        url: String,
+        /// libpq-style URL, e.g. `postgres://billing@127.0.0.1/billing?sslmode=verify-full`;
+        /// inline or `{ env = "NAME" }` / `{ file = "/path" }`.
+        url: Secret,
         /// The text column, in every target table, holding the version of the event that wrote
         /// the row; the guard that refuses stale and duplicate events.
         #[serde(default = "default_version_column")]
@@ -86,12 +88,17 @@ pub enum TargetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The endpoint (`http://…`).
-    pub url: String,
+    /// The endpoint (`http://…` or `https://…`), inline or `{ env }` / `{ file }`: it may carry
+    /// a token, so it is redacted everywhere it is shown.
+    pub url: Secret,
     /// The Standard Webhooks signing secret, `whsec_<base64>` (or any string, used as raw
     /// bytes). Without it requests are not signed.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
+    /// For `https://`: trust only the CA certificates in this PEM file (a private CA) instead of
+    /// Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// `structured` (the CloudEvent as a JSON body) or `binary` (`ce-*` headers, data as body).
     #[serde(default)]
     pub mode: WebhookMode,
@@ -305,18 +312,13 @@ impl SinkConfig {
                 }
             }
             TargetConfig::Webhook(w) => {
-                let https_ok = cfg!(feature = "webhook-tls") && w.url.starts_with("https://");
-                if !w.url.starts_with("http://") && !https_ok {
-                    return Err(self.invalid(
-                        "target.url",
-                        if cfg!(feature = "webhook-tls") {
-                            "use an http:// or https:// URL"
-                        } else {
-                            "use an http:// URL: https needs a build with the `webhook-tls` \
-                             feature (cargo build --release --features webhook-tls) or a \
-                             TLS-terminating proxy"
-                        },
-                    ));
+                let url = w.url.expose();
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    return Err(self.invalid("target.url", "use an http:// or https:// URL"));
+                }
+                if let Some(path) = &w.ca_file {
+                    crate::webhook::load_ca_file(path)
+                        .map_err(|reason| self.invalid("target.ca_file", reason))?;
                 }
                 if w.timeout_ms == 0 || w.requests_inflight_max == 0 || w.breaker_failures_max == 0
                 {
@@ -392,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn webhook_urls_need_http_or_the_tls_feature() {
+    fn webhook_urls_are_http_or_https_and_a_bad_ca_file_is_named() {
         let hook = |url: &str| {
             format!(
                 "name = \"h\"\ntopics = [\"t\"]\ntarget = {{ kind = \"webhook\", url = \"{url}\" }}"
@@ -400,11 +402,13 @@ mod tests {
         };
         assert!(parse(&hook("http://127.0.0.1:9/x")).is_ok());
         assert!(parse(&hook("ftp://x")).unwrap_err().contains("target.url"));
-        let https = parse(&hook("https://example.com/x"));
-        if cfg!(feature = "webhook-tls") {
-            assert!(https.is_ok());
-        } else {
-            assert!(https.unwrap_err().contains("webhook-tls"));
-        }
+        assert!(parse(&hook("https://example.com/x")).is_ok());
+        let with_ca = |ca: &str| {
+            format!(
+                "name = \"h\"\ntopics = [\"t\"]\ntarget = {{ kind = \"webhook\", url = \"https://h/x\", ca_file = \"{ca}\" }}"
+            )
+        };
+        let e = parse(&with_ca("/nonexistent/driftless-ca.pem")).unwrap_err();
+        assert!(e.contains("target.ca_file") && e.contains("/nonexistent/driftless-ca.pem"), "{e}");
     }
 }

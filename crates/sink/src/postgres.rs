@@ -25,7 +25,7 @@ use futures_util::future::maybe_done;
 use driftless_core::sql::{quote_ident, quote_literal, quote_table};
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::batch::{collapse, positions, Group, Item, UpsertParts};
 use crate::config::OpKind;
@@ -220,9 +220,12 @@ impl PgSink {
             self.statements.clear();
         }
         if self.client.is_none() {
-            let (client, conn) = tokio_postgres::connect(&self.url, NoTls)
-                .await
-                .map_err(|e| ApplyError::Unavailable(format!("cannot connect: {e}")))?;
+            // sslmode/sslrootcert as libpq (driftless_pgtls); errors name host and database,
+            // never the URL.
+            let pg = driftless_pgtls::PgConnect::parse(&self.url)
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+            let (client, conn) =
+                pg.connect().await.map_err(|e| ApplyError::Unavailable(e.to_string()))?;
             let sink = self.sink.clone();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

@@ -110,7 +110,7 @@ pub(crate) async fn run(
     // Shadows, empty, and the replay group at the start of every topic.
     match &config.target {
         TargetConfig::Postgres { url, version_column } => {
-            let mut pg = PgSink::new(&name, url, version_column);
+            let mut pg = PgSink::new(&name, url.expose(), version_column);
             pg.check(&Mapper::compile(&name, &config.mappings)?).await?;
             pg.create_shadows(&tables, SHADOW_SUFFIX, &shadow.name)
                 .await
@@ -176,7 +176,7 @@ pub(crate) async fn run(
         run_sink(&shadow, &mapper, &mut ctx, true).await?;
         match &config.target {
             TargetConfig::Postgres { url, version_column } => {
-                PgSink::new(&name, url, version_column)
+                PgSink::new(&name, url.expose(), version_column)
                     .swap(&tables, SHADOW_SUFFIX, &name, &shadow.name)
                     .await
             }

@@ -184,6 +184,8 @@ impl SinkStatus {
 
     /// Sets the state and the error shown with it.
     pub fn set_state(&self, state: SinkState, error: Option<String>) {
+        // The API and /metrics show this text: credentials never reach it.
+        let error = error.map(|e| driftless_core::redact(&e));
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state, error);
     }
 
@@ -284,19 +286,23 @@ enum Target {
 }
 
 impl Target {
-    fn open(config: &SinkConfig) -> Self {
-        match &config.target {
+    fn open(config: &SinkConfig) -> Result<Self> {
+        Ok(match &config.target {
             TargetConfig::Postgres { url, version_column } => {
-                Target::Postgres(PgSink::new(&config.name, url, version_column))
+                Target::Postgres(PgSink::new(&config.name, url.expose(), version_column))
             }
             TargetConfig::Sqlite { path, version_column } => {
                 Target::Sqlite(SqliteSink::new(&config.name, path.clone(), version_column))
             }
             TargetConfig::Webhook(w @ WebhookConfig { .. }) => Target::Webhook(
-                Webhook::new(w),
+                Webhook::new(w).map_err(|reason| SinkError::Config {
+                    sink: config.name.clone(),
+                    field: "target.ca_file".into(),
+                    reason,
+                })?,
                 Breaker::new(w.breaker_failures_max, w.breaker_open_ms),
             ),
-        }
+        })
     }
 
     async fn check(&mut self, mapper: &Mapper) -> Result<()> {
@@ -538,7 +544,7 @@ pub(crate) async fn run_sink(
     until_caught_up: bool,
 ) -> Result<()> {
     let broker = Arc::clone(&ctx.broker);
-    let mut target = Target::open(config);
+    let mut target = Target::open(config)?;
     target.check(mapper).await?;
     let mut session = Session::join(config, &broker).await?;
     ctx.status.set_state(SinkState::Running, None);
@@ -672,7 +678,7 @@ async fn apply_tables(
             Ok(mapped) => items.push((d.delivery_id.clone(), item_of(d, mapped))),
             Err(e) => {
                 ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sink = %config.name, delivery = %d.delivery_id, error = %e,
+                tracing::warn!(sink = %config.name, delivery = %d.delivery_id, error = %driftless_core::redact(&e.to_string()),
                     "mapping failed; the event is retried, then dead-lettered");
                 session.reject(broker, d.delivery_id.clone(), e, false).await?;
             }
@@ -692,7 +698,7 @@ async fn apply_tables(
             Ok(Some(all_ids()))
         }
         Err(ApplyError::Unavailable(reason)) => {
-            tracing::warn!(sink = %config.name, %reason, "target unavailable; retrying");
+            tracing::warn!(sink = %config.name, reason = %driftless_core::redact(&reason), "target unavailable; retrying");
             ctx.status
                 .set_state(SinkState::Retrying, Some(format!("target unavailable: {reason}")));
             session.release(broker, all_ids()).await?;
@@ -703,7 +709,7 @@ async fn apply_tables(
             Err(SinkError::Schema { sink: config.name.clone(), table, reason })
         }
         Err(ApplyError::Rejected(reason)) => {
-            tracing::warn!(sink = %config.name, %reason, "batch refused; applying event by event");
+            tracing::warn!(sink = %config.name, reason = %driftless_core::redact(&reason), "batch refused; applying event by event");
             let mut done = Vec::new();
             for (i, (id, it)) in items.iter().enumerate() {
                 match target.apply(&[it]).await {
@@ -789,7 +795,7 @@ async fn deliver_webhook(
             }
             Outcome::Failed(e) => {
                 if breaker.failure(Instant::now()) {
-                    tracing::warn!(sink = %config.name, error = %e, "webhook circuit open");
+                    tracing::warn!(sink = %config.name, error = %driftless_core::redact(&e.to_string()), "webhook circuit open");
                 }
                 ctx.status.events_rejected_total.fetch_add(1, Ordering::Relaxed);
                 ctx.status.set_state(SinkState::Retrying, Some(e.clone()));
@@ -940,7 +946,7 @@ impl Sinks {
                 crate::rebuild::run(config.clone(), broker, Arc::clone(&status), paused, shutdown)
                     .await;
             if let Err(e) = r {
-                tracing::warn!(sink = %config.name, error = %e, "rebuild failed");
+                tracing::warn!(sink = %config.name, error = %driftless_core::redact(&e.to_string()), "rebuild failed");
                 let events = status.rebuild().map_or(0, |r| r.events_replayed);
                 status.set_rebuild(RebuildPhase::Failed, events, Some(e.to_string()));
             } else {
@@ -967,7 +973,7 @@ async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext
         match run_sink(&config, &mapper, &mut ctx, false).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
-                tracing::warn!(sink = %config.name, error = %e, "sink failed; retrying");
+                tracing::warn!(sink = %config.name, error = %driftless_core::redact(&e.to_string()), "sink failed; retrying");
                 ctx.status.set_state(SinkState::Retrying, Some(e.to_string()));
                 ctx.status.restarts_total.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > Duration::from_secs(60) {
@@ -978,7 +984,7 @@ async fn supervise(config: SinkConfig, mapper: Arc<Mapper>, mut ctx: SinkContext
                 }
             }
             Err(e) => {
-                tracing::error!(sink = %config.name, error = %e, "sink stopped");
+                tracing::error!(sink = %config.name, error = %driftless_core::redact(&e.to_string()), "sink stopped");
                 ctx.status.set_state(SinkState::Failed, Some(e.to_string()));
                 return;
             }

@@ -9,17 +9,60 @@
 //! - the outcome of a request decides the delivery: 2xx acknowledges; a 4xx other than 408/429
 //!   is the event's fault (dead letter, or retry if configured); a 5xx, 408, 429 or timeout is
 //!   retried with backoff and jitter and counts an attempt; a refused connection counts no
-//!   attempt (the target is down, not the event) and feeds the circuit breaker.
+//!   attempt (the target is down, not the event) and feeds the circuit breaker;
+//! - `https://` endpoints are verified (chain and host name, rustls with ring) against Mozilla's
+//!   roots, or only against the CAs of `ca_file` when it is set; a failed verification is a
+//!   failure like a refused connection, never a delivery;
+//! - the URL may carry a token: it is sent only in the request, and every text this module
+//!   returns (the outcomes' messages) is redacted with `driftless_core::redact`.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use driftless_core::redact;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use ureq::Agent;
 
 use crate::config::{OnClientError, WebhookConfig, WebhookMode};
+
+/// Largest `ca_file` read.
+pub const CA_FILE_BYTES_MAX: u64 = 4 << 20;
+
+/// The certificates of a PEM file, for `ca_file`.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> {
+    let bad = |reason: String| format!("cannot use ca_file {}: {reason}", path.display());
+    let len = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.len();
+    if len > CA_FILE_BYTES_MAX {
+        return Err(bad(format!("{len} bytes, more than {CA_FILE_BYTES_MAX}")));
+    }
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| bad(format!("not PEM ({e})")))? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block in the file; give the CA's PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// A transport error in words an operator searches for: a rejected certificate says
+/// `certificate verification failed`.
+fn describe_error(e: &ureq::Error) -> String {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("invalid peer certificate") || lower.contains("certificate") {
+        format!("certificate verification failed: {text}")
+    } else {
+        text
+    }
+}
 
 /// Largest response body read from a webhook (only its start is kept, for the error history).
 pub const RESPONSE_BYTES_MAX: u64 = 64 << 10;
@@ -61,24 +104,39 @@ pub fn secret_key(secret: &str) -> Vec<u8> {
         .unwrap_or_else(|| secret.as_bytes().to_vec())
 }
 
-/// A webhook client.
-#[derive(Debug, Clone)]
+/// A webhook client. Its `Debug` shows the URL redacted and never the signing key.
+#[derive(Clone)]
 pub struct Webhook {
     config: WebhookConfig,
     key: Option<Vec<u8>>,
     agent: Agent,
 }
 
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.config.url)
+            .field("signed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Webhook {
-    /// A client for `config`.
-    pub fn new(config: &WebhookConfig) -> Self {
+    /// A client for `config`; fails (naming the file) when `ca_file` is unusable.
+    pub fn new(config: &WebhookConfig) -> Result<Self, String> {
         let timeout = Duration::from_millis(config.timeout_ms);
+        let mut tls = TlsConfig::builder().provider(TlsProvider::Rustls);
+        if let Some(path) = &config.ca_file {
+            tls = tls.root_certs(RootCerts::new_with_certs(&load_ca_file(path)?));
+        }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
+            .tls_config(tls.build())
             .build()
             .into();
-        Self { key: config.secret.as_deref().map(secret_key), config: config.clone(), agent }
+        let key = config.secret.as_ref().map(|s| secret_key(s.expose()));
+        Ok(Self { key, config: config.clone(), agent })
     }
 
     /// The request for one event: headers and body.
@@ -142,7 +200,7 @@ impl Webhook {
     pub fn send(&self, event: &Value) -> Outcome {
         let now_s = driftless_core::Clock::now_ms(&driftless_core::SystemClock) / 1000;
         let (headers, body) = self.request(event, now_s);
-        let mut req = self.agent.post(&self.config.url);
+        let mut req = self.agent.post(self.config.url.expose());
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -160,7 +218,8 @@ impl Webhook {
                     .read_to_string()
                     .unwrap_or_default();
                 let text: String = text.chars().take(300).collect();
-                let what = format!("{} answered {status}: {text}", self.config.url);
+                // `url` displays redacted; the body may echo the token, so all of it is redacted.
+                let what = redact(&format!("{} answered {status}: {text}", self.config.url));
                 let client_error = (400..500).contains(&status) && status != 408 && status != 429;
                 if client_error && self.config.on_client_error == OnClientError::DeadLetter {
                     Outcome::Refused(what)
@@ -180,7 +239,7 @@ impl Webhook {
                     }
                     _ => false,
                 };
-                let what = format!("{}: {e}", self.config.url);
+                let what = redact(&format!("{}: {}", self.config.url, describe_error(&e)));
                 if unreachable {
                     Outcome::Unreachable(what)
                 } else {

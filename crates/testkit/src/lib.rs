@@ -51,7 +51,7 @@ use std::net::{Ipv4Addr, TcpListener};
 pub use crash::CrashChild;
 pub use error::{Result, TestkitError};
 pub use nats::NatsServer;
-pub use postgres::PgServer;
+pub use postgres::{PgOptions, PgServer};
 pub use process::send_signal;
 pub use tls::TestCa;
 pub use tmpfs::Tmpfs;

@@ -9,6 +9,10 @@
 //!   and `pg_isready` succeeds.
 //! - As root, initdb and postgres run as user `postgres` through `runuser`; signals go to the
 //!   postmaster directly, because `runuser` does not forward SIGINT.
+//! - A server started with [`PgOptions::tls`] accepts TCP connections only over TLS (`hostssl`
+//!   lines alone in `pg_hba.conf`), so a test that connects proves TLS was used; roles named in
+//!   [`PgOptions::password_users`] must authenticate with their password (SCRAM), everyone else
+//!   is trusted.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -118,6 +122,17 @@ impl Binaries {
     }
 }
 
+/// How to start a [`PgServer`] beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// Serve TLS (`ssl = on`) with this certificate and key (from
+    /// [`TestCa`](crate::TestCa)), and accept TCP connections only over TLS.
+    pub tls: Option<crate::tls::CertFiles>,
+    /// Roles that must authenticate with a password (`scram-sha-256`) over TCP; create them
+    /// with `CREATE ROLE … LOGIN PASSWORD '…'`.
+    pub password_users: Vec<String>,
+}
+
 /// A running, throwaway PostgreSQL 15 server listening on `127.0.0.1:<port>`, with
 /// `wal_level = logical` and trust authentication for user `postgres`.
 ///
@@ -135,6 +150,8 @@ pub struct PgServer {
     as_root: bool,
     /// Holds the data directory, the socket directory and the log; `None` once removed.
     scratch: Option<TempDir>,
+    /// `-c` settings beyond the defaults (TLS), kept for [`PgServer::restart`].
+    settings: Vec<String>,
 }
 
 impl PgServer {
@@ -144,6 +161,17 @@ impl PgServer {
     /// Binaries come from `/usr/lib/postgresql/15/bin`, or from the directory in
     /// `DRIFTLESS_PG_BIN`. As root, the server runs as user `postgres`.
     pub fn start() -> Result<Self> {
+        Self::start_with(PgOptions::default())
+    }
+
+    /// [`PgServer::start`] serving TLS with `cert` (a [`TestCa`](crate::TestCa) server
+    /// certificate): `ssl = on`, and `hostssl` lines only, so plain TCP is refused.
+    pub fn start_tls(cert: &crate::tls::CertFiles) -> Result<Self> {
+        Self::start_with(PgOptions { tls: Some(cert.clone()), ..PgOptions::default() })
+    }
+
+    /// [`PgServer::start`] with `options`.
+    pub fn start_with(options: PgOptions) -> Result<Self> {
         let as_root = running_as_root()?;
         let bins = Binaries::locate(as_root)?;
         let owner = if as_root { Some(user_ids(OS_USER, SERVER)?) } else { None };
@@ -172,11 +200,20 @@ impl PgServer {
             .args(["-A", "trust", "-U", SUPERUSER, "--no-sync", "-E", "UTF8", "--locale=C"])
             .current_dir(scratch.path());
         run(&mut initdb)?;
+        let settings = configure(&options, &data_dir, owner)?;
 
         let log_path = scratch.path().join("postgres.log");
         let (process, port) = start_on_free_port(SERVER, |port| {
-            let process =
-                launch(&bins, &data_dir, &socket_dir, scratch.path(), &log_path, port, as_root)?;
+            let process = launch(
+                &bins,
+                &data_dir,
+                &socket_dir,
+                scratch.path(),
+                &log_path,
+                port,
+                as_root,
+                &settings,
+            )?;
             Ok((process, port))
         })?;
         Ok(Self {
@@ -188,6 +225,7 @@ impl PgServer {
             bins,
             as_root,
             scratch: Some(scratch),
+            settings,
         })
     }
 
@@ -210,6 +248,7 @@ impl PgServer {
             &self.log_path,
             self.port,
             self.as_root,
+            &self.settings,
         )
         .map_err(|e| match e {
             Startup::Failed(e) => e,
@@ -293,7 +332,51 @@ impl Drop for PgServer {
     }
 }
 
+/// Writes `pg_hba.conf` and the TLS files for `options`; returns the extra `-c` settings.
+fn configure(
+    options: &PgOptions,
+    data_dir: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<String>> {
+    let write = |path: &Path, text: &str, mode: u32| -> Result<()> {
+        fs::write(path, text).map_err(|source| TestkitError::Io {
+            op: "write",
+            path: path.to_owned(),
+            source,
+        })?;
+        set_mode(path, mode)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| {
+                TestkitError::Io { op: "chown to user postgres", path: path.to_owned(), source }
+            })?;
+        }
+        Ok(())
+    };
+    let host = if options.tls.is_some() { "hostssl" } else { "host" };
+    let mut hba = String::from("local all all trust\nlocal replication all trust\n");
+    for user in &options.password_users {
+        for db in ["all", "replication"] {
+            hba.push_str(&format!("{host} {db} \"{user}\" 127.0.0.1/32 scram-sha-256\n"));
+        }
+    }
+    for db in ["all", "replication"] {
+        hba.push_str(&format!("{host} {db} all 127.0.0.1/32 trust\n"));
+    }
+    write(&data_dir.join("pg_hba.conf"), &hba, 0o600)?;
+    let mut settings = Vec::new();
+    if let Some(tls) = &options.tls {
+        let (cert, key) = (data_dir.join("server.crt"), data_dir.join("server.key"));
+        write(&cert, &tls.cert_pem, 0o644)?;
+        write(&key, &tls.key_pem, 0o600)?;
+        settings.push("ssl=on".to_owned());
+        settings.push(format!("ssl_cert_file={}", cert.display()));
+        settings.push(format!("ssl_key_file={}", key.display()));
+    }
+    Ok(settings)
+}
+
 /// Starts the server process on `port` and waits until it accepts connections.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     bins: &Binaries,
     data_dir: &Path,
@@ -302,6 +385,7 @@ fn launch(
     log_path: &Path,
     port: u16,
     as_root: bool,
+    settings: &[String],
 ) -> std::result::Result<ServerProcess, Startup> {
     let mut cmd = bins.server_command(&bins.postgres);
     cmd.arg("-D")
@@ -329,6 +413,9 @@ fn launch(
             "full_page_writes=off",
         ])
         .current_dir(scratch);
+    for setting in settings {
+        cmd.arg("-c").arg(setting);
+    }
     redirect_output(&mut cmd, log_path)?;
     let mut process = ServerProcess::spawn(SERVER, &mut cmd, as_root, "INT", STOP_GRACE)?;
     wait_ready(&mut process, bins, data_dir, port, log_path)?;

@@ -294,7 +294,7 @@ struct Cdc<'a> {
 
 /// Runs the CDC source until shutdown or a failure.
 pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> Result<()> {
-    let target = PgTarget::parse(name, &config.url)?;
+    let target = PgTarget::parse(name, config.url.expose())?;
     let slot = config.slot.clone().unwrap_or_else(|| default_slot_name(name));
     let publication = config.publication.clone().unwrap_or_else(|| slot.clone());
     for (field, value) in [("slot", &slot), ("publication", &publication)] {
@@ -365,15 +365,20 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         None => None,
     };
 
+    // TLS for the replication stream: through the relay of driftless_pgtls unless the mode
+    // (or a `prefer` server without TLS) says plain; it must outlive the client.
+    let endpoint = driftless_pgtls::ReplicationEndpoint::start(&target.pg).await.map_err(|e| {
+        ConnectError::Replication { source_name: name.into(), reason: e.to_string() }
+    })?;
     let mut repl_config = ReplicationConfig::new(
-        target.host.clone(),
+        endpoint.host().to_string(),
         target.user.clone(),
         target.password.clone(),
         target.database.clone(),
         slot.clone(),
         publication.clone(),
     )
-    .with_port(target.port)
+    .with_port(endpoint.port())
     .with_start_lsn(Lsn(state.confirmed_lsn))
     .with_ack_lsn(Lsn(state.confirmed_lsn))
     .with_status_interval(Duration::from_secs(1))
@@ -472,7 +477,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
 }
 
 fn repl_error(name: &str, e: pgwire_replication::PgWireError) -> ConnectError {
-    let text = e.to_string();
+    let text = driftless_core::redact(&e.to_string());
     if text.contains("can no longer get changes") || text.contains("does not exist") {
         return ConnectError::SlotLost {
             source_name: name.into(),

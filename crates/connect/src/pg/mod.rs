@@ -10,9 +10,12 @@ pub mod types;
 
 use crate::error::{ConnectError, Result};
 
-/// Where a source connects, parsed from its `url`.
-#[derive(Debug, Clone)]
+/// Where a source connects, parsed from its `url` (with libpq's `sslmode` and `sslrootcert`,
+/// see `driftless_pgtls`). Its `Debug` shows neither the URL nor the password.
+#[derive(Clone)]
 pub struct PgTarget {
+    /// The connection with its TLS policy (the replication stream uses it too).
+    pub pg: driftless_pgtls::PgConnect,
     /// The driver's configuration (control-plane connections).
     pub config: tokio_postgres::Config,
     /// Host name or address.
@@ -27,6 +30,15 @@ pub struct PgTarget {
     pub database: String,
 }
 
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("target", &self.describe())
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgTarget {
     /// Parses `postgres://user:password@host:port/database` (or a key-value connection string).
     pub fn parse(source_name: &str, url: &str) -> Result<Self> {
@@ -35,24 +47,18 @@ impl PgTarget {
             field: "url".into(),
             reason,
         };
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
-            bad(format!(
-                "not a Postgres connection URL ({e}); expected postgres://user@host:port/db"
-            ))
+        let pg = driftless_pgtls::PgConnect::parse(url).map_err(|e| {
+            bad(format!("{e}; expected postgres://user@host:port/db[?sslmode=verify-full&sslrootcert=ca.pem]"))
         })?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_string(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or("postgres").to_string();
-        let password = config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
-        let database = config.get_dbname().unwrap_or(&user).to_string();
-        Ok(Self { config, host, port, user, password, database })
+        Ok(Self {
+            config: pg.config.clone(),
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            password: pg.password.clone(),
+            database: pg.database.clone(),
+            pg,
+        })
     }
 
     /// `host:port/database`, for messages (no credentials).
@@ -63,7 +69,7 @@ impl PgTarget {
     /// Opens a control-plane connection; its driver task ends when the client is dropped.
     pub async fn connect(&self, source_name: &str) -> Result<tokio_postgres::Client> {
         let (client, connection) =
-            self.config.connect(tokio_postgres::NoTls).await.map_err(|error| {
+            self.config.connect(self.pg.tls.clone()).await.map_err(|error| {
                 ConnectError::Postgres {
                     source_name: source_name.to_string(),
                     what: format!("connecting to {}", self.describe()),
