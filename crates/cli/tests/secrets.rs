@@ -13,6 +13,9 @@
 //! document is called (path parameters filled from the listings), `/metrics`, the dashboard and
 //! the dead-letter entries; the server is stopped; and its stdout and stderr (`RUST_LOG=trace`),
 //! every response and every metric are searched for the planted values, raw and URL-escaped.
+//! Authentication is on: every request presents an API token created by `driftless token
+//! create`, the dashboard signs in with it, and one request presents a wrong token; neither
+//! token's secret may appear either.
 //!
 //! The check could fail: the test asserts the failures happened (dead letters with the
 //! receiver's answer, the broken source's error), that the password was really used (the
@@ -41,15 +44,18 @@ const TOKEN: &str = "planted-hook-token-5e2d9a";
 /// The webhook signing secret.
 const SIGNING: &str = "whsec_cGxhbnRlZC1zaWduaW5nLXNlY3JldC03Nw==";
 
-// HOOK: once authentication lands (issue 21, the auth helper), add the planted API token here,
-// start the server with `[auth] enabled = true` and that token, send it as `Authorization:
-// Bearer` on every request below, and add it to `planted()`.
-// const API_TOKEN: &str = "...";
+/// A token that looks real but is not in the tokens file: presented once, refused, never echoed.
+const WRONG_API_TOKEN: &str =
+    "dlt_0123456789abcdef_5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
-/// Every form in which a planted value could leak.
-fn planted() -> Vec<String> {
+/// Every form in which a planted value could leak; `api_token` is the one the test created.
+fn planted(api_token: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for v in [PASSWORD, TOKEN, SIGNING] {
+    // The secret half of an API token is what must never show; its public id may.
+    let secret_half = |t: &str| t.rsplit('_').next().unwrap_or_default().to_string();
+    out.push(secret_half(api_token));
+    out.push(secret_half(WRONG_API_TOKEN));
+    for v in [PASSWORD, TOKEN, SIGNING, api_token, WRONG_API_TOKEN] {
         out.push(v.to_string());
         out.push(percent_encode(v));
     }
@@ -150,6 +156,9 @@ target = {{ kind = "webhook", url = "http://127.0.0.1:{hook_port}/hook?token={TO
 [[sink.mapping]]
 types = ["public.customers.*"]
 
+[auth]
+enabled = true
+
 [[reconcile]]
 name = "recon"
 sink = "proj"
@@ -162,6 +171,23 @@ source = {{ kind = "postgres", url = "{app}", table = "customers" }}
     // The source URL goes through the environment.
     std::fs::write(dir.join("app-url"), app).unwrap();
     path
+}
+
+/// A client that presents `token` as `Authorization: Bearer` on every request.
+fn bearer_agent(token: &str) -> ureq::Agent {
+    let value = ureq::http::HeaderValue::try_from(format!("Bearer {token}")).unwrap();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .middleware(
+            move |mut req: ureq::http::Request<ureq::SendBody<'_>>,
+                  next: ureq::middleware::MiddlewareNext<'_>| {
+                req.headers_mut().insert(ureq::http::header::AUTHORIZATION, value.clone());
+                next.handle(req)
+            },
+        )
+        .build()
+        .into()
 }
 
 /// Waits (up to 60 s) for `check`; panics with `what`.
@@ -229,6 +255,16 @@ fn planted_credentials_never_appear_in_responses_logs_metrics_or_dead_letters() 
     let data = dir.path().join("data");
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let addr = format!("127.0.0.1:{}", free_port());
+    // The API token, created by the CLI into the data directory's tokens file; every request
+    // below presents it (and one presents a wrong one).
+    let created = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(["token", "create", "--name", "ops", "--scope", "admin:*:*", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let api_token = String::from_utf8(created.stdout).unwrap().trim().to_string();
+    assert!(api_token.starts_with("dlt_"), "{api_token}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_driftless"))
         .args(["serve", "--listen", &addr, "--data-dir"])
         .arg(&data)
@@ -249,8 +285,15 @@ fn planted_credentials_never_appear_in_responses_logs_metrics_or_dead_letters() 
         assert!(child.try_wait().unwrap().is_none(), "driftless serve exited at start");
         http(&addr, "GET", "/healthz", "text/plain", "").is_some_and(|r| r.0 == 200)
     });
-    let agent = agent(Duration::from_secs(10));
     let mut responses: Vec<(String, String)> = Vec::new();
+    // Authentication is on: without the token nothing is answered, a wrong one is refused
+    // without being echoed, and with it everything below works.
+    let anonymous = agent(Duration::from_secs(10));
+    must("a request without a token", get(&anonymous, &format!("{base}/v1/topics")), 401);
+    let wrong = bearer_agent(WRONG_API_TOKEN);
+    let refused = must("a wrong token", get(&wrong, &format!("{base}/v1/topics")), 401);
+    responses.push(("GET /v1/topics with a wrong token".into(), refused.to_string()));
+    let agent = bearer_agent(&api_token);
 
     // The password was really used: the snapshot (and a streamed row) reached the projection.
     psql_db("app", "INSERT INTO customers VALUES (21, 'streamed')");
@@ -348,11 +391,21 @@ fn planted_credentials_never_appear_in_responses_logs_metrics_or_dead_letters() 
         }
         called.insert(template.clone());
     }
-    for path in ["/metrics", "/", "/healthz"] {
-        let (status, body) = http(&addr, "GET", path, "text/plain", "").unwrap();
+    for path in ["/metrics", "/", "/healthz", "/v1/session"] {
+        let (status, body) = get(&agent, &format!("{base}{path}")).unwrap();
         assert_eq!(status, 200, "GET {path}");
-        responses.push((format!("GET {path}"), body));
+        responses.push((format!("GET {path}"), body.to_string()));
     }
+    // The dashboard's sign-in: the answer and its cookie.
+    let mut signed_in = agent
+        .post(format!("{base}/v1/session"))
+        .header("content-type", "application/json")
+        .send(serde_json::json!({ "token": api_token }).to_string())
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    let headers = format!("{:?}", signed_in.headers());
+    responses.push(("POST /v1/session".into(), signed_in.body_mut().read_to_string().unwrap()));
+    responses.push(("POST /v1/session headers".into(), headers));
     assert!(called.contains("/v1/groups/{group}/dlq/{id}"), "{called:?}");
     assert!(called.contains("/v1/sources/{source}"), "{called:?}");
     assert!(called.contains("/v1/reconciliations/{name}"), "{called:?}");
@@ -386,7 +439,7 @@ fn planted_credentials_never_appear_in_responses_logs_metrics_or_dead_letters() 
         eprintln!("== logs\n{logs}");
     }
     let mut leaks = Vec::new();
-    for secret in planted() {
+    for secret in planted(&api_token) {
         for (what, body) in &responses {
             if body.contains(&secret) {
                 leaks.push(format!("{what} holds `{secret}`"));
@@ -429,7 +482,7 @@ fn a_config_error_on_a_line_with_a_password_names_the_key_but_not_the_password()
     );
     let stderr = refused_start(&text);
     assert!(stderr.contains("versoin_column"), "{stderr}");
-    for secret in planted() {
+    for secret in planted(WRONG_API_TOKEN) {
         assert!(!stderr.contains(&secret), "`{secret}` in: {stderr}");
     }
 }
