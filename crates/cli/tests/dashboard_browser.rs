@@ -5,9 +5,10 @@
 //! group; inspecting the dead letter shows its event and error history; its retry button
 //! delivers the event to the group again, and the audit panel shows that retry (who, what,
 //! outcome) as the newest administrative action; acknowledging it empties the queue on the page;
-//! a stopped server raises the error banner. The sign-in flow (a 401 shows the form, the token
-//! goes to `POST /v1/session`) needs a server with authentication on: its browser test comes
-//! with the authentication layer. A screenshot goes to `target/artifacts/dashboard.png`.
+//! a stopped server raises the error banner. With authentication on, a second test signs in: the
+//! page shows the sign-in form, the token typed into it opens a session whose cookie the page's
+//! script cannot read, the figures appear for the signed-in principal, and signing out brings the
+//! form back. A screenshot goes to `target/artifacts/dashboard.png`.
 //!
 //! Invariants of the harness: every wait polls with a deadline and fails naming what it waited
 //! for; ChromeDriver runs in its own process group, which is killed with Chromium in it on drop,
@@ -318,6 +319,24 @@ impl Browser {
         }
     }
 
+    /// Types `text` into the element with this `data-testid`.
+    fn type_into(&self, testid: &str, text: &str) {
+        let element = wait_for(&format!("{testid} to exist"), || self.find(testid));
+        self.must("POST", &format!("/element/{element}/value"), json!({"text": text}));
+    }
+
+    /// Whether the element with this `data-testid` is displayed now.
+    fn displayed(&self, testid: &str) -> bool {
+        let Some(element) = self.find(testid) else { return false };
+        self.command("GET", &format!("/element/{element}/displayed"), Value::Null)
+            .is_ok_and(|v| v == json!(true))
+    }
+
+    /// Runs `script` in the page and returns its value.
+    fn script(&self, script: &str) -> Value {
+        self.must("POST", "/execute/sync", json!({"script": script, "args": []}))
+    }
+
     fn click(&self, testid: &str) {
         let element = wait_for(&format!("{testid} to exist"), || self.find(testid));
         self.must("POST", &format!("/element/{element}/click"), json!({}));
@@ -501,4 +520,60 @@ fn the_dashboard_shows_topics_and_groups_and_its_retry_button_redelivers_a_dead_
     let png = browser.screenshot_png();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     std::fs::write(artifacts.join("dashboard-unreachable.png"), &png).unwrap();
+}
+
+#[test]
+fn with_authentication_on_the_dashboard_signs_in_with_a_token_and_out_again() {
+    // Given: a server with authentication on and a token made by the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let created = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(["token", "create", "--name", "ops", "--scope", "admin:*:*", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_string();
+    let config = dir.path().join("driftless.toml");
+    std::fs::write(&config, "[auth]\nenabled = true\n").unwrap();
+    let server = ServeProcess::start_with_args(&data, &["--config", config.to_str().unwrap()]);
+    let (status, _) = Api::new(&server.base).get("/v1/topics");
+    assert_eq!(status, 401, "authentication is on");
+
+    // The page asks for a token instead of showing figures.
+    let browser = Browser::start();
+    browser.goto(&format!("{}/", server.base));
+    wait_for("the sign-in form", || browser.displayed("login-form").then_some(()));
+    assert!(!browser.displayed("logout"), "no sign-out before signing in");
+
+    // A wrong token is refused and the form stays.
+    browser.type_into("login-token", "dlt_0000000000000000_not-a-real-token");
+    browser.click("login-submit");
+    browser.wait_text("login-error", "the refusal", |t| !t.is_empty());
+    assert!(browser.displayed("login-form"));
+
+    // The right one opens a session: figures and the principal show, the form goes.
+    browser.type_into("login-token", &token);
+    browser.click("login-submit");
+    browser.wait_text("principal", "who is signed in", |t| t.contains("ops"));
+    wait_for("the form to go", || (!browser.displayed("login-form")).then_some(()));
+    browser.wait_text("sources-empty", "the figures (no sources)", |t| t.contains("No sources"));
+    // The session cookie is HttpOnly: the page's script cannot read it, and nothing the page
+    // stores holds the token.
+    let cookies = browser.script("return document.cookie");
+    assert!(!cookies.as_str().unwrap().contains("driftless_session"), "{cookies}");
+    let stored = browser.script(
+        "return JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])",
+    );
+    assert!(!stored.to_string().contains(&token[4..]), "the token was stored: {stored}");
+    let jar = browser.must("GET", "/cookie/driftless_session", Value::Null);
+    assert_eq!(jar["httpOnly"], true, "{jar}");
+    assert_eq!(jar["sameSite"], "Strict", "{jar}");
+    let field = browser.find("login-token").unwrap();
+    let value = browser.must("GET", &format!("/element/{field}/property/value"), Value::Null);
+    assert_eq!(value, json!(""), "the token field is cleared after sign-in");
+
+    // Signing out ends the session: the form is back.
+    browser.click("logout");
+    wait_for("the sign-in form again", || browser.displayed("login-form").then_some(()));
 }

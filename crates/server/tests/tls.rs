@@ -272,3 +272,40 @@ fn a_bad_certificate_file_stops_the_start_up() {
         "{chain}"
     );
 }
+
+/// Mutual TLS with authentication on, end to end: a verified client certificate's subject is
+/// the principal and acts with exactly the scopes `[auth.clients]` gives it; a subject not
+/// listed may do nothing, and a client without a certificate must authenticate otherwise.
+#[test]
+fn a_client_certificate_subject_acts_with_its_configured_scopes_over_tls() {
+    let ca = TestCa::new("api-ca").unwrap();
+    let billing = ca.client_cert("billing-svc").unwrap();
+    let unlisted = ca.client_cert("unlisted-svc").unwrap();
+    let server = ca.server();
+    let mut c = tls_config(&server.cert_path, &server.key_path, Some(ca.ca_path()), false);
+    c.auth.enabled = true;
+    let tokens = tempfile::tempdir().unwrap();
+    c.auth.tokens_file = Some(tokens.path().join("tokens.json"));
+    c.auth
+        .clients
+        .insert("billing-svc".into(), vec!["admin:topic:billing.*".into(), "read:topic:*".into()]);
+    let s = start(c);
+    let billing = client_config(&ca, Some(&billing));
+    let a =
+        https(s.addr, &billing, "POST", "/v1/topics", r#"{"name":"billing.invoices"}"#).unwrap();
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = https(s.addr, &billing, "POST", "/v1/topics", r#"{"name":"crm.customers"}"#).unwrap();
+    assert_eq!(a.status, 403, "outside its prefix: {}", a.body);
+    assert!(a.body.contains("admin:topic:crm.customers"), "names the scope it lacks: {}", a.body);
+    let a = https(s.addr, &billing, "GET", "/v1/topics", "").unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("billing.invoices"), "{}", a.body);
+    let a = https(s.addr, &billing, "GET", "/v1/session", "").unwrap();
+    assert!(a.body.contains("\"principal\":\"billing-svc\""), "{}", a.body);
+
+    let unlisted = client_config(&ca, Some(&unlisted));
+    let a = https(s.addr, &unlisted, "GET", "/v1/topics", "").unwrap();
+    assert_eq!(a.status, 403, "a verified but unlisted subject may do nothing: {}", a.body);
+    let a = https(s.addr, &client_config(&ca, None), "GET", "/v1/topics", "").unwrap();
+    assert_eq!(a.status, 401, "no certificate, no token: {}", a.body);
+}

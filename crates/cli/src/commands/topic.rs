@@ -68,6 +68,10 @@ struct CreateArgs {
     /// When a produce is acknowledged: `always` (fsynced), `never`, or `interval:MS`.
     #[arg(long, value_name = "MODE", value_parser = parse_durability)]
     durability: Option<Durability>,
+
+    /// The principal that owns the topic: with authentication on, only it may produce.
+    #[arg(long, value_name = "PRINCIPAL")]
+    owner: Option<String>,
 }
 
 /// The body of `POST /v1/topics`.
@@ -86,6 +90,8 @@ struct CreateTopic<'a> {
     dedup_window_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     durability: Option<Durability>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
 }
 
 /// Parses `always`, `never` or `interval:MS` (MS ≥ 1).
@@ -115,6 +121,7 @@ pub fn run(server: &str, args: TopicArgs) -> anyhow::Result<()> {
                 compact: c.compact,
                 dedup_window_ms: c.dedup_window_ms,
                 durability: c.durability,
+                owner: c.owner.as_deref(),
             };
             let created: Value = client.post_json("/v1/topics", &body)?;
             print_pretty(&mut out, &created)
@@ -159,6 +166,7 @@ mod tests {
             compact: false,
             dedup_window_ms: None,
             durability: None,
+            owner: None,
         };
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
@@ -167,10 +175,11 @@ mod tests {
         body.compact = true;
         body.durability = Some(Durability::IntervalMs(5));
         body.retention_bytes = Some(1 << 20);
+        body.owner = Some("crm-service");
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             serde_json::json!({"name":"orders","partitions":3,"compact":true,
-                "retention_bytes":1048576,"durability":{"interval_ms":5}})
+                "retention_bytes":1048576,"durability":{"interval_ms":5},"owner":"crm-service"})
         );
     }
 }
