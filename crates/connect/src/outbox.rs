@@ -4,7 +4,8 @@
 //!
 //! # Writing to the outbox (the service's side)
 //!
-//! The table is created by `driftless outbox init` ([`init_sql_postgres`], [`init_sql_sqlite`]).
+//! The table is created by `driftless outbox init` ([`init_sql_postgres`],
+//! [`init_sql_sqlite`](crate::sqlite_outbox::init_sql_sqlite)).
 //! The state change and the outbox row commit together or not at all:
 //!
 //! ```sql
