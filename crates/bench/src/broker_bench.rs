@@ -379,7 +379,18 @@ fn run_driftless(
     // The server certificate names 127.0.0.1: the client verifies it without a DNS lookup.
     let scheme = if ca.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{addr}");
+    let authenticated = bearer.is_some();
     let agent = agent(ca.as_ref().map(|ca| ca.ca_pem()), bearer)?;
+    if authenticated {
+        // The figure is only worth its name if authentication really is on: a request without
+        // the token must be refused.
+        let bare = self::agent(ca.as_ref().map(|ca| ca.ca_pem()), None)?;
+        let refused = bare.get(&format!("{base}/v1/topics")).call();
+        let status = refused.map(|r| r.status().as_u16()).map_err(|e| http_error("probe", e))?;
+        if status != 401 {
+            return Err(http_error("authentication is not on for the tls_auth run", status));
+        }
+    }
     let created = agent
         .post(&format!("{base}/v1/topics"))
         .send_json(json!({ "name": "bench", "partitions": params.partitions }))
