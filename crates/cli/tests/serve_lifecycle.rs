@@ -1,5 +1,5 @@
 //! `driftless serve` as an operator runs it: a typo in the config file stops start-up with an
-//! error naming the key; `DRIFTLESS_LISTEN` and `DRIFTLESS_DATA_DIR` configure it; SIGTERM stops
+//! error naming the key; a jq syntax error in a mapping says what was expected and where; `DRIFTLESS_LISTEN` and `DRIFTLESS_DATA_DIR` configure it; SIGTERM stops
 //! it gracefully with exit status 0, and the data it acknowledged is there after a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -23,6 +23,34 @@ fn a_config_typo_stops_start_up_and_names_the_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lisen"), "the error names the unknown key: {stderr}");
+}
+
+/// Issue 22: a jq syntax error in a sink mapping ended in a Rust debug dump
+/// (`[(File { code: …, path: () }, Parse([(Term, "")]))]`).
+#[test]
+fn a_jq_syntax_error_in_a_mapping_names_the_field_the_expectation_and_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftless.toml");
+    let text = "[[sink]]\nname = \"crm\"\ntopics = [\"t\"]\n\
+                target = { kind = \"sqlite\", path = \"crm.db\" }\n\
+                [[sink.mapping]]\ntable = \"c\"\nkey = [\"id\"]\n\
+                columns = { id = \".data.id\", name = \".data.name |\" }\n";
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mapping[0].columns.name"), "names the field: {stderr}");
+    assert!(
+        stderr.contains("expected term at column 13 (end of expression)"),
+        "says what was expected and where: {stderr}"
+    );
+    assert!(!stderr.contains("File {") && !stderr.contains("path: ()"), "a debug dump: {stderr}");
 }
 
 #[test]

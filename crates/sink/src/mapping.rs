@@ -316,10 +316,10 @@ impl Jq {
         let loader = Loader::new(defs);
         let arena = Arena::default();
         let modules = loader.load(&arena, File { code: source, path: () }).map_err(|errs| {
-            format!("cannot parse jq expression `{source}`: {}", describe(&errs))
+            format!("cannot parse jq expression `{source}`: {}", load_errors(&errs))
         })?;
         let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
-            format!("cannot compile jq expression `{source}`: {}", describe(&errs))
+            format!("cannot compile jq expression `{source}`: {}", compile_errors(&errs))
         })?;
         Ok(Self { source: source.to_string(), filter, path: plain_path(source) })
     }
@@ -353,10 +353,72 @@ impl Jq {
     }
 }
 
-/// Load/compile errors are lists of (file, reports); a short rendering is enough for a config.
-fn describe<T: std::fmt::Debug>(errs: &T) -> String {
-    let s = format!("{errs:?}");
-    s.chars().take(300).collect()
+/// Most reports one jq error message lists (a config holds short expressions).
+const JQ_REPORTS_MAX: usize = 3;
+
+/// Where `at` (a slice of `code` that an error points at) starts in `code`: a 1-based column in
+/// characters, and what is there (`end of expression` when nothing is).
+fn position(code: &str, at: &str) -> String {
+    let offset = (at.as_ptr() as usize).checked_sub(code.as_ptr() as usize);
+    let column = offset.and_then(|o| code.get(..o)).map(|before| before.chars().count() + 1);
+    let found: String = at.chars().take(12).collect();
+    let found = if found.trim().is_empty() {
+        "end of expression".to_string()
+    } else {
+        format!("`{}`", found.trim_end())
+    };
+    match column {
+        Some(column) => format!("at column {column} ({found})"),
+        None => format!("near {found}"),
+    }
+}
+
+/// A parse error of jaq as a sentence: what was expected, at which column, what was found.
+fn load_errors(errs: &jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let mut reports = Vec::new();
+    for (file, error) in errs {
+        match error {
+            Error::Io(items) => reports
+                .extend(items.iter().map(|(name, why)| format!("cannot load `{name}`: {why}"))),
+            Error::Lex(items) => reports.extend(items.iter().map(|(expect, at)| {
+                format!("expected {} {}", expect.as_str(), position(file.code, at))
+            })),
+            Error::Parse(items) => reports.extend(items.iter().map(|(expect, at)| {
+                format!("expected {} {}", expect.as_str(), position(file.code, at))
+            })),
+        }
+    }
+    joined(reports)
+}
+
+/// A compile error of jaq (an undefined name) as a sentence naming it and its column.
+fn compile_errors(errs: &jaq_core::compile::Errors<&str, ()>) -> String {
+    let mut reports = Vec::new();
+    for (file, items) in errs {
+        reports.extend(items.iter().map(|(name, undefined)| {
+            let arity = match undefined {
+                jaq_core::compile::Undefined::Filter(arity) => format!("/{arity}"),
+                _ => String::new(),
+            };
+            let kind = undefined.as_str();
+            format!("undefined {kind} `{name}{arity}` {}", position(file.code, name))
+        }));
+    }
+    joined(reports)
+}
+
+fn joined(mut reports: Vec<String>) -> String {
+    if reports.is_empty() {
+        return "no details given".to_string();
+    }
+    let more = reports.len().saturating_sub(JQ_REPORTS_MAX);
+    reports.truncate(JQ_REPORTS_MAX);
+    let mut text = reports.join("; ");
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
 }
 
 /// One row operation produced by a mapping.
@@ -913,6 +975,25 @@ mod tests {
             toml::from_str("table = \"t\"\nkey = [\"id\"]\ncolumns = { id = \".a |\" }").unwrap();
         let err = Mapper::compile("s", &[cfg]).unwrap_err().to_string();
         assert!(err.contains("mapping[0].columns.id"), "{err}");
+    }
+
+    /// Issue 22: a jq syntax error ended in a Rust debug dump (`[(File { code: …, path: () },
+    /// Parse([(Term, "")]))]`); it says what was expected, where, and what was found.
+    #[test]
+    fn jq_errors_are_sentences_with_the_column_not_debug_dumps() {
+        for (source, says) in [
+            (".a |", "expected term at column 5 (end of expression)"),
+            (".a | if . then 1", "expected else or end at column 17 (end of expression)"),
+            ("{a: 1 2}", "expected comma or right brace at column 7 (`2`)"),
+            (".a | nosuchfn", "undefined filter `nosuchfn/0` at column 6"),
+            ("$x", "undefined variable `$x` at column 1"),
+        ] {
+            let err = Jq::compile(source).unwrap_err();
+            assert!(err.contains(says), "{source}: {err}");
+            for dump in ["File {", "path: ()", "Parse(", "Term,", "Undefined"] {
+                assert!(!err.contains(dump), "{source}: a debug dump: {err}");
+            }
+        }
     }
 
     #[test]
