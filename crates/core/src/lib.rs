@@ -23,7 +23,7 @@ pub mod secret;
 pub mod sql;
 mod topic;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{civil_from_days, Clock, ManualClock, SystemClock};
 pub use event::{
     check_base64, is_rfc3339, json_kind, pg_sequence, Event, InvalidEvent,
     EXTENSION_NAME_BYTES_MAX, NAMED_ATTRIBUTES, SPEC_VERSION,
