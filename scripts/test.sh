@@ -12,6 +12,7 @@ scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --locked --profile ci
 else
+  # Every test binary runs even when one fails, so one run shows every failure.
   echo "cargo-nextest not found; falling back to cargo test" >&2
-  exec cargo test --workspace --locked
+  exec cargo test --workspace --locked --no-fail-fast
 fi
