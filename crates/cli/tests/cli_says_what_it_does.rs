@@ -118,6 +118,19 @@ fn an_invalid_topic_name_is_refused_with_its_rule_never_with_a_suggestion_to_cre
         assert!(message.contains("only ASCII letters, digits"), "{args:?}: {message}");
         assert!(!message.contains("topic create"), "{args:?}: {message}");
     }
+    // Over HTTP too: the unknown-topic problem says why such a topic cannot exist.
+    let event = format!("{{\"id\":\"a\",{HEAD}}}");
+    let (status, answer) = support::http(
+        &server.serve.addr,
+        "POST",
+        "/v1/topics/..%2Fx/events",
+        "application/cloudevents+json",
+        &event,
+    )
+    .unwrap();
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("it is not a valid topic name"), "{answer}");
+    assert!(!answer.contains("topic create"), "{answer}");
 }
 
 #[test]

@@ -183,7 +183,15 @@ impl Problem {
         };
         match err {
             BrokerError::UnknownTopic(t) => {
-                p(S::NOT_FOUND, "unknown-topic", "Unknown topic").with_topic(t)
+                let mut prob = p(S::NOT_FOUND, "unknown-topic", "Unknown topic").with_topic(t);
+                // The broker's detail suggests creating it: not for a name that cannot exist.
+                if let Some(reason) = driftless_core::TopicName::check(t) {
+                    prob.detail = format!(
+                        "there is no topic {t:?}, and there cannot be one: it is not a valid \
+                         topic name ({reason})"
+                    );
+                }
+                prob
             }
             BrokerError::TopicExists(t) => {
                 p(S::CONFLICT, "topic-exists", "Topic already exists").with_topic(t)
