@@ -47,6 +47,9 @@ pub const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 /// An RFC 9457 problem, as the server reports errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    /// `urn:driftless:problem:<slug>`, when the server said.
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
     /// Short summary of the kind of problem.
     #[serde(default)]
     pub title: String,
@@ -62,9 +65,17 @@ pub struct Problem {
     /// Index (0-based) of the event at fault in a batch, if any.
     #[serde(default)]
     pub event_index: Option<u64>,
+    /// The limit that was reached, when it is a size in bytes (`body-too-large`).
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
 }
 
 impl Problem {
+    /// Whether the problem's `type` is `urn:driftless:problem:<slug>`.
+    pub fn is(&self, slug: &str) -> bool {
+        self.ty.as_deref().and_then(|t| t.strip_prefix("urn:driftless:problem:")) == Some(slug)
+    }
+
     /// Builds the problem from an error response: its problem+json body when it is one, else a
     /// problem whose detail is the (shortened) body text.
     pub fn from_response(status: u16, body: &[u8]) -> Self {
@@ -90,7 +101,15 @@ impl Problem {
             }
             Some(short)
         };
-        Self { title: format!("HTTP {status}"), status, detail, field: None, event_index: None }
+        Self {
+            ty: None,
+            title: format!("HTTP {status}"),
+            status,
+            detail,
+            field: None,
+            event_index: None,
+            limit_bytes: None,
+        }
     }
 
     /// `title: detail (field `f`)`, without the event index (callers that know what the index
@@ -121,9 +140,10 @@ impl fmt::Display for Problem {
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with an error status.
+    /// The server answered with an error status (boxed: a problem is large, and every
+    /// `Result` of this client carries the error's size).
     #[error("{0}")]
-    Problem(Problem),
+    Problem(Box<Problem>),
     /// No server could be reached at the URL.
     #[error(
         "cannot reach a Driftless server at {server} ({error}); start one with `driftless serve`, \
@@ -349,7 +369,7 @@ impl Client {
             .read_to_vec()
             .map_err(|e| self.fail(method, url.clone(), e))?;
         if status >= 400 {
-            return Err(ClientError::Problem(Problem::from_response(status, &body)));
+            return Err(ClientError::Problem(Box::new(Problem::from_response(status, &body))));
         }
         Ok(body)
     }

@@ -2,9 +2,10 @@
 //!
 //! Invariants: every subcommand parses its flags here (client commands in `commands`) and calls a
 //! library crate, or the server's HTTP API through `client`, to do the work;
-//! nothing but a command's result goes to stdout (with `--json`, exactly one JSON object on one
-//! line), while diagnostics and logs go to stderr; a failure exits non-zero with the error and its
-//! chain of causes.
+//! nothing but a command's result goes to stdout, while diagnostics and logs go to stderr; client
+//! commands print for people (`--output table`, the default on a terminal) or as JSON lines
+//! (`--output json`, the default otherwise: pipes and scripts), see `output`; a failure exits
+//! non-zero with the error and its chain of causes.
 
 /// See the `mimalloc` feature in Cargo.toml for why.
 #[cfg(feature = "mimalloc")]
@@ -17,13 +18,14 @@ mod bench_reconcile;
 mod client;
 mod commands;
 mod demo;
+mod output;
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use driftless_bench::log_bench::{self, BenchDurability, LogBenchParams};
 use tracing_subscriber::EnvFilter;
 
@@ -58,6 +60,11 @@ struct Cli {
     #[arg(long, global = true, env = "DRIFTLESS_CA_FILE", value_name = "FILE")]
     ca_file: Option<PathBuf>,
 
+    /// How client commands print results: `table` for people, `json` (JSON lines) for scripts.
+    /// Default: `table` when stdout is a terminal, else `json`.
+    #[arg(long, global = true, env = "DRIFTLESS_OUTPUT", value_name = "FORMAT")]
+    output: Option<output::Output>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -88,6 +95,12 @@ enum Command {
     Outbox(commands::outbox::OutboxArgs),
     /// Run the Driftless server (HTTP API over the broker) until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout, e.g.
+    /// `driftless completions bash > ~/.local/share/bash-completion/completions/driftless`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
     /// The whole idea in one command: four services kept in sync from one, with a poison event,
     /// an outage and a hand edit along the way; exits 0 only if every projection matches.
     Demo(demo::DemoArgs),
@@ -215,6 +228,7 @@ fn run() -> anyhow::Result<()> {
     let default = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
     init_logging(cli.log_level.as_deref().or(Some(default)))?;
     client::configure(client::ClientOptions { token: cli.token, ca_file: cli.ca_file });
+    let out = cli.output.unwrap_or_else(|| output::Output::default_for(io::stdout().is_terminal()));
     match cli.command {
         Command::Bench(BenchCommand { bench: Bench::Log(args) }) => bench_log(args),
         Command::Bench(BenchCommand { bench: Bench::Broker(args) }) => bench_broker::run(args),
@@ -224,11 +238,11 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Produce(args) => commands::produce::run(&cli.server, args),
         Command::Consume(args) => commands::consume::run(&cli.server, args),
-        Command::Topic(args) => commands::topic::run(&cli.server, args),
-        Command::Group(args) => commands::group::run(&cli.server, args),
-        Command::Dlq(args) => commands::dlq::run(&cli.server, args),
-        Command::Source(args) => commands::source::run(&cli.server, args),
-        Command::Sink(args) => commands::sink::run(&cli.server, args),
+        Command::Topic(args) => commands::topic::run(&cli.server, out, args),
+        Command::Group(args) => commands::group::run(&cli.server, out, args),
+        Command::Dlq(args) => commands::dlq::run(&cli.server, out, args),
+        Command::Source(args) => commands::source::run(&cli.server, out, args),
+        Command::Sink(args) => commands::sink::run(&cli.server, out, args),
         Command::Demo(args) => {
             if !demo::run(args)? {
                 std::process::exit(1);
@@ -242,7 +256,15 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox(args) => commands::outbox::run(args),
-        Command::Token(args) => commands::token::run(args),
+        Command::Token(args) => commands::token::run(out, args),
+        Command::Completions { shell } => {
+            // Into memory first: `generate` panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "driftless", &mut script);
+            let mut stdout = io::stdout().lock();
+            stdout.write_all(&script).context("writing the completion script to stdout")?;
+            stdout.flush().context("writing the completion script to stdout")
+        }
         Command::Serve(a) => {
             Ok(driftless_server::run_with_overrides(&driftless_server::Overrides {
                 config: a.config,

@@ -113,13 +113,12 @@ fn an_extension_with_a_number_of_any_size_round_trips_byte_for_byte() {
 }
 
 #[test]
-fn produce_writes_a_missing_id_in_and_keeps_the_rest_of_the_line() {
+fn produce_with_generate_ids_writes_a_missing_id_in_and_keeps_the_rest_of_the_line() {
     let server = Server::start();
     server.ok(&["topic", "create", "noid"], "");
     let event = format!(r#"{{"data":{{"b":1.10,"a":123456789012345678901234567890}},{HEAD}}}"#);
-    let out = server.run(&["produce", "noid"], &format!("{event}\n"));
+    let out = server.run(&["produce", "noid", "--generate-ids"], &format!("{event}\n"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: input line 1 has no `id`"));
     let results = produced(&String::from_utf8(out.stdout).unwrap());
     let (id, partition, offset) = &results[0];
     let stored = format!("{{\"id\":\"{id}\",{}", &event[1..]);

@@ -109,14 +109,22 @@ async fn read_body(req: Request, state: &Arc<AppState>) -> Result<Body, Problem>
             Err(rejection) => {
                 let status = rejection.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    Err(Problem::new(
+                    // The limit in bytes and its setting, so a client can split its requests to
+                    // fit (`driftless produce` does) and an operator knows what to raise.
+                    let max = state.request_body_bytes_max;
+                    let mut problem = Problem::new(
                         status,
                         "body-too-large",
                         "Request body too large",
-                        "the request body exceeds request_body_bytes_max; send fewer or smaller \
-                         events per request"
-                            .to_string(),
-                    ))
+                        format!(
+                            "the request body is larger than the server's limit of {max} bytes \
+                             ([server] request_body_bytes_max); send fewer or smaller events per \
+                             request, or raise the setting"
+                        ),
+                    );
+                    problem.at.limit = Some("request_body_bytes_max".to_string());
+                    problem.at.limit_bytes = Some(max as u64);
+                    Err(problem)
                 } else {
                     Err(Problem::new(
                         status,

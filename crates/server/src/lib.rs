@@ -52,6 +52,7 @@ mod problem;
 mod routes;
 mod stream;
 mod tls;
+mod topic_use;
 mod wire;
 
 use std::collections::HashMap;
@@ -106,6 +107,11 @@ pub(crate) struct AppState {
     pub stream_credit_max: u64,
     /// How long a handler waits for a request's whole body.
     pub body_read_timeout: Duration,
+    /// `[server] request_body_bytes_max`, named in the 413 that refuses a longer body.
+    pub request_body_bytes_max: usize,
+    /// The configured sources, sinks and reconciliations by the topics they use: deleting a
+    /// topic in use needs `?force=true`.
+    pub topic_users: topic_use::TopicUsers,
     /// Most per-partition series of one `/metrics` family.
     pub metrics_partition_series_max: usize,
     /// Open streams by (group, member), holding their credit.
@@ -164,6 +170,12 @@ fn build(
         fetch_wait_ms_max: s.fetch_wait_ms_max,
         stream_credit_max: s.stream_credit_max,
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+        request_body_bytes_max: s.request_body_bytes_max,
+        topic_users: topic_use::TopicUsers::from_config(
+            &config.sources,
+            &config.sinks,
+            &config.reconciles,
+        ),
         metrics_partition_series_max: s.metrics_partition_series_max,
         streams: Mutex::new(HashMap::new()),
         shutdown: watch::channel(false).0,

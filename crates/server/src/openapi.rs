@@ -157,7 +157,9 @@ fn document() -> Value {
         "/v1/topics/{topic}": {
           "parameters": [topic],
           "get": {"summary": "Describe a topic", "responses": errors(json!({"200": ok("topic", schema("TopicDescription"))}), &["404"])},
-          "delete": {"summary": "Delete a topic and its events (audited: `topic.delete`)", "responses": errors(json!({"204": {"description": "deleted"}}), &["404"])}
+          "delete": {"summary": "Delete a topic and its events (audited: `topic.delete`)", "description": "A topic that the server's configured sources, sinks or reconciliations use is refused with 409 `topic-in-use` naming them in `used_by`, unless `force=true`.",
+            "parameters": [{"name": "force", "in": "query", "required": false, "schema": {"type": "boolean", "default": false}, "description": "Delete even when configured sources, sinks or reconciliations use the topic"}],
+            "responses": errors(json!({"204": {"description": "deleted"}}), &["404", "409"])}
         },
         "/v1/topics/{topic}/events": {
           "parameters": [topic],
@@ -309,7 +311,9 @@ fn document() -> Value {
             "topic": {"type": "string"}, "group": {"type": "string"}, "member": {"type": "string"},
             "line": {"type": "integer"}, "column": {"type": "integer"},
             "partition": {"type": "integer", "description": "partition involved (batch-too-large)"},
-            "limit": {"type": "string", "description": "server-limit-reached: the setting that was reached (`topics_max`, `partitions_total_max`); raise it in the server's `[broker]` table"},
+            "limit": {"type": "string", "description": "server-limit-reached: the setting that was reached (`topics_max`, `partitions_total_max`); raise it in the server's `[broker]` table. body-too-large: `request_body_bytes_max`"},
+            "limit_bytes": {"type": "integer", "description": "body-too-large: the limit in bytes; split requests to fit"},
+            "used_by": {"type": "array", "items": {"type": "string"}, "description": "topic-in-use: the configured components using the topic (`source/<name>`, `sink/<name>`, `reconciliation/<name>`)"},
             "durable": {"type": "array", "items": schema("DurableEvent"), "description": "partially-durable: the events of the request that are durable"},
             "not_durable": {"type": "array", "items": schema("NotDurableEvent"), "description": "partially-durable: the events that are not; resend them (a resend of one that did survive is answered as a duplicate)"}}},
           "DurableEvent": {"type": "object", "required": ["index", "id", "partition", "offset", "duplicate"], "properties": {

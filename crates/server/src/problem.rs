@@ -64,9 +64,17 @@ pub struct FaultAt {
     /// The partition involved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<u32>,
-    /// The server-wide limit that was reached, by its setting name (`topics_max`, …).
+    /// The server-wide limit that was reached, by its setting name (`topics_max`,
+    /// `request_body_bytes_max`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// That limit's value, when it is a size in bytes (`body-too-large`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// For `topic-in-use`: the configured components that use the topic, as `source/<name>`,
+    /// `sink/<name>`, `reconciliation/<name>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<Vec<String>>,
     /// For a produce that failed part-way: the events that are durable (index, id, partition,
     /// offset, duplicate).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,7 +183,15 @@ impl Problem {
         };
         match err {
             BrokerError::UnknownTopic(t) => {
-                p(S::NOT_FOUND, "unknown-topic", "Unknown topic").with_topic(t)
+                let mut prob = p(S::NOT_FOUND, "unknown-topic", "Unknown topic").with_topic(t);
+                // The broker's detail suggests creating it: not for a name that cannot exist.
+                if let Some(reason) = driftless_core::TopicName::check(t) {
+                    prob.detail = format!(
+                        "there is no topic {t:?}, and there cannot be one: it is not a valid \
+                         topic name ({reason})"
+                    );
+                }
+                prob
             }
             BrokerError::TopicExists(t) => {
                 p(S::CONFLICT, "topic-exists", "Topic already exists").with_topic(t)

@@ -217,17 +217,55 @@ pub async fn describe_topic(
     blocking(&state, move |b| b.describe_topic(&topic)).await.map(Json)
 }
 
-/// `DELETE /v1/topics/{topic}` (audited as `topic.delete`).
+/// Query of `DELETE /v1/topics/{topic}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTopicQuery {
+    /// Delete even when configured sources, sinks or reconciliations use the topic.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /v1/topics/{topic}[?force=true]` (audited as `topic.delete`, refusals included). A
+/// topic that configured sources, sinks or reconciliations use is refused with 409
+/// `topic-in-use` naming them, unless `force=true`: a sink would go on reading nothing and a
+/// source would recreate the topic, empty, at its next event.
 pub async fn delete_topic(
     State(state): Shared,
     Extension(principal): Actor,
     ApiPath(topic): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteTopicQuery>,
 ) -> ApiResult<StatusCode> {
     let resource = format!("topic/{topic}");
-    let result = blocking(&state, move |b| b.delete_topic(&topic)).await;
+    let users = state.topic_users.of(&topic);
+    let result = if users.is_empty() || query.force {
+        blocking(&state, move |b| b.delete_topic(&topic)).await
+    } else {
+        Err(topic_in_use(&topic, &users))
+    };
     let result = result.map(|()| StatusCode::NO_CONTENT);
     audit::after(&state, &principal, Action::TopicDelete, &resource, StatusCode::NO_CONTENT, result)
         .await
+}
+
+/// The refusal to delete `topic`, which `users` (`(kind/name, verb)`) use.
+fn topic_in_use(topic: &str, users: &[(&str, &str)]) -> Problem {
+    let named: Vec<String> = users.iter().map(|(who, verb)| format!("{who} {verb} it")).collect();
+    let mut problem = Problem::new(
+        StatusCode::CONFLICT,
+        "topic-in-use",
+        "Topic in use",
+        format!(
+            "topic `{topic}` is in use by the server's configuration: {}. Deleting it loses its \
+             events: a sink reading it waits for events that never come, a source writing it \
+             creates it again, empty. Remove them from the configuration first, or delete anyway \
+             with ?force=true (`driftless topic delete --force`)",
+            named.join(", ")
+        ),
+    )
+    .with_topic(topic);
+    problem.at.used_by = Some(users.iter().map(|(who, _)| (*who).to_string()).collect());
+    problem
 }
 
 /// The answer to a produce request.

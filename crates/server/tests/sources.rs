@@ -88,8 +88,12 @@ fn a_configured_source_relays_reports_pauses_and_resumes() {
         metrics.contains("driftless_source_commit_to_durable_seconds_count{source=\"customers\"}")
     );
 
-    // A topic deleted under a running source is recreated by its retry; nothing is lost.
-    assert_eq!(server.delete("/v1/topics/customers").status, 204);
+    // Deleting the topic a configured source writes is refused, naming it (issue 22)...
+    let p = server.delete("/v1/topics/customers").problem(409);
+    assert_eq!(p["used_by"], json!(["source/customers"]), "{p}");
+    // ...unless forced: a topic deleted under a running source is recreated by its retry;
+    // nothing is lost.
+    assert_eq!(server.delete("/v1/topics/customers?force=true").status, 204);
     insert(&db, "e-3");
     wait("the topic to be recreated with the new row", || topic_events(&server) == 1);
     wait("the source to run again", || {

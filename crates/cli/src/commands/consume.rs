@@ -155,6 +155,7 @@ fn consume_loop<W: Write>(
 
 /// Runs `driftless consume`, printing to stdout.
 pub fn run(server: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    crate::commands::check_topic_name(&args.topic)?;
     let client = Client::new(server)?;
     let group = segment(&args.group);
     let member: Membership = client

@@ -1,6 +1,8 @@
 //! `driftless dlq list|inspect|retry|discard`: a consumer group's dead-letter queue.
 //!
-//! Invariants: `list` prints one JSON line per dead letter, its text as the server answered it
+//! Invariants: `list` prints a table (or, with `--output table` and an empty queue, the sentence
+//! "no dead letters in group G"), or, as JSON, one line per dead letter (nothing at all for an
+//! empty queue), its text as the server answered it
 //! (read as a [`RawValue`], not parsed into a `Value` and written again: the CLI changes no
 //! number or member order; the server answers compactly, and a raw line break, which could only
 //! be whitespace, is printed as a space); `inspect` prints one dead letter (event, attempts, error
@@ -19,6 +21,7 @@ use serde_json::Value;
 
 use crate::client::{segment, Client};
 use crate::commands::{print_line, print_pretty};
+use crate::output::{field, time_ms, Output, Table};
 
 /// `driftless dlq ...`.
 #[derive(Debug, Args)]
@@ -29,7 +32,7 @@ pub struct DlqArgs {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// Print a group's dead letters, one JSON object per line.
+    /// Print a group's dead letters (a table, or one JSON object per line).
     List {
         /// Group name.
         group: String,
@@ -64,11 +67,43 @@ fn path(group: &str, id: Option<&str>) -> String {
     }
 }
 
+/// The `dlq list` table: id, state, attempts, when, the event's id and type, the last error.
+fn list_table(letters: &[Value]) -> Table {
+    let mut table =
+        Table::new(&["ID", "STATE", "ATTEMPTS", "DEAD AT (UTC)", "EVENT ID", "TYPE", "LAST ERROR"]);
+    for l in letters {
+        let last_error = l["errors"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
+        table.row(vec![
+            field(l, "id"),
+            field(l, "state"),
+            field(l, "attempts"),
+            time_ms(l["dead_at_ms"].as_i64().unwrap_or(0)),
+            field(&l["event"], "id"),
+            field(&l["event"], "type"),
+            last_error,
+        ]);
+    }
+    table
+}
+
 /// Runs `driftless dlq ...`.
-pub fn run(server: &str, args: DlqArgs) -> anyhow::Result<()> {
+pub fn run(server: &str, output: Output, args: DlqArgs) -> anyhow::Result<()> {
     let client = Client::new(server)?;
     let mut out = io::stdout().lock();
     match args.command {
+        DlqCommand::List { group } if !output.is_json() => {
+            let letters: Vec<Value> = client.get(&path(&group, None))?;
+            if letters.is_empty() {
+                writeln!(out, "no dead letters in group {group}").context("writing to stdout")?;
+                return out.flush().context("writing to stdout");
+            }
+            list_table(&letters).write(&mut out)
+        }
         DlqCommand::List { group } => {
             let letters: Vec<Box<RawValue>> = client.get(&path(&group, None))?;
             for letter in &letters {

@@ -1,6 +1,7 @@
 //! `driftless group list|describe|seek`: consumer group administration over the HTTP API.
 //!
-//! Invariants: `list` prints one group name per line; `describe` prints the group's description as
+//! Invariants: `list` prints one group name per line (under a `GROUP` header, or "no consumer
+//! groups", with `--output table`); `describe` prints the group's description as
 //! pretty JSON; `seek` takes exactly one target (`--earliest`, `--latest`, `--offset N` or
 //! `--time T`, T being RFC 3339 or milliseconds since the epoch) and prints one JSON line per
 //! partition moved (`topic`, `partition`, `offset`).
@@ -13,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::{segment, Client};
-use crate::commands::{print_lines, print_pretty};
+use crate::commands::{check_topic_name, print_lines, print_pretty};
+use crate::output::{Output, Table};
 
 /// `driftless group ...`.
 #[derive(Debug, Args)]
@@ -201,12 +203,23 @@ pub fn parse_time_ms(s: &str) -> Result<i64, String> {
 }
 
 /// Runs `driftless group ...`.
-pub fn run(server: &str, args: GroupArgs) -> anyhow::Result<()> {
+pub fn run(server: &str, output: Output, args: GroupArgs) -> anyhow::Result<()> {
     let client = Client::new(server)?;
     let mut out = io::stdout().lock();
     match args.command {
         GroupCommand::List => {
             let groups: Vec<String> = client.get("/v1/groups")?;
+            if !output.is_json() {
+                if groups.is_empty() {
+                    writeln!(out, "no consumer groups")?;
+                    return Ok(out.flush()?);
+                }
+                let mut table = Table::new(&["GROUP"]);
+                for g in groups {
+                    table.row(vec![g]);
+                }
+                return table.write(&mut out);
+            }
             for g in &groups {
                 writeln!(out, "{g}")?;
             }
@@ -223,6 +236,7 @@ pub fn run(server: &str, args: GroupArgs) -> anyhow::Result<()> {
             Ok(())
         }
         GroupCommand::Seek(seek) => {
+            check_topic_name(&seek.topic)?;
             let body = SeekBody {
                 topic: &seek.topic,
                 partition: seek.partition,

@@ -1,16 +1,17 @@
 //! `driftless sink list|describe|pause|resume|rebuild`: the server's configured sinks.
 //!
-//! Invariants: `list` prints one compact JSON line per sink (state, error, applied, skipped and
-//! rejected events, freshness); `describe` prints one as pretty JSON; `pause`, `resume` and
+//! Invariants: `list` prints a table, or one compact JSON line per sink (state, error, applied,
+//! skipped and rejected events, freshness); `describe` prints one as pretty JSON; `pause`, `resume` and
 //! `rebuild` print the sink's status after the request as one JSON line.
 
-use std::io;
+use std::io::{self, Write};
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use crate::client::{segment, Client};
 use crate::commands::{print_line, print_lines, print_pretty};
+use crate::output::{field, time_ms, Output, Table};
 
 /// `driftless sink ...`.
 #[derive(Debug, Args)]
@@ -21,7 +22,7 @@ pub struct SinkArgs {
 
 #[derive(Debug, Subcommand)]
 enum SinkCommand {
-    /// Print every sink's state and figures, one JSON object per line.
+    /// Print every sink's state and figures (a table, or one JSON object per line).
     List,
     /// Print one sink's state and figures.
     Describe {
@@ -46,15 +47,51 @@ enum SinkCommand {
     },
 }
 
+/// The `sink list` table.
+fn list_table(sinks: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "NAME",
+        "KIND",
+        "GROUP",
+        "STATE",
+        "APPLIED",
+        "SKIPPED",
+        "REJECTED",
+        "LAST APPLIED (UTC)",
+        "ERROR",
+    ]);
+    for s in sinks {
+        table.row(vec![
+            field(s, "name"),
+            field(s, "kind"),
+            field(s, "group"),
+            field(s, "state"),
+            field(s, "events_applied_total"),
+            field(s, "events_skipped_total"),
+            field(s, "events_rejected_total"),
+            time_ms(s["last_applied_ms"].as_i64().unwrap_or(0)),
+            field(s, "error"),
+        ]);
+    }
+    table
+}
+
 /// Runs `driftless sink ...`.
-pub fn run(server: &str, args: SinkArgs) -> anyhow::Result<()> {
+pub fn run(server: &str, output: Output, args: SinkArgs) -> anyhow::Result<()> {
     let client = Client::new(server)?;
     let mut out = io::stdout().lock();
     let path = |name: &str| format!("/v1/sinks/{}", segment(name));
     match args.command {
         SinkCommand::List => {
             let sinks: Vec<Value> = client.get("/v1/sinks")?;
-            print_lines(&mut out, &sinks)
+            if output.is_json() {
+                return print_lines(&mut out, &sinks);
+            }
+            if sinks.is_empty() {
+                writeln!(out, "no sinks configured (the server's [[sink]] tables)")?;
+                return Ok(out.flush()?);
+            }
+            list_table(&sinks).write(&mut out)
         }
         SinkCommand::Describe { name } => {
             let sink: Value = client.get(&path(&name))?;

@@ -1,7 +1,7 @@
 //! `driftless source list|describe|pause|resume`: the server's configured sources.
 //!
-//! Invariants: `list` prints one compact JSON line per source (state, error, events, slot lag,
-//! outbox backlog, snapshot progress); `describe` prints one as pretty JSON; `pause` and
+//! Invariants: `list` prints a table, or one compact JSON line per source (state, error, events,
+//! slot lag, outbox backlog, snapshot progress); `describe` prints one as pretty JSON; `pause` and
 //! `resume` print the source's status after the change as one JSON line; `progress` draws the
 //! initial snapshot's progress bar on stderr until it finishes (waiting first while the source is
 //! still starting: only then does it know whether a snapshot comes).
@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::client::{segment, Client};
 use crate::commands::{print_line, print_lines, print_pretty};
+use crate::output::{field, time_ms, Output, Table};
 
 /// `driftless source ...`.
 #[derive(Debug, Args)]
@@ -23,7 +24,7 @@ pub struct SourceArgs {
 
 #[derive(Debug, Subcommand)]
 enum SourceCommand {
-    /// Print every source's state and figures, one JSON object per line.
+    /// Print every source's state and figures (a table, or one JSON object per line).
     List,
     /// Print one source's state and figures.
     Describe {
@@ -67,15 +68,54 @@ pub fn progress_bar(done: u64, total: u64) -> String {
     )
 }
 
+/// The `source list` table.
+fn list_table(sources: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "NAME",
+        "KIND",
+        "STATE",
+        "EVENTS",
+        "LAST EVENT (UTC)",
+        "SLOT LAG BYTES",
+        "BACKLOG ROWS",
+        "ERROR",
+    ]);
+    // -1 means unknown (or not this kind of source).
+    let known = |v: &Value| match v.as_i64() {
+        Some(n) if n >= 0 => n.to_string(),
+        _ => "-".to_string(),
+    };
+    for s in sources {
+        table.row(vec![
+            field(s, "name"),
+            field(s, "kind"),
+            field(s, "state"),
+            field(s, "events_total"),
+            time_ms(s["last_event_ms"].as_i64().unwrap_or(0)),
+            known(&s["slot_lag_bytes"]),
+            known(&s["outbox_backlog_rows"]),
+            field(s, "error"),
+        ]);
+    }
+    table
+}
+
 /// Runs `driftless source ...`.
-pub fn run(server: &str, args: SourceArgs) -> anyhow::Result<()> {
+pub fn run(server: &str, output: Output, args: SourceArgs) -> anyhow::Result<()> {
     let client = Client::new(server)?;
     let mut out = io::stdout().lock();
     let path = |name: &str| format!("/v1/sources/{}", segment(name));
     match args.command {
         SourceCommand::List => {
             let sources: Vec<Value> = client.get("/v1/sources")?;
-            print_lines(&mut out, &sources)
+            if output.is_json() {
+                return print_lines(&mut out, &sources);
+            }
+            if sources.is_empty() {
+                writeln!(out, "no sources configured (the server's [[source]] tables)")?;
+                return Ok(out.flush()?);
+            }
+            list_table(&sources).write(&mut out)
         }
         SourceCommand::Describe { name } => {
             let source: Value = client.get(&path(&name))?;

@@ -3,7 +3,7 @@
 //!
 //! Invariants: `create` prints the token on stdout, once, and nothing else there (so
 //! `TOKEN=$(driftless token create ...)` captures exactly it); its confirmation goes to stderr;
-//! `list` prints one JSON object per token on stdout, never a secret or its hash; `revoke`
+//! `list` prints a table, or one JSON object per token, on stdout, never a secret or its hash; `revoke`
 //! confirms on stderr. The file is changed only through `driftless_auth::TokenStore` (locked,
 //! atomic, mode 0600).
 
@@ -14,6 +14,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use driftless_auth::{OsRandom, TokenStore};
 use serde::Serialize;
+
+use crate::output::{time_ms, Output, Table};
 
 /// Flags of `driftless token`.
 #[derive(Debug, Args)]
@@ -53,7 +55,8 @@ enum TokenCommand {
         #[arg(long, value_name = "DAYS")]
         expires_in_days: Option<u64>,
     },
-    /// List the tokens (ids, names, scopes, dates; never secrets), one JSON object per line.
+    /// List the tokens (ids, names, scopes, dates; never secrets): a table, or one JSON object
+    /// per line.
     List,
     /// Revoke the token with this id, or every token with this name.
     Revoke {
@@ -94,7 +97,7 @@ fn tokens_path(args: &TokenArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs `driftless token ...`.
-pub fn run(args: TokenArgs) -> anyhow::Result<()> {
+pub fn run(output: Output, args: TokenArgs) -> anyhow::Result<()> {
     let path = tokens_path(&args)?;
     let store = TokenStore::new(&path);
     match args.command {
@@ -115,6 +118,35 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
                 scopes.join(", "),
                 path.display()
             );
+        }
+        TokenCommand::List if !output.is_json() => {
+            let mut out = std::io::stdout().lock();
+            let now = now_ms();
+            let tokens = store.list()?;
+            if tokens.is_empty() {
+                writeln!(out, "no tokens in {}", path.display()).context("writing to stdout")?;
+            } else {
+                let mut table = Table::new(&[
+                    "ID",
+                    "NAME",
+                    "SCOPES",
+                    "CREATED (UTC)",
+                    "EXPIRES (UTC)",
+                    "STATUS",
+                ]);
+                for t in &tokens {
+                    table.row(vec![
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.scopes.join(" "),
+                        time_ms(t.created_at_ms),
+                        t.expires_at_ms.map_or_else(|| "never".to_string(), time_ms),
+                        if t.expired(now) { "expired" } else { "valid" }.to_string(),
+                    ]);
+                }
+                table.write(&mut out)?;
+            }
+            out.flush().context("writing to stdout")?;
         }
         TokenCommand::List => {
             let mut out = std::io::stdout().lock();
