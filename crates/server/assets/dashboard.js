@@ -20,6 +20,7 @@
 const POLL_MS = 2000;
 const HISTORY_SECONDS = 15 * 60; // the plots' window, out of the hour the server keeps
 const WINDOW_MS = HISTORY_SECONDS * 1000;
+const SPAN_MS_MIN = 5 * 60 * 1000; // the narrowest the plots get
 const REQUEST_TIMEOUT_MS = 5000;
 const GROUPS_MAX = 200; // groups described per poll; more are counted, not shown
 const AUDIT_ROWS = 50; // newest audit records shown
@@ -1037,8 +1038,8 @@ function seriesOf(family) {
   return all.slice(0, SERIES_MAX).sort((a, b) => a.name.localeCompare(b.name));
 }
 
-/** A line plot of `series` over the last 5 minutes, sized to its container, and its legend. */
-function drawChart(container, now, series, unit, label) {
+/** A line plot of `series` over the `spanMs` before `now`, sized to its container, and its legend. */
+function drawChart(container, now, spanMs, series, unit, label) {
   const W = Math.max(320, Math.floor(container.clientWidth) || 600);
   const H = 180;
   const left = 52;
@@ -1046,7 +1047,7 @@ function drawChart(container, now, series, unit, label) {
   const top = 8;
   const bottom = 22;
   const max = niceCeil(Math.max(0, ...series.flatMap((s) => s.pts.map((p) => p[1]))));
-  const x = (t) => left + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (W - left - right);
+  const x = (t) => left + ((t - (now - spanMs)) / spanMs) * (W - left - right);
   const y = (v) => top + (1 - v / max) * (H - top - bottom);
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
   root.setAttribute("aria-label", label);
@@ -1056,10 +1057,10 @@ function drawChart(container, now, series, unit, label) {
     tick.textContent = fmtRate(v);
     root.append(tick);
   }
-  const minutes = WINDOW_MS / 60000;
+  const minutes = spanMs / 60000;
   for (const [t, text, anchor] of [
-    [now - WINDOW_MS, `−${minutes} min`, "start"],
-    [now - WINDOW_MS / 2, `−${minutes / 2} min`, "middle"],
+    [now - spanMs, `−${minutes} min`, "start"],
+    [now - spanMs / 2, `−${minutes / 2} min`, "middle"],
     [now, "now", "end"],
   ]) {
     const tick = svg("text", { class: "tick", x: x(t), y: H - 6, "text-anchor": anchor });
@@ -1093,7 +1094,7 @@ function drawChart(container, now, series, unit, label) {
   const h = ui.history;
   if (h.error) legend.append(el("li", { class: "error-text", text: `History unavailable: ${h.error}` }));
   else if (series.length === 0) legend.append(el("li", { class: "empty", text: "No data yet." }));
-  if (h.startedMs > now - WINDOW_MS && h.startedMs > 0) {
+  if (h.startedMs > now - spanMs && h.startedMs > 0) {
     legend.append(el("li", { class: "sub", text: `server history since ${fmtClock(h.startedMs)}` }));
   }
   container.replaceChildren(root, legend);
@@ -1101,14 +1102,19 @@ function drawChart(container, now, series, unit, label) {
 
 function renderCharts(now) {
   // The server's clock places the samples: the newest one is "now" (no skew with this browser).
+  // The plots span the history held, at least 5 and at most 15 minutes, so a young server's
+  // samples are not squeezed into the right edge.
   const times = ui.history.times;
   const end = times.length ? times[times.length - 1] : now;
-  const span = `${WINDOW_MS / 60000} min`;
+  const held = times.length ? end - times[0] : 0;
+  const spanMs = Math.min(WINDOW_MS, Math.max(SPAN_MS_MIN, Math.ceil(held / 60000) * 60000));
+  const span = `${spanMs / 60000} min`;
   const rates = seriesOf("produce_rate");
   const lags = seriesOf("lag_events");
   const rateLabel = `Events per second per topic, last ${span}`;
-  drawChart($("chart-throughput"), end, rates, "events/s", rateLabel);
-  drawChart($("chart-lag"), end, lags, "behind", `Consumer lag in events per group, last ${span}`);
+  const lagLabel = `Consumer lag in events per group, last ${span}`;
+  drawChart($("chart-throughput"), end, spanMs, rates, "events/s", rateLabel);
+  drawChart($("chart-lag"), end, spanMs, lags, "behind", lagLabel);
 }
 
 // ---- dead-letter actions -------------------------------------------------------------------
