@@ -643,16 +643,31 @@ fn sqlite_count(db: &Path, sql: &str) -> i64 {
 
 #[test]
 fn after_a_restart_a_caught_up_sink_never_says_nothing_applied_yet_and_its_verdict_stays() {
-    // Given: a sink projecting topic `customers` into SQLite, checked by a reconciliation
-    // against the source table.
+    // Given: a service's SQLite database whose outbox a source relays to topic `customers`, a
+    // sink projecting that topic into another SQLite database, and a reconciliation checking
+    // the projection against the service's table.
     let dir = tempfile::tempdir().unwrap();
     let (data, source, proj) =
         (dir.path().join("data"), dir.path().join("customers.db"), dir.path().join("crm.db"));
     sqlite(&source, "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT)");
+    sqlite(
+        &source,
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, \
+         aggregatetype TEXT NOT NULL, aggregateid TEXT NOT NULL, type TEXT NOT NULL, \
+         payload TEXT, headers TEXT, created_at TEXT NOT NULL \
+         DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    );
     sqlite(&proj, "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT)");
     let config = dir.path().join("driftless.toml");
     let text = format!(
         r#"
+        [[source]]
+        name = "appdb"
+        kind = "sqlite_outbox"
+        path = "{source}"
+        poll_interval_ms = 50
+        partitions = 1
+
         [[sink]]
         name = "crm"
         topics = ["customers"]
@@ -684,16 +699,19 @@ fn after_a_restart_a_caught_up_sink_never_says_nothing_applied_yet_and_its_verdi
     let args = ["--config", config.to_str().unwrap()];
     let server = ServeProcess::start_with_args(&data, &args);
     let api = Api::new(&server.base);
-    assert_eq!(api.post("/v1/topics", &json!({"name": "customers", "partitions": 1})).0, 201);
-    let mut events = Vec::new();
+    // The service writes each change and its event in one transaction.
     for i in 0..5 {
         let id = format!("c{i}");
-        sqlite(&source, &format!("INSERT INTO customers VALUES ('{id}', 'city-{i}')"));
-        events.push(json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/customers",
-            "type": "customer.changed", "subject": id, "time": "2026-12-07T12:00:00Z",
-            "data": {"city": format!("city-{i}")}}));
+        sqlite(
+            &source,
+            &format!(
+                "BEGIN; INSERT INTO customers VALUES ('{id}', 'city-{i}'); \
+                 INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) \
+                 VALUES ('e{i}', 'customers', '{id}', 'customer.changed', '{{\"city\": \"city-{i}\"}}'); \
+                 COMMIT;"
+            ),
+        );
     }
-    assert_eq!(api.produce("customers", &events).0, 200);
     wait_for("the projection", || {
         (sqlite_count(&proj, "SELECT count(*) FROM contacts") == 5).then_some(())
     });
@@ -722,12 +740,16 @@ fn after_a_restart_a_caught_up_sink_never_says_nothing_applied_yet_and_its_verdi
     browser.wait_text("projection-dead-crm", "no dead letters", |t| t == "0");
     browser.wait_text("projection-lag-crm", "no lag", |t| t.starts_with("0 events"));
     browser.wait_text("projection-fresh-crm", "freshness", |t| t.contains("newest applied event"));
-    // The topic's six events are explained: five from upstream, one correction.
+    // The topic's six events are explained: five from the source, one correction.
     browser.wait_text("topic-explain-customers", "the correction", |t| {
-        t == "6 = 5 from sources and producers + 1 correction appended by reconciliation crm-contacts"
+        t == "6 = 5 from source appdb and producers + 1 correction appended by reconciliation \
+              crm-contacts"
     });
-    browser.wait_text("flow-topic-customers", "who reads the topic", |t| {
-        t.contains("crm (checked by crm-contacts)")
+    // The flow: the source writes the topic, the sink reads it, the reconciliation checks it.
+    browser.wait_text("flow-topic-customers", "who writes and reads the topic", |t| {
+        t.contains("appdb →")
+            && t.contains("customers")
+            && t.contains("crm (checked by crm-contacts)")
     });
     // A run's duration is said in the unit that fits, never "took 0 s".
     let run = browser

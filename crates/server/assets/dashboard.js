@@ -366,7 +366,7 @@ async function poll() {
     const runs = await reconciliationRuns(recs.list);
     renderProjections(sinks, groups, runs, recs.error);
     renderFlow(sources, topics, sinks, recs.list);
-    renderTopics(topics, sinks, runs);
+    renderTopics(topics, sinks, runs, sources);
     renderGroups(groups, groupNames.length, sinks);
     renderDlq(queues.filter((q) => q.letters.length > 0));
     renderSources(sources);
@@ -456,15 +456,22 @@ function correctionsByTopic(sinks, runs) {
   return out;
 }
 
-/** How a topic's event count is made up, or null when there is nothing to explain. */
-function explainCount(total, corrections) {
+/**
+ * How a topic's event count is made up, or null when there is nothing to explain: corrections
+ * appended by reconciliation apart; the rest came from the sources whose patterns match it and
+ * from producers (the API), which the server does not count apart.
+ */
+function explainCount(total, corrections, writers) {
   if (!corrections) return null;
   const n = corrections.count;
   const plural = n === 1 ? "correction" : "corrections";
   const by = corrections.by.join(", ");
   const atLeast = corrections.atLeast ? "at least " : "";
+  const from = writers.length
+    ? `from source ${writers.join(", ")} and producers`
+    : "from sources and producers";
   return (
-    `${fmtInt(total)} = ${fmtInt(total - n)} from sources and producers + ${atLeast}` +
+    `${fmtInt(total)} = ${fmtInt(total - n)} ${from} + ${atLeast}` +
     `${fmtInt(n)} ${plural} appended by reconciliation ${by}`
   );
 }
@@ -573,26 +580,41 @@ function verdict(r) {
   return { kind: "drift", text: `drift ${fmtInt(drift)}${repaired}`, detail: `found by ${age}` };
 }
 
+/** Whether topic `name` matches a source's topic pattern (`*`: any characters). */
+function matchesPattern(pattern, name) {
+  const parts = String(pattern).split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`^${parts.join(".*")}$`).test(name);
+}
+
+/** The sources whose topic patterns (GET /v1/sources: `topics`) match topic `name`. */
+function writersOf(sources, name) {
+  return sources.filter((src) => (src.topics || []).some((p) => matchesPattern(p, name)));
+}
+
 /**
- * Which sinks read each topic, and which reconciliations check them: one row per topic.
- * Sources do not report the topics they write (a CDC source names them per table), so they are
- * listed beside the flow rather than drawn into it.
+ * The flow, one row per topic: the sources that write it (by their topic patterns), the topic,
+ * the sinks that read it and the reconciliations that check them.
  */
 function renderFlow(sources, topics, sinks, recs) {
   $("flow-empty").hidden = topics.length > 0;
-  const names = sources.map((src) => `${src.name} (${src.kind})`);
-  setText($("flow-sources"), names.length ? `Sources: ${names.join(", ")}` : "No sources configured.");
+  const names = sources.map((src) => {
+    const patterns = (src.topics || []).join(", ");
+    return `${src.name} (${src.kind}${patterns ? ` → ${patterns}` : ""})`;
+  });
+  setText($("flow-sources"), names.length ? `Sources: ${names.join("; ")}` : "No sources configured.");
   syncChildren(
     $("flow"),
     topics,
     (t) => t.name,
     (t) => {
-      const tr = row(`flow-topic-${t.name}`, null, ["topic", "arrow", "sinks"], []);
+      const tr = row(`flow-topic-${t.name}`, null, ["from", "topic", "arrow", "sinks"], []);
       tr.cells_.topic.append(el("span", { class: "mono", text: t.name }));
       tr.cells_.arrow.append("→");
       return tr;
     },
     (tr, t) => {
+      const writers = writersOf(sources, t.name).map((src) => src.name);
+      setText(tr.cells_.from, writers.length ? `${writers.join(", ")} →` : "producers →");
       const readers = sinks.filter((s) => (s.topics || []).includes(t.name));
       const items = readers.map((s) => {
         const checked = recs.filter((r) => r.sink === s.name).map((r) => r.name);
@@ -603,7 +625,7 @@ function renderFlow(sources, topics, sinks, recs) {
   );
 }
 
-function renderTopics(topics, sinks, runs) {
+function renderTopics(topics, sinks, runs, sources) {
   const corrections = correctionsByTopic(sinks, runs);
   $("topics-empty").hidden = topics.length > 0;
   syncChildren(
@@ -621,7 +643,8 @@ function renderTopics(topics, sinks, runs) {
       const c = tr.cells_;
       const owner = (t.spec && t.spec.owner) || null;
       const total = t.partitions.reduce((s, p) => s + p.end_offset, 0);
-      const why = explainCount(total, corrections.get(t.name));
+      const writers = writersOf(sources, t.name).map((src) => src.name);
+      const why = explainCount(total, corrections.get(t.name), writers);
       fill(c.name, [t.name, owner, why], () => [
         el("span", { class: "mono", text: t.name }),
         owner

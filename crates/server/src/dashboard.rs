@@ -4,8 +4,8 @@
 //! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations`, `/v1/history`, `/v1/audit` and the
 //! dead-letter routes) every 2 s. It opens with the question that matters — does each projection
 //! match its source right now? — one row per sink: the last reconciliation verdict and its age,
-//! freshness, lag and dead letters; then the flow (which sinks read which topics, which
-//! reconciliations check them), the plots, topics with their produce rates (a count that
+//! freshness, lag and dead letters; then the flow (which sources write which topics, by the
+//! topic patterns `/v1/sources` lists, which sinks read them, which reconciliations check them), the plots, topics with their produce rates (a count that
 //! includes reconciliation corrections says so), consumer groups, sources, dead letters
 //! (inspect, retry, discard), reconciliation runs and the audit trail (the newest administrative
 //! actions: when, who, what, outcome).

@@ -364,7 +364,8 @@ fn document() -> Value {
             "restarts_total": {"type": "integer"}, "last_event_ms": {"type": "integer"},
             "slot_lag_bytes": {"type": "integer", "description": "-1 when unknown or not CDC"},
             "outbox_backlog_rows": {"type": "integer", "description": "-1 when unknown or not an outbox"},
-            "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"}}},
+            "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"},
+            "topics": {"type": "array", "items": {"type": "string"}, "description": "in GET /v1/sources and /v1/sources/{source}: the topics it writes, as names or patterns where `*` is any characters (a CDC source's routes and topic template, an outbox's topic_prefix followed by the aggregate type)"}}},
           "Sink": {"type": "object", "properties": {
             "name": {"type": "string"}, "kind": {"type": "string", "enum": ["postgres", "sqlite", "webhook"]},
             "group": {"type": "string"},
