@@ -751,6 +751,14 @@ fn after_a_restart_a_caught_up_sink_never_says_nothing_applied_yet_and_its_verdi
             && t.contains("customers")
             && t.contains("crm (checked by crm-contacts)")
     });
+    // The sink's applied rate is plotted from the server's history too.
+    wait_for("the sink's line in the applied plot", || {
+        plotted_peak(&browser, "chart-applied", "crm").filter(|(peak, _)| *peak > 0.0)
+    });
+    let png = browser.screenshot_png();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    std::fs::create_dir_all(artifacts_dir()).unwrap();
+    std::fs::write(artifacts_dir().join("dashboard-projections.png"), &png).unwrap();
     // A run's duration is said in the unit that fits, never "took 0 s".
     let run = browser
         .wait_text("reconciliation-row-crm-contacts", "the last run", |t| t.contains("took "));

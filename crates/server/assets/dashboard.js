@@ -1138,6 +1138,9 @@ function renderCharts(now) {
   const lagLabel = `Consumer lag in events per group, last ${span}`;
   drawChart($("chart-throughput"), end, spanMs, rates, "events/s", rateLabel);
   drawChart($("chart-lag"), end, spanMs, lags, "behind", lagLabel);
+  const applied = seriesOf("applied_rate");
+  const appliedLabel = `Events applied per second per sink, last ${span}`;
+  drawChart($("chart-applied"), end, spanMs, applied, "events/s", appliedLabel);
 }
 
 // ---- dead-letter actions -------------------------------------------------------------------
