@@ -577,3 +577,211 @@ fn with_authentication_on_the_dashboard_signs_in_with_a_token_and_out_again() {
     browser.click("logout");
     wait_for("the sign-in form again", || browser.displayed("login-form").then_some(()));
 }
+
+/// Wall time in Unix ms (the server's clock domain; both run on this machine).
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// The line of series `name` in the plot `chart` as (peak, time of the peak), once drawn.
+fn plotted_peak(browser: &Browser, chart: &str, name: &str) -> Option<(f64, i64)> {
+    let script = format!(
+        "const l = document.querySelector('[data-testid=\"{chart}\"] polyline[data-series=\"{name}\"]');\
+         return l ? [Number(l.dataset.peak), Number(l.dataset.peakMs)] : null;"
+    );
+    let v = browser.script(&script);
+    let pair = v.as_array()?;
+    Some((pair[0].as_f64()?, pair[1].as_f64()? as i64))
+}
+
+#[test]
+fn a_dashboard_opened_after_a_burst_of_traffic_shows_the_burst_in_its_plots() {
+    // Given: a server that saw a burst of 400 events and then nothing, with nobody watching.
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(&dir.path().join("data"));
+    let api = Api::new(&server.base);
+    assert_eq!(api.post("/v1/topics", &json!({"name": "burst", "partitions": 2})).0, 201);
+    // A quiet second first, so the burst does not land in the server's baseline sample.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let burst_started_ms = now_ms();
+    for batch in 0..4 {
+        let events: Vec<Value> =
+            (0..100).map(|i| event(&format!("b-{batch}-{i}"), &format!("k-{i}"))).collect();
+        assert_eq!(api.produce("burst", &events).0, 200);
+    }
+    let burst_ended_ms = now_ms();
+    std::thread::sleep(Duration::from_secs(4));
+
+    // When: the dashboard is opened only now.
+    let browser = Browser::start();
+    let opened_ms = now_ms();
+    browser.goto(&format!("{}/", server.base));
+
+    // Then: its throughput plot has the burst, at the time it happened, before the page existed.
+    let (peak, at_ms) = wait_for("the burst's line in the throughput plot", || {
+        plotted_peak(&browser, "chart-throughput", "burst")
+    });
+    assert!(peak >= 100.0, "400 events in a second or two peak high, not {peak} events/s");
+    assert!(
+        at_ms >= burst_started_ms && at_ms <= burst_ended_ms + 2_500 && at_ms < opened_ms,
+        "the peak is at {at_ms}: the burst was {burst_started_ms}..{burst_ended_ms}, \
+         the page opened at {opened_ms}"
+    );
+    browser.wait_text("chart-throughput", "the peak in the legend", |t| t.contains("peak"));
+    // The topic's current rate is the server's latest sample: the burst is over.
+    browser.wait_text("topic-rate-burst", "no traffic now", |t| t == "0");
+}
+
+fn sqlite(db: &Path, sql: &str) {
+    rusqlite::Connection::open(db).unwrap().execute_batch(sql).unwrap();
+}
+
+fn sqlite_count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn after_a_restart_a_caught_up_sink_never_says_nothing_applied_yet_and_its_verdict_stays() {
+    // Given: a service's SQLite database whose outbox a source relays to topic `customers`, a
+    // sink projecting that topic into another SQLite database, and a reconciliation checking
+    // the projection against the service's table.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, source, proj) =
+        (dir.path().join("data"), dir.path().join("customers.db"), dir.path().join("crm.db"));
+    sqlite(&source, "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT)");
+    sqlite(
+        &source,
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, \
+         aggregatetype TEXT NOT NULL, aggregateid TEXT NOT NULL, type TEXT NOT NULL, \
+         payload TEXT, headers TEXT, created_at TEXT NOT NULL \
+         DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    );
+    sqlite(&proj, "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT)");
+    let config = dir.path().join("driftless.toml");
+    let text = format!(
+        r#"
+        [[source]]
+        name = "appdb"
+        kind = "sqlite_outbox"
+        path = "{source}"
+        poll_interval_ms = 50
+        partitions = 1
+
+        [[sink]]
+        name = "crm"
+        topics = ["customers"]
+        target = {{ kind = "sqlite", path = "{proj}" }}
+        [[sink.mapping]]
+        types = ["customer.changed"]
+        table = "contacts"
+        key = ["id"]
+        columns = {{ id = ".subject", city = ".data.city" }}
+        [[sink.mapping]]
+        types = ["customer.removed"]
+        table = "contacts"
+        key = ["id"]
+        op = "delete"
+
+        [[reconcile]]
+        name = "crm-contacts"
+        sink = "crm"
+        source = {{ kind = "sqlite", path = "{source}", table = "customers" }}
+        lag_window_ms = 100
+        [reconcile.correction]
+        upsert_type = "customer.changed"
+        delete_type = "customer.removed"
+        "#,
+        proj = proj.display(),
+        source = source.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let server = ServeProcess::start_with_args(&data, &args);
+    let api = Api::new(&server.base);
+    // The service writes each change and its event in one transaction.
+    for i in 0..5 {
+        let id = format!("c{i}");
+        sqlite(
+            &source,
+            &format!(
+                "BEGIN; INSERT INTO customers VALUES ('{id}', 'city-{i}'); \
+                 INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) \
+                 VALUES ('e{i}', 'customers', '{id}', 'customer.changed', '{{\"city\": \"city-{i}\"}}'); \
+                 COMMIT;"
+            ),
+        );
+    }
+    wait_for("the projection", || {
+        (sqlite_count(&proj, "SELECT count(*) FROM contacts") == 5).then_some(())
+    });
+    // A row lost from the projection: found and repaired by one correction through the log.
+    sqlite(&proj, "DELETE FROM contacts WHERE id = 'c3'");
+    let (status, run) = api.post("/v1/reconciliations/crm-contacts/run", &json!({"repair": true}));
+    assert_eq!(status, 200, "{run}");
+    assert_eq!((&run["missing"], &run["repaired"]), (&json!(1), &json!(1)), "{run}");
+    wait_for("the repair applied", || {
+        (sqlite_count(&proj, "SELECT count(*) FROM contacts") == 5).then_some(())
+    });
+    let (status, clean) = api.post("/v1/reconciliations/crm-contacts/run", &json!({}));
+    assert_eq!(status, 200, "{clean}");
+    assert_eq!(clean["missing"], 0, "{clean}");
+    let took_ms = clean["duration_ms"].as_u64().unwrap();
+
+    // When: the dashboard is opened.
+    let browser = Browser::start();
+    browser.goto(&format!("{}/", server.base));
+
+    // Then: the projections panel answers the question first: in sync, checked moments ago.
+    browser.wait_text("projection-verdict-crm", "in sync", |t| t.starts_with("in sync"));
+    browser.wait_text("projection-verdict-crm", "who checked, when", |t| {
+        t.contains("checked by crm-contacts") && t.contains("ago")
+    });
+    browser.wait_text("projection-dead-crm", "no dead letters", |t| t == "0");
+    browser.wait_text("projection-lag-crm", "no lag", |t| t.starts_with("0 events"));
+    browser.wait_text("projection-fresh-crm", "freshness", |t| t.contains("newest applied event"));
+    // The topic's six events are explained: five from the source, one correction.
+    browser.wait_text("topic-explain-customers", "the correction", |t| {
+        t == "6 = 5 from source appdb and producers + 1 correction appended by reconciliation \
+              crm-contacts"
+    });
+    // The flow: the source writes the topic, the sink reads it, the reconciliation checks it.
+    browser.wait_text("flow-topic-customers", "who writes and reads the topic", |t| {
+        t.contains("appdb →")
+            && t.contains("customers")
+            && t.contains("crm (checked by crm-contacts)")
+    });
+    // The sink's applied rate is plotted from the server's history too.
+    wait_for("the sink's line in the applied plot", || {
+        plotted_peak(&browser, "chart-applied", "crm").filter(|(peak, _)| *peak > 0.0)
+    });
+    let png = browser.screenshot_png();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    std::fs::create_dir_all(artifacts_dir()).unwrap();
+    std::fs::write(artifacts_dir().join("dashboard-projections.png"), &png).unwrap();
+    // A run's duration is said in the unit that fits, never "took 0 s".
+    let run = browser
+        .wait_text("reconciliation-row-crm-contacts", "the last run", |t| t.contains("took "));
+    assert!(!run.contains("took 0 s"), "{run}");
+    if took_ms < 1_000 {
+        assert!(run.contains(&format!("took {took_ms} ms")), "{took_ms} ms shows as: {run}");
+    }
+
+    // When: the server restarts (the sink's counters start again at 0).
+    assert!(server.terminate(Duration::from_secs(30)).is_some(), "the server did not stop");
+    let server = ServeProcess::start_with_args(&data, &args);
+    browser.goto(&format!("{}/", server.base));
+
+    // Then: the sink, caught up, says so from its durable position, labels its counters, and
+    // the verdict (kept across restarts) is still there.
+    let fresh = browser.wait_text("projection-fresh-crm", "caught up", |t| {
+        t.starts_with("caught up: all 6 events applied")
+    });
+    assert!(fresh.contains("since restart at"), "{fresh}");
+    let sink = browser.wait_text("group-sink-sink-crm", "the group's sink", |t| t.contains("crm"));
+    assert!(!sink.contains("nothing applied yet"), "{sink}");
+    browser.wait_text("projection-row-crm", "counters since the restart", |t| {
+        t.contains("applied since")
+    });
+    browser.wait_text("projection-verdict-crm", "in sync", |t| t.starts_with("in sync"));
+}

@@ -6,7 +6,9 @@
 //   through HTML parsing (the server's dashboard test rejects every API that parses HTML);
 // - rows are updated in place, keyed by name, so a focused button or an open dialog survives a
 //   refresh;
-// - history is bounded: the plots keep the last 5 minutes of polls, nothing more;
+// - the plots draw the server's own history (GET /v1/history: one sample a second, kept an hour
+//   by the server), so a page opened after a burst shows the burst; the page keeps the last
+//   HISTORY_SECONDS of it, nothing more;
 // - a failed poll keeps the last figures on screen, dimmed, under an error banner;
 // - a 401 from any API call hides the figures and shows the sign-in form; the token typed there
 //   is read once, sent in a JSON body to POST /v1/session (same origin), and cleared from the
@@ -16,7 +18,9 @@
 "use strict";
 
 const POLL_MS = 2000;
-const WINDOW_MS = 5 * 60 * 1000;
+const HISTORY_SECONDS = 15 * 60; // the plots' window, out of the hour the server keeps
+const WINDOW_MS = HISTORY_SECONDS * 1000;
+const SPAN_MS_MIN = 5 * 60 * 1000; // the narrowest the plots get
 const REQUEST_TIMEOUT_MS = 5000;
 const GROUPS_MAX = 200; // groups described per poll; more are counted, not shown
 const AUDIT_ROWS = 50; // newest audit records shown
@@ -24,8 +28,9 @@ const SERIES_MAX = 8; // lines per plot (the largest series); the palette has 8 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const ui = {
-  history: [], // [{t, rates: Map(topic → events/s), lags: Map(group → events)}], oldest first
-  ends: new Map(), // topic → {t, end}: the previous poll's summed end offsets
+  // The server's samples (GET /v1/history), oldest first: `times` and, per family
+  // (produce_rate, lag_events, dead_letters, applied_rate), name → one value (or null) per time.
+  history: { times: [], families: {}, merged: {}, startedMs: 0, error: null },
   lastSuccess: 0,
   signInNeeded: false, // a 401 was answered; polling waits for a sign-in
 };
@@ -134,12 +139,16 @@ function fmtBytes(n) {
   return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
 }
 
+/** A duration as people say it: `340 ms`, `1.4 s`, `42 s`, `2 min 3 s`, `3 h 5 min`; never `0 s`. */
 function fmtDuration(ms) {
-  const s = Math.max(0, Number(ms) || 0) / 1000;
+  const n = Math.max(0, Math.round(Number(ms) || 0));
+  if (n < 1000) return `${n} ms`;
+  const s = n / 1000;
   if (s < 10) return `${s.toFixed(1).replace(/\.0$/, "")} s`;
   if (s < 120) return `${Math.round(s)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 120) return `${m} min ${Math.round(s - m * 60)} s`;
+  const whole = Math.round(s);
+  const m = Math.floor(whole / 60);
+  if (m < 120) return `${m} min ${whole - m * 60} s`;
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
@@ -247,6 +256,84 @@ async function auditTrail() {
   }
 }
 
+/**
+ * The reconciliations with their kept runs (the list shows only the latest run; the runs,
+ * kept across restarts, count the corrections a reconciliation appended to its sink's topics).
+ */
+async function reconciliationRuns(list) {
+  return Promise.all(
+    list.map(async (r) => {
+      try {
+        return await get(`/v1/reconciliations/${seg(r.name)}`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status !== 401) return r;
+        throw e;
+      }
+    }),
+  );
+}
+
+/**
+ * Brings `ui.history` up to date from GET /v1/history: the whole window on the first call, then
+ * only the seconds since the newest sample held. An error of that endpoint alone (404 from an
+ * older server, 403) is shown in the plots instead of failing the refresh.
+ */
+async function refreshHistory() {
+  const h = ui.history;
+  const newest = h.times.length ? h.times[h.times.length - 1] : 0;
+  const since = newest ? Math.ceil((Date.now() - newest) / 1000) + 5 : HISTORY_SECONDS;
+  let answer;
+  try {
+    answer = await get(`/v1/history?seconds=${Math.max(1, Math.min(HISTORY_SECONDS, since))}`);
+  } catch (e) {
+    if (e instanceof ApiError && e.status !== 401) {
+      h.error = e.message;
+      return;
+    }
+    throw e;
+  }
+  h.error = null;
+  if (answer.started_ms !== h.startedMs) {
+    // A new server process: its history replaces the old one's.
+    h.times = [];
+    h.families = {};
+    h.startedMs = answer.started_ms;
+  }
+  const fresh = answer.times_ms.map((t, i) => [t, i]).filter(([t]) => t > newest);
+  for (const family of ["produce_rate", "lag_events", "dead_letters", "applied_rate"]) {
+    const got = (answer[family] && answer[family].series) || {};
+    const held = h.families[family] || (h.families[family] = new Map());
+    h.merged[family] = (answer[family] && answer[family].merged_into_other) || 0;
+    for (const name of Object.keys(got)) {
+      if (!held.has(name)) held.set(name, h.times.map(() => null));
+    }
+    for (const [name, values] of held) {
+      const from = got[name];
+      for (const [, i] of fresh) values.push(from ? from[i] : null);
+    }
+  }
+  for (const [t] of fresh) h.times.push(t);
+  // Keep the window: drop samples older than it, and series left with no value.
+  const cut = h.times.findIndex((t) => t >= h.times[h.times.length - 1] - WINDOW_MS);
+  if (cut > 0) {
+    h.times.splice(0, cut);
+    for (const held of Object.values(h.families)) {
+      for (const [name, values] of held) {
+        values.splice(0, cut);
+        if (values.every((v) => v === null)) held.delete(name);
+      }
+    }
+  }
+}
+
+/** The newest value of a series of the server's history (undefined when it has none). */
+function latest(family, name) {
+  const values = ui.history.families[family] && ui.history.families[family].get(name);
+  if (!values) return undefined;
+  for (let i = values.length - 1; i >= 0; i -= 1) if (values[i] !== null) return values[i];
+  return undefined;
+}
+
 // ---- polling -------------------------------------------------------------------------------
 
 let timer = null;
@@ -270,13 +357,16 @@ async function poll() {
       get("/v1/sinks"),
       reconciliations(),
       auditTrail(),
+      refreshHistory(),
     ]);
     const t = Date.now();
     const described = await Promise.all(groupNames.slice(0, GROUPS_MAX).map(describeGroup));
     const groups = described.filter(Boolean);
     const queues = await Promise.all(groups.filter((g) => g.dead_letters > 0).map(deadLetters));
-    record(t, topics, groups);
-    renderTopics(topics);
+    const runs = await reconciliationRuns(recs.list);
+    renderProjections(sinks, groups, runs, recs.error);
+    renderFlow(sources, topics, sinks, recs.list);
+    renderTopics(topics, sinks, runs, sources);
     renderGroups(groups, groupNames.length, sinks);
     renderDlq(queues.filter((q) => q.letters.length > 0));
     renderSources(sources);
@@ -325,35 +415,218 @@ function failed(e) {
   $("main").setAttribute("aria-busy", "true");
 }
 
-/** Adds one poll to the bounded history: each topic's rate since the previous poll. */
-function record(t, topics, groups) {
-  const rates = new Map();
-  const seen = new Set();
-  for (const topic of topics) {
-    const end = topic.partitions.reduce((sum, p) => sum + p.end_offset, 0);
-    const prev = ui.ends.get(topic.name);
-    // A topic deleted and created again restarts at 0: no rate for that interval.
-    if (prev && t > prev.t && end >= prev.end) {
-      rates.set(topic.name, ((end - prev.end) * 1000) / (t - prev.t));
-    }
-    ui.ends.set(topic.name, { t, end });
-    seen.add(topic.name);
-  }
-  for (const name of [...ui.ends.keys()]) if (!seen.has(name)) ui.ends.delete(name);
-  const lags = new Map();
-  for (const g of groups) lags.set(g.group, g.partitions.reduce((s, p) => s + p.lag_events, 0));
-  ui.history.push({ t, rates, lags });
-  while (ui.history.length && ui.history[0].t < t - WINDOW_MS) ui.history.shift();
-}
-
 function currentRate(topic) {
-  const last = ui.history[ui.history.length - 1];
-  return last ? last.rates.get(topic) : undefined;
+  return latest("produce_rate", topic);
 }
 
 // ---- panels --------------------------------------------------------------------------------
 
-function renderTopics(topics) {
+const sum = (xs, f) => xs.reduce((acc, x) => acc + (Number(f(x)) || 0), 0);
+
+/**
+ * A reconciliation's kept runs, newest first: the latest and, from GET /v1/reconciliations/NAME,
+ * the earlier ones (the server keeps RUNS_KEPT of them, across restarts).
+ */
+function runsOf(r) {
+  return [r.last_run, ...(Array.isArray(r.history) ? r.history : [])].filter(Boolean);
+}
+
+/** Runs the server keeps per reconciliation (driftless_reconcile::runtime::RUNS_KEPT). */
+const RUNS_KEPT = 20;
+
+/**
+ * Corrections appended to each topic by reconciliation repairs: topic → {count, by: [names],
+ * atLeast}. A sink reading several topics: its corrections are not attributed to one of them.
+ */
+function correctionsByTopic(sinks, runs) {
+  const out = new Map();
+  for (const r of runs) {
+    const sink = sinks.find((s) => s.name === r.sink);
+    const topics = (sink && sink.topics) || [];
+    const kept = runsOf(r);
+    const count = sum(kept, (run) => run.repaired);
+    if (count === 0 || topics.length !== 1) continue;
+    const entry = out.get(topics[0]) || { count: 0, by: [], atLeast: false };
+    entry.count += count;
+    entry.by.push(r.name);
+    // Only the newest runs are kept: older corrections may be missing from the sum.
+    entry.atLeast = entry.atLeast || kept.length >= RUNS_KEPT;
+    out.set(topics[0], entry);
+  }
+  return out;
+}
+
+/**
+ * How a topic's event count is made up, or null when there is nothing to explain: corrections
+ * appended by reconciliation apart; the rest came from the sources whose patterns match it and
+ * from producers (the API), which the server does not count apart.
+ */
+function explainCount(total, corrections, writers) {
+  if (!corrections) return null;
+  const n = corrections.count;
+  const plural = n === 1 ? "correction" : "corrections";
+  const by = corrections.by.join(", ");
+  const atLeast = corrections.atLeast ? "at least " : "";
+  const from = writers.length
+    ? `from source ${writers.join(", ")} and producers`
+    : "from sources and producers";
+  return (
+    `${fmtInt(total)} = ${fmtInt(total - n)} ${from} + ${atLeast}` +
+    `${fmtInt(n)} ${plural} appended by reconciliation ${by}`
+  );
+}
+
+/**
+ * How fresh a sink's tables are: [headline, detail]. The sink's counters start at 0 with the
+ * process, so after a restart "nothing applied" would be false for a sink that had applied
+ * everything: its group's committed position (durable) says what is applied.
+ */
+function freshness(sink, group) {
+  const since = `since restart at ${fmtClock(sink.started_ms || 0)}`;
+  if (sink.newest_event_ms > 0) {
+    return [`newest applied event ${fmtAgo(sink.newest_event_ms)}`, null];
+  }
+  if (!group) return ["no figures yet", `no event applied ${since}`];
+  const end = sum(group.partitions, (p) => p.end_offset);
+  const committed = sum(group.partitions, (p) => p.committed);
+  const lag = sum(group.partitions, (p) => p.lag_events);
+  if (end === 0) return ["nothing to apply: its topics are empty", null];
+  if (lag === 0) {
+    return [`caught up: all ${fmtInt(committed)} events applied`, `no new event ${since}`];
+  }
+  return [`${fmtInt(lag)} events to apply`, `none applied ${since}`];
+}
+
+/**
+ * The question that matters first: does each projection match its source right now? One row
+ * per sink: the last reconciliation verdict and its age, freshness, lag, dead letters.
+ */
+function renderProjections(sinks, groups, runs, error) {
+  const note = $("projections-empty");
+  const none = "No sinks configured: no topic is projected into a table yet.";
+  setText(note, error ? `${none} (Reconciliations unavailable: ${error})` : none);
+  note.hidden = sinks.length > 0;
+  const names = ["name", "verdict", "fresh", "lag", "dead"];
+  syncChildren(
+    $("projections"),
+    sinks,
+    (s) => s.name,
+    (s) => {
+      const tr = row(`projection-row-${s.name}`, null, names, ["lag", "dead"]);
+      for (const k of ["verdict", "fresh", "lag", "dead"]) {
+        tr.cells_[k].dataset.testid = `projection-${k}-${s.name}`;
+      }
+      return tr;
+    },
+    (tr, s) => {
+      const c = tr.cells_;
+      const g = groups.find((x) => x.group === s.group) || null;
+      const applied = `${fmtInt(s.events_applied_total)} applied since ${fmtClock(s.started_ms || 0)}`;
+      fill(c.name, [s.name, s.kind, s.state, s.topics, applied, s.error], () => [
+        el("span", { class: "mono", text: s.name }),
+        " ",
+        stateBadge(s.state),
+        el("span", { class: "sub", text: `${s.kind} from ${(s.topics || []).join(", ")}` }),
+        el("span", { class: "sub", text: applied }),
+        s.error ? el("span", { class: "error-text", text: s.error }) : null,
+      ]);
+      const checks = runs.filter((r) => r.sink === s.name);
+      const verdicts = checks.map((r) => verdict(r));
+      fill(c.verdict, [verdicts, Math.floor(Date.now() / 10000)], () => {
+        if (verdicts.length === 0) {
+          return [
+            el("span", { class: "verdict verdict-unknown", text: "never checked" }),
+            el("span", { class: "sub", text: "no reconciliation configured for this sink" }),
+          ];
+        }
+        return verdicts.flatMap((v) => [
+          el("span", { class: `verdict verdict-${v.kind}`, text: v.text }),
+          el("span", { class: "sub", text: v.detail }),
+        ]);
+      });
+      c.verdict.dataset.verdict = verdicts.length ? verdicts[0].kind : "unknown";
+      const [head, detail] = freshness(s, g);
+      fill(c.fresh, [head, detail], () => [
+        head,
+        detail ? el("span", { class: "sub", text: detail }) : null,
+      ]);
+      if (g) {
+        const lag = sum(g.partitions, (p) => p.lag_events);
+        const behind = Math.max(0, ...g.partitions.map((p) => p.lag_ms || 0));
+        fill(c.lag, [lag, behind], () => [
+          `${fmtInt(lag)} events`,
+          lag > 0 ? el("span", { class: "sub", text: `${fmtDuration(behind)} behind` }) : null,
+        ]);
+        setText(c.dead, fmtInt(g.dead_letters));
+      } else {
+        setText(c.lag, "—");
+        setText(c.dead, "—");
+      }
+    },
+  );
+}
+
+/** A reconciliation's last verdict: {kind: in-sync|drift|failed|unknown, text, detail}. */
+function verdict(r) {
+  const run = r.last_run;
+  if (!run) return { kind: "unknown", text: "never checked", detail: `by ${r.name}` };
+  const started = run.started_ms ?? run.at_ms;
+  const ended = started + (run.duration_ms || 0);
+  const age = `${r.name}, ${fmtAgo(ended)}`;
+  if (run.error) return { kind: "failed", text: "check failed", detail: `${age}: ${run.error}` };
+  const drift = sum([run], (x) => x.missing) + sum([run], (x) => x.extra) + sum([run], (x) => x.stale);
+  if (drift === 0) return { kind: "in-sync", text: "in sync", detail: `checked by ${age}` };
+  const repaired = run.repaired > 0 ? `, ${fmtInt(run.repaired)} repaired` : "";
+  return { kind: "drift", text: `drift ${fmtInt(drift)}${repaired}`, detail: `found by ${age}` };
+}
+
+/** Whether topic `name` matches a source's topic pattern (`*`: any characters). */
+function matchesPattern(pattern, name) {
+  const parts = String(pattern).split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`^${parts.join(".*")}$`).test(name);
+}
+
+/** The sources whose topic patterns (GET /v1/sources: `topics`) match topic `name`. */
+function writersOf(sources, name) {
+  return sources.filter((src) => (src.topics || []).some((p) => matchesPattern(p, name)));
+}
+
+/**
+ * The flow, one row per topic: the sources that write it (by their topic patterns), the topic,
+ * the sinks that read it and the reconciliations that check them.
+ */
+function renderFlow(sources, topics, sinks, recs) {
+  $("flow-empty").hidden = topics.length > 0;
+  const names = sources.map((src) => {
+    const patterns = (src.topics || []).join(", ");
+    return `${src.name} (${src.kind}${patterns ? ` → ${patterns}` : ""})`;
+  });
+  setText($("flow-sources"), names.length ? `Sources: ${names.join("; ")}` : "No sources configured.");
+  syncChildren(
+    $("flow"),
+    topics,
+    (t) => t.name,
+    (t) => {
+      const tr = row(`flow-topic-${t.name}`, null, ["from", "topic", "arrow", "sinks"], []);
+      tr.cells_.topic.append(el("span", { class: "mono", text: t.name }));
+      tr.cells_.arrow.append("→");
+      return tr;
+    },
+    (tr, t) => {
+      const writers = writersOf(sources, t.name).map((src) => src.name);
+      setText(tr.cells_.from, writers.length ? `${writers.join(", ")} →` : "producers →");
+      const readers = sinks.filter((s) => (s.topics || []).includes(t.name));
+      const items = readers.map((s) => {
+        const checked = recs.filter((r) => r.sink === s.name).map((r) => r.name);
+        return checked.length ? `${s.name} (checked by ${checked.join(", ")})` : s.name;
+      });
+      setText(tr.cells_.sinks, items.length ? items.join(", ") : "no sink reads it");
+    },
+  );
+}
+
+function renderTopics(topics, sinks, runs, sources) {
+  const corrections = correctionsByTopic(sinks, runs);
   $("topics-empty").hidden = topics.length > 0;
   syncChildren(
     $("topics"),
@@ -369,11 +642,15 @@ function renderTopics(topics) {
     (tr, t) => {
       const c = tr.cells_;
       const owner = (t.spec && t.spec.owner) || null;
-      fill(c.name, [t.name, owner], () => [
+      const total = t.partitions.reduce((s, p) => s + p.end_offset, 0);
+      const writers = writersOf(sources, t.name).map((src) => src.name);
+      const why = explainCount(total, corrections.get(t.name), writers);
+      fill(c.name, [t.name, owner, why], () => [
         el("span", { class: "mono", text: t.name }),
         owner
           ? el("span", { class: "sub", testid: `topic-owner-${t.name}`, text: `owned by ${owner}` })
           : null,
+        why ? el("span", { class: "sub", testid: `topic-explain-${t.name}`, text: why }) : null,
       ]);
       setText(c.parts, t.partitions.length);
       setText(c.events, fmtInt(t.partitions.reduce((s, p) => s + p.end_offset, 0)));
@@ -384,11 +661,8 @@ function renderTopics(topics) {
 }
 
 /** The projection cell of a sink's group: the sink, its state and how fresh its tables are. */
-function projection(td, sink) {
-  const newest =
-    sink && sink.newest_event_ms > 0
-      ? `newest applied event ${fmtAgo(sink.newest_event_ms)}`
-      : "nothing applied yet";
+function projection(td, sink, group) {
+  const newest = sink ? freshness(sink, group).filter(Boolean).join("; ") : "";
   fill(td, sink ? [sink, newest] : null, () => {
     if (!sink) return [];
     const rb = sink.rebuild;
@@ -449,7 +723,7 @@ function renderGroups(groups, total, sinks) {
         setText(c.lagTime, fmtDuration(Math.max(0, ...ps.map((p) => p.lag_ms))));
         setText(c.inflight, fmtInt(ps.reduce((s, p) => s + p.inflight, 0)));
         setText(c.dead, fmtInt(i.g.dead_letters));
-        projection(c.projection, sinks.find((s) => s.group === i.g.group));
+        projection(c.projection, sinks.find((s) => s.group === i.g.group), i.g);
         return;
       }
       const p = i.p;
@@ -609,6 +883,7 @@ function renderReconciliations({ list: recs, error }) {
       if (run) {
         const started = run.started_ms ?? run.at_ms;
         const took = run.finished_ms >= 0 ? run.finished_ms - run.started_ms : run.duration_ms;
+        c.run.dataset.tookMs = String(took);
         const policy = run.policy ?? r.policy ?? (run.repair ? "repair" : "report");
         const parts = [fmtClock(started)];
         if (took >= 0) parts.push(`took ${fmtDuration(took)}`);
@@ -764,22 +1039,30 @@ function niceCeil(v) {
   return 10 * p;
 }
 
-/** Series from the history: one per key of `pick(tick)`, the largest SERIES_MAX by last value. */
-function seriesOf(pick) {
-  const points = new Map();
-  for (const tick of ui.history) {
-    for (const [name, v] of pick(tick)) {
-      if (!points.has(name)) points.set(name, []);
-      points.get(name).push([tick.t, v]);
-    }
+/**
+ * Series of one family of the server's history: the SERIES_MAX with the highest peak in the
+ * window (a burst that is over still shows), each with its points, last value and peak.
+ */
+function seriesOf(family) {
+  const held = ui.history.families[family] || new Map();
+  const times = ui.history.times;
+  const all = [];
+  for (const [name, values] of held) {
+    const pts = [];
+    values.forEach((v, i) => {
+      if (v !== null) pts.push([times[i], v]);
+    });
+    if (pts.length === 0) continue;
+    let peak = pts[0];
+    for (const p of pts) if (p[1] > peak[1]) peak = p;
+    all.push({ name, pts, last: pts[pts.length - 1][1], peak });
   }
-  const all = [...points].map(([name, pts]) => ({ name, pts, last: pts[pts.length - 1][1] }));
-  all.sort((a, b) => b.last - a.last || a.name.localeCompare(b.name));
+  all.sort((a, b) => b.peak[1] - a.peak[1] || a.name.localeCompare(b.name));
   return all.slice(0, SERIES_MAX).sort((a, b) => a.name.localeCompare(b.name));
 }
 
-/** A line plot of `series` over the last 5 minutes, sized to its container, and its legend. */
-function drawChart(container, now, series, unit, label) {
+/** A line plot of `series` over the `spanMs` before `now`, sized to its container, and its legend. */
+function drawChart(container, now, spanMs, series, unit, label) {
   const W = Math.max(320, Math.floor(container.clientWidth) || 600);
   const H = 180;
   const left = 52;
@@ -787,7 +1070,7 @@ function drawChart(container, now, series, unit, label) {
   const top = 8;
   const bottom = 22;
   const max = niceCeil(Math.max(0, ...series.flatMap((s) => s.pts.map((p) => p[1]))));
-  const x = (t) => left + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (W - left - right);
+  const x = (t) => left + ((t - (now - spanMs)) / spanMs) * (W - left - right);
   const y = (v) => top + (1 - v / max) * (H - top - bottom);
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
   root.setAttribute("aria-label", label);
@@ -797,9 +1080,10 @@ function drawChart(container, now, series, unit, label) {
     tick.textContent = fmtRate(v);
     root.append(tick);
   }
+  const minutes = spanMs / 60000;
   for (const [t, text, anchor] of [
-    [now - WINDOW_MS, "−5 min", "start"],
-    [now - WINDOW_MS / 2, "−2.5 min", "middle"],
+    [now - spanMs, `−${minutes} min`, "start"],
+    [now - spanMs / 2, `−${minutes / 2} min`, "middle"],
     [now, "now", "end"],
   ]) {
     const tick = svg("text", { class: "tick", x: x(t), y: H - 6, "text-anchor": anchor });
@@ -808,7 +1092,13 @@ function drawChart(container, now, series, unit, label) {
   }
   series.forEach((s, i) => {
     const pts = s.pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-    root.append(svg("polyline", { class: `series-${i}`, points: pts }));
+    // The figures behind the line, for people and tests: the series, its peak and when.
+    const line = svg("polyline", { class: `series-${i}`, points: pts });
+    line.dataset.series = s.name;
+    line.dataset.peak = String(s.peak[1]);
+    line.dataset.peakMs = String(s.peak[0]);
+    line.dataset.last = String(s.last);
+    root.append(line);
     const [t, v] = s.pts[s.pts.length - 1];
     root.append(svg("circle", { class: `series-${i}`, cx: x(t), cy: y(v), r: 3 }));
   });
@@ -820,19 +1110,37 @@ function drawChart(container, now, series, unit, label) {
         {},
         el("span", { class: `swatch series-${i}`, "aria-hidden": "true" }),
         el("span", { class: "mono", text: s.name }),
-        ` ${fmtRate(s.last)} ${unit}`,
+        ` ${fmtRate(s.last)} ${unit}, peak ${fmtRate(s.peak[1])} at ${fmtClock(s.peak[0])}`,
       ),
     );
   });
-  if (series.length === 0) legend.append(el("li", { class: "empty", text: "No data yet." }));
+  const h = ui.history;
+  if (h.error) legend.append(el("li", { class: "error-text", text: `History unavailable: ${h.error}` }));
+  else if (series.length === 0) legend.append(el("li", { class: "empty", text: "No data yet." }));
+  if (h.startedMs > now - spanMs && h.startedMs > 0) {
+    legend.append(el("li", { class: "sub", text: `server history since ${fmtClock(h.startedMs)}` }));
+  }
   container.replaceChildren(root, legend);
 }
 
 function renderCharts(now) {
-  const rates = seriesOf((tick) => tick.rates);
-  const lags = seriesOf((tick) => tick.lags);
-  drawChart($("chart-throughput"), now, rates, "events/s", "Events per second per topic, 5 min");
-  drawChart($("chart-lag"), now, lags, "behind", "Consumer lag in events per group, 5 min");
+  // The server's clock places the samples: the newest one is "now" (no skew with this browser).
+  // The plots span the history held, at least 5 and at most 15 minutes, so a young server's
+  // samples are not squeezed into the right edge.
+  const times = ui.history.times;
+  const end = times.length ? times[times.length - 1] : now;
+  const held = times.length ? end - times[0] : 0;
+  const spanMs = Math.min(WINDOW_MS, Math.max(SPAN_MS_MIN, Math.ceil(held / 60000) * 60000));
+  const span = `${spanMs / 60000} min`;
+  const rates = seriesOf("produce_rate");
+  const lags = seriesOf("lag_events");
+  const rateLabel = `Events per second per topic, last ${span}`;
+  const lagLabel = `Consumer lag in events per group, last ${span}`;
+  drawChart($("chart-throughput"), end, spanMs, rates, "events/s", rateLabel);
+  drawChart($("chart-lag"), end, spanMs, lags, "behind", lagLabel);
+  const applied = seriesOf("applied_rate");
+  const appliedLabel = `Events applied per second per sink, last ${span}`;
+  drawChart($("chart-applied"), end, spanMs, applied, "events/s", appliedLabel);
 }
 
 // ---- dead-letter actions -------------------------------------------------------------------

@@ -1,10 +1,20 @@
 //! The dashboard: a single page at `GET /` with its stylesheet and script at `GET /ui/{asset}`
 //! (`dashboard.css`, `dashboard.js`), hand-written HTML, CSS and JavaScript from
 //! `crates/server/assets/`. The page polls the public JSON API (`/v1/topics`, `/v1/groups`,
-//! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations`, `/v1/audit` and the dead-letter routes)
-//! every 2 s and draws topics with their produce rates, consumer lag, sink freshness, sources,
-//! dead letters (inspect, retry, discard), reconciliation runs and the audit trail (the newest
-//! administrative actions: when, who, what, outcome); the server keeps no state for it.
+//! `/v1/sources`, `/v1/sinks`, `/v1/reconciliations`, `/v1/history`, `/v1/audit` and the
+//! dead-letter routes) every 2 s. It opens with the question that matters — does each projection
+//! match its source right now? — one row per sink: the last reconciliation verdict and its age,
+//! freshness, lag and dead letters; then the flow (which sources write which topics, by the
+//! topic patterns `/v1/sources` lists, which sinks read them, which reconciliations check them), the plots, topics with their produce rates (a count that
+//! includes reconciliation corrections says so), consumer groups, sources, dead letters
+//! (inspect, retry, discard), reconciliation runs and the audit trail (the newest administrative
+//! actions: when, who, what, outcome).
+//!
+//! The plots draw the server's own history (`history.rs`: one sample a second, the last hour),
+//! fetched whole for the plots' window when the page opens and then a few seconds at a time, so
+//! a page opened after a burst shows it. A sink's counters start with the server process: the
+//! page labels them "since restart at HH:MM:SS" and says how fresh the tables are from the
+//! group's committed position (durable), never "nothing applied" for a sink that is caught up.
 //!
 //! Sign-in: when any API call answers 401, the page hides its figures and shows a sign-in form;
 //! the token typed there is sent once as `{"token": ...}` (JSON, same origin) to
@@ -25,8 +35,13 @@
 //! - the dashboard is not part of the `/v1` API: it is absent from the OpenAPI document and adds
 //!   no route under `/v1`.
 //!
-//! Stable `data-testid` attributes for tests: `panel-{throughput,lag,sources,topics,groups,dlq,
-//! reconciliations}`, `chart-throughput`, `chart-lag`, `updated`, `error-banner`,
+//! Stable `data-testid` attributes for tests: `panel-{projections,flow,throughput,lag,sources,
+//! topics,groups,dlq,reconciliations}`, per sink `projection-row-<sink>`,
+//! `projection-{verdict,fresh,lag,dead}-<sink>` (the verdict cell's `data-verdict` is `in-sync`,
+//! `drift`, `failed` or `unknown`), `projections-empty`, `flow-topic-<topic>`, `flow-sources`,
+//! `flow-empty`, `topic-explain-<topic>` (how its count is made up), `panel-applied`,
+//! `chart-throughput`, `chart-lag`, `chart-applied` (each line a `polyline` with `data-series`,
+//! `data-peak`, `data-peak-ms`, `data-last`), `updated`, `error-banner`,
 //! `action-status`, `topic-row-<topic>`, `topic-rate-<topic>`, `topic-events-<topic>`,
 //! `topic-owner-<topic>` (an owned topic's owner),
 //! `group-row-<group>`, `group-lag-<group>`, `group-dead-<group>`, `group-sink-<group>`,

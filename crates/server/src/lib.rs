@@ -44,6 +44,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod guard;
+mod history;
 pub mod metrics;
 pub mod open_files;
 mod openapi;
@@ -123,6 +124,8 @@ pub(crate) struct AppState {
     pub auth_enabled: bool,
     /// Authentication: tokens, sessions, client subjects, refusal counts.
     pub auth: Arc<auth::AuthState>,
+    /// The last hour of rates and lags (`history.rs`), filled by the sampler [`serve`] starts.
+    pub history: Arc<Mutex<history::History>>,
 }
 
 impl AppState {
@@ -181,6 +184,7 @@ fn build(
         shutdown: watch::channel(false).0,
         auth_enabled: config.auth.enabled,
         auth: Arc::clone(&auth),
+        history: Arc::new(Mutex::new(history::History::new(routes::now_ms()))),
     });
     let member = "/v1/groups/{group}/members/{member}";
     let app = Router::new()
@@ -224,6 +228,7 @@ fn build(
         .route("/v1/reconciliations/{name}", get(routes::describe_reconciliation))
         .route("/v1/reconciliations/{name}/run", post(routes::run_reconciliation))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/history", get(history::get))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(s.request_body_bytes_max))
@@ -314,6 +319,13 @@ where
         tokio::spawn(tls::watch(Arc::clone(&t.cert), state.shutdown.subscribe()));
         t.acceptor
     });
+    tokio::spawn(history::run(
+        Arc::clone(&state.broker),
+        Arc::clone(&sinks),
+        Arc::clone(&state.history),
+        Arc::new(driftless_core::SystemClock),
+        state.shutdown.subscribe(),
+    ));
     let server = conn::serve(listener, app, limits, acceptor, state.shutdown.subscribe());
     let mut server = std::pin::pin!(server);
     let mut server_done = false;

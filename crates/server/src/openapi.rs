@@ -293,6 +293,12 @@ fn document() -> Value {
             "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::audit::AUDIT_LIMIT_MAX, "default": crate::audit::AUDIT_LIMIT_DEFAULT}, "description": "Most records to return"}],
             "responses": errors(json!({"200": ok("audit records, newest first", json!({"type": "array", "items": schema("AuditRecord")}))}), &["400"])}
         },
+        "/v1/history": {
+          "get": {"summary": "The server's recent figures, one sample a second for the last hour at most: produce rate per topic, lag and dead letters per group, applied rate per sink",
+            "description": "Kept in memory by the server (it starts again after a restart; `started_ms` says when). Every series has one value per entry of `times_ms` (`null`: no value then). At most `series_max` names per kind; further names are summed into the series `(other)`, and `merged_into_other` says how many were.",
+            "parameters": [{"name": "seconds", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": crate::history::HISTORY_SECONDS_MAX, "default": crate::history::HISTORY_SECONDS_DEFAULT}, "description": "The last this many seconds"}],
+            "responses": errors(json!({"200": ok("samples", schema("History"))}), &["400"])}
+        },
         "/v1/sinks/{sink}/resume": {
           "parameters": [sink],
           "post": {"summary": "Resume a paused sink (audited: `sink.resume`)", "responses": errors(json!({"200": ok("sink", schema("Sink"))}), &["404"])}
@@ -362,10 +368,13 @@ fn document() -> Value {
             "restarts_total": {"type": "integer"}, "last_event_ms": {"type": "integer"},
             "slot_lag_bytes": {"type": "integer", "description": "-1 when unknown or not CDC"},
             "outbox_backlog_rows": {"type": "integer", "description": "-1 when unknown or not an outbox"},
-            "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"}}},
+            "snapshot_rows_done": {"type": "integer"}, "snapshot_rows_total": {"type": "integer"},
+            "topics": {"type": "array", "items": {"type": "string"}, "description": "in GET /v1/sources and /v1/sources/{source}: the topics it writes, as names or patterns where `*` is any characters (a CDC source's routes and topic template, an outbox's topic_prefix followed by the aggregate type)"}}},
           "Sink": {"type": "object", "properties": {
             "name": {"type": "string"}, "kind": {"type": "string", "enum": ["postgres", "sqlite", "webhook"]},
             "group": {"type": "string"},
+            "topics": {"type": "array", "items": {"type": "string"}, "description": "the topics it reads"},
+            "started_ms": {"type": "integer", "description": "when this server process started the sink: the *_total figures and newest_event_ms count from then (the group's committed position is durable)"},
             "state": {"type": "string", "enum": ["starting", "running", "paused", "retrying", "failed", "stopped"]},
             "error": {"type": ["string", "null"]}, "events_applied_total": {"type": "integer"},
             "events_skipped_total": {"type": "integer"}, "events_rejected_total": {"type": "integer"},
@@ -392,6 +401,15 @@ fn document() -> Value {
             "policy": {"enum": ["report", "repair"]}, "interval_ms": {"type": "integer"},
             "runs_total": {"type": "integer"}, "last_run": {"type": ["object", "null"]},
             "history": {"type": "array", "items": {"type": "object"}}}},
+          "HistoryFamily": {"type": "object", "required": ["series", "merged_into_other"], "properties": {
+            "series": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": ["number", "null"]}}, "description": "name → one value per sample time"},
+            "merged_into_other": {"type": "integer", "description": "names beyond series_max summed into `(other)` at the latest sample"}}},
+          "History": {"type": "object", "required": ["started_ms", "interval_ms", "seconds_max", "series_max", "times_ms", "produce_rate", "lag_events", "dead_letters", "applied_rate"], "properties": {
+            "started_ms": {"type": "integer", "description": "when the server started keeping history"},
+            "interval_ms": {"type": "integer"}, "seconds_max": {"type": "integer"}, "series_max": {"type": "integer"},
+            "times_ms": {"type": "array", "items": {"type": "integer"}, "description": "sample times, oldest first"},
+            "produce_rate": schema("HistoryFamily"), "lag_events": schema("HistoryFamily"),
+            "dead_letters": schema("HistoryFamily"), "applied_rate": schema("HistoryFamily")}},
           "AuditRecord": {"type": "object", "required": ["at", "principal", "action", "resource", "outcome", "status"], "properties": {
             "at": {"type": "string", "format": "date-time", "description": "when the action finished, RFC 3339 UTC"},
             "principal": {"type": "string", "description": "who took it (`anonymous` with authentication off)"},

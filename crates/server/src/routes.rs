@@ -765,9 +765,45 @@ async fn run_now(
     }
 }
 
-/// `GET /v1/sources`: every configured source's state and figures.
-pub async fn list_sources(State(state): Shared) -> Json<Vec<SourceReport>> {
-    Json(state.sources.statuses().iter().map(|s| s.report()).collect())
+/// `GET /v1/sources`: every configured source's state and figures, with the topics it writes.
+pub async fn list_sources(State(state): Shared) -> Json<Vec<SourceView>> {
+    Json(state.sources.statuses().iter().map(|s| source_view(&state, s.report())).collect())
+}
+
+/// A source's state and figures with the topics it writes (what the dashboard's flow draws).
+#[derive(Debug, Serialize)]
+pub struct SourceView {
+    #[serde(flatten)]
+    report: SourceReport,
+    /// Topic names or patterns (`*`: any characters): a CDC source's explicit routes and its
+    /// `topic` template with `{database}`, `{schema}` and `{table}` as `*`; an outbox's
+    /// `topic_prefix` followed by `*` (the aggregate type).
+    topics: Vec<String>,
+}
+
+fn source_view(state: &AppState, report: SourceReport) -> SourceView {
+    use driftless_connect::config::SourceKind;
+    let topics = match state.sources.config(&report.name).map(|c| &c.kind) {
+        Some(SourceKind::PostgresCdc(c)) => {
+            let template = ["{database}", "{schema}", "{table}"]
+                .iter()
+                .fold(c.topic.clone(), |t, placeholder| t.replace(placeholder, "*"));
+            let mut topics: Vec<String> = c.routes.values().cloned().collect();
+            // Every captured table has a route: the template names no topic.
+            let all_routed =
+                !c.tables.is_empty() && c.tables.iter().all(|t| c.routes.contains_key(t));
+            if !all_routed {
+                topics.push(template);
+            }
+            topics.sort();
+            topics.dedup();
+            topics
+        }
+        Some(SourceKind::PostgresOutbox(c)) => vec![format!("{}*", c.outbox.topic_prefix)],
+        Some(SourceKind::SqliteOutbox(c)) => vec![format!("{}*", c.outbox.topic_prefix)],
+        None => Vec::new(),
+    };
+    SourceView { report, topics }
 }
 
 fn unknown_source(e: UnknownSource) -> Problem {
@@ -778,13 +814,13 @@ fn unknown_source(e: UnknownSource) -> Problem {
 pub async fn describe_source(
     State(state): Shared,
     ApiPath(source): ApiPath<String>,
-) -> Result<Json<SourceReport>, Problem> {
+) -> Result<Json<SourceView>, Problem> {
     state
         .sources
         .statuses()
         .iter()
         .find(|s| s.name == source)
-        .map(|s| Json(s.report()))
+        .map(|s| Json(source_view(&state, s.report())))
         .ok_or_else(|| unknown_source(UnknownSource(source)))
 }
 

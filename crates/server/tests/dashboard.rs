@@ -33,6 +33,10 @@ fn the_page_at_root_has_every_panel_and_its_files_load() {
     assert!(headers.iter().any(|h| h.starts_with("content-security-policy: default-src 'self'")));
     assert!(html.starts_with("<!doctype html>"), "{html}");
     for testid in [
+        "panel-projections",
+        "projections-empty",
+        "panel-flow",
+        "flow-sources",
         "panel-throughput",
         "panel-lag",
         "panel-sources",
@@ -67,9 +71,11 @@ fn the_page_at_root_has_every_panel_and_its_files_load() {
     }
     let (_, _, js) = fetch(&s, "/ui/dashboard.js");
     for route in ["/v1/topics", "/v1/groups", "/v1/sources", "/v1/sinks", "/v1/reconciliations"] {
+        // (`/v1/history` is asked with its window: `/v1/history?seconds=`.)
         assert!(js.contains(&format!("\"{route}\"")), "the script does not poll {route}");
     }
     assert!(js.contains("`/v1/audit?limit="), "the script does not read the audit trail");
+    assert!(js.contains("`/v1/history?seconds="), "the script does not read the server's history");
     assert!(js.contains("/retry`"), "the script cannot retry a dead letter");
     for parses_html in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
         assert!(!js.contains(parses_html), "the script must not insert HTML ({parses_html})");
@@ -139,4 +145,100 @@ fn the_api_is_unchanged_beside_the_dashboard() {
     let doc = s.get("/v1/openapi.json").json();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.keys().all(|p| p != "/" && !p.starts_with("/ui")), "{:?}", paths.keys());
+}
+
+/// `GET /v1/history?seconds=60`, once the sampler has taken a sample after `done` holds.
+fn history_when(
+    s: &Server,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let h = s.get("/v1/history?seconds=60");
+        assert_eq!(h.status, 200, "{}", h.text);
+        let h = h.json();
+        if done(&h) {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited 30 s for {what}: {h}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The events a rate series stands for: each value times the time since the sample before.
+fn area(h: &serde_json::Value, family: &str, name: &str) -> f64 {
+    let times: Vec<i64> =
+        h["times_ms"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    let Some(values) = h[family]["series"][name].as_array() else { return 0.0 };
+    assert_eq!(values.len(), times.len(), "a series lines up with the sample times: {h}");
+    let interval = h["interval_ms"].as_i64().unwrap();
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let dt = if i == 0 { interval } else { times[i] - times[i - 1] };
+            v.as_f64().map(|v| v * dt as f64 / 1000.0)
+        })
+        .sum()
+}
+
+#[test]
+fn the_server_keeps_a_burst_in_its_history_before_anyone_asks() {
+    let s = start(config(BrokerConfig::default()));
+    // The sampler's first sample sets the baseline (events older than it are not counted).
+    history_when(&s, "the first sample", |h| !h["times_ms"].as_array().unwrap().is_empty());
+    s.create_topic("burst", 2);
+    s.join("readers", &["burst"]);
+    let events: Vec<serde_json::Value> = (0..300)
+        .map(|i| {
+            serde_json::json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/t",
+            "type": "t.v1", "subject": format!("k{i}")})
+        })
+        .collect();
+    s.produce("burst", &events);
+
+    // Nobody asked while it happened; the server sampled it anyway.
+    let h = history_when(&s, "the burst in the produce rate", |h| {
+        area(h, "produce_rate", "burst") >= 299.0 && h["lag_events"]["series"]["readers"].is_array()
+    });
+    let total = area(&h, "produce_rate", "burst");
+    assert!((total - 300.0).abs() < 3.0, "the rate integrates to the 300 events: {total} ({h})");
+    let peak = h["produce_rate"]["series"]["burst"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .fold(0.0, f64::max);
+    assert!(peak >= 100.0, "a burst of 300 within a second or two peaks high: {peak}");
+    let lags = h["lag_events"]["series"]["readers"].as_array().unwrap();
+    assert_eq!(lags.last().unwrap(), &serde_json::json!(300.0), "{h}");
+    assert_eq!(h["dead_letters"]["series"]["readers"].as_array().unwrap().last().unwrap(), 0.0);
+    assert_eq!(h["seconds_max"], 3600);
+    assert!(h["started_ms"].as_i64().unwrap() > 0);
+
+    // The window asked for is the window answered.
+    let short = s.get("/v1/history?seconds=1").json();
+    assert_eq!(short["times_ms"].as_array().unwrap().len(), 1, "{short}");
+    for bad in ["0", "3601", "-1", "many"] {
+        let p = s.get(&format!("/v1/history?seconds={bad}")).problem(400);
+        assert!(p["detail"].as_str().unwrap().contains("seconds"), "{p}");
+    }
+}
+
+#[test]
+fn history_is_bounded_whatever_the_topic_count_and_says_what_it_merged() {
+    let s = start(config(BrokerConfig::default()));
+    let topics = 40;
+    for i in 0..topics {
+        s.create_topic(&format!("t{i:02}"), 1);
+    }
+    let h = history_when(&s, "a sample of every topic", |h| {
+        h["produce_rate"]["merged_into_other"].as_u64().unwrap_or(0) > 0
+    });
+    let series = h["produce_rate"]["series"].as_object().unwrap();
+    let max = h["series_max"].as_u64().unwrap() as usize;
+    assert_eq!(series.len(), max + 1, "{max} named series and (other): {:?}", series.keys());
+    assert!(series.contains_key("(other)"), "{:?}", series.keys());
+    assert_eq!(h["produce_rate"]["merged_into_other"], topics - max, "{h}");
 }

@@ -73,6 +73,10 @@ pub struct SinkStatus {
     pub kind: &'static str,
     /// Its consumer group.
     pub group: String,
+    /// The topics it reads.
+    pub topics: Vec<String>,
+    /// When this process started it (Unix ms): the counters below count from then.
+    pub started_ms: i64,
     state: Mutex<(SinkState, Option<String>)>,
     /// Events applied (or delivered) and acknowledged.
     pub events_applied_total: AtomicU64,
@@ -109,6 +113,12 @@ pub struct SinkReport {
     pub kind: &'static str,
     /// Consumer group.
     pub group: String,
+    /// The topics it reads.
+    pub topics: Vec<String>,
+    /// When this process started the sink (Unix ms); the `*_total` figures and
+    /// `newest_event_ms` count from then, not over the sink's life (its committed position,
+    /// in its group, is durable).
+    pub started_ms: i64,
     /// State.
     pub state: SinkState,
     /// The last error, if failing or retrying.
@@ -141,6 +151,8 @@ impl SinkStatus {
             name: config.name.clone(),
             kind: config.kind_name(),
             group: config.group(),
+            topics: config.topics.clone(),
+            started_ms: now_ms(),
             state: Mutex::new((SinkState::Starting, None)),
             events_applied_total: AtomicU64::new(0),
             events_skipped_total: AtomicU64::new(0),
@@ -212,6 +224,8 @@ impl SinkStatus {
             name: self.name.clone(),
             kind: self.kind,
             group: self.group.clone(),
+            topics: self.topics.clone(),
+            started_ms: self.started_ms,
             state,
             error,
             events_applied_total: self.events_applied_total.load(Ordering::Relaxed),

@@ -114,6 +114,8 @@ pub(crate) const POLICIES: &[Policy] = &[
     p("GET", "/v1/reconciliations", need(Read, Reconciliation, Every)),
     p("GET", "/v1/reconciliations/{name}", need(Read, Reconciliation, Param("name"))),
     p("POST", "/v1/reconciliations/{name}/run", need(Admin, Reconciliation, Param("name"))),
+    // Rates and lags of every topic, group and sink: names of every kind, like the listings.
+    p("GET", "/v1/history", need(Read, Server, Every)),
     // Who did what: the administrators' record.
     p("GET", "/v1/audit", need(Admin, Server, Every)),
 ];
