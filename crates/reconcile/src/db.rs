@@ -447,9 +447,11 @@ impl Conn {
             Conn::Folded(_) => Err("a topic source re-emits its events, not rows".into()),
             Conn::Pg(c) => {
                 let (key, _) = texts(side, true);
+                // The row's alias is no column name (`to_jsonb(t)` of a table with a column
+                // `t` is that column's value, not the row).
                 let sql = format!(
-                    "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(t) AS j FROM {tbl} t) s \
-                     WHERE k = ANY($1::text[])",
+                    "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(driftless_row) AS j \
+                     FROM {tbl} driftless_row) s WHERE k = ANY($1::text[])",
                     tbl = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;

@@ -323,3 +323,79 @@ fn sqlite_reconciliation_reports_the_same_stale_keys_every_run_and_never_converg
         server.post("/v1/reconciliations/crm-accounts/run", &json!({"repair": true})).json();
     assert_eq!((&again["stale"], &again["repaired"]), (&json!(0), &json!(0)), "{again}");
 }
+
+#[test]
+fn a_repair_is_refused_when_another_sink_reading_the_topic_would_dead_letter_its_corrections() {
+    // `crm` is reconciled; `ledger` reads the same topic and keys its rows by a field the
+    // service's events carry and a correction (the source row) does not: each correction would
+    // be dead-lettered in `ledger`'s queue. The repair says so and appends nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj, ledger) =
+        (dir.path().join("customers.db"), dir.path().join("crm.db"), dir.path().join("ledger.db"));
+    exec(&source, "CREATE TABLE customers (id TEXT PRIMARY KEY, city TEXT)");
+    exec(&proj, "CREATE TABLE contacts (id TEXT PRIMARY KEY, city TEXT, driftless_version TEXT)");
+    exec(&ledger, "CREATE TABLE entries (account TEXT PRIMARY KEY, driftless_version TEXT)");
+    let text = format!(
+        r#"
+        [[sink]]
+        name = "crm"
+        topics = ["customers"]
+        target = {{ kind = "sqlite", path = "{proj}" }}
+        [[sink.mapping]]
+        types = ["customer.changed"]
+        table = "contacts"
+        key = ["id"]
+        columns = {{ id = ".subject", city = ".data.city" }}
+
+        [[sink]]
+        name = "ledger"
+        topics = ["customers"]
+        target = {{ kind = "sqlite", path = "{ledger}" }}
+        [[sink.mapping]]
+        types = ["customer.*"]
+        table = "entries"
+        key = ["account"]
+        columns = {{ account = ".data.billing.account" }}
+
+        [[reconcile]]
+        name = "crm-contacts"
+        sink = "crm"
+        source = {{ kind = "sqlite", path = "{source}", table = "customers" }}
+        lag_window_ms = 100
+        [reconcile.correction]
+        upsert_type = "customer.changed"
+        delete_type = "customer.removed"
+        "#,
+        proj = proj.display(),
+        ledger = ledger.display(),
+        source = source.display()
+    );
+    let config = driftless_server::ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+    let server = support::start(config);
+    server.create_topic("customers", 1);
+    exec(&source, "INSERT INTO customers VALUES ('c1', 'Berlin')");
+    server.produce(
+        "customers",
+        &[json!({"specversion": "1.0", "id": "e1", "source": "/customers",
+            "type": "customer.changed", "subject": "c1",
+            "data": {"city": "Berlin", "billing": {"account": "a-1"}}})],
+    );
+    wait("both projections", || {
+        count(&proj, "SELECT count(*) FROM contacts") == 1
+            && count(&ledger, "SELECT count(*) FROM entries") == 1
+    });
+    exec(&proj, "UPDATE contacts SET city = 'edited by hand'");
+    let end = server.get("/v1/topics/customers").json()["partitions"][0]["end_offset"].clone();
+
+    let r = server.post("/v1/reconciliations/crm-contacts/run", &json!({"repair": true})).json();
+    let why = r["repair_refused"].as_str().unwrap_or_else(|| panic!("not refused: {r}"));
+    assert!(why.contains("sink `ledger`") && why.contains("account"), "{why}");
+    assert_eq!((&r["repaired"], &r["clean"]), (&json!(0), &json!(false)), "{r}");
+    assert_eq!(
+        server.get("/v1/topics/customers").json()["partitions"][0]["end_offset"],
+        end,
+        "nothing was appended"
+    );
+    let dlq = server.get("/v1/groups/sink-ledger/dlq").json();
+    assert_eq!(dlq, json!([]), "{dlq}");
+}
