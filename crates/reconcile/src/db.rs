@@ -124,6 +124,11 @@ fn register_digests(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let n: i64 = ctx.get(1)?;
         Ok(bucket(&key, n))
     })?;
+    // A BLOB in a correction's JSON: base64, as events carry bytes (SQLite's JSON has no BLOB).
+    conn.create_scalar_function("drift_base64", 1, flags, |ctx| {
+        let bytes: Vec<u8> = ctx.get(0)?;
+        Ok(base64(&bytes))
+    })?;
     // drift_h2 follows drift_h1 on the same row: remember the last digest to hash once.
     let last: Arc<Mutex<LastDigest>> = Arc::new(Mutex::new(None));
     for (name, second) in [("drift_h1", false), ("drift_h2", true)] {
@@ -143,6 +148,24 @@ fn register_digests(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Standard base64 with padding (RFC 4648), as the sinks read a BLOB column's value.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn lite_err(e: rusqlite::Error) -> String {
@@ -474,7 +497,13 @@ impl Conn {
                     };
                     let obj = cols
                         .iter()
-                        .map(|c| format!("'{}', {}", c.replace('\'', "''"), quote_table(c)))
+                        .map(|c| {
+                            let q = quote_table(c);
+                            format!(
+                                "'{}', CASE typeof({q}) WHEN 'blob' THEN drift_base64({q}) ELSE {q} END",
+                                c.replace('\'', "''")
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", ");
                     let mut out = BTreeMap::new();
@@ -631,4 +660,18 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(lite_err)?;
     register_digests(&conn).map_err(lite_err)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_the_standard_alphabet_with_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0, 255, 254, 1]), "AP/+AQ==");
+    }
 }

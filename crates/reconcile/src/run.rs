@@ -11,9 +11,15 @@
 //!    the candidate keys' rows are compared again and only keys that still differ are reported;
 //!    each reported stale key's compared columns are hashed one by one on both sides, and the
 //!    report names the columns that differ (`stale_columns`: why the key is stale);
-//! 5. with repair, each drifted key's authoritative state is appended as a correction event
-//!    (flagged `correction = true`) to the sink's topic — the projection is never written
-//!    directly — and extra keys get delete events.
+//! 5. with repair, each drifted key's authoritative state becomes a correction event (flagged
+//!    `correction = true`; extra keys get delete events) shaped as the sink's mapping reads its
+//!    source's events; every correction is dry-run through the sinks' mappings
+//!    ([`crate::repair::check`]) and the repair is refused, with nothing appended, if one would
+//!    be dead-lettered or write a value the source does not hold; otherwise they are appended to
+//!    the sink's topic — the projection is never written directly;
+//! 6. the run waits (bounded) until every group reading the topic consumed or dead-lettered each
+//!    correction, re-checks the corrected keys, and reports each correction's state; `clean`
+//!    says whether any drift is left.
 //!
 //! Invariant: the rows a run ships out of the databases are the differing buckets' (about 16 per
 //! bucket and side), the candidates' again for the re-check, the reported stale keys' column

@@ -399,3 +399,59 @@ fn a_repair_is_refused_when_another_sink_reading_the_topic_would_dead_letter_its
     let dlq = server.get("/v1/groups/sink-ledger/dlq").json();
     assert_eq!(dlq, json!([]), "{dlq}");
 }
+
+#[test]
+fn a_sqlite_source_with_blobs_is_repaired_not_failed_by_sqlites_json() {
+    // SQLite's JSON cannot hold a BLOB: reading the source row for a correction failed the run.
+    // Bytes travel as base64 (as events carry them), and the projection's BLOB column decodes it.
+    let dir = tempfile::tempdir().unwrap();
+    let (source, proj) = (dir.path().join("files.db"), dir.path().join("copy.db"));
+    exec(&source, "CREATE TABLE files (id TEXT PRIMARY KEY, body BLOB)");
+    exec(&proj, "CREATE TABLE files (id TEXT PRIMARY KEY, body BLOB, driftless_version TEXT)");
+    let text = format!(
+        r#"
+        [[sink]]
+        name = "copy"
+        topics = ["files"]
+        target = {{ kind = "sqlite", path = "{proj}" }}
+        [[sink.mapping]]
+        types = ["file.*"]
+        table = "files"
+        key = ["id"]
+        columns = {{ id = ".subject", body = ".data.body" }}
+
+        [[reconcile]]
+        name = "files"
+        sink = "copy"
+        source = {{ kind = "sqlite", path = "{source}", table = "files" }}
+        lag_window_ms = 100
+        [reconcile.correction]
+        upsert_type = "file.snapshot"
+        delete_type = "file.deleted"
+        "#,
+        proj = proj.display(),
+        source = source.display()
+    );
+    let config = driftless_server::ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+    let server = support::start(config);
+    server.create_topic("files", 1);
+    exec(&source, "INSERT INTO files VALUES ('f1', x'00fffe01'), ('f2', x'')");
+    let events: Vec<Value> = [("f1", "AP/+AQ=="), ("f2", "")]
+        .iter()
+        .map(|(id, b64)| {
+            json!({"specversion": "1.0", "id": format!("e-{id}"), "source": "/files",
+                "type": "file.created", "subject": id, "data": {"body": b64}})
+        })
+        .collect();
+    server.produce("files", &events);
+    wait("the projection", || count(&proj, "SELECT count(*) FROM files") == 2);
+    exec(&proj, "UPDATE files SET body = x'00' WHERE id = 'f1'");
+
+    let r = server.post("/v1/reconciliations/files/run", &json!({"repair": true})).json();
+    assert_eq!(r["keys"]["stale"], json!(["f1"]), "{r}");
+    assert_eq!((&r["applied"], &r["clean"]), (&json!(1), &json!(true)), "{r}");
+    assert_eq!(
+        count(&proj, "SELECT count(*) FROM files WHERE id = 'f1' AND body = x'00fffe01'"),
+        1
+    );
+}
