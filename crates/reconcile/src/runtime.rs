@@ -6,7 +6,9 @@
 //! reconciliation never overlap (an on-demand request during a run is refused as busy); the
 //! history holds at most [`RUNS_KEPT`] runs and survives restarts: after each run it is stored
 //! in the log's connector state (`reconcile:<name>`), with at most
-//! [`PERSISTED_KEYS_PER_KIND`] keys per kind and run and at most [`HISTORY_BYTES_MAX`] bytes.
+//! [`PERSISTED_KEYS_PER_KIND`] keys per kind, corrections and remaining keys per run, and at
+//! most [`HISTORY_BYTES_MAX`] bytes. Other sinks reading the reconciled sink's topics are listed
+//! in the plan, so that a repair is dry-run through their mappings too.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,8 @@ async fn store_history(broker: &Arc<Broker>, name: &str, runs: &VecDeque<RunReco
                 }
                 let kept = rep.keys.get(&crate::run::DriftKind::Stale).cloned().unwrap_or_default();
                 rep.stale_columns.retain(|k, _| kept.contains(k));
+                rep.corrections.truncate(PERSISTED_KEYS_PER_KIND);
+                rep.keys_remaining.truncate(PERSISTED_KEYS_PER_KIND);
                 rep
             });
             (report, r.error.clone(), r.at_ms)
