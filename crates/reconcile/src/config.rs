@@ -128,13 +128,33 @@ pub struct CorrectionConfig {
     #[serde(default = "default_correction_source")]
     pub source: String,
     /// `row`: `data` is the source row; `cdc`: `data` is `{op, table, key, before, after}` like
-    /// the CDC source's events.
+    /// the CDC source's events. Unset: derived from the sink's mapping ([`Plan::shape`]).
     #[serde(default)]
+    pub data: Option<CorrectionData>,
+    /// The corrections' `sequence`: `none` (ranked just above the projection's row, for
+    /// outbox-fed projections) or `pg_lsn` (the source's WAL position before its rows are read,
+    /// ranking with CDC events' sequences). Unset: derived ([`Plan::shape`]).
+    #[serde(default)]
+    pub sequence: Option<CorrectionSequence>,
+    /// How long `--repair` waits for the sinks to apply the corrections before it re-checks,
+    /// in ms (at most [`REPAIR_WAIT_MS_MAX`]).
+    #[serde(default = "default_repair_wait_ms")]
+    pub repair_wait_ms: u64,
+}
+
+/// Longest wait for corrections to be applied (the CLI's request must outlive it).
+pub const REPAIR_WAIT_MS_MAX: u64 = 60_000;
+
+fn default_repair_wait_ms() -> u64 {
+    30_000
+}
+
+/// The shape a correction takes: what its `data` holds and how its `sequence` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectionShape {
+    /// `row` or `cdc`.
     pub data: CorrectionData,
-    /// The corrections' `sequence`: `none` (the sink falls back to the correction's offset,
-    /// for outbox-fed projections) or `pg_lsn` (the source's WAL position before its rows are
-    /// read, ranking with CDC events' sequences).
-    #[serde(default)]
+    /// `none` or `pg_lsn`.
     pub sequence: CorrectionSequence,
 }
 
@@ -210,7 +230,24 @@ pub struct Plan {
     pub key_names: Vec<String>,
     /// The sink's version column (never compared: it records delivery, not content).
     pub version_column: String,
-    /// The sink's mappings (a topic source is folded through them).
+    /// The sink's mappings (a topic source is folded through them; corrections are dry-run
+    /// through them before they are appended).
+    pub mappings: Vec<driftless_sink::MappingConfig>,
+    /// The other sinks reading the sink's topics: a correction they cannot map is refused too
+    /// (it would be dead-lettered in their queues).
+    pub others: Vec<OtherSink>,
+}
+
+/// Another sink reading a topic the corrections go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherSink {
+    /// Its name.
+    pub name: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Its topics.
+    pub topics: Vec<String>,
+    /// Its mappings.
     pub mappings: Vec<driftless_sink::MappingConfig>,
 }
 
@@ -361,6 +398,23 @@ impl Plan {
                     .into(),
             ));
         }
+        if let Some(c) = &config.correction {
+            if c.repair_wait_ms > REPAIR_WAIT_MS_MAX {
+                return Err(invalid(
+                    "correction.repair_wait_ms",
+                    format!("{} is above the limit of {REPAIR_WAIT_MS_MAX}", c.repair_wait_ms),
+                ));
+            }
+            if c.sequence == Some(CorrectionSequence::PgLsn)
+                && !matches!(config.source, SourceTable::Postgres { .. })
+            {
+                return Err(invalid(
+                    "correction.sequence",
+                    "\"pg_lsn\" needs a Postgres source table (it reads its WAL position); use \"none\""
+                        .into(),
+                ));
+            }
+        }
         let names: Vec<String> = compared.keys().cloned().collect();
         Ok(Plan {
             name: config.name.clone(),
@@ -383,7 +437,33 @@ impl Plan {
             key_names,
             version_column,
             mappings: sink.mappings.clone(),
+            others: Vec::new(),
         })
+    }
+
+    /// The correction shape for this plan: what the configuration says, else derived — `cdc`
+    /// when the sink's mapping for the table reads `.data.after` (CDC events), else `row`; and
+    /// `pg_lsn` for `cdc` corrections from a Postgres source (ranking with the CDC events'
+    /// sequences), else `none`.
+    pub fn shape(&self, correction: &CorrectionConfig) -> CorrectionShape {
+        let reads_after = self
+            .mappings
+            .iter()
+            .filter(|m| m.table.as_deref() == Some(self.projection.table.as_str()))
+            .filter(|m| m.op == OpKind::Upsert)
+            .any(|m| m.row.iter().chain(m.columns.values()).any(|e| e.contains(".data.after")));
+        let data = correction.data.unwrap_or(if reads_after {
+            CorrectionData::Cdc
+        } else {
+            CorrectionData::Row
+        });
+        let pg = matches!(self.source.db, Db::Postgres(_));
+        let sequence = correction.sequence.unwrap_or(if data == CorrectionData::Cdc && pg {
+            CorrectionSequence::PgLsn
+        } else {
+            CorrectionSequence::None
+        });
+        CorrectionShape { data, sequence }
     }
 }
 

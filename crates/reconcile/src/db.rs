@@ -8,7 +8,9 @@
 //! A value's text is what its database prints for it: Postgres's output function, under the
 //! session settings the sources read values with (`PG_SESSION`, pinned on every connection, so
 //! that neither database's defaults make two different values print alike or two equal ones
-//! differ); SQLite's `CAST(… AS TEXT)`, except that a BLOB prints as a `bytea` does (`\x…`).
+//! differ); SQLite's `CAST(… AS TEXT)`, except that a BLOB prints as a `bytea` does (`\x…`) and
+//! an integral REAL as the integer it equals (`20.0` and `20` are one number, stored either way
+//! by the column's affinity).
 //!
 //! Invariants: expressions from the config are the operator's own SQL over their own tables and
 //! are used as given; table and generated names are quoted; SQLite gets the digest functions
@@ -66,15 +68,32 @@ const PG_SESSION: &str = "SET extra_float_digits = 3; SET bytea_output = 'hex'; 
 
 /// The text of expression `e`, as SQL: Postgres's output function; in SQLite `CAST(… AS TEXT)`,
 /// except for a `BLOB`, which is `\x` and its lowercase hex as a Postgres `bytea` prints (its
-/// bytes are no text, and not always UTF-8).
+/// bytes are no text, and not always UTF-8), and a `REAL`, see [`sqlite_real_text_sql`].
 fn text_sql(e: &str, pg: bool) -> String {
     if pg {
         format!("({e})::text")
     } else {
         format!(
-            "CASE typeof({e}) WHEN 'blob' THEN '\\x' || lower(hex({e})) ELSE CAST(({e}) AS TEXT) END"
+            "CASE typeof({e}) WHEN 'blob' THEN '\\x' || lower(hex({e})) WHEN 'real' THEN {real} \
+             ELSE CAST(({e}) AS TEXT) END",
+            real = sqlite_real_text_sql(e)
         )
     }
+}
+
+/// The text of SQLite `REAL` expression `e`: an integral value (below 2^53, where a double holds
+/// every integer) prints as the integer it equals, anything else as `CAST(… AS TEXT)`.
+///
+/// Why: SQLite stores one number as `INTEGER` or `REAL` by the column's affinity (a `NUMERIC`
+/// column turns `20.0` into `20`, a `REAL` column `20` into `20.0`), and `CAST` prints them
+/// `20` and `20.0`. Without this, a source and a projection holding the same number in columns
+/// of different affinity showed the integral rows as stale on every run, and no correction
+/// could change it (the sink writes the same number, the column stores it its own way).
+pub fn sqlite_real_text_sql(e: &str) -> String {
+    format!(
+        "CASE WHEN abs({e}) < 9007199254740992.0 AND ({e}) = CAST(({e}) AS INTEGER) \
+         THEN CAST(CAST(({e}) AS INTEGER) AS TEXT) ELSE CAST(({e}) AS TEXT) END"
+    )
 }
 
 /// The text of each compared column (NULL as the marker), as SQL.
@@ -105,6 +124,11 @@ fn register_digests(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let n: i64 = ctx.get(1)?;
         Ok(bucket(&key, n))
     })?;
+    // A BLOB in a correction's JSON: base64, as events carry bytes (SQLite's JSON has no BLOB).
+    conn.create_scalar_function("drift_base64", 1, flags, |ctx| {
+        let bytes: Vec<u8> = ctx.get(0)?;
+        Ok(base64(&bytes))
+    })?;
     // drift_h2 follows drift_h1 on the same row: remember the last digest to hash once.
     let last: Arc<Mutex<LastDigest>> = Arc::new(Mutex::new(None));
     for (name, second) in [("drift_h1", false), ("drift_h2", true)] {
@@ -124,6 +148,24 @@ fn register_digests(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Standard base64 with padding (RFC 4648), as the sinks read a BLOB column's value.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn lite_err(e: rusqlite::Error) -> String {
@@ -378,6 +420,43 @@ impl Conn {
         }
     }
 
+    /// Each compared column's text (`None`: NULL) in the rows with these keys: the values a
+    /// report shows for its first stale keys (these rows are shipped).
+    pub async fn value_texts(
+        &self,
+        side: &Side,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Vec<Option<String>>>, String> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        match self {
+            Conn::Folded(_) => Ok(BTreeMap::new()),
+            Conn::Pg(c) => {
+                let (key, _) = texts(side, true);
+                let cols: Vec<String> = side.columns.iter().map(|c| text_sql(c, true)).collect();
+                let sql = format!(
+                    "SELECT k, ARRAY[{cols}]::text[] FROM (SELECT {key} AS k, * FROM {t}) s \
+                     WHERE k = ANY($1::text[])",
+                    cols = if cols.is_empty() { "NULL".into() } else { cols.join(", ") },
+                    t = quote_table(&side.table),
+                );
+                let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+            Conn::Lite(c) => {
+                let (key, _) = texts(side, false);
+                let n = side.columns.len();
+                let cols: String =
+                    side.columns.iter().map(|c| format!(", {}", text_sql(c, false))).collect();
+                let table = quote_table(&side.table);
+                let select = format!("SELECT k{cols} FROM (SELECT {key} AS k, * FROM {table})");
+                Self::lite_by_keys(c, keys, select, move |r| (1..=n).map(|i| r.get(i)).collect())
+                    .await
+            }
+        }
+    }
+
     /// The source rows of `keys`, each as a JSON object of all its columns (to repair them).
     pub async fn rows_json(
         &self,
@@ -391,9 +470,11 @@ impl Conn {
             Conn::Folded(_) => Err("a topic source re-emits its events, not rows".into()),
             Conn::Pg(c) => {
                 let (key, _) = texts(side, true);
+                // The row's alias is no column name (`to_jsonb(t)` of a table with a column
+                // `t` is that column's value, not the row).
                 let sql = format!(
-                    "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(t) AS j FROM {tbl} t) s \
-                     WHERE k = ANY($1::text[])",
+                    "SELECT k, j::text FROM (SELECT {key} AS k, to_jsonb(driftless_row) AS j \
+                     FROM {tbl} driftless_row) s WHERE k = ANY($1::text[])",
                     tbl = quote_table(&side.table),
                 );
                 let rows = c.query(&sql, &[&keys]).await.map_err(pg_err)?;
@@ -416,7 +497,13 @@ impl Conn {
                     };
                     let obj = cols
                         .iter()
-                        .map(|c| format!("'{}', {}", c.replace('\'', "''"), quote_table(c)))
+                        .map(|c| {
+                            let q = quote_table(c);
+                            format!(
+                                "'{}', CASE typeof({q}) WHEN 'blob' THEN drift_base64({q}) ELSE {q} END",
+                                c.replace('\'', "''")
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", ");
                     let mut out = BTreeMap::new();
@@ -573,4 +660,18 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(lite_err)?;
     register_digests(&conn).map_err(lite_err)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_the_standard_alphabet_with_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0, 255, 254, 1]), "AP/+AQ==");
+    }
 }

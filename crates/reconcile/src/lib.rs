@@ -7,18 +7,22 @@
 //! - [`db`]: the queries per database;
 //! - [`run`]: one run — bucket digests, descent into differing buckets, a re-check of candidates
 //!   after the lag window, the report, corrections;
+//! - [`repair`]: corrections dry-run through the sinks' mappings before they are appended, and
+//!   followed until applied, dead-lettered or still pending;
 //! - [`runtime`]: schedules, on-demand runs and the history of runs.
 //!
 //! Invariants (DESIGN.md §7): digests are computed inside the databases and only the rows of
 //! differing buckets leave them; a difference that is still in flight (newer than what the sink
 //! applied) is re-checked, not reported; repairs are correction events appended to the sink's
 //! topic, applied by every projection on its normal idempotent path — the projection is never
-//! written directly.
+//! written directly; a repair appends nothing its sink's mapping would not turn into the source's
+//! row, and reports success only when the re-check after the sinks applied it finds no drift.
 
 pub mod config;
 pub mod db;
 pub mod digest;
 mod error;
+pub mod repair;
 pub mod run;
 pub mod runtime;
 pub mod topic;

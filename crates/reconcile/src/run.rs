@@ -11,9 +11,15 @@
 //!    the candidate keys' rows are compared again and only keys that still differ are reported;
 //!    each reported stale key's compared columns are hashed one by one on both sides, and the
 //!    report names the columns that differ (`stale_columns`: why the key is stale);
-//! 5. with repair, each drifted key's authoritative state is appended as a correction event
-//!    (flagged `correction = true`) to the sink's topic — the projection is never written
-//!    directly — and extra keys get delete events.
+//! 5. with repair, each drifted key's authoritative state becomes a correction event (flagged
+//!    `correction = true`; extra keys get delete events) shaped as the sink's mapping reads its
+//!    source's events; every correction is dry-run through the sinks' mappings
+//!    ([`crate::repair::check`]) and the repair is refused, with nothing appended, if one would
+//!    be dead-lettered or write a value the source does not hold; otherwise they are appended to
+//!    the sink's topic — the projection is never written directly;
+//! 6. the run waits (bounded) until every group reading the topic consumed or dead-lettered each
+//!    correction, re-checks the corrected keys, and reports each correction's state; `clean`
+//!    says whether any drift is left.
 //!
 //! Invariant: the rows a run ships out of the databases are the differing buckets' (about 16 per
 //! bucket and side), the candidates' again for the re-check, the reported stale keys' column
@@ -28,10 +34,13 @@ use driftless_core::{pg_sequence, Event};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{CorrectionConfig, CorrectionData, CorrectionSequence, Db, Plan};
+use crate::config::{
+    CorrectionConfig, CorrectionData, CorrectionSequence, CorrectionShape, Db, Plan,
+};
 use crate::db::{Conn, RowHashes};
 use crate::digest::{bucket_count, UNIT_SEPARATOR};
 use crate::error::{ReconcileError, Result};
+use crate::repair::{await_corrections, CorrectionOutcome, CorrectionState, Planned};
 
 /// Longest wait for the sink to consume what the log held, before the re-check.
 pub const CATCH_UP_WAIT_MS_MAX: u64 = 60_000;
@@ -89,13 +98,76 @@ pub struct RunReport {
     /// column's hash (32 bits of its text's SHA-256) on both sides, so values stay in the
     /// databases. A key that changed again since the re-check may name none.
     pub stale_columns: BTreeMap<String, Vec<String>>,
+    /// For the first [`DIFFERENCES_SHOWN_MAX`] stale keys, each differing column with the
+    /// source's and the projection's values (text as each database prints it, cut to
+    /// [`VALUE_SHOWN_BYTES_MAX`] bytes). A topic source shows none.
+    pub differences: Vec<RowDifference>,
     /// Corrections appended.
     pub repaired: usize,
+    /// Why the repair appended nothing (a correction would not have written the source's row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_refused: Option<String>,
+    /// The repair's corrections and their states (the first `keys_reported_max`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<CorrectionOutcome>,
+    /// Corrections applied (consumed by every group reading the topic, and the key matches).
+    pub applied: usize,
+    /// Corrections the sink had not consumed when the wait ended.
+    pub pending: usize,
+    /// Corrections a sink group dead-lettered.
+    pub dead_lettered: usize,
+    /// Corrections consumed whose key still drifts.
+    pub ineffective: usize,
+    /// Keys still drifted after the repair's re-check (with repair; else the drift found).
+    pub drift_remaining: usize,
+    /// Up to `keys_reported_max` of those keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys_remaining: Vec<String>,
+    /// No drift is left: none was found, or the repair's re-check found none (and the run was
+    /// not truncated).
+    pub clean: bool,
     /// More keys drifted than `drifted_keys_max`: the counts are lower bounds, and only that
     /// many were re-checked (and repaired); the next run goes on.
     pub truncated: bool,
     /// Projection columns the mapping computes and the run did not compare.
     pub not_compared: Vec<String>,
+}
+
+/// Stale keys whose differing values a report shows.
+pub const DIFFERENCES_SHOWN_MAX: usize = 10;
+/// Bytes of a value a report shows.
+pub const VALUE_SHOWN_BYTES_MAX: usize = 200;
+
+/// One stale row's differing columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowDifference {
+    /// The key.
+    pub key: String,
+    /// Each differing column.
+    pub columns: Vec<ColumnDifference>,
+}
+
+/// A column's value on both sides (`None`: NULL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDifference {
+    /// The projection's column.
+    pub column: String,
+    /// The source's value.
+    pub source: Option<String>,
+    /// The projection's value.
+    pub projection: Option<String>,
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Wall time in Unix ms, from the project's one clock.
@@ -295,13 +367,54 @@ pub async fn run(
         let p = p.map_err(Sides::db_err(plan, "projection"))?;
         report.rows_shipped += s.len() + p.len();
         report.stale_columns = differing_columns(&plan.compared, &s, &p);
+        report.differences = differences(plan, &sides, stale, &report.stale_columns).await?;
     }
-    if let Some(correction) = repair {
-        report.repaired =
-            repair_keys(plan, broker, &sides, correction, &candidates, &mut report).await?;
+    report.drift_remaining = candidates.len();
+    if let Some(correction) = repair.filter(|_| !candidates.is_empty()) {
+        repair_keys(plan, broker, &sides, correction, &candidates, &mut report, lag_window, limits)
+            .await?;
     }
+    report.clean = report.drift_remaining == 0 && !report.truncated;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The values of the first stale keys' differing columns, on both sides.
+async fn differences(
+    plan: &Plan,
+    sides: &Sides,
+    stale: &[String],
+    columns: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<RowDifference>> {
+    if matches!(sides.source, Conn::Folded(_)) {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = stale.iter().take(DIFFERENCES_SHOWN_MAX).cloned().collect();
+    let (s, p) = tokio::join!(
+        sides.source.value_texts(&plan.source, &keys),
+        sides.projection.value_texts(&plan.projection, &keys)
+    );
+    let s = s.map_err(Sides::db_err(plan, "source"))?;
+    let p = p.map_err(Sides::db_err(plan, "projection"))?;
+    let shown = |v: &Option<String>| v.as_deref().map(|t| cut(t, VALUE_SHOWN_BYTES_MAX));
+    Ok(keys
+        .iter()
+        .filter_map(|k| {
+            let (sv, pv, names) = (s.get(k)?, p.get(k)?, columns.get(k)?);
+            let columns = plan
+                .compared
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| names.contains(c))
+                .map(|(i, c)| ColumnDifference {
+                    column: c.clone(),
+                    source: sv.get(i).and_then(shown),
+                    projection: pv.get(i).and_then(shown),
+                })
+                .collect();
+            Some(RowDifference { key: k.clone(), columns })
+        })
+        .collect())
 }
 
 /// Each key's columns (of `names`) whose hashes differ between the sides; a key on one side
@@ -390,6 +503,10 @@ fn topic_corrections(
         .collect()
 }
 
+/// Builds the corrections, dry-runs them through the mappings, appends them, waits (bounded)
+/// until the sinks applied or dead-lettered them, re-checks the keys, and fills the report's
+/// repair fields.
+#[allow(clippy::too_many_arguments)]
 async fn repair_keys(
     plan: &Plan,
     broker: &Arc<Broker>,
@@ -397,16 +514,116 @@ async fn repair_keys(
     correction: &CorrectionConfig,
     drifted: &BTreeMap<String, DriftKind>,
     report: &mut RunReport,
-) -> Result<usize> {
+    lag_window: Duration,
+    limits: Limits,
+) -> Result<()> {
     let topic =
         correction.topic.clone().or_else(|| plan.topics.first().cloned()).unwrap_or_default();
-    if let Conn::Folded(folded) = &sides.source {
-        let events = topic_corrections(plan, folded, correction, drifted, report.started_ms);
-        return append(plan, broker, &topic, events).await;
+    let planned = if let Conn::Folded(folded) = &sides.source {
+        // A topic source re-emits its own events: they are the sink's language already.
+        topic_corrections(plan, folded, correction, drifted, report.started_ms)
+            .into_iter()
+            .zip(drifted)
+            .map(|(event, (key, kind))| Planned { key: key.clone(), kind: *kind, event, row: None })
+            .collect()
+    } else {
+        let shape = plan.shape(correction);
+        let planned = source_corrections(plan, sides, correction, shape, drifted, report).await?;
+        if let Err(why) = crate::repair::check(plan, shape, &topic, &planned) {
+            report.repair_refused = Some(why);
+            report.keys_remaining =
+                drifted.keys().take(limits.keys_reported_max).cloned().collect();
+            return Ok(());
+        }
+        planned
+    };
+    let produced =
+        append(plan, broker, &topic, planned.iter().map(|p| p.event.clone()).collect()).await?;
+    report.repaired = produced.len();
+    let mut outcomes: Vec<CorrectionOutcome> = planned
+        .iter()
+        .zip(&produced)
+        .map(|(p, (partition, offset))| CorrectionOutcome {
+            key: p.key.clone(),
+            kind: p.kind,
+            id: p.event.id.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+            state: CorrectionState::Pending,
+            error: None,
+        })
+        .collect();
+    let mut groups = vec![plan.group.clone()];
+    groups
+        .extend(plan.others.iter().filter(|o| o.topics.contains(&topic)).map(|o| o.group.clone()));
+    let wait = Duration::from_millis(correction.repair_wait_ms);
+    let progress = await_corrections(broker, &groups, &outcomes, wait).await;
+
+    // The re-check: the corrected keys, compared again; a key still differing is looked at once
+    // more after the lag window (a change of it may have been in flight).
+    let keys: Vec<String> = drifted.keys().cloned().collect();
+    let mut remaining = recheck(plan, sides, &keys, report).await?;
+    if !remaining.is_empty() {
+        tokio::time::sleep(lag_window).await;
+        wait_for_sink(broker, plan).await;
+        let again: Vec<String> = remaining.iter().cloned().collect();
+        remaining = recheck(plan, sides, &again, report).await?;
     }
+    for (o, (consumed, dead)) in outcomes.iter_mut().zip(progress) {
+        (o.state, o.error) = match (dead, consumed) {
+            (Some(why), _) => (CorrectionState::DeadLettered, Some(why)),
+            (None, false) => (CorrectionState::Pending, None),
+            (None, true) if remaining.contains(&o.key) => (
+                CorrectionState::Ineffective,
+                Some("consumed, yet the projection still differs from the source".into()),
+            ),
+            (None, true) => (CorrectionState::Applied, None),
+        };
+        match o.state {
+            CorrectionState::Applied => report.applied += 1,
+            CorrectionState::Pending => report.pending += 1,
+            CorrectionState::DeadLettered => report.dead_lettered += 1,
+            CorrectionState::Ineffective => report.ineffective += 1,
+        }
+    }
+    outcomes.truncate(limits.keys_reported_max);
+    report.corrections = outcomes;
+    report.drift_remaining = remaining.len();
+    report.keys_remaining = remaining.into_iter().take(limits.keys_reported_max).collect();
+    Ok(())
+}
+
+/// The keys among `keys` whose rows still differ between the sides.
+async fn recheck(
+    plan: &Plan,
+    sides: &Sides,
+    keys: &[String],
+    report: &mut RunReport,
+) -> Result<BTreeSet<String>> {
+    let (s, p) = tokio::join!(
+        sides.source.rows_for_keys(&plan.source, keys),
+        sides.projection.rows_for_keys(&plan.projection, keys)
+    );
+    let s = s.map_err(Sides::db_err(plan, "source"))?;
+    let p = p.map_err(Sides::db_err(plan, "projection"))?;
+    report.rows_shipped += s.len() + p.len();
+    Ok(classify(&s, &p).into_keys().collect())
+}
+
+/// Corrections from a database source: each drifted key's authoritative row (or a delete), in
+/// the shape the sink's mapping reads.
+async fn source_corrections(
+    plan: &Plan,
+    sides: &Sides,
+    correction: &CorrectionConfig,
+    shape: CorrectionShape,
+    drifted: &BTreeMap<String, DriftKind>,
+    report: &mut RunReport,
+) -> Result<Vec<Planned>> {
     // The WAL position before the rows are read: every change the read may miss commits after
     // it, so its CDC sequence ranks above the correction's.
-    let lsn = match correction.sequence {
+    let lsn = match shape.sequence {
         CorrectionSequence::PgLsn => {
             Some(sides.source.wal_lsn().await.map_err(Sides::db_err(plan, "source"))?)
         }
@@ -420,6 +637,15 @@ async fn repair_keys(
         .await
         .map_err(Sides::db_err(plan, "source"))?;
     report.rows_shipped += rows.len();
+    // A delete's key, typed as the projection holds it (a CDC delete's `data.key` is typed, and
+    // the sink's tombstone must match the upserts' typed keys).
+    let deletes: Vec<String> = drifted.keys().filter(|k| !rows.contains_key(*k)).cloned().collect();
+    let projected = sides
+        .projection
+        .rows_json(&plan.projection, &deletes)
+        .await
+        .map_err(Sides::db_err(plan, "projection"))?;
+    report.rows_shipped += projected.len();
     // Without a source position, rank each correction just above the projection's row (its
     // version + `~`): above the stale state it replaces, below any later change of the key
     // still in flight. Keys without a row fall back to the correction's own offset.
@@ -434,7 +660,7 @@ async fn repair_keys(
         BTreeMap::new()
     };
     let parts = plan.key_names.len();
-    let mut events = Vec::new();
+    let mut out = Vec::new();
     for (i, (key, kind)) in drifted.iter().enumerate() {
         let row = rows.get(key);
         // A key that vanished from the source since the check is repaired as extra.
@@ -445,21 +671,28 @@ async fn repair_keys(
             correction.source.clone(),
             ty.clone(),
         );
-        // The subject places the correction in its key's partition: from the row's own typed
-        // values when we have the row (a CDC subject keeps numbers as numbers), else the text.
-        let typed: Option<Vec<Value>> =
-            row.and_then(|r| plan.source.key.iter().map(|k| r.get(k).cloned()).collect());
-        e.subject = Some(match typed {
-            Some(values) if values.len() > 1 => Value::Array(values).to_string(),
-            _ => subject_of(key, parts),
-        });
-        let key_obj: serde_json::Map<String, Value> = plan
-            .key_names
-            .iter()
-            .zip(key.split(UNIT_SEPARATOR))
-            .map(|(n, v)| (n.clone(), json!(v)))
+        // Typed key values: from the source row, else the projection's row, else the text.
+        let texts: Vec<&str> = key.split(UNIT_SEPARATOR).collect();
+        let typed: Vec<Value> = (0..parts)
+            .map(|j| {
+                let from_source = row.and_then(|r| r.get(&plan.source.key[j]));
+                let from_projection = projected.get(key).and_then(|r| r.get(&plan.key_names[j]));
+                from_source
+                    .or(from_projection)
+                    .cloned()
+                    .unwrap_or_else(|| json!(texts.get(j).copied().unwrap_or_default()))
+            })
             .collect();
-        e.data = Some(match (correction.data, delete) {
+        // The subject places the correction in its key's partition: the key's text for one
+        // column, the typed values for a composite key (a CDC subject keeps numbers as numbers).
+        e.subject = Some(if parts > 1 {
+            Value::Array(typed.clone()).to_string()
+        } else {
+            subject_of(key, parts)
+        });
+        let key_obj: serde_json::Map<String, Value> =
+            plan.key_names.iter().cloned().zip(typed).collect();
+        e.data = Some(match (shape.data, delete) {
             (CorrectionData::Row, true) => Value::Object(key_obj),
             (CorrectionData::Row, false) => row.cloned().unwrap_or(Value::Null),
             (CorrectionData::Cdc, true) => json!({"op": "delete", "table": plan.source.table,
@@ -474,23 +707,28 @@ async fn repair_keys(
         } else if let Some(v) = projection_versions.get(key).filter(|v| !v.is_empty()) {
             e.extensions.insert("sequence".into(), json!(format!("{v}~")));
         }
-        events.push(e);
+        out.push(Planned {
+            key: key.clone(),
+            kind: if delete { DriftKind::Extra } else { *kind },
+            event: e,
+            row: if delete { None } else { row.cloned() },
+        });
     }
-    append(plan, broker, &topic, events).await
+    Ok(out)
 }
 
-/// Appends corrections to `topic`; returns how many.
+/// Appends corrections to `topic`; returns each one's (partition, offset).
 async fn append(
     plan: &Plan,
     broker: &Arc<Broker>,
     topic: &str,
     events: Vec<Event>,
-) -> Result<usize> {
-    let count = events.len();
+) -> Result<Vec<(u32, u64)>> {
+    let mut out = Vec::with_capacity(events.len());
     let max = broker.config().produce_events_max.max(1);
     for chunk in events.chunks(max) {
         let (b, t, chunk) = (Arc::clone(broker), topic.to_string(), chunk.to_vec());
-        tokio::task::spawn_blocking(move || b.produce(&t, chunk))
+        let produced = tokio::task::spawn_blocking(move || b.produce(&t, chunk))
             .await
             .map_err(|e| ReconcileError::Database {
                 name: plan.name.clone(),
@@ -498,8 +736,9 @@ async fn append(
                 reason: e.to_string(),
             })?
             .map_err(|error| ReconcileError::Broker { name: plan.name.clone(), error })?;
+        out.extend(produced.into_iter().map(|p| (p.partition, p.offset)));
     }
-    Ok(count)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! reconciliation never overlap (an on-demand request during a run is refused as busy); the
 //! history holds at most [`RUNS_KEPT`] runs and survives restarts: after each run it is stored
 //! in the log's connector state (`reconcile:<name>`), with at most
-//! [`PERSISTED_KEYS_PER_KIND`] keys per kind and run and at most [`HISTORY_BYTES_MAX`] bytes.
+//! [`PERSISTED_KEYS_PER_KIND`] keys per kind, corrections and remaining keys per run, and at
+//! most [`HISTORY_BYTES_MAX`] bytes. Other sinks reading the reconciled sink's topics are listed
+//! in the plan, so that a repair is dry-run through their mappings too.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use driftless_sink::SinkConfig;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{Plan, Policy, ReconcileConfig};
+use crate::config::{OtherSink, Plan, Policy, ReconcileConfig, REPAIR_WAIT_MS_MAX};
 use crate::db::Conn;
 use crate::error::{ReconcileError, Result};
 use crate::run::{run, RunReport};
@@ -66,6 +68,8 @@ async fn store_history(broker: &Arc<Broker>, name: &str, runs: &VecDeque<RunReco
                 }
                 let kept = rep.keys.get(&crate::run::DriftKind::Stale).cloned().unwrap_or_default();
                 rep.stale_columns.retain(|k, _| kept.contains(k));
+                rep.corrections.truncate(PERSISTED_KEYS_PER_KIND);
+                rep.keys_remaining.truncate(PERSISTED_KEYS_PER_KIND);
                 rep
             });
             (report, r.error.clone(), r.at_ms)
@@ -185,7 +189,18 @@ impl Reconcilers {
                     reason: "two [[reconcile]] entries have this name".into(),
                 });
             }
-            let plan = validate(&c, sinks)?;
+            let mut plan = validate(&c, sinks)?;
+            plan.others = sinks
+                .iter()
+                .filter(|s| s.name != c.sink)
+                .filter(|s| s.topics.iter().any(|t| plan.topics.contains(t)))
+                .map(|s| OtherSink {
+                    name: s.name.clone(),
+                    group: s.group(),
+                    topics: s.topics.clone(),
+                    mappings: s.mappings.clone(),
+                })
+                .collect();
             let sink = sinks.iter().find(|s| s.name == c.sink);
             let row_mapping = sink.is_some_and(|s| s.mappings.iter().any(|m| m.row.is_some()));
             let history = load_history(&broker, &c.name);
@@ -210,7 +225,7 @@ impl Reconcilers {
                         _ = stop.changed() => return,
                     }
                     let repair = e.config.policy == Policy::Repair;
-                    if let Err(err) = run_entry(&e, &b, repair).await {
+                    if let Err(err) = run_entry(&e, &b, repair, None).await {
                         tracing::warn!(reconcile = %e.config.name, error = %driftless_core::redact(&err.to_string()), "reconciliation failed");
                     }
                 }
@@ -245,6 +260,17 @@ impl Reconcilers {
         name: &str,
         repair: Option<bool>,
     ) -> Result<RunReport, RunNowError> {
+        self.run_now_with(name, repair, None).await
+    }
+
+    /// [`Reconcilers::run_now`]; `wait_ms` overrides its `repair_wait_ms` (at most
+    /// [`REPAIR_WAIT_MS_MAX`]).
+    pub async fn run_now_with(
+        &self,
+        name: &str,
+        repair: Option<bool>,
+        wait_ms: Option<u64>,
+    ) -> Result<RunReport, RunNowError> {
         let e =
             self.get(name).ok_or_else(|| RunNowError::Unknown(UnknownReconcile(name.into())))?;
         let broker = self
@@ -252,7 +278,14 @@ impl Reconcilers {
             .clone()
             .ok_or_else(|| RunNowError::Unknown(UnknownReconcile(name.into())))?;
         let repair = repair.unwrap_or(e.config.policy == Policy::Repair);
-        run_entry(&e, &broker, repair).await.map_err(RunNowError::Failed)
+        if let Some(ms) = wait_ms.filter(|ms| *ms > REPAIR_WAIT_MS_MAX) {
+            return Err(RunNowError::Failed(ReconcileError::Config {
+                name: name.into(),
+                field: "wait_ms".into(),
+                reason: format!("{ms} is above the limit of {REPAIR_WAIT_MS_MAX}"),
+            }));
+        }
+        run_entry(&e, &broker, repair, wait_ms).await.map_err(RunNowError::Failed)
     }
 
     /// Stops the schedules (a run in progress finishes or is dropped with the runtime).
@@ -294,6 +327,7 @@ async fn run_entry(
     e: &Arc<ReconcileStatus>,
     broker: &Arc<Broker>,
     repair: bool,
+    wait_ms: Option<u64>,
 ) -> Result<RunReport> {
     let _guard = e.running.try_lock().map_err(|_| ReconcileError::Busy(e.config.name.clone()))?;
     let at_ms = driftless_core::Clock::now_ms(&driftless_core::SystemClock);
@@ -312,11 +346,13 @@ async fn run_entry(
             *e.plan.lock().unwrap_or_else(|p| p.into_inner()) = plan.clone();
         }
         let correction = if repair {
-            Some(e.config.correction.as_ref().ok_or_else(|| ReconcileError::Config {
+            let mut c = e.config.correction.clone().ok_or_else(|| ReconcileError::Config {
                 name: e.config.name.clone(),
                 field: "correction".into(),
                 reason: "repairing needs [reconcile.correction] (upsert_type, delete_type)".into(),
-            })?)
+            })?;
+            c.repair_wait_ms = wait_ms.unwrap_or(c.repair_wait_ms);
+            Some(c)
         } else {
             None
         };
@@ -328,7 +364,7 @@ async fn run_entry(
                 keys_reported_max: e.config.keys_reported_max,
                 drifted_keys_max: e.config.drifted_keys_max,
             },
-            correction,
+            correction.as_ref(),
         )
         .await
     }

@@ -15,7 +15,8 @@
 //!   through the sink's own conversions ([`driftless_sink::values`]): in Postgres the text the
 //!   column type's input reads (`bytea` decoded from base64 into `\x` hex, a JSON string as the
 //!   text of a `json`/`jsonb` column, numbers digit for digit), in SQLite the stored value as
-//!   `CAST(… AS TEXT)` prints it (REALs printed by SQLite itself, BLOBs as `\x` hex). Event
+//!   `CAST(… AS TEXT)` prints it (REALs printed by SQLite itself, an integral one as its integer,
+//!   BLOBs as `\x` hex). Event
 //!   values in the README's forms (CDC's) then compare exactly; a value that is not the text its
 //!   column prints (`0.10` for a `float8`, a JSON object for a `jsonb` column, an RFC 3339 time
 //!   for a `timestamptz`) shows as drift even in a correct projection — never the other way;
@@ -89,7 +90,10 @@ impl<'t> Renderer<'t> {
                     Sql::Real(x) => {
                         let lite = self.lite.as_ref().ok_or("no SQLite to print a REAL")?;
                         let text: String = lite
-                            .prepare_cached("SELECT CAST(?1 AS TEXT)")
+                            .prepare_cached(&format!(
+                                "SELECT {}",
+                                crate::db::sqlite_real_text_sql("?1")
+                            ))
                             .and_then(|mut s| s.query_row([x], |r| r.get(0)))
                             .map_err(|e| e.to_string())?;
                         Some(text)

@@ -89,7 +89,8 @@ async fn composite_key_corrections_keep_typed_subjects() {
     let config: ReconcileConfig = toml::from_str(&format!(
         "name = \"items\"\nsink = \"crm\"\nlag_window_ms = 0\n\
          source = {{ kind = \"sqlite\", path = \"{}\", table = \"items\" }}\n\
-         [correction]\nupsert_type = \"item.snapshot\"\ndelete_type = \"item.deleted\"\n",
+         [correction]\nupsert_type = \"item.snapshot\"\ndelete_type = \"item.deleted\"\n\
+         repair_wait_ms = 0\n",
         source.display()
     ))
     .unwrap();
@@ -99,6 +100,8 @@ async fn composite_key_corrections_keep_typed_subjects() {
         Reconcilers::start(vec![config], std::slice::from_ref(&sink), Arc::clone(&broker)).unwrap();
     let report = r.run_now("items", Some(true)).await.unwrap();
     assert_eq!((report.missing, report.repaired), (1, 1));
+    // No sink runs here: the correction is appended but not applied, and the run says so.
+    assert_eq!((report.pending, report.clean), (1, false), "{report:?}");
     let m = broker.join("reader", &["items".to_string()], None).unwrap().member_id;
     let got = broker.fetch("reader", &m, 10).unwrap();
     assert_eq!(got.deliveries.len(), 1);
@@ -136,7 +139,8 @@ async fn a_correction_ranks_just_above_the_row_it_replaces() {
     let config: ReconcileConfig = toml::from_str(&format!(
         "name = \"crm\"\nsink = \"crm\"\nlag_window_ms = 0\n\
          source = {{ kind = \"sqlite\", path = \"{}\", table = \"customers\" }}\n\
-         [correction]\nupsert_type = \"c.snapshot\"\ndelete_type = \"c.deleted\"\n",
+         [correction]\nupsert_type = \"c.snapshot\"\ndelete_type = \"c.deleted\"\n\
+         repair_wait_ms = 0\n",
         source.display()
     ))
     .unwrap();

@@ -285,7 +285,7 @@ fn document() -> Value {
         },
         "/v1/reconciliations/{name}/run": {
           "parameters": [reconcile],
-          "post": {"summary": "Run now (body optional: {\"repair\": true|false}, default the configured policy); answers when the run is done (audited: `reconciliation.run`)", "responses": errors(json!({"200": ok("the run's report", schema("ReconcileRun"))}), &["400", "404", "409", "502"])}
+          "post": {"summary": "Run now (body optional: {\"repair\": true|false, \"wait_ms\": 0..60000}, default the configured policy and repair_wait_ms); answers when the run is done — with repair, after the sinks applied the corrections (or the wait ended) and the corrected keys were re-checked (audited: `reconciliation.run`)", "responses": errors(json!({"200": ok("the run's report", schema("ReconcileRun"))}), &["400", "404", "409", "502"])}
         },
         "/v1/audit": {
           "get": {"summary": "The newest administrative actions, newest first",
@@ -394,6 +394,13 @@ fn document() -> Value {
             "missing": {"type": "integer"}, "extra": {"type": "integer"}, "stale": {"type": "integer"},
             "keys": {"type": "object", "description": "up to keys_reported_max keys per kind (missing, extra, stale)"},
             "stale_columns": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}, "description": "for each reported stale key, the compared columns whose values differ"},
+            "differences": {"type": "array", "description": "the first 10 stale keys, each differing column with the source's and the projection's values (text, cut to 200 bytes; null = NULL)", "items": {"type": "object", "properties": {"key": {"type": "string"}, "columns": {"type": "array", "items": {"type": "object", "properties": {"column": {"type": "string"}, "source": {"type": ["string", "null"]}, "projection": {"type": ["string", "null"]}}}}}}},
+            "repair_refused": {"type": "string", "description": "why the repair appended nothing (a correction would have been dead-lettered or written a value the source does not hold)"},
+            "corrections": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "kind": {"enum": ["missing", "extra", "stale"]}, "id": {"type": "string"}, "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "state": {"enum": ["applied", "pending", "dead_lettered", "ineffective"]}, "error": {"type": "string"}}}},
+            "applied": {"type": "integer"}, "pending": {"type": "integer"}, "dead_lettered": {"type": "integer"}, "ineffective": {"type": "integer"},
+            "drift_remaining": {"type": "integer", "description": "keys still drifted after the repair's re-check (without repair: the drift found)"},
+            "keys_remaining": {"type": "array", "items": {"type": "string"}},
+            "clean": {"type": "boolean", "description": "no drift is left (the CLI's --repair exits 0 only then)"},
             "repaired": {"type": "integer"}, "truncated": {"type": "boolean", "description": "more keys drifted than drifted_keys_max: counts are lower bounds"},
             "not_compared": {"type": "array", "items": {"type": "string"}}}},
           "Reconciliation": {"type": "object", "properties": {

@@ -717,6 +717,10 @@ pub struct RunRequest {
     /// Repair what is found (default: the reconciliation's policy).
     #[serde(default)]
     repair: Option<bool>,
+    /// How long a repair waits for the sinks to apply its corrections, ms (default: the
+    /// reconciliation's `repair_wait_ms`).
+    #[serde(default)]
+    wait_ms: Option<u64>,
 }
 
 /// `POST /v1/reconciliations/{name}/run`: runs it now and answers with the run's report
@@ -728,12 +732,13 @@ pub async fn run_reconciliation(
     Body(body): Body,
 ) -> Result<Json<RunReport>, Problem> {
     // The body is optional: empty or `null` means "as configured".
-    let repair = if body.iter().all(u8::is_ascii_whitespace) {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        crate::extract::parse_json::<Option<RunRequest>>(&body)?.and_then(|r| r.repair)
+        crate::extract::parse_json::<Option<RunRequest>>(&body)?
     };
-    let result = run_now(&state, &name, repair).await;
+    let request = request.unwrap_or_default();
+    let result = run_now(&state, &name, request.repair, request.wait_ms).await;
     let resource = format!("reconciliation/{name}");
     audit::after(&state, &principal, Action::ReconciliationRun, &resource, StatusCode::OK, result)
         .await
@@ -743,8 +748,9 @@ async fn run_now(
     state: &AppState,
     name: &str,
     repair: Option<bool>,
+    wait_ms: Option<u64>,
 ) -> Result<Json<RunReport>, Problem> {
-    match state.reconcilers.run_now(name, repair).await {
+    match state.reconcilers.run_now_with(name, repair, wait_ms).await {
         Ok(report) => Ok(Json(report)),
         Err(RunNowError::Unknown(_)) => Err(unknown_reconciliation(name)),
         Err(RunNowError::Failed(e @ ReconcileError::Busy(_))) => Err(Problem::new(

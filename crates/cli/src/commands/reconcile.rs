@@ -2,9 +2,13 @@
 //! reports the drift it found; `driftless reconcile --list` lists the configured ones.
 //!
 //! Invariants: without `--json` the report is a short human account on stdout (counts, time,
-//! rows shipped, then the drifted keys per kind, at most [`KEYS_PRINTED_MAX`] each); with
-//! `--json` it is the server's report as one JSON line. The command exits 0 whether or not drift
-//! was found (drift is a finding, not a failure); `--fail-on-drift` makes drift exit 1.
+//! rows shipped, then the drifted keys per kind, at most [`KEYS_PRINTED_MAX`] each, the first
+//! stale rows' differing values, and with `--repair` each correction's fate); with `--json` it is
+//! the server's report as one JSON line. Without `--repair` the command exits 0 whether or not
+//! drift was found (drift is a finding, not a failure; `--fail-on-drift` makes drift exit 1).
+//! With `--repair` it exits 0 only when the re-check after the sinks applied the corrections
+//! found no drift: a refused repair, a pending, dead-lettered or ineffective correction, or drift
+//! left exits 1 — a repair never claims success it did not check.
 
 use std::io::{self, Write};
 
@@ -42,6 +46,10 @@ pub struct ReconcileArgs {
     /// Exit with status 1 when drift is found.
     #[arg(long)]
     fail_on_drift: bool,
+    /// With --repair: how long to wait for the sinks to apply the corrections before the
+    /// re-check, in ms (default: the reconciliation's `repair_wait_ms`; at most 60000).
+    #[arg(long, requires = "repair", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    wait_ms: Option<u64>,
 }
 
 /// Runs `driftless reconcile ...`; `Ok(false)` when `--fail-on-drift` and drift was found.
@@ -60,11 +68,14 @@ pub fn run(server: &str, args: ReconcileArgs) -> anyhow::Result<bool> {
         print_pretty(&mut out, &r)?;
         return Ok(true);
     }
-    let body = match (args.repair, args.report_only) {
+    let mut body = match (args.repair, args.report_only) {
         (true, _) => json!({"repair": true}),
         (_, true) => json!({"repair": false}),
         _ => json!({}),
     };
+    if let Some(ms) = args.wait_ms {
+        body["wait_ms"] = json!(ms);
+    }
     let report: Value = client.post_json(&format!("{path}/run"), &body)?;
     if args.json {
         print_line(&mut out, &report)?;
@@ -74,7 +85,19 @@ pub fn run(server: &str, args: ReconcileArgs) -> anyhow::Result<bool> {
     }
     let drift =
         ["missing", "extra", "stale"].iter().map(|k| report[*k].as_u64().unwrap_or(0)).sum::<u64>();
+    if report["repair"].as_bool() == Some(true) {
+        // A repair succeeded only if its re-check found the drift gone.
+        return Ok(report["clean"].as_bool() == Some(true));
+    }
     Ok(!(args.fail_on_drift && drift > 0))
+}
+
+/// A value as shown: JSON-quoted text, or NULL.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The report as a short account for a terminal.
@@ -126,12 +149,64 @@ pub fn human(r: &Value) -> String {
         };
         s.push_str(&format!("  {kind}: {}{more}\n", shown.join(", ")));
     }
+    for d in r["differences"].as_array().into_iter().flatten() {
+        for c in d["columns"].as_array().into_iter().flatten() {
+            s.push_str(&format!(
+                "  {} {}: source {}, projection {}\n",
+                d["key"].as_str().unwrap_or("?"),
+                c["column"].as_str().unwrap_or("?"),
+                shown(&c["source"]),
+                shown(&c["projection"]),
+            ));
+        }
+    }
     if r["repair"].as_bool() == Some(true) {
-        s.push_str(&format!("  repaired: {} correction events appended\n", n("repaired")));
+        s.push_str(&repair_account(r));
     }
     if let Some(cols) = r["not_compared"].as_array().filter(|c| !c.is_empty()) {
         let cols: Vec<&str> = cols.iter().filter_map(Value::as_str).collect();
         s.push_str(&format!("  not compared (computed by the mapping): {}\n", cols.join(", ")));
+    }
+    s
+}
+
+/// What became of a repair: refused, or each correction's state and whether drift is left.
+fn repair_account(r: &Value) -> String {
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    if let Some(why) = r["repair_refused"].as_str() {
+        return format!("  {why}\n");
+    }
+    if n("repaired") == 0 && r["clean"].as_bool() == Some(true) {
+        return "  repair: nothing to repair\n".into();
+    }
+    let mut s = format!(
+        "  repair: {} corrections appended — {} applied, {} pending, {} dead-lettered, {} ineffective\n",
+        n("repaired"),
+        n("applied"),
+        n("pending"),
+        n("dead_lettered"),
+        n("ineffective"),
+    );
+    let failed =
+        r["corrections"].as_array().into_iter().flatten().filter(|c| c["state"] != "applied");
+    for c in failed.take(KEYS_PRINTED_MAX) {
+        let state = c["state"].as_str().unwrap_or("?").replace('_', "-");
+        let why = c["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+        s.push_str(&format!("    {} {state}{why}\n", c["key"].as_str().unwrap_or("?")));
+    }
+    if r["clean"].as_bool() == Some(true) {
+        s.push_str("  re-checked: the drift is gone\n");
+    } else {
+        let keys: Vec<&str> = r["keys_remaining"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).take(KEYS_PRINTED_MAX).collect())
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  re-checked: {} keys still drifted{}{}\n",
+            n("drift_remaining"),
+            if keys.is_empty() { "" } else { ": " },
+            keys.join(", ")
+        ));
     }
     s
 }
@@ -145,6 +220,7 @@ mod tests {
         let r = json!({"name": "contacts", "missing": 2, "extra": 0, "stale": 1, "rows_source": 10,
             "rows_projection": 9, "buckets": 16, "buckets_differing": 3, "rows_shipped": 12,
             "duration_ms": 40, "settled_in_flight": 1, "repair": true, "repaired": 3,
+            "applied": 3, "clean": true,
             "keys": {"missing": ["a", "b"], "stale": ["c"]}, "not_compared": ["line"],
             "stale_columns": {"c": ["city", "zip"]}});
         let text = human(&r);
@@ -153,6 +229,9 @@ mod tests {
             text.contains("  missing: a, b\n") && text.contains("  stale: c (city, zip)\n"),
             "{text}"
         );
-        assert!(text.contains("repaired: 3") && text.contains("settled") && text.contains("line"));
+        assert!(text.contains("3 corrections appended — 3 applied"), "{text}");
+        assert!(
+            text.contains("the drift is gone") && text.contains("settled") && text.contains("line")
+        );
     }
 }
