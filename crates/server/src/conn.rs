@@ -49,7 +49,7 @@ use std::time::Duration;
 use axum::body::Body as AxumBody;
 use axum::Router;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -426,6 +426,44 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// A request body that records whether it was read to its end. A response sent before that
+/// (an authentication or guard refusal, a body too large or too slow) leaves bytes hyper cannot
+/// skip, so hyper closes the connection after it — silently, while a client that pooled the
+/// connection sends its next request on it and fails with "peer disconnected". Such responses
+/// therefore say `Connection: close`, so no client reuses the connection; a handler that read
+/// the body (even one it ignores) keeps it alive.
+struct ReadToEnd {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Drives one connection to its end: closed by the client, by a timeout, or by shutdown.
 async fn connection<S>(
     stream: S,
@@ -444,12 +482,21 @@ async fn connection<S>(
         let in_flight = service_activity.request_started();
         req.extensions_mut().insert(peer.clone());
         let mut app = app.clone();
+        let body_read = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let done = Arc::clone(&body_read);
+        let req = req.map(|inner| AxumBody::new(ReadToEnd { inner, done }));
         async move {
-            let response: Response<AxumBody> =
-                match tower_service::Service::call(&mut app, req.map(AxumBody::new)).await {
+            let mut response: Response<AxumBody> =
+                match tower_service::Service::call(&mut app, req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
+            if !body_read.load(Ordering::Acquire) {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(
                 response.map(|inner| AxumBody::new(Tracked { inner, _in_flight: in_flight })),
             )

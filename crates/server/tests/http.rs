@@ -219,6 +219,58 @@ fn a_post_whose_body_the_endpoint_ignores_keeps_the_connection_usable() {
     }
 }
 
+/// One request on a fresh connection; the response head, lowercased.
+fn response_head(s: &support::Server, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (and close) before it reads the body: a refused write is fine.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_string()
+}
+
+/// Regression (flaky `every_operation_needs_its_scope_generated_from_the_route_table`: "peer
+/// disconnected"): a refusal answered before the request's body was read (the guard, a body
+/// over the limit) left hyper closing the keep-alive connection without saying so, and a
+/// client that pooled it failed its next request. Every such answer now says
+/// `Connection: close`; one whose body was read keeps the connection (the test above).
+#[test]
+fn a_request_refused_before_its_body_is_read_says_connection_close() {
+    let mut c = config(BrokerConfig::default());
+    c.server.request_body_bytes_max = 1024;
+    let s = start(c);
+    let post = |host: &str, len: usize| {
+        format!(
+            "POST /v1/topics HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+             content-length: {len}\r\n\r\n"
+        )
+    };
+    let small = br#"{"name":"x"}"#;
+    // Refused by the guard (a foreign Host), before any body is read.
+    let head = response_head(&s, &post("attacker.example", small.len()), small);
+    assert!(head.starts_with("http/1.1 421"), "{head}");
+    assert!(head.contains("connection: close"), "guard refusal: {head}");
+    // Refused for its size after part of the body: half of what the head announces is sent,
+    // already over the limit.
+    let part = vec![b' '; 2048];
+    let head = response_head(&s, &post("localhost", 4096), &part);
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("connection: close"), "body too large: {head}");
+    // Read whole and refused by the handler: the connection stays usable.
+    let head = response_head(&s, &post("localhost", 2), b"{}");
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(!head.contains("connection: close"), "a read body keeps the connection: {head}");
+}
+
 #[test]
 fn long_poll_wakes_on_produce_then_ack_clears_lag() {
     let s = Arc::new(start(config(BrokerConfig::default())));
@@ -538,6 +590,7 @@ fn metrics_and_openapi_describe_the_server() {
         ("/v1/reconciliations/{name}", "get"),
         ("/v1/reconciliations/{name}/run", "post"),
         ("/v1/audit", "get"),
+        ("/v1/history", "get"),
     ];
     for (path, method) in expected {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
