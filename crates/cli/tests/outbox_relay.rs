@@ -35,7 +35,11 @@ impl Outbox {
         match self {
             Outbox::Postgres { url, table } => rt.block_on(async {
                 let client = pg(url).await;
-                client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+                client
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await
+                    .unwrap()
+                    .get(0)
             }),
             Outbox::Sqlite { path } => rusqlite::Connection::open(path)
                 .unwrap()
@@ -47,7 +51,9 @@ impl Outbox {
     /// Inserts `n` outbox rows `<prefix>-<i>` in one transaction, as a service does.
     fn write(&self, rt: &tokio::runtime::Runtime, prefix: &str, n: usize) {
         let values: Vec<String> = (0..n)
-            .map(|i| format!("('{prefix}-{i}', 'customers', 'c-{i}', 'customer.created.v1', '{{}}')"))
+            .map(|i| {
+                format!("('{prefix}-{i}', 'customers', 'c-{i}', 'customer.created.v1', '{{}}')")
+            })
             .collect();
         match self {
             Outbox::Postgres { url, table } => rt.block_on(async {

@@ -256,3 +256,44 @@ fn a_table_added_with_snapshot_never_streams_its_changes_only() {
     let extra = consume(&server, TOPIC_EXTRA);
     assert_eq!(changes(&extra), vec![("insert".to_string(), 4, "new4".to_string())]);
 }
+
+/// A table removed from `tables` stops emitting at once: a change made to it while the server
+/// was down, still in the slot from before the publication dropped it, is not emitted either
+/// (Postgres decodes it with the publication as it was then).
+#[test]
+fn a_table_removed_from_a_cdc_source_emits_nothing_more() {
+    let pg = PgServer::start().unwrap();
+    pg.create_database("app").unwrap();
+    let url = pg.url("app");
+    let db = Db::connect(&url);
+    db.run(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE extra (id int PRIMARY KEY, v text);
+         INSERT INTO a VALUES (1, 'a1'); INSERT INTO extra VALUES (1, 'old1');",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("driftless.toml");
+    let config_arg = config.to_str().unwrap().to_string();
+    write_config(&config, &url, &["public.a", "public.extra"], "initial");
+    let server = support::ServeProcess::start_with_args(&data, &["--config", &config_arg]);
+    wait_running(&server);
+    wait_events(&server, TOPIC_EXTRA, 1);
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "serve did not stop cleanly: {status:?}");
+
+    // While it is down, before the restart removes `extra` from the publication.
+    db.run("INSERT INTO extra VALUES (2, 'while down'); INSERT INTO a VALUES (2, 'a2');");
+    write_config(&config, &url, &["public.a"], "initial");
+    let server = support::ServeProcess::start_with_args(&data, &["--config", &config_arg]);
+    wait_running(&server);
+    db.run("INSERT INTO extra VALUES (3, 'after'); INSERT INTO a VALUES (3, 'a3');");
+    wait_events(&server, TOPIC_A, 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let extra = consume(&server, TOPIC_EXTRA);
+    assert_eq!(
+        changes(&extra),
+        vec![("read".to_string(), 1, "old1".to_string())],
+        "the removed table still emitted: {extra:#?}"
+    );
+}

@@ -639,18 +639,17 @@ async fn a_table_added_later_is_snapshotted_through_crashes_and_concurrent_write
     writer.await.unwrap();
 
     // Every row of u as the table holds it now, folded from reads and changes.
-    let want: BTreeMap<i64, Value> = f
-        .db
-        .query("SELECT id::int8, v FROM u", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            let v: Option<String> = r.get(1);
-            (id, json!({"id": id, "v": v}))
-        })
-        .collect();
+    let want: BTreeMap<i64, Value> =
+        f.db.query("SELECT id::int8, v FROM u", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let v: Option<String> = r.get(1);
+                (id, json!({"id": id, "v": v}))
+            })
+            .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = fold(events(&f.broker, "app.public.u"));

@@ -719,7 +719,8 @@ async fn reconcile_tables(
     if !added.is_empty() {
         match config.snapshot {
             SnapshotMode::Initial => {
-                let plan = snapshot::extend_plan(name, client, state.snapshot.take(), &added).await?;
+                let plan =
+                    snapshot::extend_plan(name, client, state.snapshot.take(), &added).await?;
                 tracing::info!(source = name, tables = %added_names.join(", "),
                     rows = plan.rows_total, "tables added: snapshotting their existing rows while streaming");
                 state.snapshot = Some(plan);

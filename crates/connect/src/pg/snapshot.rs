@@ -208,8 +208,7 @@ pub async fn extend_plan(
         }
         // `reltuples` is -1 before the first ANALYZE and stale after bulk loads: count small
         // tables exactly, estimate big ones (counting them would read them twice).
-        let estimate = if published.size_bytes <= EXACT_COUNT_BYTES_MAX || published.reltuples < 0
-        {
+        let estimate = if published.size_bytes <= EXACT_COUNT_BYTES_MAX || published.reltuples < 0 {
             let count = client
                 .query_one(&format!("SELECT count(*) FROM {}", table.sql()), &[])
                 .await
