@@ -134,7 +134,8 @@ pub struct PgCdcConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboxMode {
-    /// Through logical replication of the outbox table (rows are never touched).
+    /// Through logical replication of the outbox table; relayed rows are deleted once their
+    /// events are durable, as in poll mode.
     #[default]
     Cdc,
     /// By polling with `FOR UPDATE SKIP LOCKED`; rows are deleted after the append is durable.

@@ -34,7 +34,7 @@
 //! mapped stops the source with [`ConnectError::OutboxRow`] naming it; it stays in the outbox
 //! until an operator fixes or deletes it. Rows before it in the same batch are still relayed.
 //!
-//! # Exactly once (the relay's side, polling; Postgres and SQLite alike)
+//! # Exactly once (the relay's side, polling: Postgres `mode = "poll"` and SQLite alike)
 //!
 //! Per batch:
 //! 1. read up to `batch_rows_max` rows in `seq` order (Postgres: `BEGIN; SELECT … ORDER BY seq
@@ -52,6 +52,22 @@
 //! before 3 completes re-appends only what did not reach the log; a crash after 4 finds nothing
 //! left to delete. When the outbox is found empty after relaying, the marks are cleared, so a
 //! restart after a long idle period does not scan events other producers appended since.
+//!
+//! # Exactly once through CDC (`mode = "cdc"`, Postgres)
+//!
+//! The outbox table is read through logical replication ([`crate::pg::cdc`]): an inserted row
+//! becomes its event, with the row's id. Once a batch's events are durable, the relayed rows are
+//! deleted by id (`DELETE … WHERE id = ANY(…)`), and only then is the batch's position confirmed
+//! to Postgres. A crash in between: Postgres sends the rows again, the ids found in the log since
+//! the stored marks drop their events, and the rows are deleted then. Deletes of the outbox are no
+//! events, so the service may also delete rows itself (the Debezium pattern).
+//!
+//! # The backlog figure
+//!
+//! `outbox_backlog_rows` is `SELECT count(*)` of the outbox table, refreshed at most every
+//! [`BACKLOG_REFRESH_MS`] while the source is connected, in every mode, paused or not (the
+//! rows written while a relay is paused are what an operator looks for); 0 as soon as a poll
+//! finds the outbox empty. -1 only before the first count.
 //!
 //! Assumptions, stated because exactly-once rests on them:
 //! - one relay per outbox table. Postgres' `SKIP LOCKED` keeps two relays from appending the same
@@ -404,6 +420,38 @@ pub async fn recover<S: OutboxStore>(
     Ok(deleted)
 }
 
+/// Counts the rows in the outbox into the source's status.
+async fn count_backlog<S: OutboxStore>(store: &mut S, ctx: &SourceContext) -> Result<()> {
+    let n = store.backlog_rows().await?;
+    ctx.status.outbox_backlog_rows.store(n, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Waits while the source is paused, counting the outbox's rows every [`BACKLOG_REFRESH_MS`]
+/// meanwhile (the rows written while it is paused are the figure an operator looks for).
+/// Returns `false` if the server is shutting down.
+pub(crate) async fn wait_while_paused_counting<S: OutboxStore>(
+    store: &mut S,
+    ctx: &mut SourceContext,
+) -> Result<bool> {
+    if !ctx.is_paused() {
+        return Ok(!ctx.is_shutting_down());
+    }
+    let (before, _) = ctx.status.state();
+    ctx.status.set_state(SourceState::Paused, None);
+    loop {
+        count_backlog(store, ctx).await?;
+        match ctx.wait_resumed_within(Duration::from_millis(BACKLOG_REFRESH_MS)).await {
+            Some(true) => {
+                ctx.status.set_state(before, None);
+                return Ok(true);
+            }
+            Some(false) => return Ok(false),
+            None => {}
+        }
+    }
+}
+
 /// The poll loop shared by both stores: recover, then relay batches until shutdown.
 pub(crate) async fn relay_loop<S: OutboxStore>(
     store: &mut S,
@@ -413,13 +461,17 @@ pub(crate) async fn relay_loop<S: OutboxStore>(
     poll_interval_ms: u64,
     rows_max: u32,
 ) -> Result<()> {
+    if !wait_while_paused_counting(store, ctx).await? {
+        return Ok(());
+    }
     recover(store, &ctx.emitter, columns).await?;
+    count_backlog(store, ctx).await?;
     ctx.status.set_state(SourceState::Running, None);
-    let mut backlog_at: Option<Instant> = None;
+    let mut backlog_at = Some(Instant::now());
     // Whether the stored position may hold marks of a batch since relayed (see module docs).
     let mut marks_stored = false;
     loop {
-        if !ctx.wait_while_paused().await {
+        if !wait_while_paused_counting(store, ctx).await? {
             return Ok(());
         }
         let rows = relay_batch(store, source_name, columns, ctx, rows_max).await?;
@@ -725,9 +777,14 @@ pub async fn run_postgres(
     config: &PgOutboxConfig,
     ctx: &mut SourceContext,
 ) -> Result<()> {
+    // Checks the table (for cdc mode too: the same clear error), and counts its rows while the
+    // source is paused before it starts.
+    let mut store = PgStore::open(name, config.url.expose(), &config.outbox.table).await?;
+    if !wait_while_paused_counting(&mut store, ctx).await? {
+        return Ok(());
+    }
     if config.mode == OutboxMode::Cdc {
-        // Check the table first, for the same clear error as poll mode.
-        drop(PgStore::open(name, config.url.expose(), &config.outbox.table).await?);
+        drop(store);
         let table = if config.outbox.table.contains('.') {
             config.outbox.table.clone()
         } else {
@@ -740,7 +797,6 @@ pub async fn run_postgres(
         cdc.outbox = Some(OutboxColumns { table, ..config.outbox.clone() });
         return crate::pg::cdc::run(name, &cdc, ctx).await;
     }
-    let mut store = PgStore::open(name, config.url.expose(), &config.outbox.table).await?;
     relay_loop(
         &mut store,
         name,

@@ -95,7 +95,8 @@ pub struct SourceStatus {
     /// Bytes of WAL between the server's current position and the slot's confirmed position
     /// (-1 = unknown or not a CDC source).
     pub slot_lag_bytes: AtomicI64,
-    /// Outbox rows waiting (-1 = unknown or not an outbox source).
+    /// Outbox rows waiting, counted at least every second while the source is connected,
+    /// paused or not (-1 = not an outbox source, or not counted yet).
     pub outbox_backlog_rows: AtomicI64,
     /// Snapshot rows read so far.
     pub snapshot_rows_done: AtomicU64,
@@ -238,6 +239,22 @@ impl SourceContext {
         resumed
     }
 
+    /// Whether an operator paused the source.
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Waits up to `d` for the source to be resumed, without touching its state: `Some(true)`
+    /// once it is not paused, `Some(false)` if the server is shutting down, `None` if it is
+    /// still paused after `d`. (For a source that does something while paused, such as counting
+    /// its backlog; [`SourceContext::wait_while_paused`] otherwise.)
+    pub async fn wait_resumed_within(&mut self, d: Duration) -> Option<bool> {
+        tokio::select! {
+            resumed = self.control.wait_resumed() => Some(resumed),
+            () = tokio::time::sleep(d) => None,
+        }
+    }
+
     /// Sleeps up to `d`, returning early (with `false`) on shutdown.
     pub async fn sleep(&mut self, d: Duration) -> bool {
         self.control.sleep(d).await
@@ -346,8 +363,15 @@ async fn run_source(config: &SourceConfig, ctx: &mut SourceContext) -> Result<()
 
 async fn supervise(config: SourceConfig, mut ctx: SourceContext) {
     let mut backoff = Backoff::new(RESTART_BACKOFF_MS_MIN, RESTART_BACKOFF_MS_MAX);
+    // An outbox source waits out a pause itself, once connected, to keep counting its backlog
+    // (rows written meanwhile are what an operator looks for while it is paused).
+    let waits_itself =
+        matches!(config.kind, SourceKind::PostgresOutbox(_) | SourceKind::SqliteOutbox(_));
     loop {
-        if !ctx.wait_while_paused().await {
+        if !waits_itself && !ctx.wait_while_paused().await {
+            break;
+        }
+        if ctx.is_shutting_down() {
             break;
         }
         ctx.status.set_state(SourceState::Starting, None);

@@ -556,3 +556,121 @@ async fn streamed_changes_and_snapshot_reads_carry_every_attribute_of_the_cloude
     assert_eq!(normalised(&inserted, "app:"), expected);
     assert_eq!(normalised(&read, "app:snap:"), envelope("public.t.read", "1", "read", 1));
 }
+
+/// A table added to a source that already streams is snapshotted at the next start, also when
+/// the source crashes in the middle of that snapshot (the failpoint after a durable append,
+/// before its acknowledgement) while the table is written to: the events of both tables fold to
+/// the tables' content, and the table that was captured from the start is not read again.
+/// (Issue 22: an added table's existing rows were never read.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_later_is_snapshotted_through_crashes_and_concurrent_writes() {
+    use driftless_connect::failpoint::Failpoints;
+    use driftless_connect::pg::cdc;
+    const ADDED_ROWS: i64 = 3_000;
+    let f = Fixture::new(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g;
+         CREATE TABLE u (id int PRIMARY KEY, v text);
+         INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, {ADDED_ROWS}) g;"
+    ))
+    .await;
+    let sources = f.start();
+    wait_snapshot_done(&sources).await;
+    wait_fold_equals_table(&f).await;
+    sources.shutdown().await;
+    drop(sources);
+    let t_reads = reads(&events(&f.broker, TOPIC)).len();
+    assert_eq!(t_reads, 10);
+    assert!(events(&f.broker, "app.public.u").is_empty(), "u is not captured yet");
+
+    let mut config = f.cdc();
+    config.tables.push("public.u".into());
+    config.snapshot_chunk_rows = 200;
+    let (mut ctx, _paused, shutdown) = support::context(&f.broker, "app", "postgres_cdc");
+    ctx.failpoints = Failpoints::fail_after_append_before_ack(3);
+    let failpoints = ctx.failpoints.clone();
+    let status = Arc::clone(&ctx.status);
+    let runs = tokio::spawn(async move {
+        let mut crashes = 0;
+        loop {
+            match cdc::run("app", &config, &mut ctx).await {
+                Err(driftless_connect::ConnectError::Failpoint { .. }) => crashes += 1,
+                // The crashed run's walsender can hold the slot for a moment.
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return (other, crashes),
+            }
+        }
+    });
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let db = connect(&f.pg).await;
+        let writing = Arc::clone(&writing);
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while writing.load(Ordering::Relaxed) {
+                n += 1;
+                let id = n * 37 % ADDED_ROWS + 1;
+                db.batch_execute(&format!(
+                    "UPDATE u SET v = 'w{n}' WHERE id = {id}; \
+                     INSERT INTO u VALUES ({}, 'new{n}'); DELETE FROM u WHERE id = {};",
+                    ADDED_ROWS + n,
+                    n * 53 % ADDED_ROWS + 1
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (state, error) = status.state();
+        if failpoints.after_append_before_ack_left() == 0
+            && state == SourceState::Running
+            && status.snapshot_rows_total.load(Ordering::Relaxed) > 0
+        {
+            break;
+        }
+        assert!(!runs.is_finished(), "the source ended: {state:?} {error:?}");
+        assert!(Instant::now() < deadline, "the added snapshot never ended: {state:?} {error:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writing.store(false, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    // Every row of u as the table holds it now, folded from reads and changes.
+    let want: BTreeMap<i64, Value> =
+        f.db.query("SELECT id::int8, v FROM u", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let v: Option<String> = r.get(1);
+                (id, json!({"id": id, "v": v}))
+            })
+            .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = fold(events(&f.broker, "app.public.u"));
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "u's events fold to {} rows, the table has {}",
+            got.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.send_replace(true);
+    let (ended, crashes) =
+        tokio::time::timeout(Duration::from_secs(20), runs).await.unwrap().unwrap();
+    ended.unwrap();
+    assert_eq!(crashes, 3);
+    assert!(!reads(&events(&f.broker, "app.public.u")).is_empty());
+    // t was captured from the start: not read again.
+    assert_eq!(reads(&events(&f.broker, TOPIC)).len(), t_reads);
+    wait_fold_equals_table(&f).await;
+}

@@ -442,6 +442,8 @@ async fn cdc_mode_relays_the_rows_already_in_the_outbox_through_its_snapshot() {
     .await;
     relay.stop().await.unwrap();
     assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), 2);
+    // Relayed rows leave the outbox, as in poll mode (issue 22: cdc mode never deleted them).
+    assert!(outbox_ids(&client).await.is_empty(), "{:?}", outbox_ids(&client).await);
     assert_eq!(ids(&broker, &["app.customers"]), ["o1", "o3"]);
     let orders = events(&broker, "app.orders");
     assert_eq!(orders.len(), 1, "{orders:?}");
@@ -511,9 +513,12 @@ async fn an_outbox_row_inserted_during_a_multi_chunk_snapshot_is_relayed_once() 
     shutdown.send_replace(true);
     tokio::time::timeout(Duration::from_secs(20), relay).await.unwrap().unwrap().unwrap();
 
-    // The snapshot did read the new rows (its last chunk holds their keys) ...
-    assert_eq!(status.snapshot_rows_done.load(Ordering::Relaxed), (OLD + NEW) as u64);
-    // ... and every row was relayed once.
+    // The snapshot read the old rows, and the new ones unless they were relayed and deleted
+    // before the chunk holding their keys was read ...
+    let read = status.snapshot_rows_done.load(Ordering::Relaxed);
+    assert!((OLD as u64..=(OLD + NEW) as u64).contains(&read), "{read} rows read");
+    // ... every row was relayed once, and left the outbox.
+    assert!(outbox_ids(&client).await.is_empty(), "{:?}", outbox_ids(&client).await);
     let got = ids(&broker, &["app.customers"]);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for id in &got {
@@ -525,4 +530,68 @@ async fn an_outbox_row_inserted_during_a_multi_chunk_snapshot_is_relayed_once() 
     let old = events(&broker, "app.customers").into_iter().find(|(_, e)| e.id == "old-8").unwrap();
     assert_eq!(old.1.subject.as_deref(), Some("c-1"));
     assert_eq!(old.1.data, Some(json!({"g": 8})));
+}
+
+/// Regression test for "outbox rows are never deleted in the default `mode = \"cdc\"`" (issue
+/// 22): relayed rows are deleted once their events are durable, before the position is
+/// acknowledged, so a crash between the durable append and the delete (the failpoint) leaves
+/// neither a duplicate — Postgres sends the rows again and the recovered ids drop them — nor a
+/// row behind: they are deleted after the restart. The broker's deduplication is off.
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_mode_deletes_relayed_rows_also_after_a_crash_before_the_delete() {
+    use driftless_connect::failpoint::Failpoints;
+    let (_pg, url) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(dir.path(), false);
+    let mut client = connect(&url).await;
+    let mut cdc = config(&url, 10);
+    cdc.mode = OutboxMode::Cdc;
+    let (mut ctx, _paused, shutdown) = context(&broker);
+    ctx.failpoints = Failpoints::fail_after_append_before_ack(1);
+    let status = Arc::clone(&ctx.status);
+    let runs = tokio::spawn(async move {
+        let mut crashes = 0;
+        loop {
+            match outbox::run_postgres(SOURCE, &cdc, &mut ctx).await {
+                Err(ConnectError::Failpoint { .. }) => crashes += 1,
+                // The crashed run's walsender can hold the slot for a moment.
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return (other, crashes),
+            }
+        }
+    });
+    wait_until("the CDC relay to run", Duration::from_secs(20), || {
+        let running = status.state().0 == driftless_connect::SourceState::Running;
+        async move { running }
+    })
+    .await;
+    write(
+        &mut client,
+        &[
+            ("r1", "customers", "c-1", "customer.created.v1", json!({})),
+            ("r2", "customers", "c-2", "customer.created.v1", json!({})),
+            ("r3", "orders", "o-1", "order.placed.v1", json!({})),
+        ],
+        true,
+    )
+    .await;
+    wait_until("the rows relayed and deleted", Duration::from_secs(30), || {
+        let relayed = ids(&broker, &["app.customers", "app.orders"]).len() >= 3;
+        let client = &client;
+        async move { relayed && outbox_ids(client).await.is_empty() }
+    })
+    .await;
+    wait_until("a backlog of 0", Duration::from_secs(10), || {
+        let zero = status.outbox_backlog_rows.load(Ordering::Relaxed) == 0;
+        async move { zero }
+    })
+    .await;
+    shutdown.send_replace(true);
+    let (ended, crashes) =
+        tokio::time::timeout(Duration::from_secs(20), runs).await.unwrap().unwrap();
+    ended.unwrap();
+    assert_eq!(crashes, 1, "the failpoint did not fire");
+    let mut got = ids(&broker, &["app.customers", "app.orders"]);
+    got.sort();
+    assert_eq!(got, ["r1", "r2", "r3"]);
 }

@@ -39,6 +39,21 @@
 //!
 //! The initial snapshot (`snapshot = "initial"`) runs inside this loop while streaming goes on;
 //! its algorithm and guarantees are described in [`super::snapshot`].
+//!
+//! Tables added and removed: the state records every captured table and how its earlier rows
+//! were taken ([`Capture`]). At each start the publication's tables are compared with it
+//! (`reconcile_tables`): a table added to `tables` (or, under `FOR ALL TABLES`, one the source
+//! did not know) gets the same incremental snapshot, planned and stored before streaming starts
+//! (appended to a snapshot still running); with `snapshot = "never"` a warning names it instead.
+//! A removed table leaves the plan, its changes still in the slot are dropped, and the log says
+//! so. Under `FOR ALL TABLES`, a table created while the source streams is recorded as such when
+//! its first change arrives (the stream has all its rows); one created while the source was
+//! stopped is also snapshotted, so its rows may arrive both as inserts and as `read`s — each
+//! the row's full state at its own position, in order, so folding them ends right.
+//!
+//! Outbox tables (`postgres_outbox`, `mode = "cdc"`): relayed rows are deleted once their events
+//! are durable and before their position is acknowledged (see [`crate::outbox`]), and the rows
+//! waiting are counted every second for `outbox_backlog_rows`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -70,6 +85,8 @@ const LAG_POLL_MS: u64 = 1_000;
 const STATE_REFRESH_MS: u64 = 5_000;
 /// Longest replication slot or publication name Postgres accepts, in bytes.
 const PG_NAME_BYTES_MAX: usize = 63;
+/// Most outbox row ids deleted by one statement.
+const OUTBOX_DELETE_IDS_MAX: usize = 1_000;
 /// Debezium's marker for a TOASTed value that was not sent.
 pub const DEBEZIUM_UNAVAILABLE: &str = "__debezium_unavailable_value";
 /// Microseconds between the Unix epoch and Postgres's (2000-01-01).
@@ -86,9 +103,28 @@ pub struct CdcState {
     /// Partition end offsets recorded before an append that may not have completed.
     #[serde(default)]
     pub pending: Option<BTreeMap<String, Vec<u64>>>,
-    /// The initial snapshot still to finish (`None`: none planned, or done).
+    /// The snapshot still to finish (`None`: none planned, or done): the initial one, or that
+    /// of tables added since.
     #[serde(default)]
     pub snapshot: Option<SnapshotProgress>,
+    /// Every table the source captures (`schema.table`), as of its last start, and how its rows
+    /// from before its capture were taken; compared at each start with the publication's tables
+    /// to find the added and removed ones. `None`: written by a version that did not record them.
+    #[serde(default)]
+    pub tables: Option<BTreeMap<String, Capture>>,
+}
+
+/// How a captured table's rows from before its capture reach the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capture {
+    /// Read by a snapshot (planned, running or done).
+    Snapshot,
+    /// None to read: the table was created while captured (`FOR ALL TABLES`), so the stream
+    /// carries every row it ever had.
+    Created,
+    /// Skipped: `snapshot = "never"` when the table was taken on; only its changes since flow.
+    ChangesOnly,
 }
 
 /// The deterministic event id of change `ordinal` of the transaction committed at `commit_lsn`.
@@ -116,6 +152,8 @@ struct Relation {
     key: Vec<usize>,
     topic: String,
     is_outbox: bool,
+    /// Not captured any more (removed from `tables`): its changes still in the slot are dropped.
+    ignored: bool,
     /// `schema.table`, and the event type of each `Op` (`schema.table.op`): formatted once per
     /// relation instead of once per change.
     qualified: String,
@@ -184,6 +222,8 @@ struct Txn {
     snapshot_keys: Vec<Option<String>>,
     /// Keys of the outbox rows it relays while a snapshot runs.
     relayed_keys: Vec<String>,
+    /// Ids of the outbox rows it relays (or found already relayed), deleted once durable.
+    outbox_ids: Vec<String>,
 }
 
 impl Txn {
@@ -202,6 +242,7 @@ impl Txn {
             snapshot_window: None,
             snapshot_keys: Vec::new(),
             relayed_keys: Vec::new(),
+            outbox_ids: Vec::new(),
         }
     }
 }
@@ -217,6 +258,8 @@ struct Batch {
     commit_times_us: Vec<i64>,
     /// Snapshot progress reached once `events` are durable.
     snapshot_progress: Option<SnapshotProgress>,
+    /// Outbox rows to delete once `events` are durable.
+    outbox_ids: Vec<String>,
 }
 
 /// A batch being appended while the next one is decoded.
@@ -226,6 +269,7 @@ struct InFlight {
     /// What `Batch::ack_lsn` and `Batch::commit_times_us` were for these events.
     ack_lsn: Option<u64>,
     commit_times_us: Vec<i64>,
+    outbox_ids: Vec<String>,
 }
 
 /// Waits for the append in flight, if any; never completes when there is none (a `select!`
@@ -290,6 +334,11 @@ struct Cdc<'a> {
     /// oldest first: a chunk request carries them, so the reader can refuse a snapshot that
     /// still counts one of them as running (see `super::snapshot`).
     received_xids: VecDeque<u32>,
+    /// The tables the source captures when `tables` lists them (`schema.table`); changes of
+    /// other tables (removed ones still in the slot) are dropped. `None`: every table.
+    captured: Option<HashSet<String>>,
+    /// `DELETE FROM <outbox> WHERE id = ANY($1)` when reading an outbox.
+    outbox_delete: Option<String>,
 }
 
 /// Runs the CDC source until shutdown or a failure.
@@ -337,6 +386,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         state = CdcState { slot: slot.clone(), ..CdcState::default() };
     }
     prepare_slot(name, &client, &slot, &publication, config, &mut state, ctx).await?;
+    let captured = reconcile_tables(name, &client, &publication, config, &mut state).await?;
     if state.snapshot.is_some() && config.snapshot == SnapshotMode::Never {
         tracing::warn!(source = name, "snapshot = \"never\": abandoning the unfinished snapshot");
         state.snapshot = None;
@@ -393,6 +443,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         ReplicationClient::connect(repl_config).await.map_err(|e| repl_error(name, e))?;
 
     let last_activity_ms = Arc::new(AtomicI64::new(now_ms()));
+    let outbox_table = config.outbox.as_ref().map(|o| quote_table(&o.table));
     let _background = AbortOnDrop(tokio::spawn(heartbeat_and_lag(
         name.to_string(),
         Arc::clone(&client),
@@ -400,6 +451,7 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         config.heartbeat_interval_ms,
         Arc::clone(&last_activity_ms),
         Arc::clone(&ctx.status),
+        outbox_table.clone(),
     )));
     let snapshot = match &state.snapshot {
         Some(progress) => {
@@ -454,6 +506,9 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         snapshot,
         inflight: None,
         received_xids: VecDeque::new(),
+        captured,
+        outbox_delete: outbox_table
+            .map(|table| format!("DELETE FROM {table} WHERE id::text = ANY($1)")),
     };
     let mut result = match cdc.request_chunk(ctx).await {
         Ok(()) => cdc.stream(&mut repl, ctx).await,
@@ -617,6 +672,78 @@ async fn check_tables(
     Ok(full_keys)
 }
 
+/// Compares the publication's tables with those the source captured at its last start
+/// (`CdcState::tables`). An added table gets a snapshot (`snapshot = "initial"`), incremental
+/// and merged into the stream like the initial one, appended to the plan of a snapshot still
+/// running; with `snapshot = "never"` a warning names it. A removed table leaves the plan, and
+/// the log says so. The result is stored with the state before streaming starts, so a crash
+/// cannot lose an added table's snapshot. Returns the tables the stream keeps changes of
+/// (`None`: every table, `FOR ALL TABLES`).
+async fn reconcile_tables(
+    name: &str,
+    client: &tokio_postgres::Client,
+    publication: &str,
+    config: &PgCdcConfig,
+    state: &mut CdcState,
+) -> Result<Option<HashSet<String>>> {
+    let mut published = snapshot::published_tables(name, client, publication).await?;
+    let captured: Option<HashSet<String>> =
+        (!config.tables.is_empty()).then(|| config.tables.iter().cloned().collect());
+    if let Some(captured) = &captured {
+        // A publication for all tables that `tables` narrows (one the source did not create).
+        published.retain(|p| captured.contains(&p.table.qualified()));
+    }
+    let taken = match config.snapshot {
+        SnapshotMode::Initial => Capture::Snapshot,
+        SnapshotMode::Never => Capture::ChangesOnly,
+    };
+    let Some(mut known) = state.tables.take() else {
+        // A new slot (whose plan, if any, lists these very tables), or a position stored before
+        // the tables were recorded: every table published now counts as taken on.
+        state.tables = Some(published.iter().map(|p| (p.table.qualified(), taken)).collect());
+        return Ok(captured);
+    };
+    let names: BTreeSet<String> = published.iter().map(|p| p.table.qualified()).collect();
+    let removed: Vec<String> = known.keys().filter(|t| !names.contains(*t)).cloned().collect();
+    for table in removed {
+        known.remove(&table);
+        if let Some(plan) = state.snapshot.as_mut() {
+            snapshot::drop_from_plan(plan, &table);
+        }
+        tracing::info!(source = name, table = %table,
+            "the table is no longer captured: its changes are not emitted any more");
+    }
+    let added: Vec<snapshot::PublishedTable> =
+        published.into_iter().filter(|p| !known.contains_key(&p.table.qualified())).collect();
+    let added_names: Vec<String> = added.iter().map(|p| p.table.qualified()).collect();
+    if !added.is_empty() {
+        match config.snapshot {
+            SnapshotMode::Initial => {
+                let plan =
+                    snapshot::extend_plan(name, client, state.snapshot.take(), &added).await?;
+                tracing::info!(source = name, tables = %added_names.join(", "),
+                    rows = plan.rows_total, "tables added: snapshotting their existing rows while streaming");
+                state.snapshot = Some(plan);
+            }
+            SnapshotMode::Never => {
+                tracing::warn!(source = name, tables = %added_names.join(", "),
+                    "tables added with snapshot = \"never\": their existing rows are not read, \
+                     only their changes from now on; to read them, stop the source, remove the \
+                     tables, start it, then add them back with snapshot = \"initial\"");
+            }
+        }
+    }
+    for table in added_names {
+        known.insert(table, taken);
+    }
+    if state.snapshot.as_ref().is_some_and(|p| p.table.is_none()) {
+        // Every table it still had to read was removed.
+        state.snapshot = None;
+    }
+    state.tables = Some(known);
+    Ok(captured)
+}
+
 /// Creates the slot on first start; applies `on_slot_lost` when a slot this source had a
 /// position in is gone or invalidated. A new slot gets a snapshot plan (`snapshot =
 /// "initial"`), stored before the slot is created so a crash in between cannot lose it.
@@ -703,8 +830,9 @@ async fn prepare_slot(
     Ok(())
 }
 
-/// Measures slot lag every second and writes a heartbeat when the source was idle for
-/// `heartbeat_interval_ms`.
+/// Measures slot lag every second, counts the outbox rows waiting (`outbox_table`, quoted; at
+/// most every [`crate::outbox::BACKLOG_REFRESH_MS`], paused or not), and writes a heartbeat when
+/// the source was idle for `heartbeat_interval_ms`.
 async fn heartbeat_and_lag(
     name: String,
     client: Arc<tokio_postgres::Client>,
@@ -712,9 +840,26 @@ async fn heartbeat_and_lag(
     heartbeat_interval_ms: u64,
     last_activity_ms: Arc<AtomicI64>,
     status: Arc<crate::runtime::SourceStatus>,
+    outbox_table: Option<String>,
 ) {
     let mut last_heartbeat_ms = now_ms();
+    let count_sql = outbox_table.map(|table| format!("SELECT count(*) FROM {table}"));
+    let mut counted: Option<Instant> = None;
     loop {
+        if let Some(sql) = &count_sql {
+            let due = counted.is_none_or(|at| {
+                at.elapsed() >= Duration::from_millis(crate::outbox::BACKLOG_REFRESH_MS)
+            });
+            if due {
+                counted = Some(Instant::now());
+                match client.query_one(sql.as_str(), &[]).await {
+                    Ok(row) => status.outbox_backlog_rows.store(row.get(0), Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::debug!(source = %name, error = %e, "counting outbox rows failed")
+                    }
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(LAG_POLL_MS.min(heartbeat_interval_ms))).await;
         let lag = client
             .query_opt(
@@ -830,6 +975,7 @@ impl Cdc<'_> {
                             t.flushed_early = true;
                             batch.bytes += std::mem::take(&mut t.bytes);
                             batch.events.append(&mut t.events);
+                            batch.outbox_ids.append(&mut t.outbox_ids);
                             self.flush(&mut batch, repl, ctx).await?;
                         }
                     }
@@ -850,6 +996,7 @@ impl Cdc<'_> {
                         }
                         batch.bytes += t.bytes;
                         batch.events.append(&mut t.events);
+                        batch.outbox_ids.append(&mut t.outbox_ids);
                         batch.commit_times_us.push(t.commit_time_us);
                         if size > 0 {
                             self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
@@ -917,12 +1064,15 @@ impl Cdc<'_> {
                 count,
                 ack_lsn: batch.ack_lsn.take(),
                 commit_times_us: std::mem::take(&mut batch.commit_times_us),
+                outbox_ids: std::mem::take(&mut batch.outbox_ids),
             });
             if batch.snapshot_progress.is_none() {
                 return Ok(());
             }
             self.settle(repl, ctx).await?;
         }
+        // Rows whose every event was found relayed before a restart: durable already.
+        self.delete_outbox_rows(std::mem::take(&mut batch.outbox_ids)).await?;
         self.acknowledge(batch.ack_lsn.take(), count, batch.snapshot_progress.is_some(), repl, ctx)
             .await?;
         if let Some(progress) = batch.snapshot_progress.take() {
@@ -963,6 +1113,7 @@ impl Cdc<'_> {
             reason: format!("a log append task ended abnormally: {join}"),
         })??;
         ctx.failpoints.after_append_before_ack(self.name)?;
+        self.delete_outbox_rows(f.outbox_ids).await?;
         let now = now_ms();
         ctx.status.appended(f.count, now);
         ctx.status.rows_total.fetch_add(f.count, Ordering::Relaxed);
@@ -971,6 +1122,20 @@ impl Cdc<'_> {
             ctx.status.commit_to_durable.observe(Duration::from_micros(waited_us));
         }
         self.acknowledge(f.ack_lsn, f.count, false, repl, ctx).await
+    }
+
+    /// Deletes relayed outbox rows, whose events are durable, before their position is
+    /// acknowledged: after a crash in between, Postgres sends them again, the ids recovered at
+    /// start drop their events, and they are deleted then. Nothing to do when not an outbox.
+    async fn delete_outbox_rows(&self, ids: Vec<String>) -> Result<()> {
+        let Some(sql) = &self.outbox_delete else { return Ok(()) };
+        for chunk in ids.chunks(OUTBOX_DELETE_IDS_MAX) {
+            self.client
+                .execute(sql.as_str(), &[&chunk])
+                .await
+                .map_err(pg_error(self.name, "deleting relayed outbox rows"))?;
+        }
+        Ok(())
     }
 
     /// Reports `lsn` (durable in the log) to Postgres as flushed; an idle source also refreshes
@@ -1017,11 +1182,14 @@ impl Cdc<'_> {
             ctx.emitter.put_state(encode_state(&self.state)).await?;
             self.last_state_write = Instant::now();
             let done = ctx.status.snapshot_rows_done.load(Ordering::Relaxed);
-            ctx.status.snapshot_rows_total.fetch_max(done, Ordering::Relaxed);
+            // The estimate is replaced by the count (rows deleted meanwhile, a removed table).
+            if done > 0 {
+                ctx.status.snapshot_rows_total.store(done, Ordering::Relaxed);
+            }
             if ctx.status.state().0 == SourceState::Snapshotting {
                 ctx.status.set_state(SourceState::Running, None);
             }
-            tracing::info!(source = self.name, rows = done, "initial snapshot done");
+            tracing::info!(source = self.name, rows = done, "snapshot done");
             return Ok(());
         };
         run.k += 1;
@@ -1183,6 +1351,7 @@ impl Cdc<'_> {
             }
             if rel.is_outbox {
                 let event = self.outbox_event(&rel, row)?;
+                t.outbox_ids.push(event.1.id.clone());
                 self.push(&mut t, event);
             } else {
                 let id = format!("{}:snap:{high_lsn:016X}:{}", self.name, t.ordinal);
@@ -1195,6 +1364,7 @@ impl Cdc<'_> {
         }
         batch.bytes += t.bytes;
         batch.events.append(&mut t.events);
+        batch.outbox_ids.append(&mut t.outbox_ids);
         progress.rows_done += read_rows;
         if chunk.table_done {
             progress.next_table();
@@ -1221,6 +1391,11 @@ impl Cdc<'_> {
                 ..
             } => {
                 let relation = self.relation(&namespace, &relation_name, &columns)?;
+                if let (None, Some(known)) = (&self.captured, self.state.tables.as_mut()) {
+                    // FOR ALL TABLES: a table unknown at start was created since, so the stream
+                    // has every row it ever held (stored with the next position).
+                    known.entry(relation.qualified()).or_insert(Capture::Created);
+                }
                 for c in &relation.columns {
                     if !self.catalog.contains(c.type_oid) {
                         // A type created after start (an enum, a domain): reload the catalog.
@@ -1312,6 +1487,8 @@ impl Cdc<'_> {
         let qualified = format!("{schema}.{table}");
         let is_outbox =
             self.config.outbox.as_ref().is_some_and(|o| o.table == qualified || o.table == table);
+        // A removed table's changes are dropped: its key and topic no longer matter.
+        let ignored = self.captured.as_ref().is_some_and(|c| !c.contains(&qualified));
         let key: Vec<usize> = match self.config.key_columns.get(&qualified) {
             Some(names) => names
                 .iter()
@@ -1325,7 +1502,7 @@ impl Cdc<'_> {
                 .collect::<Result<_>>()?,
             None => identity,
         };
-        if key.is_empty() && !is_outbox {
+        if key.is_empty() && !is_outbox && !ignored {
             return Err(ConnectError::Table {
                 source_name: self.name.into(),
                 table: qualified,
@@ -1341,7 +1518,7 @@ impl Cdc<'_> {
                 .replace("{schema}", schema)
                 .replace("{table}", table),
         };
-        if let Err(e) = driftless_core::TopicName::new(topic.clone()) {
+        if let (Err(e), false) = (driftless_core::TopicName::new(topic.clone()), ignored) {
             return Err(ConnectError::Table {
                 source_name: self.name.into(),
                 table: qualified,
@@ -1357,6 +1534,7 @@ impl Cdc<'_> {
             key,
             topic,
             is_outbox,
+            ignored,
             qualified,
             event_types,
         })
@@ -1413,12 +1591,18 @@ impl Cdc<'_> {
             source_name: self.name.into(),
             reason: format!("a change for relation {relation_id} arrived before its description"),
         })?;
+        if rel.ignored {
+            // Removed from `tables` (see `reconcile_tables`): older changes left in the slot.
+            return Ok(());
+        }
         if rel.is_outbox {
             // Outbox rows are events already; only their insertion matters.
             if let (Op::Insert, Some(tuple)) = (op, new) {
                 let (row, _) = self.row(rel, tuple)?;
                 self.record_key(t, rel, Some(&rel_key(rel, &row)));
                 let event = self.outbox_event(rel, row)?;
+                // Deleted once durable, also when `push` finds it relayed before a crash.
+                t.outbox_ids.push(event.1.id.clone());
                 self.push(t, event);
             }
             return Ok(());

@@ -6,7 +6,9 @@
 //! "resnapshot"`) and `snapshot = "initial"`, it lists the publication's tables and stores the
 //! plan ([`SnapshotProgress`]) in its state *before* creating the slot, so a crash between the
 //! two cannot lose the snapshot. The plan holds the tables still to read, the current table, the
-//! last key read (text form, with the key columns it belongs to) and the row counts.
+//! last key read (text form, with the key columns it belongs to) and the row counts. A table
+//! added to a source that already has its slot is planned the same way at the next start
+//! ([`extend_plan`], stored before streaming starts), and read by the same chunks.
 //!
 //! One chunk `k` of table `T` (read by [`reader`] on its own connection, driven by the stream
 //! loop, one chunk at a time):
@@ -151,12 +153,23 @@ impl SnapshotProgress {
     }
 }
 
-/// Lists the publication's tables and estimates their rows.
-pub async fn plan(
+/// The publication's tables with their size figures, as the catalog names them.
+#[derive(Debug, Clone)]
+pub struct PublishedTable {
+    /// The table.
+    pub table: SnapshotTable,
+    /// `pg_class.reltuples` (-1 before the first ANALYZE).
+    reltuples: i64,
+    /// `pg_relation_size`, in bytes.
+    size_bytes: i64,
+}
+
+/// Lists the tables of `publication`, in name order.
+pub async fn published_tables(
     name: &str,
     client: &tokio_postgres::Client,
     publication: &str,
-) -> Result<SnapshotProgress> {
+) -> Result<Vec<PublishedTable>> {
     let rows = client
         .query(
             "SELECT pt.schemaname::text, pt.tablename::text, c.reltuples::int8, \
@@ -168,27 +181,68 @@ pub async fn plan(
             &[&publication],
         )
         .await
-        .map_err(pg_error(name, "listing the tables to snapshot"))?;
-    let mut progress = SnapshotProgress::default();
-    for row in rows {
-        let table = SnapshotTable { schema: row.get(0), table: row.get(1) };
-        let (reltuples, size_bytes): (i64, i64) = (row.get(2), row.get(3));
+        .map_err(pg_error(name, "listing the publication's tables"))?;
+    Ok(rows
+        .iter()
+        .map(|row| PublishedTable {
+            table: SnapshotTable { schema: row.get(0), table: row.get(1) },
+            reltuples: row.get(2),
+            size_bytes: row.get(3),
+        })
+        .collect())
+}
+
+/// Adds `tables` to the end of `progress` (a new plan when `None`) with their estimated rows,
+/// and makes the first planned table current if none is.
+pub async fn extend_plan(
+    name: &str,
+    client: &tokio_postgres::Client,
+    progress: Option<SnapshotProgress>,
+    tables: &[PublishedTable],
+) -> Result<SnapshotProgress> {
+    let mut progress = progress.unwrap_or_default();
+    for published in tables {
+        let table = &published.table;
+        if progress.table.as_ref() == Some(table) || progress.tables.contains(table) {
+            continue;
+        }
         // `reltuples` is -1 before the first ANALYZE and stale after bulk loads: count small
         // tables exactly, estimate big ones (counting them would read them twice).
-        let estimate = if size_bytes <= EXACT_COUNT_BYTES_MAX || reltuples < 0 {
+        let estimate = if published.size_bytes <= EXACT_COUNT_BYTES_MAX || published.reltuples < 0 {
             let count = client
                 .query_one(&format!("SELECT count(*) FROM {}", table.sql()), &[])
                 .await
                 .map_err(pg_error(name, format!("counting the rows of {}", table.qualified())))?;
             count.get::<_, i64>(0)
         } else {
-            reltuples
+            published.reltuples
         };
         progress.rows_total += estimate.max(0) as u64;
-        progress.tables.push(table);
+        progress.tables.push(table.clone());
     }
-    progress.next_table();
+    if progress.table.is_none() {
+        progress.next_table();
+    }
     Ok(progress)
+}
+
+/// Removes the table `qualified` (`schema.table`) from the plan; when it is the current one,
+/// the plan moves to the next.
+pub fn drop_from_plan(progress: &mut SnapshotProgress, qualified: &str) {
+    progress.tables.retain(|t| t.qualified() != qualified);
+    if progress.table.as_ref().is_some_and(|t| t.qualified() == qualified) {
+        progress.next_table();
+    }
+}
+
+/// Lists the publication's tables and estimates their rows: the plan of a new slot's snapshot.
+pub async fn plan(
+    name: &str,
+    client: &tokio_postgres::Client,
+    publication: &str,
+) -> Result<SnapshotProgress> {
+    let tables = published_tables(name, client, publication).await?;
+    extend_plan(name, client, None, &tables).await
 }
 
 /// What the stream loop asks the reader for.
