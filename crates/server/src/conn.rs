@@ -35,6 +35,9 @@
 //!   a slot no longer than a slowloris), and at the bound one unfinished for [`RECLAIM_IDLE_MIN`]
 //!   is closed for a waiting client like an idle connection; a failed handshake closes the
 //!   connection, so a plaintext request to the https port gets no answer;
+//! - a response sent before its request's body was read to the end (a guard or authentication
+//!   refusal, a body over the limit or too slow) carries `Connection: close`: hyper closes such a
+//!   connection anyway, and a client must not pool it (see `ReadToEnd`);
 //! - every request carries the connection's [`PeerIdentity`] (`tls`, and the verified client
 //!   certificate's subject under mutual TLS) as an extension.
 
