@@ -135,7 +135,8 @@ impl Conn {
     pub async fn open(db: &Db) -> Result<Conn, String> {
         match db {
             Db::Postgres(url) => {
-                // sslmode/sslrootcert as libpq (driftless_pgtls); errors never carry the URL.
+                // sslmode/sslrootcert as libpq (driftless_pgtls); errors carry the URL without
+                // its password.
                 let pg =
                     driftless_pgtls::PgConnect::parse(url.expose()).map_err(|e| e.to_string())?;
                 let (client, conn) = pg.connect().await.map_err(|e| e.to_string())?;

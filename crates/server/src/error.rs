@@ -43,6 +43,22 @@ pub enum ServerError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The configuration file is not valid TOML, or one of its settings is unknown, of the
+    /// wrong type or out of range: `file:line:column`, the key path, what is expected.
+    #[error("config file {}:{line}:{column}: {reason}", file.display())]
+    Setting {
+        /// The file (or `<inline>` for text given directly).
+        file: PathBuf,
+        /// 1-based line of the key (or of its table when the key is not written).
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// The key path, e.g. `source[1].heartbeat_interval_ms` (empty for a syntax error).
+        key: String,
+        /// "`key`: what is wrong and what is expected" — redacted (never the line as written:
+        /// it may hold a credential).
+        reason: String,
+    },
     /// The broker could not open its data directory.
     #[error("cannot open the broker in {dir}")]
     OpenBroker {
