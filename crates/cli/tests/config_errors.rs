@@ -182,7 +182,7 @@ fn start_refusal(dir: &Path, text: &str) -> Result<(String, String), String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    if !status.is_some_and(|s| !s.success()) {
+    if status.is_none_or(|s| s.success()) {
         return Err(format!("the start was not refused ({status:?}):\n{text}\nstderr: {stderr}"));
     }
     Ok((path.display().to_string(), stderr))

@@ -223,10 +223,11 @@ static KNOWN: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
 /// Registers `value` (and, if it is a URL, its decoded password and query values; if it is a
 /// libpq key-value string, its password) so [`redact`] removes them from any text.
 pub fn register(value: &str) {
-    // A Postgres URL's credentials are its password and query values (registered below); the
-    // whole URL is not one, and hiding it would hide which server a connection error is about.
+    // A Postgres URL without a password or query values holds no credential; hiding it whole
+    // would hide which server a connection error is about.
     let postgres = value.starts_with("postgres://") || value.starts_with("postgresql://");
-    let mut parts = if postgres { Vec::new() } else { vec![value.to_string()] };
+    let plain = postgres && sensitive_spans(value).is_empty();
+    let mut parts = if plain { Vec::new() } else { vec![value.to_string()] };
     for (start, end) in sensitive_spans(value) {
         let raw = &value[start..end];
         parts.push(raw.to_string());
