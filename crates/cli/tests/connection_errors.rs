@@ -2,7 +2,8 @@
 //! connect to PostgreSQL, what `driftless serve` shows (`GET /v1/sources`, `GET /v1/sinks`, a
 //! reconciliation run's error) says why — connection refused, password authentication failed,
 //! database does not exist — and names the server by its URL with the password replaced by
-//! `***`, never the password itself.
+//! `***`, never the password itself. A SQLite database that cannot be opened names its path and
+//! what is missing (the file, the directory) instead of SQLite's "unable to open database file".
 //!
 //! Real PostgreSQL (with a role that must give a password), real `driftless serve`; the closed
 //! port is one that was free a moment ago.
@@ -38,7 +39,7 @@ fn error_of(base: &str, listing: &str, name: &str) -> String {
 }
 
 #[test]
-fn a_failed_postgres_connection_says_why_and_names_the_url_without_the_password() {
+fn a_failed_database_connection_says_why_and_names_the_database_without_the_password() {
     let pg = PgServer::start_with(PgOptions {
         password_users: vec!["app".into()],
         ..PgOptions::default()
@@ -51,6 +52,8 @@ fn a_failed_postgres_connection_says_why_and_names_the_url_without_the_password(
     let closed = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("driftless.toml");
+    let missing_file = dir.path().join("outbox.db").display().to_string();
+    let missing_dir = dir.path().join("no-such-dir").display().to_string();
     std::fs::write(
         &config,
         format!(
@@ -75,6 +78,20 @@ url = "postgres://app:{PASSWORD}@127.0.0.1:{port}/nosuchdb"
 name = "proj"
 topics = ["contacts"]
 target = {{ kind = "postgres", url = "postgres://app:{PASSWORD}@127.0.0.1:{closed}/app" }}
+[[sink.mapping]]
+table = "contacts"
+key = ["id"]
+columns = {{ id = ".subject" }}
+
+[[source]]
+name = "no-file"
+kind = "sqlite_outbox"
+path = "{missing_file}"
+
+[[sink]]
+name = "no-dir"
+topics = ["contacts"]
+target = {{ kind = "sqlite", path = "{missing_dir}/proj.db" }}
 [[sink.mapping]]
 table = "contacts"
 key = ["id"]
@@ -123,6 +140,13 @@ source = {{ kind = "postgres", url = "postgres://app:{PASSWORD}@127.0.0.1:{port}
     // The projection (the sink's database, on the closed port) is opened first.
     assert!(run.contains("projection database") && run.contains("connection refused"), "{run}");
     assert!(run.contains(&format!("postgres://app:***@127.0.0.1:{closed}/app")), "{run}");
+
+    // SQLite says only "unable to open database file"; the message says what is missing.
+    let no_file = error_of(base, "/v1/sources", "no-file");
+    let expected = format!("cannot open SQLite database at {missing_file}: no such file");
+    assert!(no_file.contains(&expected), "{no_file}");
+    let no_dir = error_of(base, "/v1/sinks", "no-dir");
+    assert!(no_dir.contains(&format!("no such directory {missing_dir}")), "{no_dir}");
 
     for text in [&refused, &wrong, &missing, &sink, &run] {
         assert!(!text.contains(PASSWORD), "the password in: {text}");

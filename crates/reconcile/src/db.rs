@@ -570,7 +570,7 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    .map_err(|e| driftless_core::sql::sqlite_open_failure(path, &e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(lite_err)?;
     register_digests(&conn).map_err(lite_err)?;
     Ok(conn)
