@@ -332,7 +332,6 @@ impl ServerConfig {
             ("topics_max", b.topics_max),
             ("partitions_total_max", b.partitions_total_max),
             ("produce_events_max", b.produce_events_max),
-            ("dedup_ids_max", b.dedup_ids_max),
         ] {
             if value == 0 {
                 return bad(
@@ -1075,6 +1074,14 @@ mod tests {
             );
             assert!(all.contains(needle), "{text}: {all}");
         }
+    }
+
+    /// `dedup_ids_max = 0` turns the broker's deduplication off (the CDC crash test relies on
+    /// it): the range checks must not refuse it.
+    #[test]
+    fn deduplication_can_still_be_switched_off() {
+        let c = ServerConfig::from_toml("[broker]\ndedup_ids_max = 0\n", Path::new("x.toml"));
+        assert_eq!(c.unwrap().broker.dedup_ids_max, 0);
     }
 
     #[test]

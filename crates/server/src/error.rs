@@ -3,7 +3,8 @@
 //!
 //! Invariant: every variant names the file, directory or address involved; the cause is its
 //! `source()` (not repeated in `Display`), so printing the chain (`{:#}` with anyhow) reads
-//! "config file x.toml: TOML parse error at line 3 … unknown field `lisen`".
+//! "cannot read config file x.toml: No such file or directory"; a configuration mistake is one
+//! sentence, "config file x.toml:3:1: `server.lisen`: unknown key …".
 
 use std::io;
 use std::path::PathBuf;
@@ -30,15 +31,6 @@ pub enum ServerError {
         /// The operating system's error.
         #[source]
         source: io::Error,
-    },
-    /// The configuration file is not valid TOML or holds an unknown key or a bad value.
-    #[error("config file {path}: {reason}")]
-    ParseConfig {
-        /// The file (or `<inline>` for text given directly).
-        path: PathBuf,
-        /// The parser's error, naming the key and quoting its line — redacted, since that line
-        /// may hold a credential (`driftless_core::redact`).
-        reason: String,
     },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
