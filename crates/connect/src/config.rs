@@ -224,20 +224,76 @@ const OUTBOX_KEYS: [&str; 5] =
     ["table", "topic_prefix", "event_source", "poll_interval_ms", "batch_rows_max"];
 const PG_OUTBOX_KEYS: [&str; 4] = ["url", "mode", "slot", "heartbeat_interval_ms"];
 
-/// The keys of a `[[source]]` table that no source of its `kind` reads (typos), given the
-/// table's keys and its `kind`. An unknown kind is left to the deserializer's error.
-pub fn unknown_keys<'a>(kind: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+/// The `kind`s a `[[source]]` may have.
+pub const KINDS: [&str; 3] = ["postgres_cdc", "postgres_outbox", "sqlite_outbox"];
+
+/// Every key a `[[source]]` of `kind` reads, in the order the README lists them; `None` for an
+/// unknown kind.
+pub fn keys(kind: &str) -> Option<Vec<&'static str>> {
     let specific: &[&str] = match kind {
         "postgres_cdc" => &CDC_KEYS,
         "postgres_outbox" => &PG_OUTBOX_KEYS,
         "sqlite_outbox" => &["path"],
-        _ => return Vec::new(),
+        _ => return None,
     };
     let outbox: &[&str] = if kind.ends_with("_outbox") { &OUTBOX_KEYS } else { &[] };
-    keys.into_iter()
-        .filter(|k| !COMMON_KEYS.contains(k) && !specific.contains(k) && !outbox.contains(k))
-        .collect()
+    Some(COMMON_KEYS.iter().chain(specific).chain(outbox).copied().collect())
 }
+
+/// The keys of a `[[source]]` table that no source of its `kind` reads (typos), given the
+/// table's keys and its `kind`. An unknown kind is left to the deserializer's error.
+pub fn unknown_keys<'a>(kind: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let Some(known) = self::keys(kind) else {
+        return Vec::new();
+    };
+    keys.into_iter().filter(|k| !known.contains(k)).collect()
+}
+
+/// Checks that `value` has the type `key` takes in a `[[source]]`, on its own.
+///
+/// Why: the kind's settings are flattened into the entry, and serde's `flatten` loses the
+/// position of a value, so a wrong type would be reported at the `[[source]]` header without
+/// the key. The server calls this key by key first, with a deserializer that knows the value's
+/// position. Keys no kind reads are accepted here ([`unknown_keys`] reports them).
+pub fn check_setting<'de, D: serde::Deserializer<'de>>(
+    key: &str,
+    value: D,
+) -> std::result::Result<(), D::Error> {
+    fn is<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+        value: D,
+    ) -> std::result::Result<(), D::Error> {
+        T::deserialize(value).map(drop)
+    }
+    match key {
+        "name" | "kind" | "slot" | "publication" | "topic" | "table" | "topic_prefix"
+        | "event_source" => is::<String, D>(value),
+        "partitions" | "snapshot_chunk_rows" | "batch_rows_max" => is::<u32, D>(value),
+        "heartbeat_interval_ms" | "poll_interval_ms" => is::<u64, D>(value),
+        "batch_events_max" | "buffer_bytes_max" => is::<usize, D>(value),
+        "paused" => is::<bool, D>(value),
+        "url" => is::<Secret, D>(value),
+        "path" => is::<PathBuf, D>(value),
+        "tables" => is::<Vec<String>, D>(value),
+        "routes" => is::<BTreeMap<String, String>, D>(value),
+        "key_columns" => is::<BTreeMap<String, Vec<String>>, D>(value),
+        "payload" => is::<Payload, D>(value),
+        "snapshot" => is::<SnapshotMode, D>(value),
+        "on_slot_lost" => is::<OnSlotLost, D>(value),
+        "mode" => is::<OutboxMode, D>(value),
+        _ => Ok(()),
+    }
+}
+
+/// Most `partitions` of a source's topics.
+pub const PARTITIONS_MAX: u32 = 1024;
+/// Largest `heartbeat_interval_ms` and `poll_interval_ms`: one day.
+pub const INTERVAL_MS_MAX: u64 = 86_400_000;
+/// Largest `snapshot_chunk_rows` and `batch_rows_max`.
+pub const ROWS_MAX: u32 = 1_000_000;
+/// Largest `batch_events_max`.
+pub const BATCH_EVENTS_MAX_LIMIT: usize = 1_000_000;
+/// Largest `buffer_bytes_max`: 16 GiB.
+pub const BUFFER_BYTES_MAX_LIMIT: usize = 16 << 30;
 
 fn default_partitions() -> u32 {
     4
@@ -287,22 +343,38 @@ impl SourceConfig {
                 ),
             ));
         }
-        if self.partitions == 0 || self.partitions > 1024 {
-            return Err(bad("partitions", format!("must be 1 to 1024, got {}", self.partitions)));
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return Err(bad(
+                "partitions",
+                format!("must be 1 to {PARTITIONS_MAX}, got {}", self.partitions),
+            ));
         }
-        let positive = |field: &str, v: u64| {
-            if v == 0 {
-                Err(bad(field, "must be at least 1".into()))
+        // Every limit is checked against a range: 0 would stall a source (no rows per read, no
+        // wait between polls) and a huge one overflows memory or clock arithmetic.
+        let range = |field: &str, v: u64, max: u64, unit: &str| {
+            if v == 0 || v > max {
+                Err(bad(field, format!("must be 1 to {max}{unit}, got {v}")))
             } else {
                 Ok(())
             }
         };
+        const DAY: &str = " ms (one day)";
         match &self.kind {
             SourceKind::PostgresCdc(c) => {
-                positive("snapshot_chunk_rows", c.snapshot_chunk_rows.into())?;
-                positive("heartbeat_interval_ms", c.heartbeat_interval_ms)?;
-                positive("batch_events_max", c.batch_events_max as u64)?;
-                positive("buffer_bytes_max", c.buffer_bytes_max as u64)?;
+                range("snapshot_chunk_rows", c.snapshot_chunk_rows.into(), ROWS_MAX.into(), "")?;
+                range("heartbeat_interval_ms", c.heartbeat_interval_ms, INTERVAL_MS_MAX, DAY)?;
+                range(
+                    "batch_events_max",
+                    c.batch_events_max as u64,
+                    BATCH_EVENTS_MAX_LIMIT as u64,
+                    "",
+                )?;
+                range(
+                    "buffer_bytes_max",
+                    c.buffer_bytes_max as u64,
+                    BUFFER_BYTES_MAX_LIMIT as u64,
+                    " bytes (16 GiB)",
+                )?;
                 if c.on_slot_lost == OnSlotLost::Resnapshot && c.snapshot == SnapshotMode::Never {
                     // Recreating a lost slot without re-reading the tables would silently skip
                     // every change made while it was gone.
@@ -322,13 +394,13 @@ impl SourceConfig {
                 }
             }
             SourceKind::PostgresOutbox(c) => {
-                positive("poll_interval_ms", c.poll_interval_ms)?;
-                positive("batch_rows_max", c.batch_rows_max.into())?;
-                positive("heartbeat_interval_ms", c.heartbeat_interval_ms)?;
+                range("poll_interval_ms", c.poll_interval_ms, INTERVAL_MS_MAX, DAY)?;
+                range("batch_rows_max", c.batch_rows_max.into(), ROWS_MAX.into(), "")?;
+                range("heartbeat_interval_ms", c.heartbeat_interval_ms, INTERVAL_MS_MAX, DAY)?;
             }
             SourceKind::SqliteOutbox(c) => {
-                positive("poll_interval_ms", c.poll_interval_ms)?;
-                positive("batch_rows_max", c.batch_rows_max.into())?;
+                range("poll_interval_ms", c.poll_interval_ms, INTERVAL_MS_MAX, DAY)?;
+                range("batch_rows_max", c.batch_rows_max.into(), ROWS_MAX.into(), "")?;
             }
         }
         Ok(())
@@ -389,5 +461,17 @@ mod tests {
         cdc.snapshot = SnapshotMode::Initial;
         let ok = SourceConfig { kind: SourceKind::PostgresCdc(cdc), ..config };
         assert!(ok.validate().is_ok());
+    }
+
+    /// [`check_setting`] must know every key some kind reads, or a wrong type in that key would
+    /// again be reported at the `[[source]]` header.
+    #[test]
+    fn every_key_of_every_kind_has_its_type_checked() {
+        for kind in KINDS {
+            for key in keys(kind).unwrap_or_default() {
+                let unit = serde::de::value::UnitDeserializer::<serde::de::value::Error>::new();
+                assert!(check_setting(key, unit).is_err(), "{kind}: `{key}` is not checked");
+            }
+        }
     }
 }

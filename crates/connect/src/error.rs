@@ -32,6 +32,19 @@ pub enum ConnectError {
         #[source]
         error: tokio_postgres::Error,
     },
+    /// Connecting to Postgres failed: `reason` names the redacted URL and the cause (refused,
+    /// timed out, authentication, unknown database, TLS), from
+    /// [`driftless_pgtls::PgConnect::connect_failure`].
+    #[error("source `{source_name}`: {reason}")]
+    Connect {
+        /// The source's name.
+        source_name: String,
+        /// The whole sentence.
+        reason: String,
+        /// The driver's error (whether retrying may help is read from it).
+        #[source]
+        error: tokio_postgres::Error,
+    },
     /// The replication stream failed (connection lost, protocol error, server error).
     #[error("source `{source_name}`: replication stream failed: {reason}")]
     Replication {
@@ -129,7 +142,7 @@ impl ConnectError {
     /// to a configuration or data problem an operator must fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            ConnectError::Postgres { error, .. } => {
+            ConnectError::Postgres { error, .. } | ConnectError::Connect { error, .. } => {
                 error.is_closed()
                     || error.as_db_error().is_none_or(|db| {
                         // Connection-level trouble (class 08), admin shutdown (57P01..57P03)

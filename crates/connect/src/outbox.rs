@@ -564,10 +564,12 @@ async fn pg_connect(source_name: &str, url: &str) -> Result<tokio_postgres::Clie
     if config.get_application_name().is_none() {
         config.application_name(format!("driftless-{source_name}"));
     }
-    let (client, connection) = config
-        .connect(pg.tls.clone())
-        .await
-        .map_err(|e| pg_err(&format!("connecting to {}", pg.describe()), e))?;
+    let (client, connection) =
+        config.connect(pg.tls.clone()).await.map_err(|error| ConnectError::Connect {
+            source_name: source_name.into(),
+            reason: pg.connect_failure(&error),
+            error,
+        })?;
     let name = source_name.to_string();
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -102,7 +102,11 @@ impl SqliteStore {
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .map_err(err(format!("opening `{}`", path.display())))?;
+            .map_err(|error| ConnectError::Config {
+                source_name: name.clone(),
+                field: "path".into(),
+                reason: driftless_core::sql::sqlite_open_failure(&path, &error),
+            })?;
             conn.busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))
                 .map_err(err("setting the busy timeout".into()))?;
             let tables: i64 = conn

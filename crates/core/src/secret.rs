@@ -223,7 +223,11 @@ static KNOWN: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
 /// Registers `value` (and, if it is a URL, its decoded password and query values; if it is a
 /// libpq key-value string, its password) so [`redact`] removes them from any text.
 pub fn register(value: &str) {
-    let mut parts = vec![value.to_string()];
+    // A Postgres URL without a password or query values holds no credential; hiding it whole
+    // would hide which server a connection error is about.
+    let postgres = value.starts_with("postgres://") || value.starts_with("postgresql://");
+    let plain = postgres && sensitive_spans(value).is_empty();
+    let mut parts = if plain { Vec::new() } else { vec![value.to_string()] };
     for (start, end) in sensitive_spans(value) {
         let raw = &value[start..end];
         parts.push(raw.to_string());

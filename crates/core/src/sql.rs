@@ -5,6 +5,30 @@
 //! single-quoted the same way, so a name from configuration can never end the quoted token —
 //! the same rules in Postgres and SQLite.
 
+/// "cannot open SQLite database at PATH: CAUSE": the cause read from the file system (a missing
+/// directory, a missing file when it is not created, a directory where the file should be,
+/// no permission), else SQLite's own words. SQLite says only "unable to open database file".
+pub fn sqlite_open_failure(path: &std::path::Path, error: &dyn std::fmt::Display) -> String {
+    let cause = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => format!("no such directory {}", dir.display()),
+        _ => match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => "it is a directory, not a database file".to_string(),
+            Ok(m) if m.permissions().readonly() => {
+                format!("{error} (the file is read-only)")
+            }
+            Ok(_) => error.to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "no such file (it is not created here: check the path)".to_string()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                "permission denied (check the file's and its directory's permissions)".to_string()
+            }
+            Err(_) => error.to_string(),
+        },
+    };
+    format!("cannot open SQLite database at {}: {cause}", path.display())
+}
+
 /// Quotes an identifier (`a"b` → `"a""b"`).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -34,8 +34,10 @@
 //! relay on a Unix socket in a private (0700) directory ([`ReplicationEndpoint`]), which
 //! negotiates TLS with the server exactly like libpq and forwards the bytes.
 //!
-//! Invariants: errors never contain the URL or a password (they name host, port and database);
-//! rustls uses the ring provider only.
+//! Invariants: errors never contain a password — a failed connection names the URL with the
+//! password replaced by `***` ([`PgConnect::redacted_url`]) and the cause in words
+//! ([`connect_cause`]: refused, timed out, authentication, unknown database, TLS); rustls uses
+//! the ring provider only.
 
 mod relay;
 mod verify;
@@ -117,14 +119,15 @@ pub enum PgTlsError {
         /// Why.
         reason: String,
     },
-    /// Connecting failed (refused, TLS verification, authentication, …).
-    #[error("connecting to Postgres at {target} (sslmode={mode}): {reason}")]
+    /// Connecting failed (refused, timed out, authentication, unknown database, TLS).
+    #[error("cannot connect to PostgreSQL at {target} (sslmode={mode}): {reason}")]
     Connect {
-        /// `host:port/database`.
+        /// The URL without its password ([`PgConnect::redacted_url`]).
         target: String,
         /// The mode in force.
         mode: &'static str,
-        /// Redacted cause; a failed verification says `certificate verification failed`.
+        /// The cause in words ([`connect_cause`]), redacted; a failed verification says
+        /// `certificate verification failed`.
         reason: String,
     },
 }
@@ -179,6 +182,11 @@ impl PgConnect {
             // same as that of verify-ca".
             mode = SslMode::VerifyCa;
         }
+        if config.get_connect_timeout().is_none() {
+            // libpq waits forever; behind a firewall that drops packets a source would stay
+            // "starting" with no error to show.
+            config.connect_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT));
+        }
         config.ssl_mode(match mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -212,6 +220,31 @@ impl PgConnect {
         format!("{}:{}/{}", self.host, self.port, self.database)
     }
 
+    /// The URL as an operator would write it, with the password replaced by `***`:
+    /// `postgres://app:***@db.internal:5432/app`. What every connection error names.
+    pub fn redacted_url(&self) -> String {
+        use driftless_core::secret::percent_encode;
+        let password = if self.password.is_empty() { "" } else { ":***" };
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host) // IPv6
+        } else {
+            percent_encode(&self.host) // a Unix socket directory has slashes
+        };
+        format!(
+            "postgres://{}{password}@{host}:{}/{}",
+            percent_encode(&self.user),
+            self.port,
+            percent_encode(&self.database)
+        )
+    }
+
+    /// "cannot connect to PostgreSQL at postgres://app:***@h:5432/app (sslmode=prefer):
+    /// connection refused (is the server running …?)": the sentence for a failed connection
+    /// attempt to this target, by anyone who connected on their own.
+    pub fn connect_failure(&self, error: &tokio_postgres::Error) -> String {
+        self.connect_error(error).to_string()
+    }
+
     /// Connects with tokio-postgres. Spawn (or await) the returned connection.
     pub async fn connect(
         &self,
@@ -225,15 +258,90 @@ impl PgConnect {
         self.config.connect(self.tls.clone()).await.map_err(|e| self.connect_error(&e))
     }
 
-    /// A [`PgTlsError::Connect`] for this target from a driver error, redacted, naming a failed
-    /// certificate verification plainly.
+    /// A [`PgTlsError::Connect`] for this target from a driver error: the redacted URL and the
+    /// cause in words ([`connect_cause`]).
     pub fn connect_error(&self, error: &tokio_postgres::Error) -> PgTlsError {
         PgTlsError::Connect {
-            target: self.describe(),
+            target: self.redacted_url(),
             mode: self.tls.mode.as_str(),
-            reason: error_text(error),
+            reason: connect_cause(error, self),
         }
     }
+}
+
+/// How long a connection attempt may take when the URL sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Why connecting to `target` failed, in the words an operator acts on: `connection refused
+/// (…)`, `timed out after 10000 ms (…)`, `password authentication failed for user "app"`,
+/// `database "app" does not exist (…)`, a TLS failure, or the driver's own words (redacted).
+///
+/// The cause is read from the error's SQLSTATE (28P01, 28000, 3D000, …) and the kind of the
+/// I/O error beneath it, not from the driver's wording, which changes between versions.
+pub fn connect_cause(error: &tokio_postgres::Error, target: &PgConnect) -> String {
+    if let Some(db) = error.as_db_error() {
+        let user = &target.user;
+        let database = &target.database;
+        return match db.code().code() {
+            "28P01" => format!(
+                "password authentication failed for user \"{user}\" (check the password in the \
+                 URL, or the variable or file it comes from)"
+            ),
+            "28000" => format!(
+                "the server does not let user \"{user}\" connect: {} (check pg_hba.conf and \
+                 that the role exists and may log in)",
+                driftless_core::redact(db.message())
+            ),
+            "3D000" => format!(
+                "database \"{database}\" does not exist (create it, or fix the database name in \
+                 the URL)"
+            ),
+            "53300" => format!(
+                "the server has no connection slot left: {} (raise max_connections, or lower the \
+                 connections other clients hold)",
+                driftless_core::redact(db.message())
+            ),
+            "57P03" => "the server is starting up or shutting down; retrying".to_string(),
+            code => format!("{} (SQLSTATE {code})", driftless_core::redact(db.message())),
+        };
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => {
+                    return "connection refused (is the server running and listening on that \
+                            port?)"
+                        .to_string()
+                }
+                io::ErrorKind::TimedOut => {
+                    let ms = target.config.get_connect_timeout().map_or(0, |t| t.as_millis());
+                    return format!(
+                        "timed out after {ms} ms (is the host reachable, and the port open in its \
+                         firewall? `connect_timeout` in the URL sets the wait, in seconds)"
+                    );
+                }
+                io::ErrorKind::NotFound if target.host.starts_with('/') => {
+                    return format!(
+                        "no server socket in {} (is the server running, with \
+                         unix_socket_directories set to it?)",
+                        target.host
+                    )
+                }
+                _ => {}
+            }
+            // The resolver's failure has no kind of its own; its wording comes from libc.
+            if io.to_string().contains("lookup address") {
+                return format!(
+                    "the host name `{}` could not be resolved (check the host in the URL, and \
+                     DNS)",
+                    target.host
+                );
+            }
+        }
+        source = cause.source();
+    }
+    error_text(error)
 }
 
 /// A driver error with its causes (tokio-postgres' `Display` omits them: "error performing TLS

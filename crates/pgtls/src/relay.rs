@@ -66,7 +66,7 @@ impl ReplicationEndpoint {
             return Ok(direct());
         }
         let connect_error = |reason: String| PgTlsError::Connect {
-            target: pg.describe(),
+            target: pg.redacted_url(),
             mode: pg.tls.mode().as_str(),
             reason,
         };

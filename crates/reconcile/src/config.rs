@@ -57,6 +57,62 @@ pub struct ReconcileConfig {
     pub correction: Option<CorrectionConfig>,
 }
 
+/// Largest `interval_ms`: 30 days.
+pub const INTERVAL_MS_MAX: u64 = 30 * 86_400_000;
+/// Largest `lag_window_ms`: one day.
+pub const LAG_WINDOW_MS_MAX: u64 = 86_400_000;
+/// Largest `keys_reported_max` (a report is held in memory and kept in the history).
+pub const KEYS_REPORTED_MAX_LIMIT: usize = 100_000;
+/// Largest `drifted_keys_max` (the drifted keys of one run are held in memory).
+pub const DRIFTED_KEYS_MAX_LIMIT: usize = 10_000_000;
+
+impl ReconcileConfig {
+    /// Checks the entry's limits against their ranges (its references to a sink are checked by
+    /// [`Plan::derive`]): an absurd value is refused before anything starts, naming the key.
+    pub fn check_limits(&self) -> Result<()> {
+        let invalid = |field: &str, reason: String| ReconcileError::Config {
+            name: self.name.clone(),
+            field: field.into(),
+            reason,
+        };
+        if self.interval_ms > INTERVAL_MS_MAX {
+            return Err(invalid(
+                "interval_ms",
+                format!(
+                    "must be 0 (only when asked) to {INTERVAL_MS_MAX} ms (30 days), got {}",
+                    self.interval_ms
+                ),
+            ));
+        }
+        if self.lag_window_ms > LAG_WINDOW_MS_MAX {
+            return Err(invalid(
+                "lag_window_ms",
+                format!(
+                    "must be 0 to {LAG_WINDOW_MS_MAX} ms (one day), got {}",
+                    self.lag_window_ms
+                ),
+            ));
+        }
+        if self.keys_reported_max > KEYS_REPORTED_MAX_LIMIT {
+            return Err(invalid(
+                "keys_reported_max",
+                format!("must be 0 to {KEYS_REPORTED_MAX_LIMIT}, got {}", self.keys_reported_max),
+            ));
+        }
+        if self.drifted_keys_max == 0 || self.drifted_keys_max > DRIFTED_KEYS_MAX_LIMIT {
+            return Err(invalid(
+                "drifted_keys_max",
+                format!(
+                    "must be 1 to {DRIFTED_KEYS_MAX_LIMIT} (a run with no room for a drifted \
+                     key could never finish), got {}",
+                    self.drifted_keys_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_lag_window_ms() -> u64 {
     2_000
 }

@@ -177,7 +177,8 @@ impl Conn {
     pub async fn open(db: &Db) -> Result<Conn, String> {
         match db {
             Db::Postgres(url) => {
-                // sslmode/sslrootcert as libpq (driftless_pgtls); errors never carry the URL.
+                // sslmode/sslrootcert as libpq (driftless_pgtls); errors carry the URL without
+                // its password.
                 let pg =
                     driftless_pgtls::PgConnect::parse(url.expose()).map_err(|e| e.to_string())?;
                 let (client, conn) = pg.connect().await.map_err(|e| e.to_string())?;
@@ -656,7 +657,7 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    .map_err(|e| driftless_core::sql::sqlite_open_failure(path, &e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(lite_err)?;
     register_digests(&conn).map_err(lite_err)?;
     Ok(conn)

@@ -152,43 +152,57 @@ impl AuthSettings {
     }
 
     /// Checks the table's ranges, subjects and scopes.
-    fn validate(&self) -> Result<(), ServerError> {
-        let bad = |m: String| Err(ServerError::InvalidConfig(m));
+    fn validate(&self) -> Result<(), Invalid> {
+        let auth = |key: &str| KeyPath::root().key("auth").key(key);
+        let bad = |key: KeyPath, reason: String| Err(Invalid { key, reason });
         if self.session_ttl_ms == 0 || self.session_ttl_ms > SESSION_TTL_MS_MAX {
-            return bad(format!(
-                "auth.session_ttl_ms is {}; it must be between 1 and {SESSION_TTL_MS_MAX} (7 days)",
-                self.session_ttl_ms
-            ));
+            return bad(
+                auth("session_ttl_ms"),
+                format!(
+                    "must be 1 to {SESSION_TTL_MS_MAX} ms (7 days), got {}",
+                    self.session_ttl_ms
+                ),
+            );
         }
         if self.sessions_max == 0 || self.sessions_max > SESSIONS_MAX_MAX {
-            return bad(format!(
-                "auth.sessions_max is {}; it must be between 1 and {SESSIONS_MAX_MAX}",
-                self.sessions_max
-            ));
+            return bad(
+                auth("sessions_max"),
+                format!("must be 1 to {SESSIONS_MAX_MAX}, got {}", self.sessions_max),
+            );
         }
         if self.clients.len() > AUTH_CLIENTS_MAX {
-            return bad(format!(
-                "[auth.clients] has {} entries; at most {AUTH_CLIENTS_MAX} are accepted",
-                self.clients.len()
-            ));
+            return bad(
+                auth("clients"),
+                format!(
+                    "has {} entries; at most {AUTH_CLIENTS_MAX} are accepted",
+                    self.clients.len()
+                ),
+            );
         }
         for (subject, scopes) in &self.clients {
+            let at = auth("clients").key(subject);
             if subject.is_empty() || subject.len() > CLIENT_SUBJECT_BYTES_MAX {
-                return bad(format!(
-                    "[auth.clients] subject {subject:?} must be 1 to {CLIENT_SUBJECT_BYTES_MAX} \
-                     bytes (a client certificate's subject common name)"
-                ));
+                return bad(
+                    at,
+                    format!(
+                        "the subject must be 1 to {CLIENT_SUBJECT_BYTES_MAX} bytes (a client \
+                         certificate's subject common name)"
+                    ),
+                );
             }
             if scopes.len() > driftless_auth::SCOPES_PER_TOKEN_MAX {
-                return bad(format!(
-                    "[auth.clients] `{subject}` has {} scopes; at most {} are accepted",
-                    scopes.len(),
-                    driftless_auth::SCOPES_PER_TOKEN_MAX
-                ));
+                return bad(
+                    at,
+                    format!(
+                        "has {} scopes; at most {} are accepted",
+                        scopes.len(),
+                        driftless_auth::SCOPES_PER_TOKEN_MAX
+                    ),
+                );
             }
-            driftless_auth::Grants::parse(scopes).map_err(|e| {
-                ServerError::InvalidConfig(format!("[auth.clients] `{subject}`: {e}"))
-            })?;
+            if let Err(e) = driftless_auth::Grants::parse(scopes) {
+                return bad(at, e.to_string());
+            }
         }
         Ok(())
     }
@@ -243,29 +257,20 @@ impl Default for ServerSettings {
 
 impl ServerConfig {
     /// Parses a configuration from TOML text; `origin` names it in errors.
+    ///
+    /// Every error is a [`ServerError::Setting`]: the file, the line and column of the key at
+    /// fault (or of its table when the key is not written), the key path
+    /// (`source[1].heartbeat_interval_ms`) and what is expected.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ServerError> {
-        let config: Self = toml::from_str(text).map_err(|e| ServerError::ParseConfig {
-            path: origin.to_path_buf(),
-            reason: driftless_core::redact(&e.to_string()),
+        let root = toml::de::DeTable::parse(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            Document::syntax_error(text, origin, span, e.message())
         })?;
-        // `[[source]]` tables flatten their kind's settings, which serde cannot check for
-        // unknown keys: do it here, so a typo is an error rather than a default.
-        if let Ok(raw) = toml::from_str::<toml::Table>(text) {
-            let entries = raw.get("source").and_then(|s| s.as_array()).cloned().unwrap_or_default();
-            for entry in entries.iter().filter_map(|e| e.as_table()) {
-                let kind = entry.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-                let unknown =
-                    driftless_connect::config::unknown_keys(kind, entry.keys().map(String::as_str));
-                if let Some(key) = unknown.first() {
-                    let name = entry.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-                    return Err(ServerError::InvalidConfig(format!(
-                        "{}: [[source]] `{name}` (kind = \"{kind}\") has an unknown key `{key}`",
-                        origin.display()
-                    )));
-                }
-            }
-        }
-        config.validate()?;
+        let doc = Document { text, origin, root };
+        doc.check_sources()?;
+        let config = Self::deserialize(toml::de::Deserializer::from(doc.root.clone()))
+            .map_err(|e| doc.serde_error(&e))?;
+        config.check().map_err(|invalid| doc.at(&invalid.key, &invalid.reason))?;
         Ok(config)
     }
 
@@ -278,16 +283,29 @@ impl ServerConfig {
 
     /// Checks values that the types alone do not constrain.
     pub fn validate(&self) -> Result<(), ServerError> {
+        self.check().map_err(|invalid| {
+            ServerError::InvalidConfig(format!("{}: {}", invalid.key, invalid.reason))
+        })
+    }
+
+    /// [`ServerConfig::validate`], naming the key path of the setting at fault.
+    fn check(&self) -> Result<(), Invalid> {
         let s = &self.server;
-        if s.request_body_bytes_max == 0 {
-            return Err(ServerError::InvalidConfig(
-                "server.request_body_bytes_max must be at least 1".into(),
-            ));
-        }
-        if s.stream_credit_max == 0 {
-            return Err(ServerError::InvalidConfig(
-                "server.stream_credit_max must be at least 1".into(),
-            ));
+        let server = |key: &str| KeyPath::root().key("server").key(key);
+        let bad = |key: KeyPath, reason: String| Err(Invalid { key, reason });
+        for (name, value, max) in [
+            ("request_body_bytes_max", s.request_body_bytes_max as u64, REQUEST_BODY_BYTES_MAX_MAX),
+            ("stream_credit_max", s.stream_credit_max, STREAM_CREDIT_MAX_MAX),
+            ("connections_max", s.connections_max as u64, CONNECTIONS_MAX_MAX as u64),
+            (
+                "metrics_partition_series_max",
+                s.metrics_partition_series_max as u64,
+                METRICS_PARTITION_SERIES_MAX_MAX,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return bad(server(name), format!("must be 1 to {max}, got {value}"));
+            }
         }
         for (name, value) in [
             ("fetch_wait_ms_max", s.fetch_wait_ms_max),
@@ -297,126 +315,526 @@ impl ServerConfig {
             ("keep_alive_idle_ms", s.keep_alive_idle_ms),
             ("response_write_timeout_ms", s.response_write_timeout_ms),
         ] {
-            if value > SERVER_MS_MAX {
-                return Err(ServerError::InvalidConfig(format!(
-                    "server.{name} is {value}; at most {SERVER_MS_MAX} (one day) is accepted"
-                )));
+            let (min, max, max_words) = match name {
+                "fetch_wait_ms_max" => (0, FETCH_WAIT_MS_MAX_LIMIT, "one hour"),
+                "shutdown_grace_ms" => (0, SERVER_MS_MAX, "one day"),
+                _ => (1, SERVER_MS_MAX, "one day"),
+            };
+            if value < min || value > max {
+                return bad(
+                    server(name),
+                    format!("must be {min} to {max} ms ({max_words}), got {value}"),
+                );
             }
-            let zero_ok = matches!(name, "fetch_wait_ms_max" | "shutdown_grace_ms");
-            if value == 0 && !zero_ok {
-                return Err(ServerError::InvalidConfig(format!(
-                    "server.{name} must be at least 1"
-                )));
-            }
-        }
-        if s.connections_max == 0 || s.connections_max > CONNECTIONS_MAX_MAX {
-            return Err(ServerError::InvalidConfig(format!(
-                "server.connections_max is {}; it must be between 1 and {CONNECTIONS_MAX_MAX}",
-                s.connections_max
-            )));
-        }
-        if s.stream_credit_max > STREAM_CREDIT_MAX_MAX {
-            return Err(ServerError::InvalidConfig(format!(
-                "server.stream_credit_max is {}; at most {STREAM_CREDIT_MAX_MAX} is accepted",
-                s.stream_credit_max
-            )));
         }
         let b = &self.broker;
-        if b.topics_max == 0 || b.partitions_total_max == 0 {
-            return Err(ServerError::InvalidConfig(format!(
-                "broker.topics_max = {} and broker.partitions_total_max = {} must both be at \
-                 least 1 (no topic could be created)",
-                b.topics_max, b.partitions_total_max
-            )));
+        for (name, value) in [
+            ("topics_max", b.topics_max),
+            ("partitions_total_max", b.partitions_total_max),
+            ("produce_events_max", b.produce_events_max),
+        ] {
+            if value == 0 {
+                return bad(
+                    KeyPath::root().key("broker").key(name),
+                    "must be at least 1, got 0 (nothing could be created or produced)".into(),
+                );
+            }
         }
         if s.listen.trim().is_empty() {
-            return Err(ServerError::InvalidConfig("server.listen must not be empty".into()));
+            return bad(server("listen"), "must not be empty (give host:port)".into());
         }
         for (key, entries) in
             [("allowed_hosts", &s.allowed_hosts), ("allowed_origins", &s.allowed_origins)]
         {
             if entries.len() > ALLOWED_ENTRIES_MAX {
-                return Err(ServerError::InvalidConfig(format!(
-                    "server.{key} has {} entries; at most {ALLOWED_ENTRIES_MAX} are accepted",
-                    entries.len()
-                )));
+                return bad(
+                    server(key),
+                    format!(
+                        "has {} entries; at most {ALLOWED_ENTRIES_MAX} are accepted",
+                        entries.len()
+                    ),
+                );
             }
-            for entry in entries {
+            for (i, entry) in entries.iter().enumerate() {
                 let checked = if key == "allowed_hosts" {
                     crate::guard::normalize_allowed_host(entry)
                 } else {
                     crate::guard::normalize_origin(entry)
                 };
                 if let Err(reason) = checked {
-                    return Err(ServerError::InvalidConfig(format!(
-                        "server.{key} entry {entry:?}: {reason}"
-                    )));
+                    return bad(server(key).index(i), format!("{entry:?}: {reason}"));
                 }
             }
         }
         if let Some(tls) = &s.tls {
             if tls.client_cert_required && tls.client_ca_file.is_none() {
-                return Err(ServerError::InvalidConfig(
-                    "server.tls.client_cert_required = true needs server.tls.client_ca_file (the \
-                     CA that signs client certificates)"
+                return bad(
+                    server("tls").key("client_cert_required"),
+                    "= true needs server.tls.client_ca_file (the CA that signs client \
+                     certificates)"
                         .into(),
-                ));
+                );
             }
         }
         let mut sink_names = std::collections::BTreeSet::new();
-        for sink in &self.sinks {
-            sink.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let at = |field: &str| KeyPath::root().key("sink").index(i).join(field);
+            let from_sink = |e: driftless_sink::SinkError| match e {
+                driftless_sink::SinkError::Config { field, reason, .. } => {
+                    Invalid { key: at(&field), reason }
+                }
+                other => Invalid { key: at(""), reason: other.to_string() },
+            };
+            sink.validate().map_err(from_sink)?;
             driftless_sink::mapping::Mapper::compile(&sink.name, &sink.mappings)
-                .map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+                .map_err(from_sink)?;
             if !sink_names.insert(&sink.name) {
-                return Err(ServerError::InvalidConfig(format!(
-                    "two [[sink]] entries are called `{}`; names must be unique",
-                    sink.name
-                )));
+                return bad(
+                    at("name"),
+                    format!(
+                        "two [[sink]] entries are called `{}`; names must be unique",
+                        sink.name
+                    ),
+                );
             }
         }
         // ---- consumer groups: the broker's group settings and every sink's group name ----
-        self.broker
-            .check_group_settings()
-            .map_err(|e| ServerError::InvalidConfig(format!("[broker] {e}")))?;
-        if s.fetch_wait_ms_max > FETCH_WAIT_MS_MAX_LIMIT {
-            return Err(ServerError::InvalidConfig(format!(
-                "server.fetch_wait_ms_max = {} must be at most {FETCH_WAIT_MS_MAX_LIMIT} (one hour)",
-                s.fetch_wait_ms_max
-            )));
-        }
-        for sink in &self.sinks {
+        self.broker.check_group_settings().map_err(|e| match e {
+            driftless_broker::BrokerError::InvalidSetting { field, reason } => {
+                Invalid { key: KeyPath::root().key("broker").key(field), reason }
+            }
+            other => Invalid { key: KeyPath::root().key("broker"), reason: other.to_string() },
+        })?;
+        for (i, sink) in self.sinks.iter().enumerate() {
             // A rebuild consumes with the group `<group>-rebuild`: both must be valid names.
             for group in [sink.group(), format!("{}-rebuild", sink.group())] {
                 if let Err(e) = driftless_broker::GroupName::new(group) {
-                    return Err(ServerError::InvalidConfig(format!(
-                        "[[sink]] `{}`: {e} (set `group`, or rename the sink)",
-                        sink.name
-                    )));
+                    let field = if sink.group.is_some() { "group" } else { "name" };
+                    return bad(
+                        KeyPath::root().key("sink").index(i).key(field),
+                        format!("{e} (set `group`, or rename the sink)"),
+                    );
                 }
             }
         }
         // ---- end of consumer groups ----
         self.auth.validate()?;
         let mut reconcile_names = std::collections::BTreeSet::new();
-        for r in &self.reconciles {
-            driftless_reconcile::runtime::validate(r, &self.sinks)
-                .map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+        for (i, r) in self.reconciles.iter().enumerate() {
+            let at = |field: &str| KeyPath::root().key("reconcile").index(i).join(field);
+            let from_reconcile = |e: driftless_reconcile::ReconcileError| match e {
+                driftless_reconcile::ReconcileError::Config { field, reason, .. } => {
+                    Invalid { key: at(&field), reason }
+                }
+                other => Invalid { key: at(""), reason: other.to_string() },
+            };
+            r.check_limits().map_err(from_reconcile)?;
+            driftless_reconcile::runtime::validate(r, &self.sinks).map_err(from_reconcile)?;
             if !reconcile_names.insert(&r.name) {
-                return Err(ServerError::InvalidConfig(format!(
-                    "two [[reconcile]] entries are called `{}`; names must be unique",
-                    r.name
-                )));
+                return bad(
+                    at("name"),
+                    format!(
+                        "two [[reconcile]] entries are called `{}`; names must be unique",
+                        r.name
+                    ),
+                );
             }
         }
         let mut names = std::collections::BTreeSet::new();
-        for source in &self.sources {
-            source.validate().map_err(|e| ServerError::InvalidConfig(e.to_string()))?;
+        for (i, source) in self.sources.iter().enumerate() {
+            let at = |field: &str| KeyPath::root().key("source").index(i).join(field);
+            source.validate().map_err(|e| match e {
+                driftless_connect::ConnectError::Config { field, reason, .. } => {
+                    Invalid { key: at(&field), reason }
+                }
+                other => Invalid { key: at(""), reason: other.to_string() },
+            })?;
             if !names.insert(&source.name) {
-                return Err(ServerError::InvalidConfig(format!(
-                    "two [[source]] entries are called `{}`; names must be unique",
-                    source.name
-                )));
+                return bad(
+                    at("name"),
+                    format!(
+                        "two [[source]] entries are called `{}`; names must be unique",
+                        source.name
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Largest accepted `server.request_body_bytes_max`: 1 GiB (a body is held in memory).
+pub const REQUEST_BODY_BYTES_MAX_MAX: u64 = 1 << 30;
+/// Largest accepted `server.metrics_partition_series_max`.
+pub const METRICS_PARTITION_SERIES_MAX_MAX: u64 = 10_000_000;
+
+// ---- where a setting is: key paths, and their lines in the file ----
+
+/// One step of a key path: a table's key, or an entry of an array (`[[source]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path as an operator reads it: `source[1].heartbeat_interval_ms`, `server.listen`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KeyPath(Vec<Step>);
+
+impl KeyPath {
+    fn root() -> Self {
+        Self::default()
+    }
+
+    fn key(mut self, key: &str) -> Self {
+        self.0.push(Step::Key(key.to_string()));
+        self
+    }
+
+    fn index(mut self, index: usize) -> Self {
+        self.0.push(Step::Index(index));
+        self
+    }
+
+    /// Appends a relative path as the crates write their fields (`mapping[0].columns.city`,
+    /// `target.url`). Dots split keys, so a key containing a dot is taken as two; the path is
+    /// then shorter than the real one and still leads to the right table.
+    fn join(mut self, relative: &str) -> Self {
+        for part in relative.split('.').filter(|p| !p.is_empty()) {
+            let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+            if !name.is_empty() {
+                self.0.push(Step::Key(name.to_string()));
+            }
+            while let Some((index, after)) = rest.split_once(']') {
+                match index.parse() {
+                    Ok(i) => self.0.push(Step::Index(i)),
+                    Err(_) => self.0.push(Step::Key(index.to_string())),
+                }
+                rest = after.trim_start_matches('[');
+            }
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Index(i) => write!(f, "[{i}]")?,
+                Step::Key(k) => {
+                    if n > 0 {
+                        f.write_str(".")?;
+                    }
+                    let bare = !k.is_empty()
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    if bare {
+                        f.write_str(k)?;
+                    } else {
+                        write!(f, "{k:?}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A setting that is out of range, and where: the key path and what is expected.
+#[derive(Debug)]
+struct Invalid {
+    key: KeyPath,
+    reason: String,
+}
+
+type Span = std::ops::Range<usize>;
+
+/// serde's message in the words of the configuration file: keys, not fields; numbers, not
+/// Rust types.
+fn plain_words(message: &str) -> String {
+    let mut text = message.trim().replace("unknown field", "unknown key");
+    for (rust, words) in [
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 to 4294967295)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(at) = text.find(rust) {
+            // Only a whole word: `expected u64` but not `expected u64s`.
+            let end = at + rust.len();
+            if !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                text.replace_range(at..end, words);
+            }
+        }
+    }
+    text
+}
+
+/// Most keys of one table probed to find which one a positionless error is about.
+const CULPRIT_PROBES_MAX: usize = 64;
+
+/// The configuration file as parsed, with the position of every key and value, to say where a
+/// setting is.
+struct Document<'a> {
+    text: &'a str,
+    origin: &'a Path,
+    root: toml::Spanned<toml::de::DeTable<'a>>,
+}
+
+impl Document<'_> {
+    /// 1-based line and column (in characters) of byte `offset`.
+    fn line_column(text: &str, offset: usize) -> (usize, usize) {
+        let before = text.get(..offset.min(text.len())).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error_at(text: &str, origin: &Path, span: Span, key: &KeyPath, what: &str) -> ServerError {
+        let (line, column) = Self::line_column(text, span.start);
+        // Redacted: a message may quote a value, and a value may be a credential.
+        let what = driftless_core::redact(what);
+        let reason = if key.0.is_empty() { what } else { format!("`{key}`: {what}") };
+        ServerError::Setting {
+            file: origin.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            reason,
+        }
+    }
+
+    fn syntax_error(text: &str, origin: &Path, span: Span, message: &str) -> ServerError {
+        Self::error_at(text, origin, span, &KeyPath::root(), message.trim())
+    }
+
+    /// An error at `key`: at the key as written, or at the nearest table that holds it when it
+    /// is not written (a default, or a setting that depends on another).
+    fn at(&self, key: &KeyPath, what: &str) -> ServerError {
+        Self::error_at(self.text, self.origin, self.span_of(key), key, what)
+    }
+
+    fn span_of(&self, path: &KeyPath) -> Span {
+        let mut best = self.root.span();
+        let mut value: &toml::de::DeValue<'_> = &toml::de::DeValue::Boolean(false);
+        let mut table = Some(self.root.get_ref());
+        for step in &path.0 {
+            match step {
+                Step::Key(k) => {
+                    let Some(t) = table else { break };
+                    let Some((key, v)) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k)
+                    else {
+                        break;
+                    };
+                    best = key.span();
+                    value = v.get_ref();
+                }
+                Step::Index(i) => {
+                    let Some(item) = value.as_array().and_then(|a| a.get(*i)) else { break };
+                    best = item.span();
+                    value = item.get_ref();
+                }
+            }
+            table = value.as_table();
+        }
+        best
+    }
+
+    /// The key path of the most specific key or value whose span holds `span`'s start.
+    fn path_at(&self, span: &Span) -> KeyPath {
+        fn walk(
+            value: &toml::de::DeValue<'_>,
+            path: &KeyPath,
+            offset: usize,
+            best: &mut Option<(usize, KeyPath)>,
+        ) {
+            fn consider(s: Span, p: &KeyPath, offset: usize, best: &mut Option<(usize, KeyPath)>) {
+                if s.contains(&offset) || s.start == offset {
+                    let len = s.end.saturating_sub(s.start);
+                    if best.as_ref().is_none_or(|(l, _)| len <= *l) {
+                        *best = Some((len, p.clone()));
+                    }
+                }
+            }
+            if let Some(table) = value.as_table() {
+                for (k, v) in table.iter() {
+                    let p = path.clone().key(k.get_ref());
+                    consider(k.span(), &p, offset, best);
+                    consider(v.span(), &p, offset, best);
+                    walk(v.get_ref(), &p, offset, best);
+                }
+            } else if let Some(array) = value.as_array() {
+                for (i, item) in array.iter().enumerate() {
+                    let p = path.clone().index(i);
+                    consider(item.span(), &p, offset, best);
+                    walk(item.get_ref(), &p, offset, best);
+                }
+            }
+        }
+        let mut best = None;
+        let root = toml::de::DeValue::Table(self.root.get_ref().clone());
+        walk(&root, &KeyPath::root(), span.start, &mut best);
+        best.map(|(_, p)| p).unwrap_or_default()
+    }
+
+    /// A deserialization error (unknown key, wrong type, missing key), at its key.
+    fn serde_error(&self, e: &toml::de::Error) -> ServerError {
+        let span = e.span().unwrap_or(0..0);
+        let mut key = self.path_at(&span);
+        let mut at = span.clone();
+        if let Some((culprit, culprit_span)) = self.culprit(&key, e) {
+            key = culprit;
+            at = culprit_span;
+        }
+        Self::error_at(self.text, self.origin, at, &key, &plain_words(e.message()))
+    }
+
+    /// The key inside table `table` that causes `error`, when the error points at the whole
+    /// table: serde buffers an internally tagged enum (`target = { kind = "webhook", … }`) or a
+    /// flattened struct before reading it, and the buffer has no positions. Found by probing:
+    /// the table is cut down to `kind` and one key at a time; serde reports a wrong type or an
+    /// unknown key before any missing one, so only the culprit reproduces the same error.
+    fn culprit(&self, table: &KeyPath, error: &toml::de::Error) -> Option<(KeyPath, Span)> {
+        // An unknown key is shown at the key, a wrong type at the value.
+        let unknown = error.message().starts_with("unknown field");
+        let keys: Vec<(String, Span)> = {
+            let value = self.value_at(table)?;
+            value
+                .as_table()?
+                .iter()
+                .map(|(k, v)| (k.get_ref().to_string(), if unknown { k.span() } else { v.span() }))
+                .filter(|(k, _)| k != "kind")
+                .collect()
+        };
+        // Most configs have a few keys per table; a huge inline table is not worth probing.
+        if keys.len() > CULPRIT_PROBES_MAX {
+            return None;
+        }
+        for (key, span) in keys {
+            let mut probe = self.root.clone();
+            let Some(toml::de::DeValue::Table(t)) = Self::value_mut(&mut probe, table) else {
+                return None;
+            };
+            let others: Vec<String> = t
+                .keys()
+                .map(|k| k.get_ref().to_string())
+                .filter(|k| k != "kind" && *k != key)
+                .collect();
+            for other in others {
+                t.remove(other.as_str());
+            }
+            let result = ServerConfig::deserialize(toml::de::Deserializer::from(probe));
+            if let Err(e) = result {
+                if e.message() == error.message() && e.span() == error.span() {
+                    return Some((table.clone().key(&key), span));
+                }
+            }
+        }
+        None
+    }
+
+    fn value_at(&self, path: &KeyPath) -> Option<&toml::de::DeValue<'_>> {
+        let mut value = None::<&toml::de::DeValue<'_>>;
+        for step in &path.0 {
+            let next = match (step, value) {
+                (Step::Key(k), None) => self.root.get_ref().get(k.as_str())?,
+                (Step::Key(k), Some(v)) => v.as_table()?.get(k.as_str())?,
+                (Step::Index(i), Some(v)) => v.as_array()?.get(*i)?,
+                (Step::Index(_), None) => return None,
+            };
+            value = Some(next.get_ref());
+        }
+        value
+    }
+
+    fn value_mut<'v, 'a>(
+        root: &'v mut toml::Spanned<toml::de::DeTable<'a>>,
+        path: &KeyPath,
+    ) -> Option<&'v mut toml::de::DeValue<'a>> {
+        let mut steps = path.0.iter();
+        let Some(Step::Key(first)) = steps.next() else { return None };
+        let mut value = root.get_mut().get_mut(first.as_str())?.get_mut();
+        for step in steps {
+            value = match (step, value) {
+                (Step::Key(k), toml::de::DeValue::Table(t)) => t.get_mut(k.as_str())?.get_mut(),
+                (Step::Index(i), toml::de::DeValue::Array(a)) => a.get_mut(*i)?.get_mut(),
+                _ => return None,
+            };
+        }
+        Some(value)
+    }
+
+    /// `[[source]]` entries flatten their kind's settings, and serde can neither refuse unknown
+    /// keys through `flatten` nor say where a wrongly typed value is: check them key by key
+    /// here, with every value's position.
+    fn check_sources(&self) -> Result<(), ServerError> {
+        let Some((_, sources)) =
+            self.root.get_ref().iter().find(|(k, _)| k.get_ref().as_ref() == "source")
+        else {
+            return Ok(());
+        };
+        let Some(entries) = sources.get_ref().as_array() else {
+            return Ok(()); // not an array: the deserializer says so, at the key
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            let here = KeyPath::root().key("source").index(i);
+            let Some(table) = entry.get_ref().as_table() else { continue };
+            let kind = table.iter().find(|(k, _)| k.get_ref().as_ref() == "kind");
+            let known = match kind {
+                None => {
+                    return Err(self.at(
+                        &here,
+                        &format!(
+                            "missing key `kind`: say what to read, one of {}",
+                            driftless_connect::config::KINDS.join(", ")
+                        ),
+                    ))
+                }
+                Some((_, v)) => {
+                    let name = v.get_ref().as_str().unwrap_or_default();
+                    match driftless_connect::config::keys(name) {
+                        Some(keys) => keys,
+                        None => {
+                            return Err(Self::error_at(
+                                self.text,
+                                self.origin,
+                                v.span(),
+                                &here.clone().key("kind"),
+                                &format!(
+                                    "unknown kind {}; expected one of {}",
+                                    v.get_ref().as_str().map_or_else(
+                                        || "(not a string)".into(),
+                                        |s| format!("{s:?}")
+                                    ),
+                                    driftless_connect::config::KINDS.join(", ")
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
+            for (key, value) in table.iter() {
+                let name = key.get_ref().as_ref();
+                let path = here.clone().key(name);
+                if !known.contains(&name) {
+                    let kind = kind.and_then(|(_, v)| v.get_ref().as_str()).unwrap_or_default();
+                    return Err(Self::error_at(
+                        self.text,
+                        self.origin,
+                        key.span(),
+                        &path,
+                        &format!(
+                            "unknown key; a `{kind}` source takes {}",
+                            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                let de = toml::de::ValueDeserializer::from(value.clone());
+                if let Err(e) = driftless_connect::config::check_setting(name, de) {
+                    let span = e.span().unwrap_or_else(|| value.span());
+                    let what = plain_words(e.message());
+                    return Err(Self::error_at(self.text, self.origin, span, &path, &what));
+                }
             }
         }
         Ok(())
@@ -604,7 +1022,7 @@ mod tests {
         }
         let typo = text.replace("topic_prefix", "topic_prefx");
         let err = ServerConfig::from_toml(&typo, Path::new("t.toml")).unwrap_err().to_string();
-        assert!(err.contains("topic_prefx") && err.contains("customers"), "{err}");
+        assert!(err.contains("t.toml:12:13: `source[1].topic_prefx`: unknown key"), "{err}");
         let dup = text.replace("name = \"customers\"", "name = \"app\"");
         let err = ServerConfig::from_toml(&dup, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("`app`"), "{err}");
@@ -656,6 +1074,14 @@ mod tests {
             );
             assert!(all.contains(needle), "{text}: {all}");
         }
+    }
+
+    /// `dedup_ids_max = 0` turns the broker's deduplication off (the CDC crash test relies on
+    /// it): the range checks must not refuse it.
+    #[test]
+    fn deduplication_can_still_be_switched_off() {
+        let c = ServerConfig::from_toml("[broker]\ndedup_ids_max = 0\n", Path::new("x.toml"));
+        assert_eq!(c.unwrap().broker.dedup_ids_max, 0);
     }
 
     #[test]
@@ -720,7 +1146,7 @@ mod tests {
         let err = ServerConfig::from_toml("[broker]\ntopics_max = 0\n", Path::new("x.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("topics_max = 0"), "{err}");
+        assert!(err.contains("x.toml:2:1: `broker.topics_max`: must be at least 1"), "{err}");
         let o = Overrides { topics_max: Some(0), ..Overrides::default() };
         assert!(o.resolve().unwrap_err().to_string().contains("topics_max"));
     }

@@ -3,7 +3,8 @@
 //!
 //! Invariant: every variant names the file, directory or address involved; the cause is its
 //! `source()` (not repeated in `Display`), so printing the chain (`{:#}` with anyhow) reads
-//! "config file x.toml: TOML parse error at line 3 … unknown field `lisen`".
+//! "cannot read config file x.toml: No such file or directory"; a configuration mistake is one
+//! sentence, "config file x.toml:3:1: `server.lisen`: unknown key …".
 
 use std::io;
 use std::path::PathBuf;
@@ -31,18 +32,25 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    /// The configuration file is not valid TOML or holds an unknown key or a bad value.
-    #[error("config file {path}: {reason}")]
-    ParseConfig {
-        /// The file (or `<inline>` for text given directly).
-        path: PathBuf,
-        /// The parser's error, naming the key and quoting its line — redacted, since that line
-        /// may hold a credential (`driftless_core::redact`).
-        reason: String,
-    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The configuration file is not valid TOML, or one of its settings is unknown, of the
+    /// wrong type or out of range: `file:line:column`, the key path, what is expected.
+    #[error("config file {}:{line}:{column}: {reason}", file.display())]
+    Setting {
+        /// The file (or `<inline>` for text given directly).
+        file: PathBuf,
+        /// 1-based line of the key (or of its table when the key is not written).
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// The key path, e.g. `source[1].heartbeat_interval_ms` (empty for a syntax error).
+        key: String,
+        /// "`key`: what is wrong and what is expected" — redacted (never the line as written:
+        /// it may hold a credential).
+        reason: String,
+    },
     /// The broker could not open its data directory.
     #[error("cannot open the broker in {dir}")]
     OpenBroker {

@@ -57,6 +57,12 @@ fn default_workers() -> usize {
 
 /// Most `workers` per sink.
 pub const WORKERS_MAX: usize = 16;
+/// Largest webhook `timeout_ms` and `breaker_open_ms`: one day.
+pub const WEBHOOK_MS_MAX: u64 = 86_400_000;
+/// Largest webhook `requests_inflight_max` (each request holds a connection).
+pub const REQUESTS_INFLIGHT_MAX_LIMIT: usize = 4_096;
+/// Largest webhook `breaker_failures_max`.
+pub const BREAKER_FAILURES_MAX_LIMIT: u32 = 1_000_000;
 
 /// Where a sink writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,7 +248,10 @@ impl SinkConfig {
         if self.batch_events_max == 0 || self.batch_events_max > BATCH_EVENTS_MAX_LIMIT {
             return Err(self.invalid(
                 "batch_events_max",
-                format!("must be 1 to {BATCH_EVENTS_MAX_LIMIT} events"),
+                format!(
+                    "must be 1 to {BATCH_EVENTS_MAX_LIMIT} events, got {}",
+                    self.batch_events_max
+                ),
             ));
         }
         let table_target = !matches!(self.target, TargetConfig::Webhook(_));
@@ -251,7 +260,8 @@ impl SinkConfig {
                 "workers",
                 format!(
                     "must be 1 to {WORKERS_MAX} for a table target, and 1 for a webhook \
-                     (use requests_inflight_max)"
+                     (use requests_inflight_max), got {}",
+                    self.workers
                 ),
             ));
         }
@@ -320,13 +330,28 @@ impl SinkConfig {
                     crate::webhook::load_ca_file(path)
                         .map_err(|reason| self.invalid("target.ca_file", reason))?;
                 }
-                if w.timeout_ms == 0 || w.requests_inflight_max == 0 || w.breaker_failures_max == 0
-                {
-                    return Err(self.invalid(
-                        "target",
-                        "timeout_ms, requests_inflight_max and breaker_failures_max must be at \
-                         least 1",
-                    ));
+                // Each limit on its own key, so the error points at the line to fix.
+                for (field, value, max, unit) in [
+                    ("target.timeout_ms", w.timeout_ms, WEBHOOK_MS_MAX, " ms (one day)"),
+                    ("target.breaker_open_ms", w.breaker_open_ms, WEBHOOK_MS_MAX, " ms (one day)"),
+                    (
+                        "target.requests_inflight_max",
+                        w.requests_inflight_max as u64,
+                        REQUESTS_INFLIGHT_MAX_LIMIT as u64,
+                        "",
+                    ),
+                    (
+                        "target.breaker_failures_max",
+                        w.breaker_failures_max.into(),
+                        BREAKER_FAILURES_MAX_LIMIT.into(),
+                        "",
+                    ),
+                ] {
+                    if value == 0 || value > max {
+                        return Err(
+                            self.invalid(field, format!("must be 1 to {max}{unit}, got {value}"))
+                        );
+                    }
                 }
             }
         }

@@ -220,8 +220,8 @@ impl PgSink {
             self.statements.clear();
         }
         if self.client.is_none() {
-            // sslmode/sslrootcert as libpq (driftless_pgtls); errors name host and database,
-            // never the URL.
+            // sslmode/sslrootcert as libpq (driftless_pgtls); errors name the URL without its
+            // password, and the cause.
             let pg = driftless_pgtls::PgConnect::parse(&self.url)
                 .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
             let (client, conn) =

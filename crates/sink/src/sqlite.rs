@@ -118,7 +118,9 @@ impl SqliteSink {
             let mut guard = this.conn.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {
                 let conn = Connection::open(&this.path).map_err(|e| {
-                    ApplyError::Unavailable(format!("cannot open {}: {e}", this.path.display()))
+                    ApplyError::Unavailable(driftless_core::sql::sqlite_open_failure(
+                        &this.path, &e,
+                    ))
                 })?;
                 conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
                     .map_err(|e| classify(&e))?;

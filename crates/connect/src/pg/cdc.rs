@@ -439,8 +439,19 @@ pub async fn run(name: &str, config: &PgCdcConfig, ctx: &mut SourceContext) -> R
         "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3",
     );
     repl_config.application_name = Some(format!("driftless-{name}"));
-    let mut repl =
-        ReplicationClient::connect(repl_config).await.map_err(|e| repl_error(name, e))?;
+    let mut repl = ReplicationClient::connect(repl_config).await.map_err(|e| {
+        match repl_error(name, e) {
+            // Name the server (without the password) as every connection error does.
+            ConnectError::Replication { source_name, reason } => ConnectError::Replication {
+                source_name,
+                reason: format!(
+                    "cannot open the replication connection to {}: {reason}",
+                    target.pg.redacted_url()
+                ),
+            },
+            other => other,
+        }
+    })?;
 
     let last_activity_ms = Arc::new(AtomicI64::new(now_ms()));
     let outbox_table = config.outbox.as_ref().map(|o| quote_table(&o.table));

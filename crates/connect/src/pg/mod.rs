@@ -70,9 +70,9 @@ impl PgTarget {
     pub async fn connect(&self, source_name: &str) -> Result<tokio_postgres::Client> {
         let (client, connection) =
             self.config.connect(self.pg.tls.clone()).await.map_err(|error| {
-                ConnectError::Postgres {
+                ConnectError::Connect {
                     source_name: source_name.to_string(),
-                    what: format!("connecting to {}", self.describe()),
+                    reason: self.pg.connect_failure(&error),
                     error,
                 }
             })?;
