@@ -338,3 +338,18 @@ fn a_demo_whose_address_is_taken_says_to_pick_another_with_listen() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&addr) && stderr.contains("--listen 127.0.0.1:PORT"), "{stderr}");
 }
+
+#[test]
+fn consume_range_errors_say_what_the_number_is_and_its_real_bounds() {
+    // Was: `--max 0` answered `0 is not in 1..18446744073709551615`, and `--wait-ms` took any
+    // number, to be refused by the server after the group was joined.
+    let dir = tempfile::tempdir().unwrap();
+    let out = sh("driftless consume customers --group billing --max 0", dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("at least 1") && !stderr.contains("18446744073709551615"), "{stderr}");
+    let out = sh("driftless consume customers --group billing --wait-ms 86400001", dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("86400000") && !stderr.contains("joining"), "{stderr}");
+}
