@@ -353,3 +353,32 @@ fn consume_range_errors_say_what_the_number_is_and_its_real_bounds() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("86400000") && !stderr.contains("joining"), "{stderr}");
 }
+
+#[test]
+fn a_token_works_on_its_first_request_right_after_token_create() {
+    // README "API tokens and scopes": `driftless token create ...` then
+    // `DRIFTLESS_TOKEN=dlt_… driftless produce ...`. The server looked at the tokens file at most
+    // every 250 ms, so right after any other request a new token was refused as "unknown or
+    // revoked".
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftless.toml");
+    std::fs::write(&config, "[auth]\nenabled = true\n").unwrap();
+    let data = dir.path().join("data");
+    let server = ServeProcess::start_with_args(&data, &["--config", config.to_str().unwrap()]);
+    let data = data.to_str().unwrap();
+    let env = [("DRIFTLESS_SERVER", server.base.as_str()), ("DRIFTLESS_DATA_DIR", data)];
+    for round in 0..3 {
+        let name = format!("fresh-{round}");
+        // Any request, so that the server has just looked at the file.
+        let _ = sh("driftless topic list", dir.path(), &env);
+        let out = sh(
+            &format!("driftless token create --name {name} --scope 'read:topic:*'"),
+            dir.path(),
+            &env,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_string();
+        let out = sh("driftless topic list", dir.path(), &[env[0], ("DRIFTLESS_TOKEN", &token)]);
+        assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+    }
+}
