@@ -6,7 +6,11 @@
 //! changed. `driftless token` replaces the file by a rename (a new inode), so a revocation made
 //! by another process takes effect within `RELOAD_CHECK_MS` (250 ms) of the next request, well
 //! inside the one second promised. Only one request at a time does the check (a `try_lock`);
-//! the others use the table they find, so the check never queues requests.
+//! the others use the table they find, so the check never queues requests. A token whose id is
+//! not in the table makes its request check the file at once, whatever the interval: a token
+//! just made by `driftless token create` works on its first request (the throttle would refuse
+//! it as unknown for up to `RELOAD_CHECK_MS` after any other request), and what an unknown id
+//! costs is one `stat` of the file.
 //!
 //! Invariants: a token is accepted only if its id is in the current table, its secret's hash
 //! matches in constant time, and it has not expired at the `now_ms` the caller gives; a tokens
@@ -152,7 +156,11 @@ impl Authenticator {
     /// Checks the presented token text at `now_ms`.
     pub fn authenticate(&self, presented: &str, now_ms: i64) -> Result<Identity, Denied> {
         let token = PresentedToken::parse(presented).ok_or(Denied::Malformed)?;
-        let table = self.current();
+        let mut table = self.current();
+        if !table.broken && !table.by_id.contains_key(&token.id) {
+            // Perhaps created since the last check: look at the file now.
+            table = self.current_checked();
+        }
         if table.broken {
             return Err(Denied::Unavailable);
         }
@@ -189,12 +197,37 @@ impl Authenticator {
         }
     }
 
-    fn maybe_reload(&self) {
-        // One checker at a time; the others go on with the table they have.
-        let Ok(mut watch) = self.watch.try_lock() else { return };
-        if watch.checked.elapsed() < self.check_every {
-            return;
+    /// The table, after checking the file whatever the interval (waiting for a check in
+    /// progress rather than skipping it).
+    fn current_checked(&self) -> Arc<Table> {
+        self.reload(true);
+        match self.table.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    fn maybe_reload(&self) {
+        self.reload(false);
+    }
+
+    /// Reloads the table if the file changed: when the last check is old enough, or always
+    /// when `now`.
+    fn reload(&self, now: bool) {
+        let mut watch = if now {
+            // A panic while checking leaves the watch as whole as before it (plain values).
+            match self.watch.lock() {
+                Ok(w) => w,
+                Err(poisoned) => poisoned.into_inner(),
+            }
+        } else {
+            // One checker at a time; the others go on with the table they have.
+            let Ok(w) = self.watch.try_lock() else { return };
+            if w.checked.elapsed() < self.check_every {
+                return;
+            }
+            w
+        };
         watch.checked = Instant::now();
         let now = stamp(&self.path).map_err(|e| e.to_string());
         if now == watch.stamp {

@@ -1,5 +1,5 @@
 //! A small blocking HTTP client for the Driftless server's `/v1` API, used by the client commands
-//! (`produce`, `consume`, `topic`, `group`, `dlq`).
+//! (`produce`, `consume`, `topic`, `group`, `dlq`, `source`, `sink`, `reconcile`).
 //!
 //! Credentials and TLS: the API token (`--token` / `DRIFTLESS_TOKEN`) goes in an
 //! `Authorization: Bearer` header of every request, and `https://` servers are verified against
@@ -13,9 +13,11 @@
 //! `DRIFTLESS_SERVER`, else [`DEFAULT_SERVER`]; path segments taken from the user (topic, group,
 //! member and dead-letter ids) are percent-encoded, so a name can never change the route; a
 //! response with status 4xx/5xx becomes a [`ClientError::Problem`] (parsed from RFC 9457
-//! problem+json when the body is one, else built from the status and body text); a server that
-//! cannot be reached becomes [`ClientError::Unreachable`], whose message names the URL and how to
-//! start or point at a server. Response bodies are read up to [`RESPONSE_BYTES_MAX`].
+//! problem+json when the body is one, else built from the status and body text; a 401 also says
+//! where the CLI took its token from, or that it sent none); a server that cannot be reached
+//! becomes [`ClientError::Unreachable`], whose message names the URL and how to start or point at
+//! a server; a TLS or protocol failure after connecting names the flag that usually fixes it
+//! (`--ca-file`, `http://` vs `https://`). Response bodies are read up to [`RESPONSE_BYTES_MAX`].
 
 use std::fmt;
 use std::io;
@@ -156,7 +158,7 @@ pub enum ClientError {
         error: ureq::Error,
     },
     /// The request failed after connecting (timeout, protocol error, reset...).
-    #[error("{method} {url} failed: {error}")]
+    #[error("{method} {url} failed: {error}{hint}")]
     Transport {
         /// HTTP method.
         method: &'static str,
@@ -164,6 +166,9 @@ pub enum ClientError {
         url: String,
         /// The underlying failure (in the message, not a `source`, so it is printed once).
         error: ureq::Error,
+        /// What to do about it, when the failure says (`; ...`), else empty: see
+        /// [`transport_hint`].
+        hint: &'static str,
     },
     /// The server answered 2xx with a body that is not what the API documents.
     #[error("{method} {url}: unexpected response body: {reason}")]
@@ -190,6 +195,50 @@ fn is_unreachable(e: &ureq::Error) -> bool {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
         _ => false,
+    }
+}
+
+/// What the operator can do about a failure after connecting, as `; ...` to append to its
+/// message, or `""` when the failure itself says enough. The raw transport errors ("invalid peer
+/// certificate: UnknownIssuer", "http parse fail") name a symptom, not the flag that fixes it:
+/// the usual causes are a server certificate from the operator's own CA without `--ca-file`, and
+/// `http://` against a TLS server or the other way round.
+fn transport_hint(base: &str, error: &ureq::Error) -> &'static str {
+    let https = base.starts_with("https://");
+    match error {
+        // rustls reports a refused handshake as an `InvalidData` IO error.
+        ureq::Error::Io(io) if https && io.kind() == io::ErrorKind::InvalidData => {
+            let what = io.to_string();
+            if what.contains("NotValidForName") || what.contains("not valid for name") {
+                "; the server's TLS certificate does not name the host in --server: use a name \
+                 it was issued for (or have it reissued with this name in its subject alt names)"
+            } else if what.contains("certificate") {
+                "; the server's TLS certificate was not accepted: if your own certificate \
+                 authority issued it, pass that CA's PEM file with --ca-file or \
+                 DRIFTLESS_CA_FILE, and give --server a host name the certificate was issued for"
+            } else {
+                "; the server did not answer TLS: if it serves plain HTTP (it logs \
+                 `listening on http://...`), use http:// in --server / DRIFTLESS_SERVER"
+            }
+        }
+        ureq::Error::Protocol(_) if !https => {
+            "; the server did not answer plain HTTP: if it serves TLS (it logs `listening on \
+             https://...`), use https:// in --server / DRIFTLESS_SERVER"
+        }
+        _ => "",
+    }
+}
+
+/// What the operator can do about a 401, appended to the server's explanation: the server
+/// speaks of `Authorization` headers, the CLI user gave (or forgot) `--token`.
+fn unauthorized_hint(token_sent: bool) -> &'static str {
+    if token_sent {
+        "; the CLI sent the token given with --token / DRIFTLESS_TOKEN: check that it is the \
+         whole `dlt_...` text `driftless token create` printed, and that `driftless token list` \
+         on the server's host shows it, not expired"
+    } else {
+        "; the CLI sent no token: pass one with --token or DRIFTLESS_TOKEN (`driftless token \
+         create` on the server's host makes one)"
     }
 }
 
@@ -349,7 +398,8 @@ impl Client {
         if is_unreachable(&error) {
             ClientError::Unreachable { server: self.base.clone(), error }
         } else {
-            ClientError::Transport { method, url, error }
+            let hint = transport_hint(&self.base, &error);
+            ClientError::Transport { method, url, error, hint }
         }
     }
 
@@ -369,7 +419,15 @@ impl Client {
             .read_to_vec()
             .map_err(|e| self.fail(method, url.clone(), e))?;
         if status >= 400 {
-            return Err(ClientError::Problem(Box::new(Problem::from_response(status, &body))));
+            let mut problem = Problem::from_response(status, &body);
+            if status == 401 {
+                let hint = unauthorized_hint(self.authorization.is_some());
+                problem.detail = Some(match problem.detail.take() {
+                    Some(detail) if !detail.is_empty() => format!("{detail}{hint}"),
+                    _ => hint.trim_start_matches("; ").to_string(),
+                });
+            }
+            return Err(ClientError::Problem(Box::new(problem)));
         }
         Ok(body)
     }

@@ -49,5 +49,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .build()
         .context("starting the async runtime")?;
     let mut out = std::io::stdout();
-    runtime.block_on(driftless_demo::run(&options, &mut out)).context("the demo could not run")
+    runtime.block_on(driftless_demo::run(&options, &mut out)).map_err(|e| match e {
+        // The usual cause is a second `--keep-running` demo (or another server) on 7070: say
+        // how to get past it rather than only that the address is taken.
+        driftless_demo::DemoError::Step("listen", _) => anyhow::anyhow!(
+            "the demo could not run: {e}; stop what listens there, or give the demo another \
+             address with --listen 127.0.0.1:PORT"
+        ),
+        e => anyhow::Error::new(e).context("the demo could not run"),
+    })
 }

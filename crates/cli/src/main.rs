@@ -39,7 +39,7 @@ struct Cli {
     log_level: Option<String>,
 
     /// Base URL of the Driftless server that client commands (produce, consume, topic, group,
-    /// dlq) talk to.
+    /// dlq, source, sink, reconcile) talk to.
     #[arg(long, global = true, env = "DRIFTLESS_SERVER", value_name = "URL",
           default_value = client::DEFAULT_SERVER)]
     server: String,

@@ -45,16 +45,31 @@ pub struct ConsumeArgs {
     pub group: String,
 
     /// Stop after this many events.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = events_max)]
     pub max: Option<u64>,
 
     /// Keep waiting for new events instead of stopping when caught up.
     #[arg(long)]
     pub follow: bool,
 
-    /// How long one fetch waits for events before answering empty.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    /// How long one fetch waits for events before answering empty (at most a day, as the
+    /// server accepts; it waits at most its `fetch_wait_ms_max` anyway).
+    #[arg(long, default_value_t = 1000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=WAIT_MS_MAX))]
     pub wait_ms: u64,
+}
+
+/// Longest `--wait-ms` the server accepts, in ms (one day).
+const WAIT_MS_MAX: u64 = 86_400_000;
+
+/// `--max`: a whole number of events, at least 1. (clap's own range check would print the
+/// range as `1..18446744073709551615`.)
+fn events_max(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("it is how many events to print before stopping: at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number of events ({e})")),
+    }
 }
 
 /// The line printed for a delivery, without its newline: the event's text with
