@@ -158,7 +158,7 @@ pub enum BrokerError {
         end: u64,
     },
     /// No such dead-letter entry.
-    #[error("dead-letter entry {0} does not exist in this group")]
+    #[error("dead-letter entry {0} does not exist in this group; list the group's dead letters (`driftless dlq list GROUP`) for their ids")]
     UnknownDeadLetter(String),
     /// An internal topic (`__offsets`, `__dlq`, …) refuses writes after a failed write or fsync.
     #[error(

@@ -250,7 +250,11 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile(args) => {
-            if !commands::reconcile::run(&cli.server, args)? {
+            if !commands::reconcile::run(
+                &cli.server,
+                args,
+                cli.output == Some(output::Output::Json),
+            )? {
                 std::process::exit(1);
             }
             Ok(())

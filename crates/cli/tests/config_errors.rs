@@ -253,6 +253,21 @@ fn max_attempts_zero_is_refused_at_start_naming_its_line_and_range() {
     assert!(stderr.contains("`broker.max_attempts`") && stderr.contains("1 to 1000"), "{stderr}");
 }
 
+/// `[auth.clients]` without `[server.tls] client_ca_file` looked like access control but could
+/// never match a client (no certificate is verified without the CA): refused, naming the entry
+/// and the setting that is missing (found by following the README's security section).
+#[test]
+fn auth_clients_without_a_client_ca_are_refused_naming_the_missing_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[auth.clients]\n\"billing-svc\" = [\"produce:topic:billing.*\"]\n",
+        base(dir.path())
+    );
+    let (file, stderr) = refused_start(dir.path(), &text);
+    assert!(stderr.contains(&file) && stderr.contains("`auth.clients.billing-svc`"), "{stderr}");
+    assert!(stderr.contains("server.tls.client_ca_file"), "{stderr}");
+}
+
 #[test]
 fn a_source_without_a_kind_or_with_an_unknown_one_is_named_with_its_line() {
     let dir = tempfile::tempdir().unwrap();

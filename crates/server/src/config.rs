@@ -419,6 +419,18 @@ impl ServerConfig {
         }
         // ---- end of consumer groups ----
         self.auth.validate()?;
+        // Client certificates map to principals only when one can be verified: without a CA
+        // every entry would be dead configuration that looks like access control.
+        let client_ca = self.server.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if let (Some(subject), false) = (self.auth.clients.keys().next(), client_ca) {
+            return bad(
+                KeyPath::root().key("auth").key("clients").key(subject),
+                "grants scopes to a client certificate subject, but no client certificate is \
+                 verified without server.tls.client_ca_file (the CA that signs client \
+                 certificates): set it, or remove [auth.clients]"
+                    .into(),
+            );
+        }
         let mut reconcile_names = std::collections::BTreeSet::new();
         for (i, r) in self.reconciles.iter().enumerate() {
             let at = |field: &str| KeyPath::root().key("reconcile").index(i).join(field);
@@ -966,7 +978,8 @@ mod tests {
             .filter_map(|b| b.split("```").next())
             .filter(|b| b.contains("[[sink]]"))
             .collect();
-        assert_eq!(blocks.len(), 3, "the README's sink examples");
+        // Sinks (Postgres, webhook, credentials) and reconciliation (CDC, outbox).
+        assert_eq!(blocks.len(), 5, "the README's sink examples");
         for block in blocks {
             let config = ServerConfig::from_toml(block, &path).unwrap();
             assert!(!config.sinks.is_empty());
@@ -1051,7 +1064,8 @@ mod tests {
     #[test]
     fn the_auth_table_parses_and_bad_values_are_refused_naming_them() {
         let c = ServerConfig::from_toml(
-            "[auth]\nenabled = true\nsession_ttl_ms = 60000\n[auth.clients]\n\"billing-svc\" = \
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n\
+             [auth]\nenabled = true\nsession_ttl_ms = 60000\n[auth.clients]\n\"billing-svc\" = \
              [\"produce:topic:billing.*\"]\n",
             Path::new("a.toml"),
         )
@@ -1065,6 +1079,7 @@ mod tests {
             ("[auth]\nsession_ttl_ms = 604800001\n", "auth.session_ttl_ms"),
             ("[auth]\nsessions_max = 0\n", "auth.sessions_max"),
             ("[auth.clients]\nsvc = [\"write:topic:*\"]\n", "unknown operation"),
+            ("[auth.clients]\nsvc = [\"read:topic:*\"]\n", "server.tls.client_ca_file"),
             ("[auth]\nenable = true\n", "enable"),
         ] {
             let err = ServerConfig::from_toml(text, Path::new("a.toml")).unwrap_err();

@@ -1,11 +1,12 @@
 //! `driftless reconcile NAME [--repair] [--json] [--history]`: runs a reconciliation now and
 //! reports the drift it found; `driftless reconcile --list` lists the configured ones.
 //!
-//! Invariants: without `--json` the report is a short human account on stdout (counts, time,
-//! rows shipped, then the drifted keys per kind, at most [`KEYS_PRINTED_MAX`] each, the first
-//! stale rows' differing values, and with `--repair` each correction's fate); with `--json` it is
-//! the server's report as one JSON line. Without `--repair` the command exits 0 whether or not
-//! drift was found (drift is a finding, not a failure; `--fail-on-drift` makes drift exit 1).
+//! Invariants: without `--json` (or `--output json`) the report is a short human account on
+//! stdout (counts, time, rows shipped, then the drifted keys per kind, at most
+//! [`KEYS_PRINTED_MAX`] each, the first stale rows' differing values, and with `--repair` each
+//! correction's fate); with `--json` it is the server's report as one JSON line. Without
+//! `--repair` the command exits 0 whether or not drift was found (drift is a finding, not a
+//! failure; `--fail-on-drift` makes drift exit 1).
 //! With `--repair` it exits 0 only when the re-check after the sinks applied the corrections
 //! found no drift: a refused repair, a pending, dead-lettered or ineffective correction, or drift
 //! left exits 1 — a repair never claims success it did not check.
@@ -52,8 +53,10 @@ pub struct ReconcileArgs {
     wait_ms: Option<u64>,
 }
 
-/// Runs `driftless reconcile ...`; `Ok(false)` when `--fail-on-drift` and drift was found.
-pub fn run(server: &str, args: ReconcileArgs) -> anyhow::Result<bool> {
+/// Runs `driftless reconcile ...`; `Ok(false)` when `--fail-on-drift` and drift was found, or a
+/// repair left drift. The report is for people unless `--json` or `--output json` asks for JSON
+/// (a run's report is read by people first, so a pipe alone does not switch it).
+pub fn run(server: &str, args: ReconcileArgs, output_json: bool) -> anyhow::Result<bool> {
     let client = Client::new(server)?;
     let mut out = io::stdout().lock();
     if args.list {
@@ -77,7 +80,7 @@ pub fn run(server: &str, args: ReconcileArgs) -> anyhow::Result<bool> {
         body["wait_ms"] = json!(ms);
     }
     let report: Value = client.post_json(&format!("{path}/run"), &body)?;
-    if args.json {
+    if args.json || output_json {
         print_line(&mut out, &report)?;
     } else {
         write!(out, "{}", human(&report)).context("writing to stdout")?;
