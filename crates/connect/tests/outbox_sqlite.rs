@@ -249,7 +249,11 @@ async fn a_missing_table_or_file_is_explained() {
 
     let missing = dir.path().join("nope.db");
     let err = start(&broker, config(&missing, 10)).task.await.unwrap().unwrap_err();
-    assert!(matches!(err, ConnectError::Sqlite { .. }), "{err}");
+    assert!(matches!(err, ConnectError::Config { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no such file") && err.to_string().contains("nope.db"),
+        "{err}"
+    );
     assert!(!missing.exists(), "the relay never creates the service's database");
 }
 

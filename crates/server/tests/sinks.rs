@@ -119,5 +119,6 @@ fn a_mapping_that_does_not_compile_is_refused_with_its_name() {
     bad.mappings[0].columns.insert("city_line".into(), ".data | ".into());
     config.sinks.push(bad);
     let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("billing") && err.contains("mapping[0].columns.city_line"), "{err}");
+    assert!(err.contains("sink[0].mapping[0].columns.city_line"), "{err}");
+    assert!(err.contains("expected term at column 9"), "{err}");
 }
