@@ -788,27 +788,11 @@ pub struct SourceView {
 }
 
 fn source_view(state: &AppState, report: SourceReport) -> SourceView {
-    use driftless_connect::config::SourceKind;
-    let topics = match state.sources.config(&report.name).map(|c| &c.kind) {
-        Some(SourceKind::PostgresCdc(c)) => {
-            let template = ["{database}", "{schema}", "{table}"]
-                .iter()
-                .fold(c.topic.clone(), |t, placeholder| t.replace(placeholder, "*"));
-            let mut topics: Vec<String> = c.routes.values().cloned().collect();
-            // Every captured table has a route: the template names no topic.
-            let all_routed =
-                !c.tables.is_empty() && c.tables.iter().all(|t| c.routes.contains_key(t));
-            if !all_routed {
-                topics.push(template);
-            }
-            topics.sort();
-            topics.dedup();
-            topics
-        }
-        Some(SourceKind::PostgresOutbox(c)) => vec![format!("{}*", c.outbox.topic_prefix)],
-        Some(SourceKind::SqliteOutbox(c)) => vec![format!("{}*", c.outbox.topic_prefix)],
-        None => Vec::new(),
-    };
+    let topics = state
+        .sources
+        .config(&report.name)
+        .map(crate::topic_use::source_topic_patterns)
+        .unwrap_or_default();
     SourceView { report, topics }
 }
 

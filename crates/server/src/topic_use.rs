@@ -51,26 +51,7 @@ impl TopicUsers {
     ) -> Self {
         let mut users = Vec::new();
         for source in sources {
-            let names = match &source.kind {
-                SourceKind::PostgresCdc(c) => {
-                    let templates = if c.tables.is_empty() {
-                        vec![c.topic.clone()]
-                    } else {
-                        // Listed tables fix `{schema}` and `{table}`; `{database}` comes from the
-                        // URL, which may be a secret, so it stays a placeholder.
-                        c.tables
-                            .iter()
-                            .map(|t| {
-                                let (schema, table) = t.split_once('.').unwrap_or(("public", t));
-                                c.topic.replace("{schema}", schema).replace("{table}", table)
-                            })
-                            .collect()
-                    };
-                    Names::Templates { templates, routes: c.routes.values().cloned().collect() }
-                }
-                SourceKind::PostgresOutbox(c) => Names::Prefix(c.outbox.topic_prefix.clone()),
-                SourceKind::SqliteOutbox(c) => Names::Prefix(c.outbox.topic_prefix.clone()),
-            };
+            let names = Names::of_source(source);
             users.push(User { resource: format!("source/{}", source.name), verb: "writes", names });
         }
         for sink in sinks {
@@ -109,7 +90,61 @@ impl TopicUsers {
     }
 }
 
+/// The topics a source can write, for people: exact names, and patterns where `*` stands for a
+/// placeholder's value (a CDC template's `{database}`, an outbox's aggregate type). The same
+/// rules as the `topic-in-use` refusal, so `GET /v1/sources` and a deletion never disagree.
+pub(crate) fn source_topic_patterns(source: &SourceConfig) -> Vec<String> {
+    Names::of_source(source).patterns()
+}
+
 impl Names {
+    /// The names a source's configuration lets it write.
+    fn of_source(source: &SourceConfig) -> Self {
+        match &source.kind {
+            SourceKind::PostgresCdc(c) => {
+                let unrouted: Vec<&String> =
+                    c.tables.iter().filter(|t| !c.routes.contains_key(*t)).collect();
+                let templates = if c.tables.is_empty() {
+                    vec![c.topic.clone()]
+                } else {
+                    // Listed tables fix `{schema}` and `{table}`; `{database}` comes from the
+                    // URL, which may be a secret, so it stays a placeholder. A routed table's
+                    // events go to its route only.
+                    unrouted
+                        .iter()
+                        .map(|t| {
+                            let (schema, table) = t.split_once('.').unwrap_or(("public", t));
+                            c.topic.replace("{schema}", schema).replace("{table}", table)
+                        })
+                        .collect()
+                };
+                Names::Templates { templates, routes: c.routes.values().cloned().collect() }
+            }
+            SourceKind::PostgresOutbox(c) => Names::Prefix(c.outbox.topic_prefix.clone()),
+            SourceKind::SqliteOutbox(c) => Names::Prefix(c.outbox.topic_prefix.clone()),
+        }
+    }
+
+    /// The names as patterns, `*` for each placeholder's value; sorted, without repeats.
+    fn patterns(&self) -> Vec<String> {
+        let mut out: Vec<String> = match self {
+            Names::Exact(names) => names.clone(),
+            Names::Templates { templates, routes } => routes
+                .iter()
+                .cloned()
+                .chain(templates.iter().map(|t| {
+                    PLACEHOLDERS
+                        .iter()
+                        .fold(t.clone(), |t, placeholder| t.replace(placeholder, "*"))
+                }))
+                .collect(),
+            Names::Prefix(prefix) => vec![format!("{prefix}*")],
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn matches(&self, topic: &str) -> bool {
         match self {
             Names::Exact(names) => names.iter().any(|n| n == topic),
@@ -183,6 +218,28 @@ mod tests {
         assert!(!template_matches("customers", "customers2"));
         assert!(template_matches("{database}.public.orders", "shop.public.orders"));
         assert!(!template_matches("{database}.public.orders", "shop.public.order"));
+    }
+
+    #[test]
+    fn cdc_patterns_name_routes_and_the_templates_of_unrouted_tables_only() {
+        let source = |tables: &[&str], routes: &[(&str, &str)]| {
+            let mut text = String::from(
+                "name = \"app\"\nkind = \"postgres_cdc\"\nurl = \"postgres://u@h/db\"\n",
+            );
+            let quoted: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+            text.push_str(&format!("tables = [{}]\n", quoted.join(", ")));
+            for (table, topic) in routes {
+                text.push_str(&format!("routes.{table:?} = {topic:?}\n"));
+            }
+            let config: SourceConfig = toml::from_str(&text).unwrap();
+            source_topic_patterns(&config)
+        };
+        assert_eq!(
+            source(&["public.a", "public.b"], &[("public.a", "orders")]),
+            ["*.public.b", "orders"]
+        );
+        assert_eq!(source(&["public.a"], &[("public.a", "orders")]), ["orders"]);
+        assert_eq!(source(&[], &[]), ["*.*.*"]);
     }
 
     #[test]
